@@ -1,0 +1,40 @@
+# proxy-hopper — see README.md
+export PATH := $(PATH):/usr/local/go/bin
+GO      ?= go
+BIN     ?= bin/proxy-hopper
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+FUZZTIME ?= 0
+
+.PHONY: all build test demo bench lint fuzz deps clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/proxy-hopper
+
+deps:
+	./scripts/deps.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go' | grep -v '_bpfe[lb].go$$')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Runs every test, including the fuzz seed corpora (plain `go test` runs
+# them); FUZZTIME=30s also fuzzes each target for that long.
+test: deps lint
+	$(GO) test -race -count=1 -timeout 15m ./...
+	@if [ "$(FUZZTIME)" != "0" ]; then ./scripts/fuzz.sh $(FUZZTIME); fi
+
+fuzz:
+	./scripts/fuzz.sh $(or $(FUZZTIME:0=),30s)
+
+demo:
+	$(GO) run ./cmd/proxy-hopper demo
+
+bench: deps
+	./scripts/bench.sh
+
+clean:
+	rm -rf bin

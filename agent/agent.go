@@ -1,0 +1,173 @@
+// Package agent turns a configuration into a running proxy-hopper: it
+// loads and validates the config, builds one pool per target over the
+// chosen backend, wires the proxy server, and runs them until told to stop.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/pool"
+	"github.com/proxy-hopper/proxy-hopper/pool/memory"
+	"github.com/proxy-hopper/proxy-hopper/proxy"
+)
+
+// Options are what a caller (the CLI, the demo, tests) adds to a Config.
+type Options struct {
+	Logger   *slog.Logger
+	Listener net.Listener // serve here instead of server.host:port
+	Hooks    proxy.Hooks  // observe requests and attempts
+	Clock    pool.Clock   // default wall clock
+	Backend  pool.Backend // default from server.backend
+}
+
+// Agent is a wired proxy-hopper instance.
+type Agent struct {
+	cfg     *Config
+	log     *slog.Logger
+	backend pool.Backend
+	targets []*proxy.Target
+	pools   []*pool.Pool
+	srv     *proxy.Server
+	ln      net.Listener
+}
+
+// New validates cfg and builds every part without starting anything.
+func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
+	resolved, err := cfg.Resolve()
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &Agent{cfg: cfg, log: log, backend: opts.Backend, ln: opts.Listener}
+	if a.backend == nil {
+		switch cfg.Server.Backend {
+		case "", "memory":
+			a.backend = memory.New(opts.Clock)
+		default:
+			return nil, fmt.Errorf("server.backend: %q is not available in this build (want memory)", cfg.Server.Backend)
+		}
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			a.closePools()
+			a.backend.Close()
+		}
+	}()
+	for _, rt := range resolved {
+		addrs := make([]string, 0, len(rt.IPs))
+		ups := make(map[string]proxy.Upstream, len(rt.IPs))
+		for _, ip := range rt.IPs {
+			addr := ip.Addr()
+			addrs = append(addrs, addr)
+			ups[addr] = proxy.Upstream{Addr: addr, Username: ip.Username, Password: ip.Password, Provider: ip.Provider, Region: ip.Region}
+		}
+		p, err := pool.New(ctx, rt.Name, addrs, a.backend, rt.Pool, pool.Options{Clock: opts.Clock, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("build pool for target %s: %w", rt.Name, err)
+		}
+		a.pools = append(a.pools, p)
+		a.targets = append(a.targets, &proxy.Target{
+			Name: rt.Name, Regex: rt.Regex, Pool: p, Upstreams: ups, NumRetries: rt.NumRetries, TLS: rt.TLS,
+		})
+	}
+	s := cfg.Server
+	a.srv = proxy.New(a.targets, proxy.Options{
+		Logger:           log,
+		MaxBodyBytes:     int64(s.MaxBodySize),
+		RetryBufferBytes: int64(s.RetryBufferSize),
+		HeaderTimeout:    s.HeaderTimeout.D(),
+		IdleTimeout:      s.IdleTimeout.D(),
+		Upstream: proxy.Timeouts{
+			Connect:  s.ConnectTimeout.D(),
+			Response: s.ProxyReadTimeout.D(),
+		},
+		Hooks: opts.Hooks,
+	})
+	ok = true
+	return a, nil
+}
+
+// Targets returns the wired targets, in match order.
+func (a *Agent) Targets() []*proxy.Target { return a.targets }
+
+// Addr is where the agent listens once Run has started (nil before).
+func (a *Agent) Addr() net.Addr {
+	if a.ln == nil {
+		return nil
+	}
+	return a.ln.Addr()
+}
+
+// Listen opens the listener now (so callers learn the address before Run).
+func (a *Agent) Listen(ctx context.Context) error {
+	if a.ln != nil {
+		return nil
+	}
+	addr := net.JoinHostPort(a.cfg.Server.Host, strconv.Itoa(a.cfg.Server.Port))
+	ln, err := proxy.Listen(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	a.ln = ln
+	return nil
+}
+
+// Run serves until ctx ends, then shuts down gracefully: it stops accepting,
+// answers requests still queued for an IP with 503, lets requests in flight
+// finish within server.shutdownTimeout, and returns nil.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.Listen(ctx); err != nil {
+		a.closePools()
+		a.backend.Close()
+		return err
+	}
+	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.targets), "backend", a.backendName())
+	errc := make(chan error, 1)
+	go func() { errc <- a.srv.Serve(a.ln) }()
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	grace := a.cfg.Server.ShutdownTimeout.D()
+	if grace <= 0 {
+		grace = 30 * time.Second
+	}
+	a.log.Info("shutting down", "grace", grace)
+	a.backend.Close() // queued requests get 503 now
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	shutErr := a.srv.Shutdown(sctx)
+	a.closePools()
+	if serveErr != nil && !errors.Is(serveErr, proxy.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", serveErr)
+	}
+	if shutErr != nil {
+		a.log.Warn("in-flight requests cut at the end of the grace period", "grace", grace)
+	}
+	a.log.Info("stopped")
+	return nil
+}
+
+func (a *Agent) backendName() string {
+	if a.cfg.Server.Backend == "" {
+		return "memory"
+	}
+	return a.cfg.Server.Backend
+}
+
+func (a *Agent) closePools() {
+	for _, p := range a.pools {
+		p.Close()
+	}
+}

@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/pool"
+)
+
+// Config is proxy-hopper's YAML configuration, key for key (camelCase).
+type Config struct {
+	Server         ServerConfig     `mapstructure:"server"`
+	Auth           AuthConfig       `mapstructure:"auth"`
+	ProxyProviders []ProviderConfig `mapstructure:"proxyProviders"`
+	IPPools        []IPPoolConfig   `mapstructure:"ipPools"`
+	Targets        []TargetConfig   `mapstructure:"targets"`
+}
+
+// ServerConfig is the `server:` block; every key also has a PROXY_HOPPER_*
+// environment variable and a CLI flag.
+type ServerConfig struct {
+	Host             string   `mapstructure:"host"`
+	Port             int      `mapstructure:"port"`
+	LogLevel         string   `mapstructure:"logLevel"`
+	LogFormat        string   `mapstructure:"logFormat"`
+	LogFile          string   `mapstructure:"logFile"`
+	Backend          string   `mapstructure:"backend"`
+	RedisURL         string   `mapstructure:"redisUrl"`
+	Metrics          bool     `mapstructure:"metrics"`
+	MetricsPort      int      `mapstructure:"metricsPort"`
+	Probe            bool     `mapstructure:"probe"`
+	ProbeInterval    Duration `mapstructure:"probeInterval"`
+	ProbeTimeout     Duration `mapstructure:"probeTimeout"`
+	ProbeURLs        []string `mapstructure:"probeUrls"`
+	ProxyReadTimeout Duration `mapstructure:"proxyReadTimeout"`
+	Admin            bool     `mapstructure:"admin"`
+	AdminPort        int      `mapstructure:"adminPort"`
+	AdminHost        string   `mapstructure:"adminHost"`
+	DebugProbes      bool     `mapstructure:"debugProbes"`
+	DebugQuarantine  bool     `mapstructure:"debugQuarantine"`
+	DebugBackend     bool     `mapstructure:"debugBackend"`
+
+	// Keys proxy-hopper does not have.
+	ConnectTimeout  Duration `mapstructure:"connectTimeout"`  // upstream connect + CONNECT + TLS (10s)
+	IdleTimeout     Duration `mapstructure:"idleTimeout"`     // client keep-alive idle (120s)
+	HeaderTimeout   Duration `mapstructure:"headerTimeout"`   // client request head (10s)
+	MaxBodySize     ByteSize `mapstructure:"maxBodySize"`     // 413 above (1GiB)
+	RetryBufferSize ByteSize `mapstructure:"retryBufferSize"` // replayable bodies up to (1MiB)
+	ShutdownTimeout Duration `mapstructure:"shutdownTimeout"` // grace for in-flight requests (30s)
+}
+
+// AuthConfig is parsed and validated now; enforced by the auth issue.
+type AuthConfig struct {
+	Enabled          bool                  `mapstructure:"enabled"`
+	JWTSecret        string                `mapstructure:"jwtSecret"`
+	JWTExpiryMinutes int                   `mapstructure:"jwtExpiryMinutes"`
+	APIKeys          []APIKeyConfig        `mapstructure:"apiKeys"`
+	Roles            map[string]RoleConfig `mapstructure:"roles"`
+	Admin            map[string]any        `mapstructure:"admin"`
+	OIDC             map[string]any        `mapstructure:"oidc"`
+	Transparent      map[string]any        `mapstructure:"transparent"`
+}
+
+// APIKeyConfig is one entry of auth.apiKeys.
+type APIKeyConfig struct {
+	Name    string   `mapstructure:"name"`
+	Key     string   `mapstructure:"key"`
+	KeyHash string   `mapstructure:"keyHash"`
+	Targets []string `mapstructure:"targets"`
+}
+
+// RoleConfig is one entry of auth.roles.
+type RoleConfig struct {
+	Permissions []string `mapstructure:"permissions"`
+	Targets     []string `mapstructure:"targets"`
+}
+
+// BasicAuthConfig is the credentials sent to an upstream proxy.
+type BasicAuthConfig struct {
+	Type     string `mapstructure:"type"`
+	Username string `mapstructure:"username"`
+	Password string `mapstructure:"password"`
+}
+
+// ProviderConfig is one entry of proxyProviders.
+type ProviderConfig struct {
+	Name      string           `mapstructure:"name"`
+	Auth      *BasicAuthConfig `mapstructure:"auth"`
+	IPList    []string         `mapstructure:"ipList"`
+	RegionTag string           `mapstructure:"regionTag"`
+	Mutable   *bool            `mapstructure:"mutable"`
+	Static    *bool            `mapstructure:"static"`
+}
+
+// IPRequest draws count IPs from a provider.
+type IPRequest struct {
+	Provider string `mapstructure:"provider"`
+	Count    int    `mapstructure:"count"`
+}
+
+// IPPoolConfig is one entry of ipPools.
+type IPPoolConfig struct {
+	Name       string      `mapstructure:"name"`
+	IPRequests []IPRequest `mapstructure:"ipRequests"`
+	IPList     []string    `mapstructure:"ipList"`
+	Mutable    *bool       `mapstructure:"mutable"`
+	Static     *bool       `mapstructure:"static"`
+}
+
+// IdentityConfig is a target's identity block (enforced by the identity issue).
+type IdentityConfig struct {
+	Enabled               bool           `mapstructure:"enabled"`
+	Cookies               *bool          `mapstructure:"cookies"`
+	RotateAfterRequests   int            `mapstructure:"rotateAfterRequests"`
+	RotateOn429           *bool          `mapstructure:"rotateOn429"`
+	Warmup                map[string]any `mapstructure:"warmup"`
+	Profile               string         `mapstructure:"profile"`
+	PreserveClientHeaders bool           `mapstructure:"preserveClientHeaders"`
+}
+
+// TargetConfig is one entry of targets.
+type TargetConfig struct {
+	Name                      string         `mapstructure:"name"`
+	Regex                     string         `mapstructure:"regex"`
+	IPPool                    string         `mapstructure:"ipPool"`
+	IPList                    []string       `mapstructure:"ipList"`
+	DefaultProxyPort          int            `mapstructure:"defaultProxyPort"`
+	MinRequestInterval        Duration       `mapstructure:"minRequestInterval"`
+	MaxQueueWait              Duration       `mapstructure:"maxQueueWait"`
+	NumRetries                int            `mapstructure:"numRetries"`
+	IPFailuresUntilQuarantine int            `mapstructure:"ipFailuresUntilQuarantine"`
+	QuarantineTime            Duration       `mapstructure:"quarantineTime"`
+	SpoofUserAgent            *bool          `mapstructure:"spoofUserAgent"`
+	Identity                  IdentityConfig `mapstructure:"identity"`
+	Mutable                   *bool          `mapstructure:"mutable"`
+	Static                    *bool          `mapstructure:"static"`
+	CAFile                    string         `mapstructure:"caFile"`
+	TLSInsecureSkipVerify     bool           `mapstructure:"tlsInsecureSkipVerify"`
+}
+
+// Duration is a config duration: "500ms", "1s", "5m", "2h", or bare seconds.
+type Duration time.Duration
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// ByteSize is a size in bytes: 1048576, "512KiB", "1MiB", "1GiB", "10MB".
+type ByteSize int64
+
+// ResolvedIP is one upstream proxy address with what the config says of it.
+type ResolvedIP struct {
+	Host     string
+	Port     int
+	Username string
+	Password string
+	Provider string
+	Region   string
+}
+
+// Addr is host:port, the key of the IP in its pool.
+func (r ResolvedIP) Addr() string { return net.JoinHostPort(r.Host, strconv.Itoa(r.Port)) }
+
+// ResolvedTarget is a validated target ready to be wired: regex compiled,
+// IPs resolved through its pool and providers, TLS loaded.
+type ResolvedTarget struct {
+	Name       string
+	Regex      *regexp.Regexp
+	Pool       pool.Config
+	NumRetries int
+	IPs        []ResolvedIP
+	TLS        *tls.Config
+}
+
+// String is the one-line summary `validate` prints.
+func (t ResolvedTarget) String() string {
+	return fmt.Sprintf("%s: %d IP(s), regex %s", t.Name, len(t.IPs), t.Regex)
+}

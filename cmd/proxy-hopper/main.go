@@ -1,0 +1,219 @@
+// Command proxy-hopper is the egress agent: `run` serves, `validate` checks a
+// config, `demo` runs the agent against embedded local upstreams, `version`
+// prints the build.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/agent"
+	"github.com/proxy-hopper/proxy-hopper/internal/demo"
+)
+
+var version = "dev"
+
+// exitError carries a process exit code.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err == nil {
+		return
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	if !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "proxy-hopper:", err)
+	} else {
+		code = 0
+	}
+	os.Exit(code)
+}
+
+const usage = `usage: proxy-hopper <command> [flags]
+
+commands:
+  run       start the agent (--config FILE, or PROXY_HOPPER_CONFIG)
+  validate  check a config file and print its targets
+  demo      run the agent against embedded local upstreams for about 20s
+  version   print the version
+
+Run 'proxy-hopper <command> -h' for the flags of a command.
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return &exitError{code: 2, err: errors.New("no command given")}
+	}
+	switch args[0] {
+	case "run":
+		return runAgent(ctx, args[1:], stderr)
+	case "validate":
+		return validate(args[1:], stdout, stderr)
+	case "demo":
+		return runDemo(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "proxy-hopper", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return &exitError{code: 2, err: fmt.Errorf("unknown command %q", args[0])}
+}
+
+// serverFlags are the `run` flags that override server: keys; only flags
+// given on the command line override anything.
+type serverFlags struct {
+	fs        *flag.FlagSet
+	overrides map[string]any
+}
+
+func newServerFlags(fs *flag.FlagSet) *serverFlags {
+	sf := &serverFlags{fs: fs, overrides: map[string]any{}}
+	str := func(name, key, help string) {
+		fs.Func(name, help, func(v string) error { sf.overrides[key] = v; return nil })
+	}
+	boolean := func(name, key string, val bool, help string) {
+		fs.BoolFunc(name, help, func(v string) error {
+			b := v == "" || v == "true" || v == "1"
+			if v != "" && v != "true" && v != "false" && v != "1" && v != "0" {
+				return fmt.Errorf("want true or false, got %q", v)
+			}
+			if !val {
+				b = !b
+			}
+			sf.overrides[key] = b
+			return nil
+		})
+	}
+	str("host", "host", "interface to bind (default 0.0.0.0)")
+	str("port", "port", "port to listen on (default 8080)")
+	str("log-level", "logLevel", "TRACE, DEBUG, INFO, WARNING or ERROR (default INFO)")
+	str("log-format", "logFormat", "text or json (default text)")
+	str("log-file", "logFile", "write logs to this file instead of stderr")
+	boolean("metrics", "metrics", true, "enable the Prometheus /metrics endpoint")
+	boolean("no-metrics", "metrics", false, "disable the Prometheus /metrics endpoint")
+	str("metrics-port", "metricsPort", "port of the metrics endpoint (default 9090)")
+	str("backend", "backend", "IP pool backend: memory or redis (default memory)")
+	str("redis-url", "redisUrl", "Redis URL (default redis://localhost:6379/0)")
+	boolean("probe", "probe", true, "enable the background IP prober")
+	boolean("no-probe", "probe", false, "disable the background IP prober")
+	str("probe-interval", "probeInterval", "time between probe rounds (default 60s)")
+	str("probe-timeout", "probeTimeout", "timeout of one probe (default 10s)")
+	fs.Func("probe-urls", "comma-separated probe URLs", func(v string) error {
+		var urls []string
+		for _, u := range strings.Split(v, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				urls = append(urls, u)
+			}
+		}
+		sf.overrides["probeUrls"] = urls
+		return nil
+	})
+	return sf
+}
+
+func configPath(p string) (string, error) {
+	if p == "" {
+		p = os.Getenv("PROXY_HOPPER_CONFIG")
+	}
+	if p == "" {
+		return "", &exitError{code: 2, err: errors.New("--config (or PROXY_HOPPER_CONFIG) is required")}
+	}
+	return p, nil
+}
+
+// loadConfig loads and validates; validation problems exit with 2.
+func loadConfig(path string, overrides map[string]any) (*agent.Config, []agent.ResolvedTarget, error) {
+	cfg, err := agent.Load(path, overrides)
+	if err != nil {
+		return nil, nil, &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
+	}
+	targets, err := cfg.Resolve()
+	if err != nil {
+		return nil, nil, &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
+	}
+	return cfg, targets, nil
+}
+
+func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "path to the YAML config (or PROXY_HOPPER_CONFIG)")
+	fs.StringVar(cfgPath, "c", "", "shorthand for --config")
+	sf := newServerFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	path, err := configPath(*cfgPath)
+	if err != nil {
+		return err
+	}
+	cfg, _, err := loadConfig(path, sf.overrides)
+	if err != nil {
+		return err
+	}
+	log, closer, err := agent.NewLogger(cfg.Server.LogLevel, cfg.Server.LogFormat, cfg.Server.LogFile)
+	if err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	defer closer.Close()
+	a, err := agent.New(ctx, cfg, agent.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+func validate(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "path to the YAML config (or PROXY_HOPPER_CONFIG)")
+	fs.StringVar(cfgPath, "c", "", "shorthand for --config")
+	if err := fs.Parse(args); err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	path, err := configPath(*cfgPath)
+	if err != nil {
+		return err
+	}
+	cfg, targets, err := loadConfig(path, nil)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(stdout, cfg.Summary(targets))
+	return nil
+}
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	d := fs.Duration("duration", 20*time.Second, "how long to drive traffic")
+	plain := fs.Bool("plain", false, "print the table as plain text snapshots instead of redrawing it")
+	if err := fs.Parse(args); err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	return demo.Run(ctx, demo.Options{Duration: *d, Out: stdout, Plain: *plain})
+}

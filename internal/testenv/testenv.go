@@ -1,0 +1,153 @@
+// Package testenv starts the real programs that end-to-end tests run
+// against (tinyproxy upstreams, redis-server) and holds the rules for tests
+// that need root.
+package testenv
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// RequireRoot skips t when not root, unless PH_REQUIRE_BPF=1 (set by CI),
+// where a skip would hide a missing capability and so fails instead.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("PH_REQUIRE_BPF") == "1" {
+		t.Fatal("test needs root, and PH_REQUIRE_BPF=1 forbids skipping it")
+	}
+	t.Skip("test needs root")
+}
+
+// LookPath fails t with an install hint when a program is missing: tests
+// that need real upstreams never pass by skipping.
+func LookPath(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found: run scripts/deps.sh (or apt-get install %s)", name, name)
+	}
+	return p
+}
+
+// FreePort returns a port that is free on ip right now.
+func FreePort(t testing.TB, ip string) int {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatalf("find free port on %s: %v", ip, err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// WaitListening waits until addr accepts TCP connections.
+func WaitListening(t testing.TB, addr string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not listening after %s: %v", addr, within, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Tinyproxy is a running tinyproxy upstream.
+type Tinyproxy struct {
+	Addr string // ip:port
+	Log  string // its log file (LogLevel Connect: one line per request)
+	cmd  *exec.Cmd
+}
+
+// TinyproxyOptions adjusts a tinyproxy instance.
+type TinyproxyOptions struct {
+	BasicAuth string // "user:pass" to require proxy auth
+	Extra     string // more config lines
+}
+
+// StartTinyproxy runs tinyproxy on ip (a loopback address such as
+// 127.0.0.2, or an address inside the test's network namespace) and stops
+// it when the test ends.
+func StartTinyproxy(t testing.TB, ip string, o TinyproxyOptions) *Tinyproxy {
+	t.Helper()
+	bin := LookPath(t, "tinyproxy")
+	dir := t.TempDir()
+	port := FreePort(t, ip)
+	tp := &Tinyproxy{Addr: net.JoinHostPort(ip, fmt.Sprint(port)), Log: filepath.Join(dir, "tinyproxy.log")}
+	conf := fmt.Sprintf(`Port %d
+Listen %s
+Timeout 30
+Allow 127.0.0.0/8
+Allow 198.18.0.0/15
+MaxClients 500
+LogLevel Connect
+LogFile "%s"
+PidFile "%s"
+DisableViaHeader Yes
+`, port, ip, tp.Log, filepath.Join(dir, "tinyproxy.pid"))
+	if o.BasicAuth != "" {
+		user, pass, _ := strings.Cut(o.BasicAuth, ":")
+		conf += fmt.Sprintf("BasicAuth %s %s\n", user, pass)
+	}
+	conf += o.Extra
+	cf := filepath.Join(dir, "tinyproxy.conf")
+	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tp.cmd = exec.Command(bin, "-d", "-c", cf)
+	tp.cmd.Stdout, tp.cmd.Stderr = nil, nil
+	if err := tp.cmd.Start(); err != nil {
+		t.Fatalf("start tinyproxy: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = tp.cmd.Process.Kill()
+		_ = tp.cmd.Wait()
+	})
+	WaitListening(t, tp.Addr, 5*time.Second)
+	return tp
+}
+
+// Requests returns the request lines tinyproxy logged, in order.
+func (tp *Tinyproxy) Requests(t testing.TB) []string {
+	t.Helper()
+	f, err := os.Open(tp.Log)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if i := strings.Index(line, "]: Request (file descriptor"); i >= 0 {
+			if j := strings.Index(line[i:], "): "); j >= 0 {
+				out = append(out, line[i+j+3:])
+			}
+		}
+	}
+	return out
+}
+
+// Stop kills the upstream (to simulate a dead IP).
+func (tp *Tinyproxy) Stop() {
+	_ = tp.cmd.Process.Kill()
+	_ = tp.cmd.Wait()
+}

@@ -1,0 +1,395 @@
+// Package memory is the single-process pool.Backend: per-target queues in
+// memory, each with its own lock, no goroutine or timer per IP.
+package memory
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/pool"
+)
+
+var _ pool.Backend = (*Backend)(nil)
+
+// Backend stores pools in process memory.
+type Backend struct {
+	clock   pool.Clock
+	targets sync.Map // name -> *target
+	closeMu sync.Mutex
+	closed  bool
+}
+
+// New returns an empty backend; nil clock means the wall clock.
+func New(clock pool.Clock) *Backend {
+	if clock == nil {
+		clock = pool.RealClock{}
+	}
+	return &Backend{clock: clock}
+}
+
+type entry struct {
+	addr     string
+	state    pool.State
+	at       time.Time // cooling: ready at; quarantined: until; in-use: since
+	seq      uint64
+	index    int // position in a schedule, -1 when in none
+	failures int
+	removed  bool // left the configured set while in use
+}
+
+type waiter struct {
+	ch     chan struct{}
+	addr   string
+	err    error
+	served bool
+}
+
+// target is one pool; mu guards everything below it.
+type target struct {
+	mu         sync.Mutex
+	clock      pool.Clock
+	ips        map[string]*entry
+	ready      ring
+	cooling    schedule
+	quarantine schedule
+	waiters    []*waiter
+	timer      pool.Timer
+	timerAt    time.Time
+	closed     bool
+}
+
+func (b *Backend) get(name string) (*target, error) {
+	t, ok := b.targets.Load(name)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", pool.ErrUnknownTarget, name)
+	}
+	return t.(*target), nil
+}
+
+// Seed implements pool.Backend.
+func (b *Backend) Seed(_ context.Context, name string, addrs []string) error {
+	b.closeMu.Lock()
+	if b.closed {
+		b.closeMu.Unlock()
+		return pool.ErrClosed
+	}
+	v, _ := b.targets.LoadOrStore(name, &target{clock: b.clock, ips: map[string]*entry{}})
+	b.closeMu.Unlock()
+	t := v.(*target)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	want := make(map[string]bool, len(addrs))
+	for _, a := range addrs {
+		want[a] = true
+		if e, ok := t.ips[a]; ok {
+			e.removed = false
+			continue
+		}
+		e := &entry{addr: a, state: pool.StateAvailable, index: -1}
+		t.ips[a] = e
+		t.ready.push(e)
+	}
+	for a, e := range t.ips {
+		if want[a] {
+			continue
+		}
+		switch e.state {
+		case pool.StateAvailable:
+			t.ready.remove(e)
+		case pool.StateCooling:
+			t.cooling.removeAt(e.index)
+		case pool.StateQuarantined:
+			t.quarantine.removeAt(e.index)
+		case pool.StateInUse:
+			e.removed = true // drains: gone when pushed back
+			continue
+		}
+		delete(t.ips, a)
+	}
+	t.dispatch(t.clock.Now())
+	return nil
+}
+
+// Pop implements pool.Backend.
+func (b *Backend) Pop(ctx context.Context, name string, timeout time.Duration) (string, error) {
+	t, err := b.get(name)
+	if err != nil {
+		return "", err
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return "", pool.ErrClosed
+	}
+	if t.cooling.len() > 0 {
+		t.promote(t.clock.Now())
+	}
+	if len(t.waiters) == 0 && t.ready.len() > 0 {
+		e := t.take()
+		t.mu.Unlock()
+		return e.addr, nil
+	}
+	if timeout <= 0 {
+		t.mu.Unlock()
+		return "", pool.ErrNoIP
+	}
+	w := &waiter{ch: make(chan struct{})}
+	t.waiters = append(t.waiters, w)
+	t.arm()
+	t.mu.Unlock()
+
+	expired := make(chan struct{})
+	tm := t.clock.AfterFunc(timeout, func() { close(expired) })
+	defer tm.Stop()
+	var cause error
+	select {
+	case <-w.ch:
+		return w.addr, w.err
+	case <-expired:
+		cause = pool.ErrNoIP
+	case <-ctx.Done():
+		cause = ctx.Err()
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if w.served { // served while we gave up: keep the IP rather than lose it
+		return w.addr, w.err
+	}
+	if i := slices.Index(t.waiters, w); i >= 0 {
+		t.waiters = slices.Delete(t.waiters, i, i+1)
+	}
+	return "", cause
+}
+
+// take pops the ready head and marks it in use. Caller holds mu.
+func (t *target) take() *entry {
+	e := t.ready.pop()
+	e.state = pool.StateInUse
+	e.at = t.clock.Now()
+	return e
+}
+
+// promote moves cooled-down IPs to the ready queue. Caller holds mu.
+func (t *target) promote(now time.Time) {
+	for t.cooling.len() > 0 && !t.cooling.peek().at.After(now) {
+		e := t.cooling.pop()
+		e.state = pool.StateAvailable
+		t.ready.push(e)
+	}
+}
+
+// dispatch hands ready IPs to waiters in arrival order. Caller holds mu.
+func (t *target) dispatch(now time.Time) {
+	t.promote(now)
+	for len(t.waiters) > 0 && t.ready.len() > 0 {
+		w := t.waiters[0]
+		t.waiters[0] = nil
+		t.waiters = t.waiters[1:]
+		w.addr, w.served = t.take().addr, true
+		close(w.ch)
+	}
+	t.arm()
+}
+
+// arm keeps one timer at the earliest cooldown end while anyone waits.
+// Caller holds mu.
+func (t *target) arm() {
+	if len(t.waiters) == 0 || t.cooling.len() == 0 {
+		return
+	}
+	at := t.cooling.peek().at
+	if t.timer != nil {
+		if !t.timerAt.After(at) {
+			return
+		}
+		t.timer.Stop()
+	}
+	t.timerAt = at
+	t.timer = t.clock.AfterFunc(at.Sub(t.clock.Now()), func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		t.timer = nil
+		t.dispatch(t.clock.Now())
+	})
+}
+
+// Push implements pool.Backend. Pushing an IP that is not in use is a no-op,
+// so an IP can never be queued twice.
+func (b *Backend) Push(_ context.Context, name, addr string, readyAt time.Time) error {
+	t, err := b.get(name)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.ips[addr]
+	if !ok || e.state != pool.StateInUse {
+		return nil
+	}
+	if e.removed {
+		delete(t.ips, addr)
+		return nil
+	}
+	now := t.clock.Now()
+	if readyAt.After(now) {
+		e.state = pool.StateCooling
+		t.cooling.push(e, readyAt)
+		t.arm()
+		return nil
+	}
+	e.state = pool.StateAvailable
+	t.ready.push(e)
+	t.dispatch(now)
+	return nil
+}
+
+func (b *Backend) withEntry(name, addr string, f func(*target, *entry)) error {
+	t, err := b.get(name)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e, ok := t.ips[addr]; ok {
+		f(t, e)
+	}
+	return nil
+}
+
+// IncrFailures implements pool.Backend.
+func (b *Backend) IncrFailures(_ context.Context, name, addr string) (int, error) {
+	n := 0
+	err := b.withEntry(name, addr, func(_ *target, e *entry) { e.failures++; n = e.failures })
+	return n, err
+}
+
+// ResetFailures implements pool.Backend.
+func (b *Backend) ResetFailures(_ context.Context, name, addr string) error {
+	return b.withEntry(name, addr, func(_ *target, e *entry) { e.failures = 0 })
+}
+
+// Quarantine implements pool.Backend.
+func (b *Backend) Quarantine(_ context.Context, name, addr string, until time.Time) error {
+	return b.withEntry(name, addr, func(t *target, e *entry) {
+		switch e.state {
+		case pool.StateAvailable:
+			t.ready.remove(e)
+		case pool.StateCooling:
+			t.cooling.removeAt(e.index)
+		case pool.StateQuarantined:
+			t.quarantine.removeAt(e.index)
+		}
+		e.state = pool.StateQuarantined
+		t.quarantine.push(e, until)
+	})
+}
+
+// PopExpired implements pool.Backend. Returned IPs are in use until pushed.
+func (b *Backend) PopExpired(_ context.Context, name string, now time.Time) ([]string, error) {
+	t, err := b.get(name)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []string
+	for t.quarantine.len() > 0 && !t.quarantine.peek().at.After(now) {
+		e := t.quarantine.pop()
+		if e.removed {
+			delete(t.ips, e.addr)
+			continue
+		}
+		e.state, e.at = pool.StateInUse, now
+		out = append(out, e.addr)
+	}
+	return out, nil
+}
+
+// NextExpiry implements pool.Backend.
+func (b *Backend) NextExpiry(_ context.Context, name string) (time.Time, bool, error) {
+	t, err := b.get(name)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.quarantine.len() == 0 {
+		return time.Time{}, false, nil
+	}
+	return t.quarantine.peek().at, true, nil
+}
+
+// Snapshot implements pool.Backend; IPs are sorted by address.
+func (b *Backend) Snapshot(_ context.Context, name string) ([]pool.IPState, error) {
+	t, err := b.get(name)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.clock.Now()
+	out := make([]pool.IPState, 0, len(t.ips))
+	for _, e := range t.ips {
+		s := pool.IPState{Addr: e.addr, State: e.state, Failures: e.failures}
+		switch e.state {
+		case pool.StateCooling:
+			if !e.at.After(now) {
+				s.State = pool.StateAvailable
+			} else {
+				s.Until = e.at
+			}
+		case pool.StateQuarantined, pool.StateInUse:
+			s.Until = e.at
+		}
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b pool.IPState) int {
+		switch {
+		case a.Addr < b.Addr:
+			return -1
+		case a.Addr > b.Addr:
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}
+
+// Waiting reports how many callers are blocked in Pop for target.
+func (b *Backend) Waiting(name string) int {
+	t, err := b.get(name)
+	if err != nil {
+		return 0
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.waiters)
+}
+
+// Close implements pool.Backend: every waiter gets pool.ErrClosed and later
+// Pops fail at once. Pushes are still accepted so in-flight work can finish.
+func (b *Backend) Close() error {
+	b.closeMu.Lock()
+	b.closed = true
+	b.closeMu.Unlock()
+	b.targets.Range(func(_, v any) bool {
+		t := v.(*target)
+		t.mu.Lock()
+		t.closed = true
+		for _, w := range t.waiters {
+			w.err, w.served = pool.ErrClosed, true
+			close(w.ch)
+		}
+		t.waiters = nil
+		if t.timer != nil {
+			t.timer.Stop()
+			t.timer = nil
+		}
+		t.mu.Unlock()
+		return true
+	})
+	return nil
+}

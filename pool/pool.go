@@ -1,0 +1,237 @@
+// Package pool holds proxy-hopper's IP pool policy: rotation, per-IP
+// cooldown, failure counting and quarantine. Storage is behind Backend, so
+// swapping the memory backend for Redis changes nothing above this package.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config is the policy of one target's pool.
+type Config struct {
+	// MinRequestInterval is how long an IP cools down after each use.
+	MinRequestInterval time.Duration
+	// MaxQueueWait is how long Acquire waits for a free IP.
+	MaxQueueWait time.Duration
+	// FailuresUntilQuarantine consecutive failures quarantine an IP.
+	FailuresUntilQuarantine int
+	// QuarantineTime is how long a quarantined IP stays out.
+	QuarantineTime time.Duration
+}
+
+// Validate reports a policy that cannot work.
+func (c Config) Validate() error {
+	switch {
+	case c.MinRequestInterval < 0:
+		return errors.New("minRequestInterval must not be negative")
+	case c.MaxQueueWait < 0:
+		return errors.New("maxQueueWait must not be negative")
+	case c.FailuresUntilQuarantine < 1:
+		return errors.New("ipFailuresUntilQuarantine must be at least 1")
+	case c.QuarantineTime < 0:
+		return errors.New("quarantineTime must not be negative")
+	}
+	return nil
+}
+
+// Hooks are optional callbacks fired by pool transitions. They run
+// synchronously and must not block.
+type Hooks struct {
+	// Quarantined is called after addr is taken out until the given time.
+	Quarantined func(addr string, until time.Time)
+	// Released is called before a quarantined addr re-enters the pool.
+	Released func(addr string)
+}
+
+// Outcome is the result of one use of an IP.
+type Outcome bool
+
+const (
+	Success Outcome = true
+	Failure Outcome = false
+)
+
+// Pool is the runtime pool of one target. It is safe for concurrent use and
+// shares no state with other targets' pools.
+type Pool struct {
+	target  string
+	backend Backend
+	clock   Clock
+	hooks   Hooks
+	log     *slog.Logger
+	cfg     atomic.Pointer[Config]
+
+	mu      sync.Mutex // guards the quarantine release timer
+	timer   Timer
+	timerAt time.Time
+	closed  bool
+}
+
+// Options configures New.
+type Options struct {
+	Clock  Clock        // default RealClock
+	Hooks  Hooks        // optional
+	Logger *slog.Logger // default slog.Default()
+}
+
+// New seeds target's pool in backend with addrs and returns its policy.
+func New(ctx context.Context, target string, addrs []string, backend Backend, cfg Config, opts Options) (*Pool, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("target %s: %w", target, err)
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("target %s: no IPs", target)
+	}
+	p := &Pool{target: target, backend: backend, clock: opts.Clock, hooks: opts.Hooks, log: opts.Logger}
+	if p.clock == nil {
+		p.clock = RealClock{}
+	}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	p.log = p.log.With("component", "pool", "target", target)
+	p.cfg.Store(&cfg)
+	if err := backend.Seed(ctx, target, addrs); err != nil {
+		return nil, fmt.Errorf("seed pool %s: %w", target, err)
+	}
+	// A shared backend may hold quarantines from an earlier run.
+	if at, ok, err := backend.NextExpiry(ctx, target); err == nil && ok {
+		p.schedule(at)
+	}
+	return p, nil
+}
+
+// Target returns the target name.
+func (p *Pool) Target() string { return p.target }
+
+// Config returns the policy in force.
+func (p *Pool) Config() Config { return *p.cfg.Load() }
+
+// Update replaces the policy and reconciles the IP set; requests in flight
+// are not disturbed.
+func (p *Pool) Update(ctx context.Context, addrs []string, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("target %s: %w", p.target, err)
+	}
+	if err := p.backend.Seed(ctx, p.target, addrs); err != nil {
+		return fmt.Errorf("reseed pool %s: %w", p.target, err)
+	}
+	p.cfg.Store(&cfg)
+	return nil
+}
+
+// Acquire hands out the IP that has been free longest, waiting up to
+// MaxQueueWait (FIFO among waiters). It returns ErrNoIP when none came free.
+func (p *Pool) Acquire(ctx context.Context) (string, error) {
+	return p.backend.Pop(ctx, p.target, p.cfg.Load().MaxQueueWait)
+}
+
+// Release returns addr after a use. Success resets its failure count; a
+// failure counts, and at the threshold quarantines it. Either way a
+// non-quarantined IP comes back after MinRequestInterval.
+func (p *Pool) Release(ctx context.Context, addr string, outcome Outcome) error {
+	cfg := p.cfg.Load()
+	now := p.clock.Now()
+	if outcome == Success {
+		if err := p.backend.ResetFailures(ctx, p.target, addr); err != nil {
+			return fmt.Errorf("reset failures of %s: %w", addr, err)
+		}
+		return p.push(ctx, addr, now.Add(cfg.MinRequestInterval))
+	}
+	n, err := p.backend.IncrFailures(ctx, p.target, addr)
+	if err != nil {
+		return fmt.Errorf("count failure of %s: %w", addr, err)
+	}
+	if n < cfg.FailuresUntilQuarantine {
+		return p.push(ctx, addr, now.Add(cfg.MinRequestInterval))
+	}
+	until := now.Add(cfg.QuarantineTime)
+	if err := p.backend.Quarantine(ctx, p.target, addr, until); err != nil {
+		return fmt.Errorf("quarantine %s: %w", addr, err)
+	}
+	p.log.Warn("ip quarantined", "address", addr, "failures", n, "until", until)
+	if p.hooks.Quarantined != nil {
+		p.hooks.Quarantined(addr, until)
+	}
+	p.schedule(until)
+	return nil
+}
+
+func (p *Pool) push(ctx context.Context, addr string, at time.Time) error {
+	if err := p.backend.Push(ctx, p.target, addr, at); err != nil {
+		return fmt.Errorf("return %s to pool: %w", addr, err)
+	}
+	return nil
+}
+
+// schedule arms the single release timer for the earliest quarantine end.
+func (p *Pool) schedule(at time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || (p.timer != nil && !p.timerAt.After(at)) {
+		return
+	}
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	p.timerAt = at
+	p.timer = p.clock.AfterFunc(at.Sub(p.clock.Now()), p.releaseExpired)
+}
+
+// releaseExpired moves every quarantined IP whose time is up back into the
+// pool with a clean failure count, then re-arms the timer.
+func (p *Pool) releaseExpired() {
+	p.mu.Lock()
+	p.timer = nil
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return
+	}
+	ctx := context.Background()
+	now := p.clock.Now()
+	addrs, err := p.backend.PopExpired(ctx, p.target, now)
+	if err != nil {
+		p.log.Error("release quarantined IPs", "err", err)
+		p.schedule(now.Add(time.Second)) // try again shortly
+		return
+	}
+	for _, addr := range addrs {
+		if p.hooks.Released != nil {
+			p.hooks.Released(addr)
+		}
+		if err := p.backend.ResetFailures(ctx, p.target, addr); err != nil {
+			p.log.Error("reset failures after quarantine", "address", addr, "err", err)
+		}
+		if err := p.backend.Push(ctx, p.target, addr, now); err != nil {
+			p.log.Error("return quarantined IP", "address", addr, "err", err)
+			continue
+		}
+		p.log.Info("ip released from quarantine", "address", addr)
+	}
+	if at, ok, err := p.backend.NextExpiry(ctx, p.target); err == nil && ok {
+		p.schedule(at)
+	}
+}
+
+// Snapshot lists the pool's IPs and their states.
+func (p *Pool) Snapshot(ctx context.Context) ([]IPState, error) {
+	return p.backend.Snapshot(ctx, p.target)
+}
+
+// Close stops the release timer. Waiters are released by closing the backend.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	if p.timer != nil {
+		p.timer.Stop()
+		p.timer = nil
+	}
+}

@@ -1,0 +1,110 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+)
+
+// errBodyTooLarge is returned when a request body passes the size limit.
+var errBodyTooLarge = &HeadError{Status: http.StatusRequestEntityTooLarge, Reason: "request body too large"}
+
+// chunkedBody decodes a chunked request body and consumes its trailer
+// section, so the connection is positioned at the next request.
+type chunkedBody struct {
+	br   *bufio.Reader
+	cr   io.Reader
+	done bool
+}
+
+func newChunkedBody(br *bufio.Reader) *chunkedBody {
+	return &chunkedBody{br: br, cr: httputil.NewChunkedReader(br)}
+}
+
+func (c *chunkedBody) Read(p []byte) (int, error) {
+	if c.done {
+		return 0, io.EOF
+	}
+	n, err := c.cr.Read(p)
+	if errors.Is(err, io.EOF) {
+		budget := 8 << 10
+		for {
+			line, lerr := readLine(c.br, &budget)
+			if lerr != nil {
+				return n, fmt.Errorf("read chunked trailer: %w", lerr)
+			}
+			if len(line) == 0 {
+				break
+			}
+		}
+		c.done = true
+		return n, io.EOF
+	}
+	if err != nil {
+		return n, badRequest("malformed chunked body: %v", err)
+	}
+	return n, nil
+}
+
+// limitedBody fails with errBodyTooLarge once more than max bytes are read.
+type limitedBody struct {
+	r   io.Reader
+	max int64
+	n   int64
+}
+
+func (l *limitedBody) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.n += int64(n)
+	if l.n > l.max {
+		return n, errBodyTooLarge
+	}
+	return n, err
+}
+
+// requestBody is a request body prepared for forwarding. When the whole body
+// fit in the retry buffer it can be sent any number of times; otherwise it
+// streams once.
+type requestBody struct {
+	buf    []byte    // the buffered body, or its first part
+	rest   io.Reader // nil when buf is the whole body
+	size   int64     // -1 when unknown (chunked, streaming)
+	used   bool
+	hasAny bool
+}
+
+// prepareBody reads up to bufMax bytes of the body so that it can be
+// replayed on retry. Bodies larger than bufMax stream once.
+func prepareBody(r io.Reader, size int64, bufMax int64) (*requestBody, error) {
+	if r == nil {
+		return &requestBody{size: 0}, nil
+	}
+	if size > bufMax {
+		return &requestBody{rest: r, size: size, hasAny: true}, nil
+	}
+	var b bytes.Buffer
+	n, err := io.Copy(&b, io.LimitReader(r, bufMax+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > bufMax {
+		return &requestBody{buf: b.Bytes(), rest: r, size: size, hasAny: true}, nil
+	}
+	return &requestBody{buf: b.Bytes(), size: n, hasAny: n > 0}, nil
+}
+
+// Replayable reports whether the body can be sent again.
+func (b *requestBody) Replayable() bool { return b.rest == nil }
+
+// reader returns the body to send for one attempt.
+func (b *requestBody) reader() io.Reader {
+	if b.rest == nil {
+		return bytes.NewReader(b.buf)
+	}
+	b.used = true
+	return io.MultiReader(bytes.NewReader(b.buf), b.rest)
+}

@@ -1,0 +1,544 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/pool"
+)
+
+// Outcomes of a client request, as proxy-hopper names them.
+const (
+	OutcomeSuccess         = "success"
+	OutcomeRateLimited     = "rate_limited"
+	OutcomeServerError     = "server_error"
+	OutcomeConnectionError = "connection_error"
+	OutcomeNoMatch         = "no_match"
+	OutcomeNoIP            = "no_ip"
+	OutcomeBadRequest      = "bad_request"
+)
+
+// AttemptEvent is one use of one upstream IP.
+type AttemptEvent struct {
+	Target   string
+	Addr     string
+	OK       bool   // counted as success by the pool
+	Reason   string // failure reason, empty on success
+	Status   int    // response status, 0 when there was none
+	Duration time.Duration
+}
+
+// RequestEvent is one finished client request or tunnel.
+type RequestEvent struct {
+	Target    string // empty when nothing matched
+	Mode      string // header, proxy, connect
+	Tag       string
+	Outcome   string
+	Status    int
+	Retries   int
+	Duration  time.Duration
+	QueueWait time.Duration
+}
+
+// Hooks observe the data path; they run synchronously and must not block.
+type Hooks struct {
+	Attempt func(AttemptEvent)
+	Request func(RequestEvent)
+}
+
+// request is a client request after its listener-specific parsing: from
+// here on header, explicit and transparent requests share one path.
+type request struct {
+	head     *RequestHead
+	url      *url.URL // where it goes
+	matchKey string   // what target regexes see
+	mode     string
+	tag      string
+	retries  int // -1: the target's numRetries
+}
+
+func tlsOrDefault(c *tls.Config) *tls.Config {
+	if c != nil {
+		return c
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12}
+}
+
+// failureStatus reports statuses that count against the IP and are retried.
+func failureStatus(code int) bool {
+	switch code {
+	case 407, 429, 502, 503, 504:
+		return true
+	}
+	return false
+}
+
+func outcomeOf(status int) string {
+	switch {
+	case status == 429:
+		return OutcomeRateLimited
+	case status >= 500:
+		return OutcomeServerError
+	}
+	return OutcomeSuccess
+}
+
+type attemptRecord struct {
+	IP     string `json:"ip"`
+	Reason string `json:"reason"`
+}
+
+// deadlineReader extends the client connection's read deadline before each
+// read of a request body, so a client that stops sending times out.
+type deadlineReader struct {
+	r io.Reader
+	c net.Conn
+	d time.Duration
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	_ = d.c.SetReadDeadline(time.Now().Add(d.d))
+	return d.r.Read(p)
+}
+
+// sizedBody reads exactly n bytes and fails if the client sends fewer.
+type sizedBody struct {
+	r io.Reader
+	n int64
+}
+
+func (s *sizedBody) Read(p []byte) (int, error) {
+	if s.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > s.n {
+		p = p[:s.n]
+	}
+	n, err := s.r.Read(p)
+	s.n -= int64(n)
+	if errors.Is(err, io.EOF) && s.n > 0 {
+		return n, io.ErrUnexpectedEOF
+	}
+	if s.n == 0 && err == nil {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// eofReader remembers whether its reader reached EOF.
+type eofReader struct {
+	r   io.Reader
+	eof bool
+}
+
+func (e *eofReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if errors.Is(err, io.EOF) {
+		e.eof = true
+	}
+	return n, err
+}
+
+// serveRequest is the one request path shared by every client mode: frame
+// the body, match a target, forward with retries and answer the client. It
+// reports whether the client connection can carry another request.
+func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
+	start := time.Now()
+	head := req.head
+	ev := RequestEvent{Mode: req.mode, Tag: req.tag}
+	finish := func(outcome string, status int) {
+		ev.Outcome, ev.Status, ev.Duration = outcome, status, time.Since(start)
+		if s.opts.Hooks.Request != nil {
+			s.opts.Hooks.Request(ev)
+		}
+		lvl := slog.LevelDebug
+		if outcome != OutcomeSuccess {
+			lvl = slog.LevelInfo
+		}
+		if !s.log.Enabled(context.Background(), lvl) {
+			return
+		}
+		s.log.Log(context.Background(), lvl, "request", "mode", req.mode, "method", head.Method, "url", redactURL(req.url), "target", ev.Target,
+			"tag", req.tag, "status", status, "outcome", outcome, "retries", ev.Retries, "duration", ev.Duration)
+	}
+	keep = keep && !s.draining.Load()
+	framing, size, err := RequestFraming(head.Fields)
+	if err != nil {
+		he := err.(*HeadError)
+		_ = writeJSON(cc.bw, he.Status, head.Minor, false, clientError(he.Reason))
+		finish(OutcomeBadRequest, he.Status)
+		return false
+	}
+	if framing == Sized && size > s.opts.MaxBodyBytes {
+		_ = writeJSON(cc.bw, 413, head.Minor, false, clientError(errBodyTooLarge.Reason))
+		finish(OutcomeBadRequest, 413)
+		return false
+	}
+	t := s.match(req.matchKey)
+	if t == nil {
+		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, keep && framing == NoBody,
+			errorBody("no_target", "No target configured for URL: "+redactURL(req.url), req, nil, 0, 0, nil))
+		finish(OutcomeNoMatch, http.StatusBadGateway)
+		return keep && framing == NoBody
+	}
+	ev.Target = t.Name
+
+	var src *eofReader
+	var body *requestBody
+	if framing == NoBody {
+		body = &requestBody{size: 0}
+	} else {
+		if head.Minor == 1 && hasToken(head.Fields.Values("Expect"), "100-continue") {
+			cc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+			if err := cc.bw.Flush(); err != nil {
+				return false
+			}
+		}
+		var r io.Reader
+		if framing == Sized {
+			r = &sizedBody{r: cc.br, n: size}
+		} else {
+			r = &limitedBody{r: newChunkedBody(cc.br), max: s.opts.MaxBodyBytes}
+		}
+		src = &eofReader{r: &deadlineReader{r: r, c: cc.c, d: s.opts.BodyReadTimeout}}
+		body, err = prepareBody(src, size, s.opts.RetryBufferBytes)
+		if err != nil {
+			status, reason := bodyErrorStatus(err)
+			_ = writeJSON(cc.bw, status, head.Minor, false, clientError(reason))
+			finish(OutcomeBadRequest, status)
+			return false
+		}
+	}
+	keep, outcome, status := s.forward(cc, req, t, body, keep, &ev)
+	_ = cc.c.SetReadDeadline(time.Time{})
+	if src != nil && !src.eof {
+		keep = false // unread body bytes: the connection is out of sync
+	}
+	finish(outcome, status)
+	return keep
+}
+
+func bodyErrorStatus(err error) (int, string) {
+	var he *HeadError
+	var ne net.Error
+	switch {
+	case errors.As(err, &he):
+		return he.Status, he.Reason
+	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
+		return http.StatusRequestTimeout, "timed out reading the request body"
+	}
+	return http.StatusBadRequest, "incomplete request body"
+}
+
+// heldResponse is a failed origin response kept, body and all, in case every
+// retry fails too and it is the best answer the client can get.
+type heldResponse struct {
+	resp *http.Response
+	body []byte
+}
+
+// forward sends the request through the target's IPs, retrying failures on
+// the next IP, and streams the final response to the client.
+func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestBody, keep bool, ev *RequestEvent) (bool, string, int) {
+	retries := t.NumRetries
+	if req.retries >= 0 {
+		retries = req.retries
+	}
+	ctx := s.ctx
+	var attempts []attemptRecord
+	var held *heldResponse
+	for i := 0; i <= retries; i++ {
+		if i > 0 {
+			if !body.Replayable() && body.used {
+				break // a streamed body went out once already
+			}
+			ev.Retries++
+		}
+		waitStart := time.Now()
+		ip, err := t.Pool.Acquire(ctx)
+		ev.QueueWait += time.Since(waitStart)
+		if err != nil {
+			if held != nil {
+				break
+			}
+			return s.poolError(cc, req, t, err, keep, body, i, attempts)
+		}
+		up := t.Upstreams[ip]
+		if up.Addr == "" {
+			up.Addr = ip
+		}
+		aStart := time.Now()
+		resp, uc, err := t.tr.roundTrip(ctx, up, req, body)
+		if err != nil {
+			reason := "upstream_error"
+			var ae *attemptError
+			if errors.As(err, &ae) {
+				reason = ae.Reason
+			}
+			s.release(t, ip, pool.Failure, AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
+			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
+			s.log.Debug("attempt failed", "target", t.Name, "address", ip, "reason", reason, "err", err)
+			continue
+		}
+		if resp.StatusCode == http.StatusProxyAuthRequired && req.url.Scheme == "http" {
+			// The upstream proxy rejected our credentials: not an origin answer.
+			uc.Close()
+			reason := "proxy_status_407"
+			s.release(t, ip, pool.Failure, AttemptEvent{Reason: reason, Status: 407, Duration: time.Since(aStart)})
+			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
+			continue
+		}
+		if failureStatus(resp.StatusCode) && i < retries && (body.Replayable() || !body.used) {
+			reason := "status_" + strconv.Itoa(resp.StatusCode)
+			held = holdResponse(resp, uc, t)
+			s.release(t, ip, pool.Failure, AttemptEvent{Reason: reason, Status: resp.StatusCode, Duration: time.Since(aStart)})
+			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
+			continue
+		}
+		outcome := pool.Success
+		if failureStatus(resp.StatusCode) {
+			outcome = pool.Failure
+		}
+		bufp := s.bufs.Get().(*[]byte)
+		more := func() bool { return uc.br.Buffered() > 0 }
+		keep2, upErr, clientErr := writeResponse(cc.bw, resp, req.head.Method, req.head.Minor, keep, *bufp, more)
+		s.bufs.Put(bufp)
+		a := AttemptEvent{Status: resp.StatusCode, Duration: time.Since(aStart)}
+		switch {
+		case upErr != nil:
+			outcome = pool.Failure
+			a.Reason = reasonOf("upstream_body", upErr)
+			uc.Close()
+		case clientErr != nil || resp.Close:
+			uc.Close()
+		default:
+			t.tr.put(uc)
+		}
+		if outcome == pool.Failure && a.Reason == "" {
+			a.Reason = "status_" + strconv.Itoa(resp.StatusCode)
+		}
+		s.release(t, ip, outcome, a)
+		if upErr != nil {
+			return false, OutcomeConnectionError, resp.StatusCode
+		}
+		return keep2, outcomeOf(resp.StatusCode), resp.StatusCode
+	}
+	if held != nil {
+		keep2, _, _ := writeResponse(cc.bw, held.resp, req.head.Method, req.head.Minor, keep, nil, nil)
+		return keep2, outcomeOf(held.resp.StatusCode), held.resp.StatusCode
+	}
+	_ = writeJSON(cc.bw, http.StatusBadGateway, req.head.Minor, keep, errorBody("connection_error",
+		"Every attempt failed before an origin response", req, t, len(attempts), retries, attempts))
+	return keep, OutcomeConnectionError, http.StatusBadGateway
+}
+
+// holdResponse reads a small failed response into memory and frees its
+// connection; a large one is dropped (nil).
+func holdResponse(resp *http.Response, uc *upConn, t *Target) *heldResponse {
+	const limit = 64 << 10
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	resp.Body.Close()
+	if err != nil || len(b) > limit || resp.Close {
+		uc.Close()
+	} else {
+		t.tr.put(uc)
+	}
+	if err != nil || len(b) > limit {
+		return nil
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	resp.ContentLength = int64(len(b))
+	return &heldResponse{resp: resp, body: b}
+}
+
+func (s *Server) release(t *Target, ip string, outcome pool.Outcome, a AttemptEvent) {
+	if err := t.Pool.Release(context.Background(), ip, outcome); err != nil {
+		s.log.Error("release ip", "target", t.Name, "address", ip, "err", err)
+	}
+	if s.opts.Hooks.Attempt != nil {
+		a.Target, a.Addr, a.OK = t.Name, ip, outcome == pool.Success
+		s.opts.Hooks.Attempt(a)
+	}
+}
+
+// poolError answers a request that could not get an IP.
+func (s *Server) poolError(cc *clientConn, req *request, t *Target, err error, keep bool, body *requestBody, tried int, attempts []attemptRecord) (bool, string, int) {
+	keep = keep && (body.Replayable() || !body.used)
+	code, msg := "no_ip_available", "No proxy IP available within the allowed wait time"
+	switch {
+	case errors.Is(err, pool.ErrClosed):
+		code, msg, keep = "server_shutdown", "Server is shutting down", false
+	case errors.Is(err, pool.ErrBackendUnavailable):
+		code, msg = "backend_unavailable", "The pool backend is unavailable"
+	case !errors.Is(err, pool.ErrNoIP):
+		code, msg = "pool_error", err.Error()
+	}
+	_ = writeJSON(cc.bw, http.StatusServiceUnavailable, req.head.Minor, keep, errorBody(code, msg, req, t, tried, -1, attempts))
+	return keep, OutcomeNoIP, http.StatusServiceUnavailable
+}
+
+// errorBody is the JSON error document, with proxy-hopper's keys (error,
+// detail, url, method, retries_attempted, retries_allowed) plus the target
+// and the IPs tried with why each failed.
+func errorBody(code, detail string, req *request, t *Target, tried, allowed int, attempts []attemptRecord) map[string]any {
+	m := map[string]any{"error": code, "detail": detail}
+	if req != nil && req.head != nil {
+		m["method"] = req.head.Method
+		if req.url != nil {
+			m["url"] = redactURL(req.url)
+		} else {
+			m["url"] = req.head.Target
+		}
+	}
+	if t != nil {
+		m["target"] = t.Name
+		if allowed < 0 {
+			allowed = t.NumRetries
+			if req != nil && req.retries >= 0 {
+				allowed = req.retries
+			}
+		}
+		m["retries_attempted"] = tried
+		m["retries_allowed"] = allowed
+		if attempts == nil {
+			attempts = []attemptRecord{}
+		}
+		m["attempts"] = attempts
+	}
+	return m
+}
+
+// redactURL drops any userinfo before a URL is logged or echoed.
+func redactURL(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
+	if u.User == nil {
+		return u.String()
+	}
+	c := *u
+	c.User = nil
+	return c.String()
+}
+
+// roundTrip sends one request through up and returns the response head.
+// A reused connection that turns out to be dead is replaced once, silently:
+// that is the connection's fault, not the IP's.
+func (t *transport) roundTrip(ctx context.Context, up Upstream, req *request, body *requestBody) (*http.Response, *upConn, error) {
+	hp := hostPort(req.url)
+	for try := 0; ; try++ {
+		uc, err := t.connFor(ctx, up, req.url.Scheme, hp, req.url.Hostname())
+		if err != nil {
+			return nil, nil, err
+		}
+		stop := context.AfterFunc(ctx, func() { _ = uc.Conn.SetDeadline(time.Unix(1, 0)) })
+		_ = uc.Conn.SetWriteDeadline(time.Now().Add(t.timeouts.Response))
+		uc.nread = int64(uc.br.Buffered())
+		err = writeRequest(uc.bw, req, up, body)
+		var resp *http.Response
+		if err == nil {
+			_ = uc.Conn.SetWriteDeadline(time.Time{})
+			resp, err = readResponse(uc.br, req.head.Method)
+		}
+		stop()
+		if err == nil {
+			return resp, uc, nil
+		}
+		uc.Close()
+		// A kept connection the proxy closed meanwhile: nothing of a
+		// response arrived, so the request can go again on a fresh one.
+		if uc.reused && try == 0 && uc.nread == 0 && (body.Replayable() || !body.used) && staleConn(err) {
+			continue
+		}
+		return nil, nil, failed(reasonOf("upstream", err), err)
+	}
+}
+
+func staleConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || reasonOf("", err) == "_reset"
+}
+
+// readResponse reads the next final response head, skipping 1xx interim
+// responses (101 is final, and refused later as an upgrade).
+func readResponse(br *bufio.Reader, method string) (*http.Response, error) {
+	for {
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != 101 {
+			continue
+		}
+		return resp, nil
+	}
+}
+
+// writeRequest writes the outgoing request: absolute-form to the proxy for
+// http origins, origin-form inside the tunnel for https.
+func writeRequest(bw *bufio.Writer, req *request, up Upstream, body *requestBody) error {
+	h := req.head
+	bw.WriteString(h.Method)
+	bw.WriteByte(' ')
+	if req.url.Scheme == "http" {
+		bw.WriteString(req.url.String())
+	} else {
+		bw.WriteString(req.url.RequestURI())
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(req.url.Host)
+	bw.WriteString("\r\n")
+	conn := tokens(h.Fields.Values("Connection"))
+	for _, f := range h.Fields {
+		if isHop(f.Name, conn) {
+			continue
+		}
+		bw.WriteString(f.Name)
+		bw.WriteString(": ")
+		bw.WriteString(f.Value)
+		bw.WriteString("\r\n")
+	}
+	if req.url.Scheme == "http" {
+		if a := up.authHeader(); a != "" {
+			bw.WriteString("Proxy-Authorization: ")
+			bw.WriteString(a)
+			bw.WriteString("\r\n")
+		}
+	}
+	switch {
+	case body.size > 0 || (body.size == 0 && needsLength(h.Method)):
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(body.size, 10))
+		bw.WriteString("\r\n\r\n")
+		if body.size > 0 {
+			if _, err := io.Copy(bw, body.reader()); err != nil {
+				return err
+			}
+		}
+	case body.size < 0:
+		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+		cw := httputilChunked(bw)
+		if _, err := io.Copy(cw, body.reader()); err != nil {
+			return err
+		}
+		cw.Close()
+		bw.WriteString("\r\n")
+	default:
+		bw.WriteString("\r\n")
+	}
+	return bw.Flush()
+}
+
+func needsLength(method string) bool {
+	return method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch
+}

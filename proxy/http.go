@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"maps"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// hopHeaders are connection-level headers, never forwarded (RFC 9110 7.6.1).
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// responseDrop are the response headers the agent re-creates or drops.
+var responseDrop = func() map[string]bool {
+	m := map[string]bool{"Content-Length": true}
+	for _, h := range hopHeaders {
+		m[h] = true
+	}
+	return m
+}()
+
+// isHop reports whether a request header must not leave the agent: hop-by-hop
+// headers, those the Connection header names, framing and Host (rewritten),
+// and every X-Proxy-Hopper-* control header.
+func isHop(name string, connTokens []string) bool {
+	if len(name) >= 15 && strings.EqualFold(name[:15], "X-Proxy-Hopper-") {
+		return true
+	}
+	for _, h := range hopHeaders {
+		if strings.EqualFold(name, h) {
+			return true
+		}
+	}
+	if strings.EqualFold(name, "Host") || strings.EqualFold(name, "Content-Length") || strings.EqualFold(name, "Expect") {
+		return true
+	}
+	for _, t := range connTokens {
+		if strings.EqualFold(name, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// tokens splits comma-separated header values into trimmed tokens.
+func tokens(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
+func hasToken(values []string, tok string) bool {
+	for _, t := range tokens(values) {
+		if strings.EqualFold(t, tok) {
+			return true
+		}
+	}
+	return false
+}
+
+// clientKeepAlive reports whether the client wants the connection kept.
+func clientKeepAlive(h *RequestHead) bool {
+	conn := h.Fields.Values("Connection")
+	if h.Minor == 0 {
+		return hasToken(conn, "keep-alive")
+	}
+	return !hasToken(conn, "close")
+}
+
+// bodyAllowed reports whether a response to method with status has a body.
+func bodyAllowed(method string, status int) bool {
+	return method != http.MethodHead && status != http.StatusNoContent &&
+		status != http.StatusNotModified && (status < 100 || status >= 200)
+}
+
+// writeResponse writes resp to the client, re-framing the body for the
+// client's protocol version, and streams the body. It reports whether the
+// client connection can carry another request, and the first error reading
+// the upstream body (nil when the body ended cleanly).
+func writeResponse(cw *bufio.Writer, resp *http.Response, method string, clientMinor int, keepAlive bool, buf []byte, more func() bool) (keep bool, upErr, clientErr error) {
+	hasBody := bodyAllowed(method, resp.StatusCode)
+	chunked := false
+	if hasBody && resp.ContentLength < 0 {
+		if clientMinor == 1 {
+			chunked = true
+		} else {
+			keepAlive = false // close-delimited for HTTP/1.0 clients
+		}
+	}
+	cw.WriteString("HTTP/1.")
+	cw.WriteString(strconv.Itoa(clientMinor))
+	cw.WriteByte(' ')
+	cw.WriteString(strconv.Itoa(resp.StatusCode))
+	cw.WriteByte(' ')
+	text := http.StatusText(resp.StatusCode)
+	if _, after, ok := strings.Cut(resp.Status, " "); ok && after != "" {
+		text = after
+	}
+	cw.WriteString(text)
+	cw.WriteString("\r\n")
+	drop := responseDrop
+	if conn := resp.Header.Values("Connection"); len(conn) > 0 {
+		drop = maps.Clone(responseDrop)
+		for _, t := range tokens(conn) {
+			drop[http.CanonicalHeaderKey(t)] = true
+		}
+	}
+	_ = resp.Header.WriteSubset(cw, drop)
+	switch {
+	case chunked:
+		cw.WriteString("Transfer-Encoding: chunked\r\n")
+	case resp.ContentLength >= 0 && (hasBody || (method == http.MethodHead && resp.Header.Get("Content-Length") != "")):
+		cw.WriteString("Content-Length: " + strconv.FormatInt(resp.ContentLength, 10) + "\r\n")
+	}
+	switch {
+	case !keepAlive:
+		cw.WriteString("Connection: close\r\n")
+	case clientMinor == 0:
+		cw.WriteString("Connection: keep-alive\r\n")
+	}
+	cw.WriteString("\r\n")
+	if !hasBody {
+		return keepAlive, nil, cw.Flush()
+	}
+	upErr, clientErr = copyBody(cw, resp.Body, chunked, buf, more)
+	if upErr != nil || clientErr != nil {
+		return false, upErr, clientErr
+	}
+	return keepAlive, nil, nil
+}
+
+// copyBody streams body to the client, flushing whenever the upstream has
+// nothing more buffered so that streaming responses are not held back.
+func copyBody(cw *bufio.Writer, body io.Reader, chunked bool, buf []byte, more func() bool) (upErr, clientErr error) {
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			if chunked {
+				cw.WriteString(strconv.FormatInt(int64(n), 16))
+				cw.WriteString("\r\n")
+			}
+			cw.Write(buf[:n])
+			if chunked {
+				cw.WriteString("\r\n")
+			}
+			if more == nil || !more() {
+				if werr := cw.Flush(); werr != nil {
+					return nil, werr
+				}
+			}
+		}
+		if err == io.EOF {
+			if chunked {
+				cw.WriteString("0\r\n\r\n")
+			}
+			return nil, cw.Flush()
+		}
+		if err != nil {
+			_ = cw.Flush()
+			return err, nil
+		}
+	}
+}
+
+// writeJSON answers with a JSON error body.
+func writeJSON(cw *bufio.Writer, status int, minor int, keepAlive bool, v any) error {
+	body, _ := json.Marshal(v)
+	body = append(body, '\n')
+	cw.WriteString("HTTP/1." + strconv.Itoa(minor) + " " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\n")
+	cw.WriteString("Content-Type: application/json\r\n")
+	cw.WriteString("Content-Length: " + strconv.Itoa(len(body)) + "\r\n")
+	if !keepAlive {
+		cw.WriteString("Connection: close\r\n")
+	} else if minor == 0 {
+		cw.WriteString("Connection: keep-alive\r\n")
+	}
+	cw.WriteString("\r\n")
+	cw.Write(body)
+	return cw.Flush()
+}
+
+// clientError is the JSON body for a request refused because of the
+// client's own bytes.
+func clientError(detail string) map[string]any {
+	return map[string]any{"error": "bad_request", "detail": detail}
+}

@@ -1,0 +1,362 @@
+// Package proxy is the agent's data path: it accepts client connections,
+// parses requests, matches them to targets and forwards them through the
+// targets' upstream proxy IPs. Header-mode, explicit-proxy and (later)
+// transparent requests all meet in one request path, Server.serveRequest.
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Header names of the client protocol.
+const (
+	HeaderTarget  = "X-Proxy-Hopper-Target"
+	HeaderRetries = "X-Proxy-Hopper-Retries"
+	HeaderTag     = "X-Proxy-Hopper-Tag"
+)
+
+// Options tunes the server; zero fields take the defaults shown.
+type Options struct {
+	Logger           *slog.Logger
+	MaxHeaderBytes   int           // 64 KiB; larger heads get 431
+	MaxBodyBytes     int64         // 1 GiB; larger bodies get 413
+	RetryBufferBytes int64         // 1 MiB; bodies up to this size are replayed on retry
+	HeaderTimeout    time.Duration // 10s to send a whole request head
+	IdleTimeout      time.Duration // 120s between requests on a keep-alive connection
+	BodyReadTimeout  time.Duration // 30s between reads of a request body
+	Upstream         Timeouts      // connect 10s, response 60s, idle conns 90s
+	Hooks            Hooks
+}
+
+func (o *Options) defaults() {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.MaxHeaderBytes <= 0 {
+		o.MaxHeaderBytes = 64 << 10
+	}
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 1 << 30
+	}
+	if o.RetryBufferBytes <= 0 {
+		o.RetryBufferBytes = 1 << 20
+	}
+	if o.HeaderTimeout <= 0 {
+		o.HeaderTimeout = 10 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 120 * time.Second
+	}
+	if o.BodyReadTimeout <= 0 {
+		o.BodyReadTimeout = 30 * time.Second
+	}
+	if o.Upstream.Connect <= 0 {
+		o.Upstream.Connect = 10 * time.Second
+	}
+	if o.Upstream.Response <= 0 {
+		o.Upstream.Response = 60 * time.Second
+	}
+	if o.Upstream.IdleConns <= 0 {
+		o.Upstream.IdleConns = 90 * time.Second
+	}
+}
+
+// Server serves client connections.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	targets atomic.Pointer[[]*Target]
+
+	ctx    context.Context // ends when the server is forced down
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*clientConn]struct{}
+	draining  atomic.Bool
+	wg        sync.WaitGroup
+
+	bufs sync.Pool
+}
+
+// New returns a server routing to targets, in order: the first target
+// whose regex matches a request gets it.
+func New(targets []*Target, opts Options) *Server {
+	opts.defaults()
+	s := &Server{
+		opts:      opts,
+		log:       opts.Logger.With("component", "proxy"),
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*clientConn]struct{}{},
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
+	s.SetTargets(targets)
+	return s
+}
+
+// SetTargets replaces the routing table; requests in flight keep theirs.
+func (s *Server) SetTargets(targets []*Target) {
+	for _, t := range targets {
+		if t.tr == nil {
+			t.tr = newTransport(tlsOrDefault(t.TLS), s.opts.Upstream)
+		}
+	}
+	old := s.targets.Swap(&targets)
+	if old == nil {
+		return
+	}
+	keep := map[*Target]bool{}
+	for _, t := range targets {
+		keep[t] = true
+	}
+	for _, t := range *old {
+		if !keep[t] {
+			t.tr.closeIdle()
+		}
+	}
+}
+
+// match returns the first target whose regex matches key.
+func (s *Server) match(key string) *Target {
+	for _, t := range *s.targets.Load() {
+		if t.Regex.MatchString(key) {
+			return t
+		}
+	}
+	return nil
+}
+
+// Listen opens a TCP listener suitable for the server (MPTCP off, so that
+// accepted sockets can later join a BPF sockmap).
+func Listen(ctx context.Context, addr string) (net.Listener, error) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	return lc.Listen(ctx, "tcp", addr)
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("proxy server closed")
+
+// Serve accepts connections on l until Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.draining.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && !errors.Is(err, net.ErrClosed) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		cc := s.track(c)
+		if cc == nil {
+			c.Close()
+			continue
+		}
+		go s.serveConn(cc)
+	}
+}
+
+const (
+	stateIdle int32 = iota
+	stateActive
+)
+
+type clientConn struct {
+	c     net.Conn
+	br    *bufio.Reader
+	bw    *bufio.Writer
+	state atomic.Int32
+}
+
+func (s *Server) track(c net.Conn) *clientConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() {
+		return nil
+	}
+	cc := &clientConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}
+	s.conns[cc] = struct{}{}
+	s.wg.Add(1)
+	return cc
+}
+
+func (s *Server) untrack(cc *clientConn) {
+	s.mu.Lock()
+	delete(s.conns, cc)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Shutdown stops accepting, lets requests in flight finish, closes idle
+// connections, and when ctx ends closes whatever is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining.Store(true)
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.closeIdle()
+		select {
+		case <-done:
+			s.closeUpstreams()
+			return nil
+		case <-ctx.Done():
+			s.cancel()
+			s.mu.Lock()
+			for cc := range s.conns {
+				cc.c.Close()
+			}
+			s.mu.Unlock()
+			<-done
+			s.closeUpstreams()
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *Server) closeIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for cc := range s.conns {
+		if cc.state.Load() == stateIdle {
+			_ = cc.c.SetReadDeadline(time.Unix(1, 0))
+		}
+	}
+}
+
+func (s *Server) closeUpstreams() {
+	if ts := s.targets.Load(); ts != nil {
+		for _, t := range *ts {
+			t.tr.closeIdle()
+		}
+	}
+}
+
+// serveConn reads requests from one client connection until it closes.
+func (s *Server) serveConn(cc *clientConn) {
+	defer s.untrack(cc)
+	defer cc.c.Close()
+	for {
+		cc.state.Store(stateIdle)
+		if s.draining.Load() {
+			return
+		}
+		_ = cc.c.SetReadDeadline(time.Now().Add(s.opts.IdleTimeout))
+		if _, err := cc.br.Peek(1); err != nil {
+			return
+		}
+		cc.state.Store(stateActive)
+		_ = cc.c.SetReadDeadline(time.Now().Add(s.opts.HeaderTimeout))
+		head, err := ReadRequestHead(cc.br, s.opts.MaxHeaderBytes)
+		if err != nil {
+			var he *HeadError
+			if errors.As(err, &he) {
+				s.log.Debug("bad request head", "client", cc.c.RemoteAddr().String(), "status", he.Status, "reason", he.Reason)
+				_ = writeJSON(cc.bw, he.Status, 1, false, clientError(he.Reason))
+			}
+			return
+		}
+		_ = cc.c.SetReadDeadline(time.Time{})
+		if !s.handle(cc, head) {
+			return
+		}
+	}
+}
+
+// handle routes one request head by its form and reports whether the
+// connection can carry another request.
+func (s *Server) handle(cc *clientConn, head *RequestHead) bool {
+	keep := clientKeepAlive(head)
+	bad := func(reason string) bool {
+		_ = writeJSON(cc.bw, 400, head.Minor, false, clientError(reason))
+		return false
+	}
+	if head.Method == "CONNECT" {
+		s.serveConnect(cc, head)
+		return false
+	}
+	req := &request{head: head, retries: -1, tag: head.Fields.Get(HeaderTag)}
+	switch t := head.Target; {
+	case hasSchemePrefix(t):
+		u, err := url.ParseRequestURI(t)
+		if err != nil {
+			return bad("invalid absolute request target")
+		}
+		u.Scheme = strings.ToLower(u.Scheme)
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return bad("proxy requests must be http:// or https://")
+		}
+		if u.User != nil {
+			return bad("request target must not carry credentials")
+		}
+		if err := checkHostPort(u); err != nil {
+			return bad(err.Error())
+		}
+		req.url, req.mode = u, "proxy"
+	case strings.HasPrefix(t, "/"):
+		tv := head.Fields.Values(HeaderTarget)
+		if len(tv) == 0 {
+			return bad("missing " + HeaderTarget + " header (or send an absolute-form proxy request)")
+		}
+		if len(tv) > 1 {
+			return bad("more than one " + HeaderTarget + " header")
+		}
+		base, err := ParseTargetHeader(tv[0])
+		if err != nil {
+			return bad("invalid " + HeaderTarget + ": " + err.Error())
+		}
+		u, err := joinTarget(base, t)
+		if err != nil {
+			return bad(err.Error())
+		}
+		req.url, req.mode = u, "header"
+	default:
+		return bad("unsupported request target form")
+	}
+	if v := head.Fields.Get(HeaderRetries); v != "" {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 && n <= 100 {
+			req.retries = n
+		}
+	}
+	req.matchKey = req.url.String()
+	return s.serveRequest(cc, req, keep)
+}
+
+func hasSchemePrefix(t string) bool {
+	i := strings.Index(t, "://")
+	return i > 0 && !strings.Contains(t[:i], "/")
+}

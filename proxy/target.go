@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/proxy-hopper/proxy-hopper/pool"
+)
+
+// Target is one routing rule: requests whose URL matches Regex leave
+// through Pool's IPs.
+type Target struct {
+	Name       string
+	Regex      *regexp.Regexp
+	Pool       *pool.Pool
+	Upstreams  map[string]Upstream // by pool address
+	NumRetries int
+	TLS        *tls.Config // for https origins; nil means system roots
+
+	tr *transport
+}
+
+// ParseTargetHeader parses an X-Proxy-Hopper-Target value: an absolute
+// http or https URL with a host, optionally a base path, and no fragment or
+// credentials.
+func ParseTargetHeader(v string) (*url.URL, error) {
+	if v == "" {
+		return nil, errors.New("empty target")
+	}
+	if strings.ContainsFunc(v, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		return nil, errors.New("control character in target")
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		return nil, errors.New("target is not a URL")
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "http", "https":
+		u.Scheme = strings.ToLower(u.Scheme)
+	case "":
+		return nil, errors.New("target has no scheme (want http:// or https://)")
+	default:
+		return nil, errors.New("target scheme must be http or https")
+	}
+	if u.Opaque != "" || u.Host == "" {
+		return nil, errors.New("target has no host")
+	}
+	if u.User != nil {
+		return nil, errors.New("target must not carry credentials")
+	}
+	if u.Fragment != "" {
+		return nil, errors.New("target must not have a fragment")
+	}
+	if err := checkHostPort(u); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// checkHostPort validates the authority of an absolute URL.
+func checkHostPort(u *url.URL) error {
+	host := u.Hostname()
+	if host == "" {
+		return errors.New("target has no host")
+	}
+	if strings.ContainsAny(host, " %/\\@") {
+		return errors.New("invalid host")
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return errors.New("invalid port")
+		}
+	} else if strings.HasSuffix(u.Host, ":") {
+		return errors.New("invalid port")
+	}
+	return nil
+}
+
+// joinTarget builds the outgoing URL from a header-mode base and the
+// client's origin-form request target: base path + request path, request
+// query (appended to any base query).
+func joinTarget(base *url.URL, requestTarget string) (*url.URL, error) {
+	if !strings.HasPrefix(requestTarget, "/") {
+		return nil, errors.New("header mode needs an origin-form request target")
+	}
+	ref, err := url.ParseRequestURI(requestTarget)
+	if err != nil {
+		return nil, errors.New("invalid request target")
+	}
+	u := *base
+	u.Path = strings.TrimSuffix(base.Path, "/") + ref.Path
+	u.RawPath = ""
+	if base.RawPath != "" || ref.RawPath != "" {
+		u.RawPath = strings.TrimSuffix(base.EscapedPath(), "/") + ref.EscapedPath()
+	}
+	switch {
+	case base.RawQuery == "":
+		u.RawQuery = ref.RawQuery
+	case ref.RawQuery != "":
+		u.RawQuery = base.RawQuery + "&" + ref.RawQuery
+	}
+	return &u, nil
+}
+
+// hostPort returns the URL's host with its port, defaulting by scheme.
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "https" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
+}

@@ -1,0 +1,152 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/pool"
+)
+
+// serveConnect answers a CONNECT request: it opens a tunnel through one of
+// the matched target's IPs, trying the next IP while the upstream connection
+// or its CONNECT fails, then relays bytes until both sides are done. Once the
+// tunnel is up nothing is retried: its content is opaque.
+func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
+	start := time.Now()
+	ev := RequestEvent{Mode: "connect", Tag: head.Fields.Get(HeaderTag)}
+	finish := func(outcome string, status int) {
+		ev.Outcome, ev.Status, ev.Duration = outcome, status, time.Since(start)
+		if s.opts.Hooks.Request != nil {
+			s.opts.Hooks.Request(ev)
+		}
+		s.log.Debug("tunnel", "authority", head.Target, "target", ev.Target, "status", status,
+			"outcome", outcome, "retries", ev.Retries, "duration", ev.Duration)
+	}
+	host, port, err := net.SplitHostPort(head.Target)
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || host == "" || n < 1 || n > 65535 {
+		_ = writeJSON(cc.bw, http.StatusBadRequest, head.Minor, false, clientError("CONNECT needs host:port"))
+		finish(OutcomeBadRequest, 400)
+		return
+	}
+	hostport := net.JoinHostPort(host, port)
+	t := s.match(hostport)
+	if t == nil {
+		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false,
+			errorBody("no_target", "No target configured for URL: "+hostport, &request{head: head}, nil, 0, 0, nil))
+		finish(OutcomeNoMatch, 502)
+		return
+	}
+	ev.Target = t.Name
+	retries := t.NumRetries
+	if v := head.Fields.Get(HeaderRetries); v != "" {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 && n <= 100 {
+			retries = n
+		}
+	}
+	var attempts []attemptRecord
+	for i := 0; i <= retries; i++ {
+		if i > 0 {
+			ev.Retries++
+		}
+		ip, err := t.Pool.Acquire(s.ctx)
+		if err != nil {
+			s.poolError(cc, &request{head: head, retries: retries}, t, err, false, &requestBody{}, i, attempts)
+			finish(OutcomeNoIP, 503)
+			return
+		}
+		up := t.Upstreams[ip]
+		if up.Addr == "" {
+			up.Addr = ip
+		}
+		aStart := time.Now()
+		raw, ubr, err := t.tr.tunnel(s.ctx, up, hostport)
+		if err != nil {
+			reason := "connect_error"
+			var ae *attemptError
+			if errors.As(err, &ae) {
+				reason = ae.Reason
+			}
+			s.release(t, ip, pool.Failure, AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
+			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
+			continue
+		}
+		cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
+		if err := cc.bw.Flush(); err != nil {
+			raw.Close()
+			s.release(t, ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(aStart)})
+			finish(OutcomeSuccess, 200)
+			return
+		}
+		_ = cc.c.SetDeadline(time.Time{})
+		relay(cc.c, cc.br, raw, ubr)
+		s.release(t, ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(aStart)})
+		finish(OutcomeSuccess, 200)
+		return
+	}
+	_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false, errorBody("connection_error",
+		"Every attempt to open the tunnel failed", &request{head: head}, t, len(attempts), retries, attempts))
+	finish(OutcomeConnectionError, 502)
+}
+
+// closeWriter is a connection that can half-close.
+type closeWriter interface{ CloseWrite() error }
+
+// relay copies both ways between a and b, each side first draining what
+// its buffered reader already holds. When one direction ends cleanly the
+// other side's write half is closed and the other direction continues;
+// an error in either direction tears both down. It returns when both
+// directions are done. Reads are plain reads, never splice(2).
+func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader) {
+	var wg sync.WaitGroup
+	var once sync.Once
+	kill := func() {
+		once.Do(func() {
+			a.Close()
+			b.Close()
+		})
+	}
+	pipe := func(dst net.Conn, src io.Reader) {
+		defer wg.Done()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					kill()
+					return
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
+					return
+				}
+				kill()
+				return
+			}
+			if err != nil {
+				kill()
+				return
+			}
+		}
+	}
+	wg.Add(2)
+	go pipe(b, readerOf(a, abr))
+	go pipe(a, readerOf(b, bbr))
+	wg.Wait()
+	kill()
+}
+
+// readerOf reads c's bytes, first those already in br.
+func readerOf(c net.Conn, br *bufio.Reader) io.Reader {
+	if br == nil || br.Buffered() == 0 {
+		return c
+	}
+	pre, _ := br.Peek(br.Buffered())
+	return io.MultiReader(bytesReader(pre), c)
+}

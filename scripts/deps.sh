@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the tests need and is missing: Debian packages (as root)
+# and Go modules. Safe to run again; does nothing when all is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+need=()
+for pair in tinyproxy:tinyproxy curl:curl redis-server:redis-server; do
+	bin=${pair%%:*} pkg=${pair#*:}
+	command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
+done
+if ((${#need[@]})); then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "deps: missing ${need[*]}; run as root or install them" >&2
+		exit 1
+	fi
+	echo "deps: installing ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian starts these as services on install; the tests run their own.
+for svc in tinyproxy redis-server; do
+	if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+		systemctl stop "$svc" || true
+	fi
+done
+go mod download
