@@ -77,4 +77,3 @@ func levelNames(_ []string, a slog.Attr) slog.Attr {
 func discard() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
-

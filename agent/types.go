@@ -11,13 +11,19 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
-// Config is proxy-hopper's YAML configuration, key for key (camelCase).
+// Config is proxy-hopper's YAML configuration, key for key (camelCase; the
+// snake_case spelling of every key is accepted too, as proxy-hopper does).
+// Load fills in every default, so after Load no *bool is nil.
 type Config struct {
 	Server         ServerConfig     `mapstructure:"server"`
 	Auth           AuthConfig       `mapstructure:"auth"`
 	ProxyProviders []ProviderConfig `mapstructure:"proxyProviders"`
 	IPPools        []IPPoolConfig   `mapstructure:"ipPools"`
 	Targets        []TargetConfig   `mapstructure:"targets"`
+
+	// baseDir is the directory of the config file; relative caFile paths
+	// are resolved against it.
+	baseDir string
 }
 
 // ServerConfig is the `server:` block; every key also has a PROXY_HOPPER_*
@@ -60,9 +66,23 @@ type AuthConfig struct {
 	JWTExpiryMinutes int                   `mapstructure:"jwtExpiryMinutes"`
 	APIKeys          []APIKeyConfig        `mapstructure:"apiKeys"`
 	Roles            map[string]RoleConfig `mapstructure:"roles"`
-	Admin            map[string]any        `mapstructure:"admin"`
-	OIDC             map[string]any        `mapstructure:"oidc"`
-	Transparent      map[string]any        `mapstructure:"transparent"`
+	Admin            *AdminUserConfig      `mapstructure:"admin"`
+	OIDC             *OIDCConfig           `mapstructure:"oidc"`
+	Transparent      map[string]any        `mapstructure:"transparent"` // reserved, free-form
+}
+
+// AdminUserConfig is auth.admin, the local admin user.
+type AdminUserConfig struct {
+	Username     string `mapstructure:"username"`
+	PasswordHash string `mapstructure:"passwordHash"` // bcrypt
+	Role         string `mapstructure:"role"`         // default admin
+}
+
+// OIDCConfig is auth.oidc.
+type OIDCConfig struct {
+	Issuer     string `mapstructure:"issuer"`
+	Audience   string `mapstructure:"audience"`
+	RolesClaim string `mapstructure:"rolesClaim"` // default proxy_hopper_role
 }
 
 // APIKeyConfig is one entry of auth.apiKeys.
@@ -70,18 +90,18 @@ type APIKeyConfig struct {
 	Name    string   `mapstructure:"name"`
 	Key     string   `mapstructure:"key"`
 	KeyHash string   `mapstructure:"keyHash"`
-	Targets []string `mapstructure:"targets"`
+	Targets []string `mapstructure:"targets"` // default ["*"]
 }
 
 // RoleConfig is one entry of auth.roles.
 type RoleConfig struct {
-	Permissions []string `mapstructure:"permissions"`
-	Targets     []string `mapstructure:"targets"`
+	Permissions []string `mapstructure:"permissions"` // read, write, admin
+	Targets     []string `mapstructure:"targets"`     // default ["*"]
 }
 
 // BasicAuthConfig is the credentials sent to an upstream proxy.
 type BasicAuthConfig struct {
-	Type     string `mapstructure:"type"`
+	Type     string `mapstructure:"type"` // basic (the default and only type)
 	Username string `mapstructure:"username"`
 	Password string `mapstructure:"password"`
 }
@@ -92,8 +112,8 @@ type ProviderConfig struct {
 	Auth      *BasicAuthConfig `mapstructure:"auth"`
 	IPList    []string         `mapstructure:"ipList"`
 	RegionTag string           `mapstructure:"regionTag"`
-	Mutable   *bool            `mapstructure:"mutable"`
-	Static    *bool            `mapstructure:"static"`
+	Mutable   *bool            `mapstructure:"mutable"` // default true
+	Static    *bool            `mapstructure:"static"`  // default true (defined in YAML)
 }
 
 // IPRequest draws count IPs from a provider.
@@ -113,13 +133,19 @@ type IPPoolConfig struct {
 
 // IdentityConfig is a target's identity block (enforced by the identity issue).
 type IdentityConfig struct {
-	Enabled               bool           `mapstructure:"enabled"`
-	Cookies               *bool          `mapstructure:"cookies"`
-	RotateAfterRequests   int            `mapstructure:"rotateAfterRequests"`
-	RotateOn429           *bool          `mapstructure:"rotateOn429"`
-	Warmup                map[string]any `mapstructure:"warmup"`
-	Profile               string         `mapstructure:"profile"`
-	PreserveClientHeaders bool           `mapstructure:"preserveClientHeaders"`
+	Enabled               bool          `mapstructure:"enabled"`
+	Cookies               *bool         `mapstructure:"cookies"`             // default true
+	RotateAfterRequests   int           `mapstructure:"rotateAfterRequests"` // 0: never
+	RotateOn429           *bool         `mapstructure:"rotateOn429"`         // default true
+	Warmup                *WarmupConfig `mapstructure:"warmup"`              // nil: no warmup
+	Profile               string        `mapstructure:"profile"`
+	PreserveClientHeaders bool          `mapstructure:"preserveClientHeaders"`
+}
+
+// WarmupConfig is identity.warmup: a GET sent through a fresh identity.
+type WarmupConfig struct {
+	Enabled *bool  `mapstructure:"enabled"` // default true
+	Path    string `mapstructure:"path"`    // default /
 }
 
 // TargetConfig is one entry of targets.
@@ -134,12 +160,12 @@ type TargetConfig struct {
 	NumRetries                int            `mapstructure:"numRetries"`
 	IPFailuresUntilQuarantine int            `mapstructure:"ipFailuresUntilQuarantine"`
 	QuarantineTime            Duration       `mapstructure:"quarantineTime"`
-	SpoofUserAgent            *bool          `mapstructure:"spoofUserAgent"`
+	SpoofUserAgent            *bool          `mapstructure:"spoofUserAgent"` // default true
 	Identity                  IdentityConfig `mapstructure:"identity"`
 	Mutable                   *bool          `mapstructure:"mutable"`
 	Static                    *bool          `mapstructure:"static"`
-	CAFile                    string         `mapstructure:"caFile"`
-	TLSInsecureSkipVerify     bool           `mapstructure:"tlsInsecureSkipVerify"`
+	CAFile                    string         `mapstructure:"caFile"`                // PEM, added to the system roots
+	TLSInsecureSkipVerify     bool           `mapstructure:"tlsInsecureSkipVerify"` // do not verify origin certificates
 }
 
 // Duration is a config duration: "500ms", "1s", "5m", "2h", or bare seconds.

@@ -101,9 +101,7 @@ func New(ctx context.Context, target string, addrs []string, backend Backend, cf
 		return nil, fmt.Errorf("seed pool %s: %w", target, err)
 	}
 	// A shared backend may hold quarantines from an earlier run.
-	if at, ok, err := backend.NextExpiry(ctx, target); err == nil && ok {
-		p.schedule(at)
-	}
+	p.scheduleNext(ctx)
 	return p, nil
 }
 
@@ -118,6 +116,9 @@ func (p *Pool) Config() Config { return *p.cfg.Load() }
 func (p *Pool) Update(ctx context.Context, addrs []string, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("target %s: %w", p.target, err)
+	}
+	if len(addrs) == 0 {
+		return fmt.Errorf("target %s: no IPs", p.target)
 	}
 	if err := p.backend.Seed(ctx, p.target, addrs); err != nil {
 		return fmt.Errorf("reseed pool %s: %w", p.target, err)
@@ -134,26 +135,29 @@ func (p *Pool) Acquire(ctx context.Context) (string, error) {
 
 // Release returns addr after a use. Success resets its failure count; a
 // failure counts, and at the threshold quarantines it. Either way a
-// non-quarantined IP comes back after MinRequestInterval.
+// non-quarantined IP comes back after MinRequestInterval. If the backend
+// fails to count or to quarantine, the IP still comes back (an IP never
+// pushed back would be lost to the pool for good) and the error is returned.
 func (p *Pool) Release(ctx context.Context, addr string, outcome Outcome) error {
 	cfg := p.cfg.Load()
 	now := p.clock.Now()
+	readyAt := now.Add(cfg.MinRequestInterval)
 	if outcome == Success {
 		if err := p.backend.ResetFailures(ctx, p.target, addr); err != nil {
-			return fmt.Errorf("reset failures of %s: %w", addr, err)
+			return errors.Join(fmt.Errorf("reset failures of %s: %w", addr, err), p.push(ctx, addr, readyAt))
 		}
-		return p.push(ctx, addr, now.Add(cfg.MinRequestInterval))
+		return p.push(ctx, addr, readyAt)
 	}
 	n, err := p.backend.IncrFailures(ctx, p.target, addr)
 	if err != nil {
-		return fmt.Errorf("count failure of %s: %w", addr, err)
+		return errors.Join(fmt.Errorf("count failure of %s: %w", addr, err), p.push(ctx, addr, readyAt))
 	}
 	if n < cfg.FailuresUntilQuarantine {
-		return p.push(ctx, addr, now.Add(cfg.MinRequestInterval))
+		return p.push(ctx, addr, readyAt)
 	}
 	until := now.Add(cfg.QuarantineTime)
 	if err := p.backend.Quarantine(ctx, p.target, addr, until); err != nil {
-		return fmt.Errorf("quarantine %s: %w", addr, err)
+		return errors.Join(fmt.Errorf("quarantine %s: %w", addr, err), p.push(ctx, addr, readyAt))
 	}
 	p.log.Warn("ip quarantined", "address", addr, "failures", n, "until", until)
 	if p.hooks.Quarantined != nil {
@@ -215,7 +219,19 @@ func (p *Pool) releaseExpired() {
 		}
 		p.log.Info("ip released from quarantine", "address", addr)
 	}
-	if at, ok, err := p.backend.NextExpiry(ctx, p.target); err == nil && ok {
+	p.scheduleNext(ctx)
+}
+
+// scheduleNext arms the release timer for the backend's earliest quarantine
+// end. If the backend cannot say, it asks again shortly: giving up would
+// leave every quarantined IP out of the pool for good.
+func (p *Pool) scheduleNext(ctx context.Context) {
+	at, ok, err := p.backend.NextExpiry(ctx, p.target)
+	switch {
+	case err != nil:
+		p.log.Error("find next quarantine release", "err", err)
+		p.schedule(p.clock.Now().Add(time.Second))
+	case ok:
 		p.schedule(at)
 	}
 }

@@ -66,6 +66,9 @@ type request struct {
 	mode     string
 	tag      string
 	retries  int // -1: the target's numRetries
+	// overrides are X-Proxy-Hopper-<Name> headers: sent as <Name>, replacing
+	// the client's own <Name>.
+	overrides Fields
 }
 
 func tlsOrDefault(c *tls.Config) *tls.Config {
@@ -335,7 +338,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		return keep2, outcomeOf(resp.StatusCode), resp.StatusCode
 	}
 	if held != nil {
-		keep2, _, _ := writeResponse(cc.bw, held.resp, req.head.Method, req.head.Minor, keep, nil, nil)
+		keep2, _, _ := writeResponse(cc.bw, held.resp, req.head.Method, req.head.Minor, keep, make([]byte, 32<<10), nil)
 		return keep2, outcomeOf(held.resp.StatusCode), held.resp.StatusCode
 	}
 	_ = writeJSON(cc.bw, http.StatusBadGateway, req.head.Minor, keep, errorBody("connection_error",
@@ -500,13 +503,13 @@ func writeRequest(bw *bufio.Writer, req *request, up Upstream, body *requestBody
 	bw.WriteString("\r\n")
 	conn := tokens(h.Fields.Values("Connection"))
 	for _, f := range h.Fields {
-		if isHop(f.Name, conn) {
+		if isHop(f.Name, conn) || (req.overrides != nil && req.overrides.Has(f.Name)) {
 			continue
 		}
-		bw.WriteString(f.Name)
-		bw.WriteString(": ")
-		bw.WriteString(f.Value)
-		bw.WriteString("\r\n")
+		writeField(bw, f)
+	}
+	for _, f := range req.overrides {
+		writeField(bw, f)
 	}
 	if req.url.Scheme == "http" {
 		if a := up.authHeader(); a != "" {
@@ -537,6 +540,13 @@ func writeRequest(bw *bufio.Writer, req *request, up Upstream, body *requestBody
 		bw.WriteString("\r\n")
 	}
 	return bw.Flush()
+}
+
+func writeField(bw *bufio.Writer, f Field) {
+	bw.WriteString(f.Name)
+	bw.WriteString(": ")
+	bw.WriteString(f.Value)
+	bw.WriteString("\r\n")
 }
 
 func needsLength(method string) bool {

@@ -41,6 +41,7 @@ type env struct {
 	reqs     []RequestEvent
 	accepted atomic.Int64      // client connections the agent accepted
 	clients  []*http.Transport // closed before the agent shuts down
+	served   chan error        // Serve's result
 }
 
 type envOptions struct {
@@ -83,7 +84,14 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.cfg.QuarantineTime == 0 {
 		o.cfg.QuarantineTime = time.Minute
 	}
-	p, err := pool.New(context.Background(), "t1", addrs, e.backend, o.cfg, pool.Options{})
+	if o.opts.Logger == nil {
+		var w io.Writer = testWriter{t}
+		if o.quiet {
+			w = io.Discard
+		}
+		o.opts.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	p, err := pool.New(context.Background(), "t1", addrs, e.backend, o.cfg, pool.Options{Logger: o.opts.Logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,20 +112,14 @@ func newEnv(t *testing.T, o envOptions) *env {
 			e.mu.Unlock()
 		}
 	}
-	if o.opts.Logger == nil {
-		var w io.Writer = testWriter{t}
-		if o.quiet {
-			w = io.Discard
-		}
-		o.opts.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
 	e.srv = New(e.targets, o.opts)
 	l, err := Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.addr = l.Addr().String()
-	go e.srv.Serve(countingListener{l, &e.accepted})
+	e.served = make(chan error, 1)
+	go func() { e.served <- e.srv.Serve(countingListener{l, &e.accepted}) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -180,7 +182,7 @@ func (e *env) headerClient() *http.Client {
 	e.mu.Lock()
 	e.clients = append(e.clients, tr)
 	e.mu.Unlock()
-	return &http.Client{Transport: tr}
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }
 
 // url returns the agent's URL for an origin-form path.
@@ -478,4 +480,19 @@ func halfCloseUpstream(t *testing.T, ip string) string {
 		}
 	}()
 	return l.Addr().String()
+}
+
+// attemptsN waits until at least n attempts were reported (the hook runs
+// after the response went out) and returns them.
+func (e *env) attemptsN(t *testing.T, n int) []AttemptEvent {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d attempt events", n), func() bool { return len(e.attemptLog()) >= n })
+	return e.attemptLog()
+}
+
+// requestsN waits until at least n requests were reported and returns them.
+func (e *env) requestsN(t *testing.T, n int) []RequestEvent {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d request events", n), func() bool { return len(e.requestLog()) >= n })
+	return e.requestLog()
 }

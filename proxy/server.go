@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -309,7 +310,7 @@ func (s *Server) handle(cc *clientConn, head *RequestHead) bool {
 		s.serveConnect(cc, head)
 		return false
 	}
-	req := &request{head: head, retries: -1, tag: head.Fields.Get(HeaderTag)}
+	req := &request{head: head, retries: -1, tag: tagOf(head), overrides: overridesOf(head.Fields)}
 	switch t := head.Target; {
 	case hasSchemePrefix(t):
 		u, err := url.ParseRequestURI(t)
@@ -359,4 +360,33 @@ func (s *Server) handle(cc *clientConn, head *RequestHead) bool {
 func hasSchemePrefix(t string) bool {
 	i := strings.Index(t, "://")
 	return i > 0 && !strings.Contains(t[:i], "/")
+}
+
+// maxTagLen bounds X-Proxy-Hopper-Tag, which becomes a metric label.
+const maxTagLen = 64
+
+func tagOf(h *RequestHead) string {
+	return truncate(h.Fields.Get(HeaderTag), maxTagLen)
+}
+
+// controlHeaders are the X-Proxy-Hopper-* names with a meaning of their own;
+// any other X-Proxy-Hopper-<Name> overrides the upstream header <Name>.
+var controlHeaders = []string{"Target", "Retries", "Tag", "Auth"}
+
+// overridesOf collects X-Proxy-Hopper-<Name> override headers, as
+// proxy-hopper does. Names that would change framing or routing are ignored.
+func overridesOf(f Fields) Fields {
+	var out Fields
+	for _, h := range f {
+		if len(h.Name) <= 15 || !strings.EqualFold(h.Name[:15], "X-Proxy-Hopper-") {
+			continue
+		}
+		name := h.Name[15:]
+		if slices.ContainsFunc(controlHeaders, func(c string) bool { return strings.EqualFold(c, name) }) ||
+			isHop(name, nil) || strings.HasPrefix(strings.ToLower(name), "x-proxy-hopper-") {
+			continue
+		}
+		out = append(out, Field{Name: name, Value: h.Value})
+	}
+	return out
 }

@@ -19,7 +19,7 @@ import (
 // tunnel is up nothing is retried: its content is opaque.
 func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	start := time.Now()
-	ev := RequestEvent{Mode: "connect", Tag: head.Fields.Get(HeaderTag)}
+	ev := RequestEvent{Mode: "connect", Tag: tagOf(head)}
 	finish := func(outcome string, status int) {
 		ev.Outcome, ev.Status, ev.Duration = outcome, status, time.Since(start)
 		if s.opts.Hooks.Request != nil {

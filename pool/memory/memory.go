@@ -81,6 +81,8 @@ func (b *Backend) Seed(_ context.Context, name string, addrs []string) error {
 	t := v.(*target)
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	// IPs whose cooldown is over were free before the new ones join.
+	t.promote(t.clock.Now())
 	want := make(map[string]bool, len(addrs))
 	for _, a := range addrs {
 		want[a] = true
@@ -125,7 +127,9 @@ func (b *Backend) Pop(ctx context.Context, name string, timeout time.Duration) (
 		return "", pool.ErrClosed
 	}
 	if t.cooling.len() > 0 {
-		t.promote(t.clock.Now())
+		// Cooled-down IPs go to earlier waiters first; the timer that
+		// would hand them out may not have fired yet.
+		t.dispatch(t.clock.Now())
 	}
 	if len(t.waiters) == 0 && t.ready.len() > 0 {
 		e := t.take()
@@ -139,10 +143,11 @@ func (b *Backend) Pop(ctx context.Context, name string, timeout time.Duration) (
 	w := &waiter{ch: make(chan struct{})}
 	t.waiters = append(t.waiters, w)
 	t.arm()
-	t.mu.Unlock()
-
+	// The timeout starts with the wait, under mu: once a caller is counted
+	// by Waiting, its deadline is fixed.
 	expired := make(chan struct{})
 	tm := t.clock.AfterFunc(timeout, func() { close(expired) })
+	t.mu.Unlock()
 	defer tm.Stop()
 	var cause error
 	select {
@@ -240,6 +245,8 @@ func (b *Backend) Push(_ context.Context, name, addr string, readyAt time.Time) 
 		t.arm()
 		return nil
 	}
+	// IPs whose cooldown ended before now queue ahead of this one.
+	t.promote(now)
 	e.state = pool.StateAvailable
 	t.ready.push(e)
 	t.dispatch(now)

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
+)
+
+// buildBinary compiles the CLI once per test binary.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "proxy-hopper")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	return bin
+}
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+func TestValidate(t *testing.T) {
+	bin := buildBinary(t)
+	good := writeConfig(t, `
+targets:
+  - name: api
+    regex: 'api\.example\.com'
+    ipList: ["127.0.0.2:3128", "127.0.0.3:3128"]
+  - name: rest
+    regex: '.*'
+    ipList: ["127.0.0.4"]
+`)
+	out, err := exec.Command(bin, "validate", "--config", good).CombinedOutput()
+	if err != nil {
+		t.Fatalf("validate good config: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "Config OK — 2 target(s) defined.") {
+		t.Errorf("validate output:\n%s", out)
+	}
+	for _, want := range []string{"'api': 2 IP(s)", "'rest': 1 IP(s)"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("validate output lacks %q:\n%s", want, out)
+		}
+	}
+
+	bad := writeConfig(t, `
+targets:
+  - name: api
+    regex: '(?<=x)y'
+    ipList: ["127.0.0.2:3128"]
+    numRetries: -1
+`)
+	out, err = exec.Command(bin, "validate", "--config", bad).CombinedOutput()
+	if code := exitCode(err); code != 2 {
+		t.Fatalf("bad config: exit %d, want 2\n%s", code, out)
+	}
+	for _, want := range []string{"api", "regex", "numRetries"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("error output lacks %q:\n%s", want, out)
+		}
+	}
+
+	out, err = exec.Command(bin, "validate").CombinedOutput()
+	if code := exitCode(err); code != 2 {
+		t.Fatalf("no config: exit %d, want 2\n%s", code, out)
+	}
+	out, err = exec.Command(bin, "version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "proxy-hopper ") {
+		t.Fatalf("version: %v %s", err, out)
+	}
+}
+
+// TestRunServesAndStopsOnSIGTERM runs the real binary against a tinyproxy
+// upstream, sends a request in header mode, then stops it with SIGTERM
+// while a slow request is in flight: the request completes and the exit
+// code is 0.
+func TestRunServesAndStopsOnSIGTERM(t *testing.T) {
+	bin := buildBinary(t)
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(700 * time.Millisecond)
+		}
+		fmt.Fprint(w, "hello from origin")
+	}))
+	defer origin.Close()
+	tp := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
+	port := testenv.FreePort(t, "127.0.0.1")
+	cfg := writeConfig(t, fmt.Sprintf(`
+server:
+  host: 127.0.0.1
+  logFormat: json
+targets:
+  - name: local
+    regex: '127\.0\.0\.1'
+    ipList: ["%s"]
+    minRequestInterval: 0
+`, tp.Addr))
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "run", "--config", cfg, "--port", fmt.Sprint(port), "--log-level", "DEBUG")
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	testenv.WaitListening(t, addr, 10*time.Second)
+
+	get := func(path string) (int, string, error) {
+		req, _ := http.NewRequest("GET", "http://"+addr+path, nil)
+		req.Header.Set("X-Proxy-Hopper-Target", origin.URL)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	if code, body, err := get("/hi"); err != nil || code != 200 || body != "hello from origin" {
+		t.Fatalf("request: %d %q %v\nlogs:\n%s", code, body, err, logs.String())
+	}
+	type result struct {
+		code int
+		err  error
+	}
+	slow := make(chan result, 1)
+	go func() {
+		code, _, err := get("/slow")
+		slow <- result{code, err}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	r := <-slow
+	if r.err != nil || r.code != 200 {
+		t.Errorf("in-flight request during shutdown: %d %v", r.code, r.err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v\nlogs:\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("agent did not exit after SIGTERM\nlogs:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), "secret") {
+		t.Errorf("logs leak credentials")
+	}
+}

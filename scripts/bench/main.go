@@ -1,0 +1,344 @@
+// Command bench measures proxy-hopper against its baselines in one run and
+// prints a Markdown report (BENCHMARKS.md takes it verbatim).
+//
+//	go run ./scripts/bench -bin bin/proxy-hopper [-rounds 5 -duration 10s]
+//
+// Header-mode throughput: wrk (64 keep-alive connections) sends small
+// requests to the agent, which forwards each through one of 64 upstream
+// proxies (internal/miniproxy) to a local origin. Baseline: the same wrk
+// sending the same requests to one of those upstream proxies directly
+// (absolute-form). Rounds alternate direct and agent so that machine noise
+// hits both; the report gives medians and the ratio.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/miniproxy"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type wrkResult struct {
+	rps           float64
+	p50, p99      time.Duration
+	errors        int
+	non2xx        int
+	requestsTotal int
+}
+
+func run() error {
+	bin := flag.String("bin", "bin/proxy-hopper", "agent binary")
+	rounds := flag.Int("rounds", 5, "rounds per measurement")
+	dur := flag.Duration("duration", 10*time.Second, "wrk duration of one loaded run")
+	conns := flag.Int("connections", 64, "wrk connections")
+	upstreams := flag.Int("upstreams", 64, "upstream proxies in the pool")
+	flag.Parse()
+	if _, err := exec.LookPath("wrk"); err != nil {
+		return fmt.Errorf("wrk not found (apt-get install wrk)")
+	}
+	dir, err := os.MkdirTemp("", "ph-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	// Origin: small fixed response.
+	body := bytes.Repeat([]byte("x"), 100)
+	ol, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	origin := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write(body)
+	})}
+	go origin.Serve(ol)
+	defer origin.Close()
+	originURL := "http://" + ol.Addr().String()
+
+	var ups []*miniproxy.Proxy
+	for i := 0; i < *upstreams; i++ {
+		p, err := miniproxy.Start(miniproxy.Options{})
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		ups = append(ups, p)
+	}
+	var ipList []string
+	for _, p := range ups {
+		ipList = append(ipList, strconv.Quote(p.Addr()))
+	}
+	agentPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf(`server:
+  host: 127.0.0.1
+  port: %d
+  logLevel: WARNING
+targets:
+  - name: bench
+    regex: '.*'
+    ipList: [%s]
+    minRequestInterval: 0
+    maxQueueWait: 30s
+    numRetries: 0
+`, agentPort, strings.Join(ipList, ", "))
+	cfgPath := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	agentLog, _ := os.Create(filepath.Join(dir, "agent.log"))
+	agent := exec.Command(*bin, "run", "--config", cfgPath)
+	agent.Stdout, agent.Stderr = agentLog, agentLog
+	if err := agent.Start(); err != nil {
+		return fmt.Errorf("start agent: %w", err)
+	}
+	defer func() {
+		agent.Process.Signal(os.Interrupt)
+		agent.Wait()
+	}()
+	agentAddr := fmt.Sprintf("127.0.0.1:%d", agentPort)
+	if err := waitListening(agentAddr, 10*time.Second); err != nil {
+		return err
+	}
+
+	direct := filepath.Join(dir, "direct.lua")
+	os.WriteFile(direct, []byte(fmt.Sprintf("wrk.path = %q\nwrk.headers[\"Host\"] = %q\n", originURL+"/bench", ol.Addr().String())), 0o600)
+	directArgs := func(c int, d time.Duration) []string {
+		return []string{"-t", threads(c), "-c", strconv.Itoa(c), "-d", d.String(), "--latency", "-s", direct, "http://" + ups[0].Addr()}
+	}
+	agentArgs := func(c int, d time.Duration) []string {
+		return []string{"-t", threads(c), "-c", strconv.Itoa(c), "-d", d.String(), "--latency",
+			"-H", "X-Proxy-Hopper-Target: " + originURL, "http://" + agentAddr + "/bench"}
+	}
+	// Warm up both paths.
+	for _, a := range [][]string{directArgs(*conns, 2*time.Second), agentArgs(*conns, 2*time.Second)} {
+		if _, err := wrk(a); err != nil {
+			return err
+		}
+	}
+	measure := func(c int, d time.Duration) (dr, ar []wrkResult, err error) {
+		for i := 0; i < *rounds; i++ {
+			r, err := wrk(directArgs(c, d))
+			if err != nil {
+				return nil, nil, err
+			}
+			dr = append(dr, r)
+			r, err = wrk(agentArgs(c, d))
+			if err != nil {
+				return nil, nil, err
+			}
+			ar = append(ar, r)
+			fmt.Fprintf(os.Stderr, "c=%d round %d: direct %.0f rps p50 %s, agent %.0f rps p50 %s\n",
+				c, i+1, dr[i].rps, dr[i].p50, ar[i].rps, ar[i].p50)
+		}
+		return dr, ar, nil
+	}
+	loadedD, loadedA, err := measure(*conns, *dur)
+	if err != nil {
+		return err
+	}
+	oneD, oneA, err := measure(1, *dur/2)
+	if err != nil {
+		return err
+	}
+	poolRows, err := poolBench(*rounds)
+	if err != nil {
+		return err
+	}
+
+	host, _ := os.Hostname()
+	fmt.Printf("Measured %s on %s (%d CPUs, %s, %s/%s) with `make bench` (`go run ./scripts/bench`):\n",
+		time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH)
+	fmt.Printf("wrk %s per run, %d rounds, direct and agent runs alternating; medians.\n\n", dur.String(), *rounds)
+	fmt.Println("| measurement | baseline (direct to upstream) | through agent (header mode) | ratio / added |")
+	fmt.Println("|---|---|---|---|")
+	row := func(name string, d, a []wrkResult) {
+		drps, arps := median(d, func(r wrkResult) float64 { return r.rps }), median(a, func(r wrkResult) float64 { return r.rps })
+		dp50, ap50 := median(d, func(r wrkResult) float64 { return float64(r.p50) }), median(a, func(r wrkResult) float64 { return float64(r.p50) })
+		dp99, ap99 := median(d, func(r wrkResult) float64 { return float64(r.p99) }), median(a, func(r wrkResult) float64 { return float64(r.p99) })
+		fmt.Printf("| %s requests/s | %.0f | %.0f | %.2f× |\n", name, drps, arps, arps/drps)
+		fmt.Printf("| %s p50 latency | %s | %s | +%s |\n", name, dur2(dp50), dur2(ap50), dur2(ap50-dp50))
+		fmt.Printf("| %s p99 latency | %s | %s | +%s |\n", name, dur2(dp99), dur2(ap99), dur2(ap99-dp99))
+		errs := 0
+		for _, r := range append(append([]wrkResult{}, d...), a...) {
+			errs += r.errors + r.non2xx
+		}
+		if errs > 0 {
+			fmt.Printf("| %s errors or non-2xx (all runs) | | | %d |\n", name, errs)
+		}
+	}
+	row(fmt.Sprintf("%d connections:", *conns), loadedD, loadedA)
+	row("1 connection:", oneD, oneA)
+	fmt.Println()
+	fmt.Println("Pool (`go test -bench AcquireRelease ./pool/`, one target, 1000 IPs, minRequestInterval 0):")
+	fmt.Println()
+	fmt.Println("| benchmark | ns/op (median) | acquire+release per second |")
+	fmt.Println("|---|---|---|")
+	for _, r := range poolRows {
+		fmt.Printf("| %s | %.1f | %.2fM |\n", r.name, r.ns, 1e3/r.ns)
+	}
+	return nil
+}
+
+func threads(c int) string {
+	if c < 2 {
+		return "1"
+	}
+	return "2"
+}
+
+func dur2(ns float64) string {
+	return time.Duration(ns).Round(time.Microsecond).String()
+}
+
+func median[T any](xs []T, f func(T) float64) float64 {
+	v := make([]float64, len(xs))
+	for i, x := range xs {
+		v[i] = f(x)
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+var (
+	reRPS     = regexp.MustCompile(`Requests/sec:\s+([\d.]+)`)
+	reLat     = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$`)
+	reErrors  = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+	reNon2xx  = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
+	reTotalRq = regexp.MustCompile(`(\d+) requests in`)
+)
+
+func wrk(args []string) (wrkResult, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "wrk", args...).CombinedOutput()
+	if err != nil {
+		return wrkResult{}, fmt.Errorf("wrk %v: %w\n%s", args, err, out)
+	}
+	s := string(out)
+	var r wrkResult
+	m := reRPS.FindStringSubmatch(s)
+	if m == nil {
+		return r, fmt.Errorf("no Requests/sec in wrk output:\n%s", s)
+	}
+	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	for _, m := range reLat.FindAllStringSubmatch(s, -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		unit := map[string]float64{"us": 1e3, "ms": 1e6, "s": 1e9}[m[3]]
+		d := time.Duration(v * unit)
+		if m[1] == "50" {
+			r.p50 = d
+		} else {
+			r.p99 = d
+		}
+	}
+	if m := reErrors.FindStringSubmatch(s); m != nil {
+		for _, x := range m[1:] {
+			n, _ := strconv.Atoi(x)
+			r.errors += n
+		}
+	}
+	if m := reNon2xx.FindStringSubmatch(s); m != nil {
+		r.non2xx, _ = strconv.Atoi(m[1])
+	}
+	if m := reTotalRq.FindStringSubmatch(s); m != nil {
+		r.requestsTotal, _ = strconv.Atoi(m[1])
+	}
+	return r, nil
+}
+
+type poolRow struct {
+	name string
+	ns   float64
+}
+
+func poolBench(count int) ([]poolRow, error) {
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "AcquireRelease", "-count", strconv.Itoa(count), "./pool/")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("pool benchmark: %w\n%s", err, out)
+	}
+	samples := map[string][]float64{}
+	var order []string
+	re := regexp.MustCompile(`^(Benchmark\S+)\s+\d+\s+([\d.]+) ns/op`)
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			v, _ := strconv.ParseFloat(m[2], 64)
+			if _, ok := samples[m[1]]; !ok {
+				order = append(order, m[1])
+			}
+			samples[m[1]] = append(samples[m[1]], v)
+		}
+	}
+	var rows []poolRow
+	for _, name := range order {
+		rows = append(rows, poolRow{name: name, ns: median(samples[name], func(f float64) float64 { return f })})
+	}
+	return rows, nil
+}
+
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(f)
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "model name") {
+			_, v, _ := strings.Cut(line, ":")
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func waitListening(addr string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not listening after %s", addr, within)
+}
