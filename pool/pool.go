@@ -50,11 +50,16 @@ type Hooks struct {
 }
 
 // Outcome is the result of one use of an IP.
-type Outcome bool
+type Outcome uint8
 
 const (
-	Success Outcome = true
-	Failure Outcome = false
+	// Success resets the IP's consecutive-failure count.
+	Success Outcome = iota
+	// Failure counts against the IP and may quarantine it.
+	Failure
+	// Neutral leaves the count alone: the use ended for a reason that says
+	// nothing about the IP (the client's own bytes, the agent shutting down).
+	Neutral
 )
 
 // Pool is the runtime pool of one target. It is safe for concurrent use and
@@ -134,7 +139,7 @@ func (p *Pool) Acquire(ctx context.Context) (string, error) {
 }
 
 // Release returns addr after a use. Success resets its failure count; a
-// failure counts, and at the threshold quarantines it. Either way a
+// failure counts, and at the threshold quarantines it; Neutral does neither. Either way a
 // non-quarantined IP comes back after MinRequestInterval. If the backend
 // fails to count or to quarantine, the IP still comes back (an IP never
 // pushed back would be lost to the pool for good) and the error is returned.
@@ -142,7 +147,10 @@ func (p *Pool) Release(ctx context.Context, addr string, outcome Outcome) error 
 	cfg := p.cfg.Load()
 	now := p.clock.Now()
 	readyAt := now.Add(cfg.MinRequestInterval)
-	if outcome == Success {
+	switch outcome {
+	case Neutral:
+		return p.push(ctx, addr, readyAt)
+	case Success:
 		if err := p.backend.ResetFailures(ctx, p.target, addr); err != nil {
 			return errors.Join(fmt.Errorf("reset failures of %s: %w", addr, err), p.push(ctx, addr, readyAt))
 		}

@@ -75,6 +75,23 @@ type requestBody struct {
 	size   int64     // -1 when unknown (chunked, streaming)
 	used   bool
 	hasAny bool
+	// clientErr is the first error reading the client's side of a
+	// streamed body: the attempt failed because of the client.
+	clientErr error
+}
+
+// clientReader records errors of the client's body stream.
+type clientReader struct {
+	b *requestBody
+	r io.Reader
+}
+
+func (c *clientReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF && c.b.clientErr == nil {
+		c.b.clientErr = err
+	}
+	return n, err
 }
 
 // prepareBody reads up to bufMax bytes of the body so that it can be
@@ -106,5 +123,5 @@ func (b *requestBody) reader() io.Reader {
 		return bytes.NewReader(b.buf)
 	}
 	b.used = true
-	return io.MultiReader(bytes.NewReader(b.buf), b.rest)
+	return io.MultiReader(bytes.NewReader(b.buf), &clientReader{b: b, r: b.rest})
 }

@@ -1060,3 +1060,179 @@ func TestE2EStreamingResponse(t *testing.T) {
 		t.Errorf("rest %q %v", rest, err)
 	}
 }
+
+// --- upstream credentials and connection reuse -----------------------------------
+
+func TestE2EUpstreamProxyAuth(t *testing.T) {
+	t.Parallel()
+	plain := newOrigin(t, false, nil)
+	secure := newOrigin(t, true, nil)
+	// The agent has no credentials for upstream 0: its 407 is the
+	// upstream's refusal, not an origin answer, so the request moves on.
+	// (tinyproxy answers wrong credentials with 401, not 407, so missing
+	// ones are what make it say 407.)
+	e := newEnv(t, envOptions{upstreams: 2, retries: 1, tls: caOf(secure),
+		tinyproxy: testenv.TinyproxyOptions{BasicAuth: "hopper:s3cret"},
+		creds:     []string{"", "hopper:s3cret"},
+		cfg:       pool.Config{FailuresUntilQuarantine: 10}})
+	c := e.headerClient()
+	for i, o := range []*origin{plain, secure} {
+		resp, body := do(t, c, e.newReq(t, "GET", o.URL, "/auth", nil))
+		if resp.StatusCode != 200 || body != "GET /auth" {
+			t.Fatalf("%s: %d %q", o.URL, resp.StatusCode, body)
+		}
+		log := e.attemptsN(t, 2*(i+1))[2*i:]
+		want := []string{"proxy_status_407", "connect_status_407"}[i]
+		if log[0].Addr != e.upstream[0].Addr || log[0].OK || log[0].Reason != want || !log[1].OK {
+			t.Errorf("%s: attempts %+v, want %s on %s then success", o.URL, log, want, e.upstream[0].Addr)
+		}
+	}
+	for _, r := range plain.requests() {
+		if r.Header.Get("Proxy-Authorization") != "" {
+			t.Error("Proxy-Authorization reached the origin")
+		}
+	}
+}
+
+// An upstream that closes a kept-alive connection while it sits idle: the
+// agent notices on reuse and sends the request again on a fresh connection
+// through the same IP, without counting a failure.
+func TestE2EStaleUpstreamConnection(t *testing.T) {
+	t.Parallel()
+	var conns atomic.Int32
+	up := tcpOrigin(t, func(c *net.TCPConn) {
+		conns.Add(1)
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine")
+		time.Sleep(20 * time.Millisecond) // then "idle timeout": close
+	})
+	e := newEnv(t, envOptions{leading: []string{up}, retries: 0})
+	c := e.headerClient()
+	for i := 0; i < 3; i++ {
+		resp, body := do(t, c, e.newReq(t, "GET", "http://example.invalid", "/s", nil))
+		if resp.StatusCode != 200 || body != "fine" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+		time.Sleep(100 * time.Millisecond) // let the upstream close it
+	}
+	for _, a := range e.attemptsN(t, 3) {
+		if !a.OK {
+			t.Errorf("stale connection counted against the IP: %+v", a)
+		}
+	}
+	if n := conns.Load(); n != 3 {
+		t.Errorf("upstream saw %d connections, want 3", n)
+	}
+}
+
+// Responses without a body (HEAD, 204, 304) keep the client connection in
+// sync: the next request on it is answered normally.
+func TestE2EBodylessResponsesKeepAlive(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/204":
+			w.WriteHeader(204)
+		case "/304":
+			w.WriteHeader(304)
+		default:
+			w.Header().Set("Content-Length", "1234")
+			if r.Method != "HEAD" {
+				w.Write(payload(1234))
+			}
+		}
+	})
+	e := newEnv(t, envOptions{upstreams: 2})
+	cn, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cn.Close()
+	cn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(cn)
+	for _, step := range []struct {
+		method, path string
+		status       int
+		bodyLen      int
+	}{
+		{"HEAD", "/h", 200, 0}, {"GET", "/204", 204, 0}, {"GET", "/304", 304, 0}, {"GET", "/g", 200, 1234}, {"HEAD", "/h2", 200, 0}, {"GET", "/g2", 200, 1234},
+	} {
+		fmt.Fprintf(cn, "%s %s HTTP/1.1\r\nHost: a\r\n%s: %s\r\n\r\n", step.method, step.path, HeaderTarget, o.URL)
+		resp, body := readRawResponse(t, br, step.method)
+		if resp.StatusCode != step.status || len(body) != step.bodyLen {
+			t.Fatalf("%s %s: %d with %d body bytes, want %d with %d", step.method, step.path, resp.StatusCode, len(body), step.status, step.bodyLen)
+		}
+		if step.method == "HEAD" && resp.Header.Get("Content-Length") != "1234" {
+			t.Errorf("HEAD lost its Content-Length: %v", resp.Header)
+		}
+	}
+	if e.accepted.Load() != 1 {
+		t.Errorf("%d client connections", e.accepted.Load())
+	}
+}
+
+// A response the origin cuts short must reach the client as broken, never
+// as a complete shorter body, and counts against the attempt.
+func TestE2ETruncatedResponse(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false, func(w http.ResponseWriter, r *http.Request) {
+		c, bw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if r.URL.Path == "/sized" {
+			bw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+		} else {
+			bw.WriteString("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nonly part\r\n")
+		}
+		bw.Flush()
+	})
+	e := newEnv(t, envOptions{upstreams: 1})
+	c := e.headerClient()
+	for _, path := range []string{"/sized", "/chunked"} {
+		resp, err := c.Do(e.newReq(t, "GET", o.URL, path, nil))
+		if err != nil {
+			continue // broken before the head: also fine
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Errorf("%s: truncated response read as complete: %q", path, b)
+		}
+	}
+}
+
+// A body too large to replay must not be sent on a kept connection the
+// upstream may have closed meanwhile: if it is and the connection turns
+// out stale, the body is half gone and the request fails (502) although
+// the IP is fine.
+func TestE2EStreamedBodyOnStaleConnection(t *testing.T) {
+	t.Parallel()
+	up := tcpOrigin(t, func(c *net.TCPConn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		n, _ := io.Copy(io.Discard, req.Body)
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(strconv.Itoa(int(n))), strconv.Itoa(int(n)))
+		time.Sleep(20 * time.Millisecond) // then "idle timeout": close
+	})
+	e := newEnv(t, envOptions{leading: []string{up}, retries: 0, opts: Options{RetryBufferBytes: 1 << 10}})
+	c := e.headerClient()
+	if resp, body := do(t, c, e.newReq(t, "GET", "http://example.invalid", "/warm", nil)); resp.StatusCode != 200 || body != "0" {
+		t.Fatalf("warm-up: %d %q", resp.StatusCode, body)
+	}
+	time.Sleep(100 * time.Millisecond) // the kept upstream connection is closed now
+	body := payload(64 << 10)
+	resp, got := do(t, c, e.newReq(t, "POST", "http://example.invalid", "/big", bytes.NewReader(body)))
+	if resp.StatusCode != 200 || got != strconv.Itoa(len(body)) {
+		t.Errorf("streamed POST after the upstream closed its kept connection: %d %q", resp.StatusCode, got)
+	}
+}

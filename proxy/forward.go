@@ -33,7 +33,7 @@ const (
 type AttemptEvent struct {
 	Target   string
 	Addr     string
-	OK       bool   // counted as success by the pool
+	OK       bool   // not counted against the IP (success, or not its fault)
 	Reason   string // failure reason, empty on success
 	Status   int    // response status, 0 when there was none
 	Duration time.Duration
@@ -283,13 +283,21 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		}
 		aStart := time.Now()
 		resp, uc, err := t.tr.roundTrip(ctx, up, req, body)
+		if err != nil && body.clientErr != nil {
+			// The client's body broke (too large, malformed, stalled): not
+			// the IP's fault, and not retryable.
+			s.release(t, ip, pool.Neutral, AttemptEvent{Reason: "client_body", Duration: time.Since(aStart)})
+			status, reason := bodyErrorStatus(body.clientErr)
+			_ = writeJSON(cc.bw, status, req.head.Minor, false, clientError(reason))
+			return false, OutcomeBadRequest, status
+		}
 		if err != nil {
 			reason := "upstream_error"
 			var ae *attemptError
 			if errors.As(err, &ae) {
 				reason = ae.Reason
 			}
-			s.release(t, ip, pool.Failure, AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
+			s.release(t, ip, s.failure(), AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
 			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
 			s.log.Debug("attempt failed", "target", t.Name, "address", ip, "reason", reason, "err", err)
 			continue
@@ -315,12 +323,13 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		}
 		bufp := s.bufs.Get().(*[]byte)
 		more := func() bool { return uc.br.Buffered() > 0 }
+		keep = keep && !s.draining.Load()
 		keep2, upErr, clientErr := writeResponse(cc.bw, resp, req.head.Method, req.head.Minor, keep, *bufp, more)
 		s.bufs.Put(bufp)
 		a := AttemptEvent{Status: resp.StatusCode, Duration: time.Since(aStart)}
 		switch {
 		case upErr != nil:
-			outcome = pool.Failure
+			outcome = s.failure()
 			a.Reason = reasonOf("upstream_body", upErr)
 			uc.Close()
 		case clientErr != nil || resp.Close:
@@ -338,7 +347,9 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		return keep2, outcomeOf(resp.StatusCode), resp.StatusCode
 	}
 	if held != nil {
-		keep2, _, _ := writeResponse(cc.bw, held.resp, req.head.Method, req.head.Minor, keep, make([]byte, 32<<10), nil)
+		bufp := s.bufs.Get().(*[]byte)
+		keep2, _, _ := writeResponse(cc.bw, held.resp, req.head.Method, req.head.Minor, keep && !s.draining.Load(), *bufp, nil)
+		s.bufs.Put(bufp)
 		return keep2, outcomeOf(held.resp.StatusCode), held.resp.StatusCode
 	}
 	_ = writeJSON(cc.bw, http.StatusBadGateway, req.head.Minor, keep, errorBody("connection_error",
@@ -365,12 +376,21 @@ func holdResponse(resp *http.Response, uc *upConn, t *Target) *heldResponse {
 	return &heldResponse{resp: resp, body: b}
 }
 
+// failure is the outcome of a failed attempt: Neutral once the server is
+// being forced down (cut requests say nothing about the IP).
+func (s *Server) failure() pool.Outcome {
+	if s.ctx.Err() != nil {
+		return pool.Neutral
+	}
+	return pool.Failure
+}
+
 func (s *Server) release(t *Target, ip string, outcome pool.Outcome, a AttemptEvent) {
 	if err := t.Pool.Release(context.Background(), ip, outcome); err != nil {
 		s.log.Error("release ip", "target", t.Name, "address", ip, "err", err)
 	}
 	if s.opts.Hooks.Attempt != nil {
-		a.Target, a.Addr, a.OK = t.Name, ip, outcome == pool.Success
+		a.Target, a.Addr, a.OK = t.Name, ip, outcome != pool.Failure
 		s.opts.Hooks.Attempt(a)
 	}
 }
@@ -441,7 +461,9 @@ func redactURL(u *url.URL) string {
 func (t *transport) roundTrip(ctx context.Context, up Upstream, req *request, body *requestBody) (*http.Response, *upConn, error) {
 	hp := hostPort(req.url)
 	for try := 0; ; try++ {
-		uc, err := t.connFor(ctx, up, req.url.Scheme, hp, req.url.Hostname())
+		// A streamed body cannot be sent twice, so it never risks a kept
+		// connection the proxy may have closed meanwhile.
+		uc, err := t.connFor(ctx, up, req.url.Scheme, hp, req.url.Hostname(), !body.Replayable())
 		if err != nil {
 			return nil, nil, err
 		}

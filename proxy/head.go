@@ -252,7 +252,7 @@ func RequestFraming(f Fields) (Framing, int64, error) {
 		if len(cl) > 0 {
 			return 0, 0, badRequest("both Content-Length and Transfer-Encoding")
 		}
-		if len(te) != 1 || !strings.EqualFold(strings.TrimSpace(te[0]), "chunked") {
+		if len(te) != 1 || !strings.EqualFold(strings.Trim(te[0], " \t"), "chunked") {
 			return 0, 0, &HeadError{Status: http.StatusNotImplemented, Reason: "unsupported Transfer-Encoding"}
 		}
 		return Chunked, -1, nil
@@ -263,7 +263,7 @@ func RequestFraming(f Fields) (Framing, int64, error) {
 	var n int64 = -1
 	for _, v := range cl {
 		for _, part := range strings.Split(v, ",") {
-			part = strings.TrimSpace(part)
+			part = strings.Trim(part, " \t")
 			if part == "" || strings.TrimLeft(part, "0123456789") != "" {
 				return 0, 0, badRequest("invalid Content-Length")
 			}

@@ -55,6 +55,7 @@ type envOptions struct {
 	leading    []string                 // addresses placed before the tinyproxies in the pool
 	tinyproxy  testenv.TinyproxyOptions // for every tinyproxy upstream
 	quiet      bool                     // no agent log in the test output
+	creds      []string                 // "user:pass" the agent sends to tinyproxy i
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -69,7 +70,11 @@ func newEnv(t *testing.T, o envOptions) *env {
 		tp := testenv.StartTinyproxy(t, fmt.Sprintf("127.0.0.%d", i+2), o.tinyproxy)
 		e.upstream = append(e.upstream, tp)
 		addrs = append(addrs, tp.Addr)
-		ups[tp.Addr] = Upstream{Addr: tp.Addr}
+		up := Upstream{Addr: tp.Addr}
+		if i < len(o.creds) {
+			up.Username, up.Password, _ = strings.Cut(o.creds[i], ":")
+		}
+		ups[tp.Addr] = up
 	}
 	for _, a := range o.extraAddrs {
 		addrs = append(addrs, a)

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -288,14 +289,29 @@ func (s *Server) serveConn(cc *clientConn) {
 			if errors.As(err, &he) {
 				s.log.Debug("bad request head", "client", cc.c.RemoteAddr().String(), "status", he.Status, "reason", he.Reason)
 				_ = writeJSON(cc.bw, he.Status, 1, false, clientError(he.Reason))
+				lingerClose(cc.c)
 			}
 			return
 		}
 		_ = cc.c.SetReadDeadline(time.Time{})
 		if !s.handle(cc, head) {
+			lingerClose(cc.c)
 			return
 		}
 	}
+}
+
+// lingerClose ends a connection the agent gave up on while the client may
+// still be sending: half-close, then read and drop what arrives for a
+// moment, so the kernel does not answer the client's unread bytes with a
+// reset that would destroy the response it has not read yet.
+func lingerClose(c net.Conn) {
+	cw, ok := c.(closeWriter)
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	_, _ = io.CopyN(io.Discard, c, 256<<10)
 }
 
 // handle routes one request head by its form and reports whether the

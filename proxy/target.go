@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -34,6 +35,9 @@ func ParseTargetHeader(v string) (*url.URL, error) {
 	}
 	if strings.ContainsFunc(v, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 		return nil, errors.New("control character in target")
+	}
+	if strings.ContainsAny(v, " ") {
+		return nil, errors.New("space in target (percent-encode it)")
 	}
 	u, err := url.Parse(v)
 	if err != nil {
@@ -68,8 +72,14 @@ func checkHostPort(u *url.URL) error {
 	if host == "" {
 		return errors.New("target has no host")
 	}
-	if strings.ContainsAny(host, " %/\\@") {
-		return errors.New("invalid host")
+	if strings.HasPrefix(u.Host, "[") {
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() || a.Zone() != "" {
+			return errors.New("invalid IPv6 host")
+		}
+	} else if len(host) > 253 || strings.ContainsFunc(host, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_')
+	}) {
+		return errors.New("invalid host name")
 	}
 	if p := u.Port(); p != "" {
 		n, err := strconv.Atoi(p)

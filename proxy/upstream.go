@@ -218,13 +218,15 @@ func (t *transport) tunnel(ctx context.Context, up Upstream, hostport string) (n
 // connFor returns a connection ready to carry a request to origin through
 // up: for http origins a plain connection to the proxy (absolute-form), for
 // https origins a TLS session inside a CONNECT tunnel.
-func (t *transport) connFor(ctx context.Context, up Upstream, scheme, hostport, serverName string) (*upConn, error) {
+func (t *transport) connFor(ctx context.Context, up Upstream, scheme, hostport, serverName string, fresh bool) (*upConn, error) {
 	key := connKey{proxy: up.Addr}
 	if scheme == "https" {
 		key.origin = hostport
 	}
-	if c := t.get(key); c != nil {
-		return c, nil
+	if !fresh {
+		if c := t.get(key); c != nil {
+			return c, nil
+		}
 	}
 	return t.dial(ctx, up, key, scheme, hostport, serverName)
 }

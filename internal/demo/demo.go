@@ -98,6 +98,7 @@ func run(ctx context.Context, opts Options) (res *result, err error) {
 			f()
 		}
 	}()
+	dbg("setup start")
 	org, err := startOrigin()
 	if err != nil {
 		return nil, err
@@ -142,7 +143,9 @@ func run(ctx context.Context, opts Options) (res *result, err error) {
 	if err := os.WriteFile(cfgPath, []byte(configYAML(ln.Addr().(*net.TCPAddr).Port, org.URL(), addrs, roles)), 0o600); err != nil {
 		return nil, fmt.Errorf("write demo config: %w", err)
 	}
+	dbg("upstreams started")
 	cfg, err := agent.Load(cfgPath, nil)
+	dbg("loaded")
 	if err != nil {
 		return nil, fmt.Errorf("load demo config %s: %w", cfgPath, err)
 	}
@@ -163,6 +166,7 @@ func run(ctx context.Context, opts Options) (res *result, err error) {
 		return nil, fmt.Errorf("demo config gave %d targets, want 1", len(a.Targets()))
 	}
 	pl := a.Targets()[0].Pool
+	dbg("agent built")
 	if opts.Dir == "" {
 		logPath = "" // removed with the temp dir
 	}

@@ -3,7 +3,9 @@
 //
 //	func TestContract(t *testing.T) {
 //		pooltest.Run(t, func(t *testing.T, clock pool.Clock) pool.Backend {
-//			return memory.New(clock)
+//			b := memory.New(clock)
+//			t.Cleanup(func() { b.Close() })
+//			return b
 //		})
 //	}
 //
