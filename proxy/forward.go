@@ -159,6 +159,7 @@ func (e *eofReader) Read(p []byte) (int, error) {
 func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 	start := time.Now()
 	head := req.head
+	req.matchKey = req.url.String()
 	ev := RequestEvent{Mode: req.mode, Tag: req.tag}
 	finish := func(outcome string, status int) {
 		ev.Outcome, ev.Status, ev.Duration = outcome, status, time.Since(start)

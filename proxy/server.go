@@ -38,6 +38,12 @@ type Options struct {
 	BodyReadTimeout  time.Duration // 30s between reads of a request body
 	Upstream         Timeouts      // connect 10s, response 60s, idle conns 90s
 	Hooks            Hooks
+	Transparent      TransparentOptions
+	// Dialer makes every outgoing connection (upstream proxies, direct
+	// transparent connections); nil means a plain net.Dialer. The eBPF
+	// data plane uses its Control hook to keep the agent's own sockets out
+	// of the redirect.
+	Dialer *net.Dialer
 }
 
 func (o *Options) defaults() {
@@ -111,7 +117,7 @@ func New(targets []*Target, opts Options) *Server {
 func (s *Server) SetTargets(targets []*Target) {
 	for _, t := range targets {
 		if t.tr == nil {
-			t.tr = newTransport(tlsOrDefault(t.TLS), s.opts.Upstream)
+			t.tr = newTransport(tlsOrDefault(t.TLS), s.opts.Upstream, s.dialer())
 		}
 	}
 	old := s.targets.Swap(&targets)
@@ -127,6 +133,14 @@ func (s *Server) SetTargets(targets []*Target) {
 			t.tr.closeIdle()
 		}
 	}
+}
+
+// dialer returns the dialer for outgoing connections.
+func (s *Server) dialer() *net.Dialer {
+	if s.opts.Dialer != nil {
+		return s.opts.Dialer
+	}
+	return &net.Dialer{KeepAlive: 30 * time.Second}
 }
 
 // match returns the first target whose regex matches key.
@@ -176,12 +190,12 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		backoff = 0
-		cc := s.track(c)
+		cc := s.track(c, 16<<10)
 		if cc == nil {
 			c.Close()
 			continue
 		}
-		go s.serveConn(cc)
+		go s.serveConn(cc, s.handle)
 	}
 }
 
@@ -197,13 +211,13 @@ type clientConn struct {
 	state atomic.Int32
 }
 
-func (s *Server) track(c net.Conn) *clientConn {
+func (s *Server) track(c net.Conn, readBuf int) *clientConn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining.Load() {
 		return nil
 	}
-	cc := &clientConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}
+	cc := &clientConn{c: c, br: bufio.NewReaderSize(c, readBuf), bw: bufio.NewWriterSize(c, 16<<10)}
 	s.conns[cc] = struct{}{}
 	s.wg.Add(1)
 	return cc
@@ -268,10 +282,16 @@ func (s *Server) closeUpstreams() {
 	}
 }
 
-// serveConn reads requests from one client connection until it closes.
-func (s *Server) serveConn(cc *clientConn) {
+// serveConn reads requests from one client connection until it closes,
+// handing each head to handle.
+func (s *Server) serveConn(cc *clientConn, handle func(*clientConn, *RequestHead) bool) {
 	defer s.untrack(cc)
 	defer cc.c.Close()
+	s.requestLoop(cc, handle)
+}
+
+// requestLoop reads request heads until the connection should close.
+func (s *Server) requestLoop(cc *clientConn, handle func(*clientConn, *RequestHead) bool) {
 	for {
 		cc.state.Store(stateIdle)
 		if s.draining.Load() {
@@ -294,7 +314,7 @@ func (s *Server) serveConn(cc *clientConn) {
 			return
 		}
 		_ = cc.c.SetReadDeadline(time.Time{})
-		if !s.handle(cc, head) {
+		if !handle(cc, head) {
 			lingerClose(cc.c)
 			return
 		}
@@ -326,7 +346,7 @@ func (s *Server) handle(cc *clientConn, head *RequestHead) bool {
 		s.serveConnect(cc, head)
 		return false
 	}
-	req := &request{head: head, retries: -1, tag: tagOf(head), overrides: overridesOf(head.Fields)}
+	req := &request{head: head, retries: retriesOf(head), tag: tagOf(head), overrides: overridesOf(head.Fields)}
 	switch t := head.Target; {
 	case hasSchemePrefix(t):
 		u, err := url.ParseRequestURI(t)
@@ -364,13 +384,17 @@ func (s *Server) handle(cc *clientConn, head *RequestHead) bool {
 	default:
 		return bad("unsupported request target form")
 	}
-	if v := head.Fields.Get(HeaderRetries); v != "" {
+	return s.serveRequest(cc, req, keep)
+}
+
+// retriesOf reads X-Proxy-Hopper-Retries; -1 means the target's default.
+func retriesOf(h *RequestHead) int {
+	if v := h.Fields.Get(HeaderRetries); v != "" {
 		if n, err := strconv.Atoi(v); err == nil && n >= 0 && n <= 100 {
-			req.retries = n
+			return n
 		}
 	}
-	req.matchKey = req.url.String()
-	return s.serveRequest(cc, req, keep)
+	return -1
 }
 
 func hasSchemePrefix(t string) bool {

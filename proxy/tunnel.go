@@ -44,21 +44,57 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	}
 	ev.Target = t.Name
 	retries := t.NumRetries
-	if v := head.Fields.Get(HeaderRetries); v != "" {
-		if n, err := strconv.Atoi(v); err == nil && n >= 0 && n <= 100 {
-			retries = n
-		}
+	if n := retriesOf(head); n >= 0 {
+		retries = n
 	}
-	var attempts []attemptRecord
+	tun, err := s.openTunnel(t, hostport, retries, &ev)
+	if err != nil {
+		if tun.poolErr != nil {
+			s.poolError(cc, &request{head: head, retries: retries}, t, tun.poolErr, false, &requestBody{}, len(tun.attempts), tun.attempts)
+			finish(OutcomeNoIP, 503)
+			return
+		}
+		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false, errorBody("connection_error",
+			"Every attempt to open the tunnel failed", &request{head: head}, t, len(tun.attempts), retries, tun.attempts))
+		finish(OutcomeConnectionError, 502)
+		return
+	}
+	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
+	if err := cc.bw.Flush(); err == nil {
+		_ = cc.c.SetDeadline(time.Time{})
+		relay(cc.c, cc.br, tun.raw, tun.br)
+	}
+	tun.raw.Close()
+	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
+	finish(OutcomeSuccess, 200)
+}
+
+// tunnelResult is an open upstream tunnel, or why none could be opened.
+type tunnelResult struct {
+	raw      net.Conn
+	br       *bufio.Reader
+	ip       string
+	start    time.Time
+	attempts []attemptRecord
+	poolErr  error // no IP could be had
+}
+
+var errTunnelFailed = errors.New("every attempt to open the tunnel failed")
+
+// openTunnel CONNECTs to hostport through t's IPs, moving to the next IP
+// while the upstream connection or its CONNECT fails: nothing has been
+// relayed yet, so every such failure can be retried. The caller owns the
+// IP of a successful result and releases it when the tunnel ends.
+func (s *Server) openTunnel(t *Target, hostport string, retries int, ev *RequestEvent) (tunnelResult, error) {
+	var res tunnelResult
 	for i := 0; i <= retries; i++ {
 		if i > 0 {
 			ev.Retries++
 		}
 		ip, err := t.Pool.Acquire(s.ctx)
 		if err != nil {
-			s.poolError(cc, &request{head: head, retries: retries}, t, err, false, &requestBody{}, i, attempts)
-			finish(OutcomeNoIP, 503)
-			return
+			res.poolErr = err
+			return res, err
 		}
 		up := t.Upstreams[ip]
 		if up.Addr == "" {
@@ -72,26 +108,14 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 			if errors.As(err, &ae) {
 				reason = ae.Reason
 			}
-			s.release(t, ip, pool.Failure, AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
-			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
+			s.release(t, ip, s.failure(), AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
+			res.attempts = append(res.attempts, attemptRecord{IP: ip, Reason: reason})
 			continue
 		}
-		cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
-		if err := cc.bw.Flush(); err != nil {
-			raw.Close()
-			s.release(t, ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(aStart)})
-			finish(OutcomeSuccess, 200)
-			return
-		}
-		_ = cc.c.SetDeadline(time.Time{})
-		relay(cc.c, cc.br, raw, ubr)
-		s.release(t, ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(aStart)})
-		finish(OutcomeSuccess, 200)
-		return
+		res.raw, res.br, res.ip, res.start = raw, ubr, ip, aStart
+		return res, nil
 	}
-	_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false, errorBody("connection_error",
-		"Every attempt to open the tunnel failed", &request{head: head}, t, len(attempts), retries, attempts))
-	finish(OutcomeConnectionError, 502)
+	return res, errTunnelFailed
 }
 
 // closeWriter is a connection that can half-close.

@@ -103,17 +103,15 @@ type Timeouts struct {
 type transport struct {
 	tls      *tls.Config
 	timeouts Timeouts
-	dialer   net.Dialer
+	dialer   *net.Dialer
 	maxIdle  int
 
 	mu   sync.Mutex
 	idle map[connKey][]*upConn
 }
 
-func newTransport(tlsConf *tls.Config, t Timeouts) *transport {
-	tr := &transport{tls: tlsConf, timeouts: t, maxIdle: 16, idle: map[connKey][]*upConn{}}
-	tr.dialer.KeepAlive = 30 * time.Second
-	return tr
+func newTransport(tlsConf *tls.Config, t Timeouts, d *net.Dialer) *transport {
+	return &transport{tls: tlsConf, timeouts: t, dialer: d, maxIdle: 16, idle: map[connKey][]*upConn{}}
 }
 
 // get returns an idle connection for key, or nil.
