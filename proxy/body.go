@@ -70,11 +70,10 @@ func (l *limitedBody) Read(p []byte) (int, error) {
 // fit in the retry buffer it can be sent any number of times; otherwise it
 // streams once.
 type requestBody struct {
-	buf    []byte    // the buffered body, or its first part
-	rest   io.Reader // nil when buf is the whole body
-	size   int64     // -1 when unknown (chunked, streaming)
-	used   bool
-	hasAny bool
+	buf  []byte    // the buffered body, or its first part
+	rest io.Reader // nil when buf is the whole body
+	size int64     // -1 when unknown (chunked, streaming)
+	used bool
 	// clientErr is the first error reading the client's side of a
 	// streamed body: the attempt failed because of the client.
 	clientErr error
@@ -101,7 +100,7 @@ func prepareBody(r io.Reader, size int64, bufMax int64) (*requestBody, error) {
 		return &requestBody{size: 0}, nil
 	}
 	if size > bufMax {
-		return &requestBody{rest: r, size: size, hasAny: true}, nil
+		return &requestBody{rest: r, size: size}, nil
 	}
 	var b bytes.Buffer
 	n, err := io.Copy(&b, io.LimitReader(r, bufMax+1))
@@ -109,9 +108,9 @@ func prepareBody(r io.Reader, size int64, bufMax int64) (*requestBody, error) {
 		return nil, err
 	}
 	if n > bufMax {
-		return &requestBody{buf: b.Bytes(), rest: r, size: size, hasAny: true}, nil
+		return &requestBody{buf: b.Bytes(), rest: r, size: size}, nil
 	}
-	return &requestBody{buf: b.Bytes(), size: n, hasAny: n > 0}, nil
+	return &requestBody{buf: b.Bytes(), size: n}, nil
 }
 
 // Replayable reports whether the body can be sent again.

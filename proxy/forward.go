@@ -249,7 +249,6 @@ func bodyErrorStatus(err error) (int, string) {
 // retry fails too and it is the best answer the client can get.
 type heldResponse struct {
 	resp *http.Response
-	body []byte
 }
 
 // forward sends the request through the target's IPs, retrying failures on
@@ -354,7 +353,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		return keep2, outcomeOf(held.resp.StatusCode), held.resp.StatusCode
 	}
 	_ = writeJSON(cc.bw, http.StatusBadGateway, req.head.Minor, keep, errorBody("connection_error",
-		"Every attempt failed before an origin response", req, t, len(attempts), retries, attempts))
+		"Every attempt failed before an origin response", req, t, len(attempts)-1, retries, attempts))
 	return keep, OutcomeConnectionError, http.StatusBadGateway
 }
 
@@ -374,7 +373,7 @@ func holdResponse(resp *http.Response, uc *upConn, t *Target) *heldResponse {
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(b))
 	resp.ContentLength = int64(len(b))
-	return &heldResponse{resp: resp, body: b}
+	return &heldResponse{resp: resp}
 }
 
 // failure is the outcome of a failed attempt: Neutral once the server is

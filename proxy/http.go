@@ -144,6 +144,9 @@ func writeResponse(cw *bufio.Writer, resp *http.Response, method string, clientM
 // copyBody streams body to the client, flushing whenever the upstream has
 // nothing more buffered so that streaming responses are not held back.
 func copyBody(cw *bufio.Writer, body io.Reader, chunked bool, buf []byte, more func() bool) (upErr, clientErr error) {
+	if len(buf) == 0 {
+		buf = make([]byte, 32<<10)
+	}
 	for {
 		n, err := body.Read(buf)
 		if n > 0 {

@@ -55,7 +55,7 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 			return
 		}
 		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false, errorBody("connection_error",
-			"Every attempt to open the tunnel failed", &request{head: head}, t, len(tun.attempts), retries, tun.attempts))
+			"Every attempt to open the tunnel failed", &request{head: head}, t, len(tun.attempts)-1, retries, tun.attempts))
 		finish(OutcomeConnectionError, 502)
 		return
 	}

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -94,11 +95,10 @@ func run(ctx context.Context, opts Options) (res *result, err error) {
 	// The world: an origin and the upstream proxies.
 	var cleanups []func()
 	defer func() {
-		for _, f := range cleanups {
+		for _, f := range slices.Backward(cleanups) {
 			f()
 		}
 	}()
-	dbg("setup start")
 	org, err := startOrigin()
 	if err != nil {
 		return nil, err
@@ -143,9 +143,7 @@ func run(ctx context.Context, opts Options) (res *result, err error) {
 	if err := os.WriteFile(cfgPath, []byte(configYAML(ln.Addr().(*net.TCPAddr).Port, org.URL(), addrs, roles)), 0o600); err != nil {
 		return nil, fmt.Errorf("write demo config: %w", err)
 	}
-	dbg("upstreams started")
 	cfg, err := agent.Load(cfgPath, nil)
-	dbg("loaded")
 	if err != nil {
 		return nil, fmt.Errorf("load demo config %s: %w", cfgPath, err)
 	}
@@ -163,16 +161,15 @@ func run(ctx context.Context, opts Options) (res *result, err error) {
 		return nil, fmt.Errorf("build agent: %w", err)
 	}
 	if len(a.Targets()) != 1 {
+		_ = backend.Close()
 		return nil, fmt.Errorf("demo config gave %d targets, want 1", len(a.Targets()))
 	}
 	pl := a.Targets()[0].Pool
-	dbg("agent built")
 	if opts.Dir == "" {
 		logPath = "" // removed with the temp dir
 	}
-	if ctx.Err() != nil {
-		return &result{col: col, interrupted: true}, nil
-	}
+	// From here on an interrupt (ctx) still goes through the agent's Run,
+	// which is what releases its pools and backend.
 
 	agentCtx, stopAgent := context.WithCancel(context.Background())
 	defer stopAgent()
@@ -258,10 +255,8 @@ loop:
 	tick.Stop()
 	elapsed := time.Since(start)
 	interrupted := ctx.Err() != nil
-	dbg("loop end")
 	stopTraffic()
 	wg.Wait()
-	dbg("clients stopped")
 	// Requests the clients gave up on are still queued in the agent; let
 	// them finish so the agent stops idle and its numbers are complete.
 	drainDeadline := time.Now().Add(drainMax)
@@ -272,13 +267,12 @@ loop:
 	if states, err := pl.Snapshot(context.Background()); err == nil {
 		col.poolState(time.Now(), states, backend.Waiting(targetName))
 	}
-	dbg("drained")
+	h.elapsed = elapsed
 	draw(time.Now())
 	stopAgent()
 	if err := <-agentErr; err != nil && runErr == nil {
 		runErr = err
 	}
-	dbg("agent stopped")
 	if runErr == nil && elapsed < opts.Duration && !interrupted {
 		runErr = errors.New("agent stopped before the end of the demo")
 	}
@@ -392,7 +386,3 @@ func (d *driver) one(ctx context.Context, id int, path string) error {
 	d.col.response(resp.StatusCode, ok, time.Since(start))
 	return nil
 }
-
-var dbgStart = time.Now()
-
-func dbg(m string) { fmt.Fprintf(os.Stderr, "DBG %s %s\n", time.Since(dbgStart), m) }

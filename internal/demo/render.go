@@ -41,6 +41,7 @@ type header struct {
 	clients               int
 	duration              time.Duration
 	policy                string
+	elapsed               time.Duration // shown instead of the time since start, when set
 }
 
 // table renders the live per-IP table and its totals line.
@@ -48,7 +49,11 @@ func (c *collector) table(now time.Time, h header) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var b strings.Builder
-	elapsed := now.Sub(c.start).Truncate(100 * time.Millisecond)
+	elapsed := now.Sub(c.start)
+	if h.elapsed > 0 {
+		elapsed = h.elapsed
+	}
+	elapsed = elapsed.Truncate(100 * time.Millisecond)
 	fmt.Fprintf(&b, "proxy-hopper demo   %s / %s   agent %s → origin %s   %d clients\n",
 		fmtSecs(elapsed), fmtSecs(h.duration), h.agent, h.origin, h.clients)
 	fmt.Fprintf(&b, "target %q: %s\n\n", h.target, h.policy)
@@ -91,7 +96,7 @@ func (c *collector) summary(elapsed time.Duration, interrupted bool, originHits 
 	fmt.Fprintf(&b, "\n== Summary (%s %s) ==\n", how, fmtSecs(elapsed.Truncate(100*time.Millisecond)))
 	fmt.Fprintf(&b, "  client requests   %d answered (%.1f/s)", c.responses, float64(c.responses)/secs)
 	if c.canceled > 0 {
-		fmt.Fprintf(&b, ", %d cut short by the end of the demo", c.canceled)
+		fmt.Fprintf(&b, ", %d more given up by the clients at the end (the agent still finished them)", c.canceled)
 	}
 	fmt.Fprintf(&b, "\n  successes         %d (200 from the origin; origin served %d)\n", c.successes, originHits)
 	fmt.Fprintf(&b, "  retries           %d (%d request(s) needed another IP)\n", c.retries, c.retriedReqs)

@@ -329,7 +329,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 	for k, vs := range resp.Header {
 		h[k] = vs
 	}
-	if resp.ContentLength >= 0 && r.Method != http.MethodHead {
+	if resp.ContentLength >= 0 && r.Method != http.MethodHead && bodyAllowed(resp.StatusCode) {
 		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
 	w.WriteHeader(resp.StatusCode)
@@ -362,6 +362,12 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// bodyAllowed reports whether a response with status may have a body
+// (RFC 9110: not 1xx, 204 or 304).
+func bodyAllowed(status int) bool {
+	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
 }
 
 // connect opens a tunnel to r.Host and relays bytes until both sides are done.

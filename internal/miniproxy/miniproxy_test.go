@@ -197,6 +197,46 @@ func TestResponseStreams(t *testing.T) {
 	}
 }
 
+// Responses without a body (204, 304, HEAD) keep their framing, and the
+// connection stays usable after them.
+func TestBodilessResponses(t *testing.T) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/204":
+			w.WriteHeader(http.StatusNoContent)
+		case "/304":
+			w.WriteHeader(http.StatusNotModified)
+		default:
+			w.Header().Set("Content-Length", "11")
+			io.WriteString(w, "hello world")
+		}
+	}))
+	defer origin.Close()
+	p := start(t, Options{})
+	c := client(p, nil)
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		length       string
+	}{
+		{"GET", "/204", 204, ""},
+		{"GET", "/304", 304, ""},
+		{"HEAD", "/x", 200, "11"},
+		{"GET", "/x", 200, "11"},
+	} {
+		req, _ := http.NewRequest(tc.method, origin.URL+tc.path, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", tc.method, tc.path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || resp.Header.Get("Content-Length") != tc.length {
+			t.Errorf("%s %s: %d, Content-Length %q; want %d, %q", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Content-Length"), tc.status, tc.length)
+		}
+	}
+}
+
 func TestConnectTunnel(t *testing.T) {
 	origin := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "secure "+r.URL.Path)
