@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 
 need=()
-for pair in tinyproxy:tinyproxy curl:curl redis-server:redis-server; do
+# clang-19/llvm-19 (make generate), libbpf headers, bpftool, iproute2 and
+# util-linux (nsenter, unshare) for the transparent-mode eBPF tests.
+for pair in tinyproxy:tinyproxy curl:curl redis-server:redis-server \
+	clang-19:clang-19 llvm-strip-19:llvm-19 bpftool:bpftool ip:iproute2 nsenter:util-linux; do
 	bin=${pair%%:*} pkg=${pair#*:}
 	command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -19,6 +22,16 @@ if ((${#need[@]})); then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ ! -e /usr/include/bpf/bpf_helpers.h ] && [ "$(id -u)" -eq 0 ]; then
+	echo "deps: installing libbpf-dev"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get install -y -qq --no-install-recommends libbpf-dev >/dev/null ||
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends libbpf-dev >/dev/null; }
+fi
+# bpffs, for `proxy-hopper bpf status` and pinned mode.
+if [ "$(id -u)" -eq 0 ] && [ -d /sys/fs/bpf ] && ! mountpoint -q /sys/fs/bpf; then
+	mount -t bpf bpf /sys/fs/bpf || echo "deps: could not mount bpffs at /sys/fs/bpf" >&2
 fi
 # Debian starts these as services on install; the tests run their own.
 for svc in tinyproxy redis-server; do

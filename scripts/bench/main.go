@@ -182,8 +182,8 @@ targets:
 		dp50, ap50 := median(d, func(r wrkResult) float64 { return float64(r.p50) }), median(a, func(r wrkResult) float64 { return float64(r.p50) })
 		dp99, ap99 := median(d, func(r wrkResult) float64 { return float64(r.p99) }), median(a, func(r wrkResult) float64 { return float64(r.p99) })
 		fmt.Printf("| %s requests/s | %.0f | %.0f | %.2f× |\n", name, drps, arps, arps/drps)
-		fmt.Printf("| %s p50 latency | %s | %s | +%s |\n", name, dur2(dp50), dur2(ap50), dur2(ap50-dp50))
-		fmt.Printf("| %s p99 latency | %s | %s | +%s |\n", name, dur2(dp99), dur2(ap99), dur2(ap99-dp99))
+		fmt.Printf("| %s p50 latency | %s | %s | %s |\n", name, dur2(dp50), dur2(ap50), signed(ap50-dp50))
+		fmt.Printf("| %s p99 latency | %s | %s | %s |\n", name, dur2(dp99), dur2(ap99), signed(ap99-dp99))
 		errs := 0
 		for _, r := range append(append([]wrkResult{}, d...), a...) {
 			errs += r.errors + r.non2xx
@@ -214,6 +214,13 @@ func threads(c int) string {
 
 func dur2(ns float64) string {
 	return time.Duration(ns).Round(time.Microsecond).String()
+}
+
+func signed(ns float64) string {
+	if ns < 0 {
+		return "−" + dur2(-ns)
+	}
+	return "+" + dur2(ns)
 }
 
 func median[T any](xs []T, f func(T) float64) float64 {
