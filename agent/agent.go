@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -35,6 +36,7 @@ type Agent struct {
 	pools   []*pool.Pool
 	srv     *proxy.Server
 	ln      net.Listener
+	tp      io.Closer // local transparent mode, when on
 }
 
 // New validates cfg and builds every part without starting anything.
@@ -80,8 +82,13 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 			Name: rt.Name, Regex: rt.Regex, Pool: p, Upstreams: ups, NumRetries: rt.NumRetries, TLS: rt.TLS,
 		})
 	}
+	authn, err := cfg.authenticator()
+	if err != nil {
+		return nil, err
+	}
 	s := cfg.Server
 	a.srv = proxy.New(a.targets, proxy.Options{
+		Auth:             authn,
 		Logger:           log,
 		MaxBodyBytes:     int64(s.MaxBodySize),
 		RetryBufferBytes: int64(s.RetryBufferSize),
@@ -91,7 +98,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 			Connect:  s.ConnectTimeout.D(),
 			Response: s.ProxyReadTimeout.D(),
 		},
-		Hooks: opts.Hooks,
+		Hooks:       opts.Hooks,
+		Transparent: proxy.TransparentOptions{Unmatched: cfg.Transparent.Unmatched},
+		Dialer:      transparentDialer(cfg),
 	})
 	ok = true
 	return a, nil
@@ -132,6 +141,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.targets), "backend", a.backendName())
+	a.tp = a.startLocalTransparent(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	var serveErr error
@@ -144,6 +154,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		grace = 30 * time.Second
 	}
 	a.log.Info("shutting down", "grace", grace)
+	a.stopLocalTransparent()
 	a.backend.Close() // queued requests get 503 now
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()

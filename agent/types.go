@@ -69,7 +69,7 @@ type AuthConfig struct {
 	Roles            map[string]RoleConfig `mapstructure:"roles"`
 	Admin            *AdminUserConfig      `mapstructure:"admin"`
 	OIDC             *OIDCConfig           `mapstructure:"oidc"`
-	Transparent      map[string]any        `mapstructure:"transparent"` // reserved, free-form
+	Transparent      AuthTransparentConfig `mapstructure:"transparent"`
 }
 
 // AdminUserConfig is auth.admin, the local admin user.
@@ -205,4 +205,16 @@ type ResolvedTarget struct {
 // String is the one-line summary `validate` prints.
 func (t ResolvedTarget) String() string {
 	return fmt.Sprintf("%s: %d IP(s), regex %s", t.Name, len(t.IPs), t.Regex)
+}
+
+// AuthTransparentConfig is auth.transparent: transparent clients cannot
+// send credentials, so their source address decides.
+type AuthTransparentConfig struct {
+	AllowCIDRs []CIDRRuleConfig `mapstructure:"allowCidrs"`
+}
+
+// CIDRRuleConfig lets clients from CIDR use Targets (omitted: all).
+type CIDRRuleConfig struct {
+	CIDR    string   `mapstructure:"cidr"`
+	Targets []string `mapstructure:"targets"`
 }

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -27,6 +28,8 @@ const (
 	OutcomeNoMatch         = "no_match"
 	OutcomeNoIP            = "no_ip"
 	OutcomeBadRequest      = "bad_request"
+	OutcomeAuthFailed      = "auth_failed"
+	OutcomeForbidden       = "forbidden"
 )
 
 // AttemptEvent is one use of one upstream IP.
@@ -189,7 +192,29 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 		finish(OutcomeBadRequest, 413)
 		return false
 	}
+	var principal *auth.Principal
+	if s.opts.Auth.Enabled() && req.mode != "transparent" {
+		if principal, err = s.opts.Auth.Authenticate(tokenOf(head, req.mode == "proxy")); err != nil {
+			s.refuseAuth(cc, head, req.mode == "proxy", err)
+			finish(OutcomeAuthFailed, authStatus(err, req.mode == "proxy"))
+			return false
+		}
+	}
 	t := s.match(req.matchKey)
+	if t != nil && s.opts.Auth.Enabled() {
+		var err error
+		if principal != nil {
+			err = principal.Allows(t.Name)
+		} else {
+			err = s.opts.Auth.AllowSource(remoteAddr(cc.c), t.Name)
+		}
+		if err != nil {
+			ev.Target = t.Name
+			s.refuseAuth(cc, head, false, err)
+			finish(OutcomeForbidden, http.StatusForbidden)
+			return false
+		}
+	}
 	if t == nil {
 		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, keep && framing == NoBody,
 			errorBody("no_target", "No target configured for URL: "+redactURL(req.url), req, nil, 0, 0, nil))

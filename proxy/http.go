@@ -179,10 +179,18 @@ func copyBody(cw *bufio.Writer, body io.Reader, chunked bool, buf []byte, more f
 
 // writeJSON answers with a JSON error body.
 func writeJSON(cw *bufio.Writer, status int, minor int, keepAlive bool, v any) error {
+	return writeJSONFields(cw, status, minor, keepAlive, nil, v)
+}
+
+// writeJSONFields is writeJSON with extra header fields.
+func writeJSONFields(cw *bufio.Writer, status int, minor int, keepAlive bool, extra []Field, v any) error {
 	body, _ := json.Marshal(v)
 	body = append(body, '\n')
 	cw.WriteString("HTTP/1." + strconv.Itoa(minor) + " " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\n")
 	cw.WriteString("Content-Type: application/json\r\n")
+	for _, f := range extra {
+		writeField(cw, f)
+	}
 	cw.WriteString("Content-Length: " + strconv.Itoa(len(body)) + "\r\n")
 	if !keepAlive {
 		cw.WriteString("Connection: close\r\n")

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/auth"
 )
 
 // Header names of the client protocol.
@@ -39,6 +41,9 @@ type Options struct {
 	Upstream         Timeouts      // connect 10s, response 60s, idle conns 90s
 	Hooks            Hooks
 	Transparent      TransparentOptions
+	// Auth checks clients before any IP is acquired; nil or disabled lets
+	// everyone through.
+	Auth *auth.Authenticator
 	// Dialer makes every outgoing connection (upstream proxies, direct
 	// transparent connections); nil means a plain net.Dialer. The eBPF
 	// data plane uses its Control hook to keep the agent's own sockets out

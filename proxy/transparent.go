@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -102,6 +103,12 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 		return
 	}
 	ev.Target = t.Name
+	if err := s.opts.Auth.AllowSource(remoteAddr(cc.c), t.Name); err != nil {
+		s.log.Info("transparent connection refused", "reason", auth.Reason(err), "client", cc.c.RemoteAddr().String(), "target", t.Name)
+		resetClose(cc.c)
+		finish(OutcomeForbidden)
+		return
+	}
 	tun, err := s.openTunnel(t, key, t.NumRetries, &ev)
 	if err != nil {
 		// Nothing can be said to a client that expects its origin: reset.

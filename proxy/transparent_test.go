@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/auth"
 )
 
 // transparentListener stands in for the eBPF redirect: every connection it
@@ -166,5 +168,43 @@ func TestTransparentServerFirstProtocol(t *testing.T) {
 	}
 	if r := e.upstream[0].Requests(t); len(r) != 1 || !strings.HasPrefix(r[0], "CONNECT "+orig) {
 		t.Errorf("upstream saw %v, want one CONNECT %s", r, orig)
+	}
+}
+
+// Transparent clients cannot authenticate: auth.transparent.allowCidrs
+// decides by source address, per target.
+func TestTransparentSourceAllowList(t *testing.T) {
+	o := newOrigin(t, false, nil)
+	orig := strings.TrimPrefix(o.URL, "http://")
+	for _, tc := range []struct {
+		name    string
+		rule    auth.SourceRule
+		allowed bool
+	}{
+		{"source allowed", auth.SourceRule{Prefix: netip.MustParsePrefix("127.0.0.0/8")}, true},
+		{"source allowed for the target", auth.SourceRule{Prefix: netip.MustParsePrefix("127.0.0.1/32"), Targets: []string{"t1"}}, true},
+		{"source allowed for another target", auth.SourceRule{Prefix: netip.MustParsePrefix("127.0.0.1/32"), Targets: []string{"x"}}, false},
+		{"source not listed", auth.SourceRule{Prefix: netip.MustParsePrefix("198.18.0.0/15")}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := mustAuth(t, auth.Config{Enabled: true, Sources: []auth.SourceRule{tc.rule}})
+			e := newEnv(t, envOptions{upstreams: 1, regex: `127\.0\.0\.1`, opts: Options{Auth: a}})
+			ln := transparentListener(t, e, orig)
+			c, err := net.Dial("tcp", ln)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "GET /src HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", orig)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			b, _ := io.ReadAll(c)
+			got := strings.HasPrefix(string(b), "HTTP/1.1 200")
+			if got != tc.allowed {
+				t.Fatalf("allowed = %v, want %v: %q", got, tc.allowed, statusLine(string(b)))
+			}
+			if !tc.allowed && !strings.HasPrefix(string(b), "HTTP/1.1 403") {
+				t.Errorf("refusal is not a 403: %q", statusLine(string(b)))
+			}
+		})
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -35,7 +36,23 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 		return
 	}
 	hostport := net.JoinHostPort(host, port)
+	var principal *auth.Principal
+	if s.opts.Auth.Enabled() {
+		if principal, err = s.opts.Auth.Authenticate(tokenOf(head, true)); err != nil {
+			s.refuseAuth(cc, head, true, err)
+			finish(OutcomeAuthFailed, http.StatusProxyAuthRequired)
+			return
+		}
+	}
 	t := s.match(hostport)
+	if t != nil && principal != nil {
+		if err := principal.Allows(t.Name); err != nil {
+			ev.Target = t.Name
+			s.refuseAuth(cc, head, true, err)
+			finish(OutcomeForbidden, http.StatusForbidden)
+			return
+		}
+	}
 	if t == nil {
 		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false,
 			errorBody("no_target", "No target configured for URL: "+hostport, &request{head: head}, nil, 0, 0, nil))
