@@ -5,8 +5,10 @@ BIN     ?= bin/proxy-hopper
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 FUZZTIME ?= 0
+CLANG   ?= clang-19
+BPF_CFLAGS ?= -O2 -g -Wall -Werror
 
-.PHONY: all build test demo bench lint fuzz deps clean
+.PHONY: all build test demo bench lint fuzz deps clean generate
 
 all: build
 
@@ -24,8 +26,14 @@ lint:
 # Runs every test, including the fuzz seed corpora (plain `go test` runs
 # them); FUZZTIME=30s also fuzzes each target for that long.
 test: deps lint
+	$(MAKE) --no-print-directory generate
+	git diff --exit-code -- bpf/
 	$(GO) test -race -count=1 -timeout 15m ./...
 	@if [ "$(FUZZTIME)" != "0" ]; then ./scripts/fuzz.sh $(FUZZTIME); fi
+
+# Regenerates the committed bpf2go output (bpf/*_bpfel.{go,o}) from bpf/*.c.
+generate:
+	cd bpf && BPF_CLANG=$(CLANG) BPF_CFLAGS="$(BPF_CFLAGS)" $(GO) generate ./
 
 fuzz:
 	./scripts/fuzz.sh $(or $(FUZZTIME:0=),30s)

@@ -161,6 +161,7 @@ func fromDocument(doc any, overrides map[string]any, env envVars) (*Config, erro
 		tc.setDefaults()
 		cfg.Targets = append(cfg.Targets, tc)
 	}
+	decodeSection(root["transparent"], &cfg.Transparent, "transparent", nil, &p)
 	if err := p.err(); err != nil {
 		return nil, err
 	}
@@ -985,7 +986,9 @@ type poolInfo struct {
 func (c *Config) Resolve() ([]ResolvedTarget, error) {
 	var p problems
 	c.checkServer(&p)
+	c.checkTransparent(&p)
 	c.checkAuth(&p)
+	c.checkAuthSources(&p)
 	providers := c.checkProviders(&p)
 	pools := c.checkPools(&p, providers)
 	targets := c.resolveTargets(&p, providers, pools)

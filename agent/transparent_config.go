@@ -18,4 +18,9 @@ type LocalTransparentConfig struct {
 	IncludeCIDRs []string `mapstructure:"includeCidrs"`
 	ExcludeCIDRs []string `mapstructure:"excludeCidrs"`
 	Sockmap      *bool    `mapstructure:"sockmap"`
+	// Port of the transparent listener on 127.0.0.1 and ::1 (0: any free port).
+	Port int `mapstructure:"port"`
+	// Mark is the SO_MARK the agent puts on its own outgoing sockets so
+	// that the connect hooks never redirect them (default 0x5048).
+	Mark int `mapstructure:"mark"`
 }

@@ -55,6 +55,7 @@ commands:
   run       start the agent (--config FILE, or PROXY_HOPPER_CONFIG)
   validate  check a config file and print its targets
   demo      run the agent against embedded local upstreams for about 20s
+  bpf       status|detach: the transparent-mode eBPF programs attached or pinned
   version   print the version
 
 Run 'proxy-hopper <command> -h' for the flags of a command.
@@ -72,6 +73,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return validate(args[1:], stdout, stderr)
 	case "demo":
 		return runDemo(ctx, args[1:], stdout, stderr)
+	case "bpf":
+		return runBPF(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "proxy-hopper", version)
 		return nil

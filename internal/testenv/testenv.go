@@ -78,6 +78,13 @@ type Tinyproxy struct {
 type TinyproxyOptions struct {
 	BasicAuth string // "user:pass" to require proxy auth
 	Extra     string // more config lines
+	// Netns runs tinyproxy inside that test network namespace (a name
+	// under /run/netns, see NewNetns) on port 8888 unless Port is set.
+	Netns *Netns
+	Port  int
+	// Hosts are /etc/hosts lines tinyproxy sees (only with Netns: it then
+	// runs in a private mount namespace with that file bound over /etc/hosts).
+	Hosts string
 }
 
 // StartTinyproxy runs tinyproxy on ip (a loopback address such as
@@ -87,7 +94,12 @@ func StartTinyproxy(t testing.TB, ip string, o TinyproxyOptions) *Tinyproxy {
 	t.Helper()
 	bin := LookPath(t, "tinyproxy")
 	dir := t.TempDir()
-	port := FreePort(t, ip)
+	port := o.Port
+	if port == 0 && o.Netns != nil {
+		port = 8888
+	} else if port == 0 {
+		port = FreePort(t, ip)
+	}
 	tp := &Tinyproxy{Addr: net.JoinHostPort(ip, fmt.Sprint(port)), Log: filepath.Join(dir, "tinyproxy.log")}
 	conf := fmt.Sprintf(`Port %d
 Listen %s
@@ -110,6 +122,9 @@ DisableViaHeader Yes
 		t.Fatal(err)
 	}
 	tp.cmd = exec.Command(bin, "-d", "-c", cf)
+	if o.Netns != nil {
+		tp.cmd = o.Netns.tinyproxyCommand(t, dir, bin, cf, o.Hosts)
+	}
 	tp.cmd.Stdout, tp.cmd.Stderr = nil, nil
 	if err := tp.cmd.Start(); err != nil {
 		t.Fatalf("start tinyproxy: %v", err)
@@ -118,7 +133,11 @@ DisableViaHeader Yes
 		_ = tp.cmd.Process.Kill()
 		_ = tp.cmd.Wait()
 	})
-	WaitListening(t, tp.Addr, 5*time.Second)
+	if o.Netns != nil {
+		o.Netns.WaitListening(t, tp.Addr, 5*time.Second)
+	} else {
+		WaitListening(t, tp.Addr, 5*time.Second)
+	}
 	return tp
 }
 

@@ -1,0 +1,43 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"net"
+)
+
+// startLocalTransparent starts local transparent mode when configured. A
+// kernel without a needed feature (or any other setup failure) disables
+// transparent mode with one error log; the rest of the agent runs on.
+func (a *Agent) startLocalTransparent(ctx context.Context) io.Closer {
+	if !a.cfg.Transparent.Local.Enabled {
+		return nil
+	}
+	tp, err := a.startTransparent(ctx)
+	if err != nil {
+		a.log.Error("transparent mode disabled", "err", err)
+		return nil
+	}
+	return tp
+}
+
+// stopLocalTransparent detaches the data plane first, so that new connects
+// go to their destinations again while connections in flight drain.
+func (a *Agent) stopLocalTransparent() {
+	if a.tp == nil {
+		return
+	}
+	if err := a.tp.Close(); err != nil {
+		a.log.Warn("detach transparent mode", "err", err)
+	}
+	a.tp = nil
+}
+
+// transparentDialer marks the agent's own sockets when local transparent
+// mode is on (nil: the proxy's default dialer).
+func transparentDialer(cfg *Config) *net.Dialer {
+	if !cfg.Transparent.Local.Enabled {
+		return nil
+	}
+	return markingDialer(uint32(cfg.Transparent.Local.Mark))
+}

@@ -1,0 +1,251 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/bpf"
+	"github.com/proxy-hopper/proxy-hopper/proxy"
+)
+
+// markingDialer is the dialer of every outgoing connection of an agent in
+// local transparent mode: SO_MARK tells connect4/6 to leave the socket alone,
+// so the agent never redirects its own connections to itself.
+func markingDialer(mark uint32) *net.Dialer {
+	return &net.Dialer{
+		KeepAlive: 30 * time.Second,
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(mark))
+			}); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("set SO_MARK %#x: %w", mark, serr)
+			}
+			return nil
+		},
+	}
+}
+
+// transparent is the running local transparent mode: the BPF objects, what
+// is attached, and the listeners connect4/6 send connections to.
+type transparent struct {
+	log     *slog.Logger
+	objs    *bpf.Objects
+	closers []io.Closer // in attach order; closed in reverse
+	lns     []net.Listener
+	wg      sync.WaitGroup
+}
+
+// startTransparent loads and attaches the data plane and starts accepting
+// redirected connections. On error nothing is left attached.
+func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
+	lc := a.cfg.Transparent.Local
+	if err := bpf.Probe(); err != nil {
+		return nil, err
+	}
+	objs, err := bpf.Load()
+	if err != nil {
+		return nil, err
+	}
+	t := &transparent{log: a.log.With("component", "transparent"), objs: objs}
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+	ln4, err := proxy.Listen(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(lc.Port)))
+	if err != nil {
+		return nil, fmt.Errorf("listen for transparent connections: %w", err)
+	}
+	t.lns = append(t.lns, ln4)
+	port := ln4.Addr().(*net.TCPAddr).Port
+	if ln6, err := proxy.Listen(ctx, net.JoinHostPort("::1", strconv.Itoa(port))); err == nil {
+		t.lns = append(t.lns, ln6)
+	} else {
+		t.log.Warn("no IPv6 loopback listener: IPv6 connects will fail while redirected", "err", err)
+	}
+
+	cfg := bpf.Config{ListenPort: uint16(port), Mark: uint32(lc.Mark), Sockmap: lc.sockmap()}
+	for _, p := range lc.Ports {
+		cfg.Ports = append(cfg.Ports, uint16(p))
+	}
+	for _, s := range lc.IncludeCIDRs {
+		p, _ := parseCIDR(s) // validated
+		cfg.Include = append(cfg.Include, p)
+	}
+	for _, s := range lc.ExcludeCIDRs {
+		p, _ := parseCIDR(s)
+		cfg.Exclude = append(cfg.Exclude, p)
+	}
+	cfg.Exclude = append(cfg.Exclude, a.upstreamPrefixes(ctx)...)
+	if err := objs.Configure(cfg); err != nil {
+		return nil, err
+	}
+
+	if cfg.Sockmap {
+		sk, err := objs.AttachSkMsg()
+		if err != nil {
+			return nil, err
+		}
+		t.closers = append(t.closers, sk)
+	}
+	var paths []string
+	for _, cg := range lc.Cgroups {
+		path, err := bpf.CgroupPath(cg)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("transparent.local.cgroups: %w", err)
+		}
+		links, err := objs.AttachCgroup(path)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range links {
+			t.closers = append(t.closers, l)
+		}
+		paths = append(paths, path)
+	}
+	if cfg.Sockmap {
+		// The agent's accepted sockets join the fast path from sockops, which
+		// runs for the listener's cgroup: the agent's own.
+		if own, err := ownCgroup(); err != nil || own == "" {
+			t.log.Warn("sockmap fast path only on the client side: agent cgroup unknown", "err", err)
+		} else if root, _ := bpf.Cgroup2Root(); own == root {
+			t.log.Warn("sockmap fast path only on the client side: the agent runs in the root cgroup")
+		} else if !under(own, paths) {
+			l, err := objs.AttachSockOps(own)
+			if err != nil {
+				return nil, err
+			}
+			t.closers = append(t.closers, l)
+		}
+	}
+	for _, ln := range t.lns {
+		t.wg.Add(1)
+		go t.accept(ln, a.srv)
+	}
+	t.log.Info("transparent mode on", "listen", port, "cgroups", paths, "ports", lc.Ports, "sockmap", cfg.Sockmap)
+	return t, nil
+}
+
+// upstreamPrefixes are the upstream proxies' addresses, never redirected.
+func (a *Agent) upstreamPrefixes(ctx context.Context) []netip.Prefix {
+	seen := map[netip.Addr]bool{}
+	var out []netip.Prefix
+	add := func(ip netip.Addr) {
+		ip = ip.Unmap()
+		if !seen[ip] {
+			seen[ip] = true
+			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+		}
+	}
+	for _, tg := range a.targets {
+		for _, u := range tg.Upstreams {
+			host, _, err := net.SplitHostPort(u.Addr)
+			if err != nil {
+				host = u.Addr
+			}
+			if ip, err := netip.ParseAddr(host); err == nil {
+				add(ip)
+				continue
+			}
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			ips, err := net.DefaultResolver.LookupNetIP(rctx, "ip", host)
+			cancel()
+			if err != nil {
+				a.log.Warn("cannot resolve upstream to exclude it from the redirect", "upstream", u.Addr, "err", err)
+			}
+			for _, ip := range ips {
+				add(ip)
+			}
+		}
+	}
+	return out
+}
+
+func (t *transparent) accept(ln net.Listener, srv *proxy.Server) {
+	defer t.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			t.log.Warn("accept transparent connection", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		ra := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		orig, err := t.objs.TakeOrigin(ra)
+		if err != nil {
+			t.log.Debug("connection without an original destination", "client", ra.String(), "err", err)
+			c.Close()
+			continue
+		}
+		go srv.ServeTransparent(c, orig)
+	}
+}
+
+// Close detaches everything in reverse order, stops the listeners and
+// releases the BPF objects. Connections being served are left to the
+// proxy server's shutdown.
+func (t *transparent) Close() error {
+	var errs []error
+	for i := len(t.closers) - 1; i >= 0; i-- {
+		errs = append(errs, t.closers[i].Close())
+	}
+	t.closers = nil
+	for _, ln := range t.lns {
+		errs = append(errs, ln.Close())
+	}
+	t.wg.Wait()
+	errs = append(errs, t.objs.Close())
+	return errors.Join(errs...)
+}
+
+// ownCgroup is the cgroup2 directory of this process.
+func ownCgroup() (string, error) {
+	f, err := os.Open("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
+			root, err := bpf.Cgroup2Root()
+			if err != nil {
+				return "", err
+			}
+			return filepath.Join(root, rest), nil
+		}
+	}
+	return "", sc.Err()
+}
+
+func under(p string, parents []string) bool {
+	for _, q := range parents {
+		if p == q || strings.HasPrefix(p, q+"/") {
+			return true
+		}
+	}
+	return false
+}

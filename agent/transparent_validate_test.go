@@ -1,0 +1,84 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestTransparentConfig(t *testing.T) {
+	const head = "targets:\n  - name: t\n    regex: '.*'\n    ipList: ['127.0.0.2:3128']\n"
+	tests := []struct {
+		name, body string
+		problems   []string // substrings, one per expected problem
+	}{
+		{"absent", "", nil},
+		{"full", `transparent:
+  unmatched: direct
+  local:
+    enabled: true
+    cgroups: [proxied]
+    ports: [80, 443]
+    includeCidrs: [10.0.0.0/8, 2001:db8::/32]
+    excludeCidrs: [10.1.2.3]
+    sockmap: false
+    port: 15001
+    mark: 0x77
+`, nil},
+		{"bad values", `transparent:
+  unmatched: drop
+  local:
+    enabled: true
+    ports: [0, 70000]
+    includeCidrs: [10.0.0.0/33]
+    excludeCidrs: [nope]
+    port: 99999
+`, []string{
+			`transparent: unmatched: "drop" is not a policy`,
+			"transparent.local: ports[0]", "transparent.local: ports[1]",
+			`includeCidrs[0]: "10.0.0.0/33"`, `excludeCidrs[0]: "nope"`,
+			"transparent.local: port must be a port", "cgroups: at least one cgroup",
+		}},
+		{"cgroup escapes", "transparent:\n  local:\n    cgroups: ['../x']\n", []string{`cgroups[0]: "../x"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := loadString(t, head+tt.body, nil)
+			if err != nil {
+				t.Fatalf("load: %v", err)
+			}
+			_, err = cfg.Resolve()
+			if len(tt.problems) == 0 {
+				if err != nil {
+					t.Fatalf("Resolve: %v", err)
+				}
+				return
+			}
+			got := problemsOf(t, err)
+			if len(got) != len(tt.problems) {
+				t.Errorf("got %d problems, want %d:\n%s", len(got), len(tt.problems), strings.Join(got, "\n"))
+			}
+			for _, want := range tt.problems {
+				found := false
+				for _, g := range got {
+					found = found || strings.Contains(g, want)
+				}
+				if !found {
+					t.Errorf("no problem contains %q in:\n%s", want, strings.Join(got, "\n"))
+				}
+			}
+		})
+	}
+	cfg, _ := loadString(t, head+"transparent:\n  local:\n    enabled: true\n    cgroups: [a]\n    ports: [80]\n    sockmap: false\n    mark: 0x77\n", nil)
+	if _, err := cfg.Resolve(); err != nil {
+		t.Fatal(err)
+	}
+	l := cfg.Transparent.Local
+	if cfg.Transparent.Unmatched != "reject" || l.Mark != 0x77 || l.sockmap() || l.Ports[0] != 80 || !l.Enabled {
+		t.Errorf("decoded %+v", cfg.Transparent)
+	}
+	cfg, _ = loadString(t, head, nil)
+	_, _ = cfg.Resolve()
+	if cfg.Transparent.Local.Mark != DefaultTransparentMark || !cfg.Transparent.Local.sockmap() {
+		t.Errorf("defaults: %+v", cfg.Transparent.Local)
+	}
+}

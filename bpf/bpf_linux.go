@@ -1,0 +1,389 @@
+package bpf
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+)
+
+// Sentinels.
+var (
+	// ErrNotLoaded is returned by methods of a closed or unloaded Objects.
+	ErrNotLoaded = errors.New("bpf objects not loaded")
+	// ErrNoOrigin means no original destination is recorded for a client.
+	ErrNoOrigin = errors.New("no original destination recorded")
+	// ErrNoCgroup2 means no cgroup2 hierarchy is mounted.
+	ErrNoCgroup2 = errors.New("no cgroup2 hierarchy mounted")
+)
+
+// Config is what the programs read from the ph_config, ph_ports,
+// ph_include and ph_exclude maps.
+type Config struct {
+	ListenPort uint16         // the agent's transparent listener (127.0.0.1 and ::1)
+	Mark       uint32         // sockets with this SO_MARK are never redirected
+	Ports      []uint16       // destination ports to redirect; empty means all
+	Include    []netip.Prefix // when not empty, only these destinations
+	Exclude    []netip.Prefix // never these (wins over Include)
+	Sockmap    bool           // the sk_msg fast path between loopback ends
+}
+
+const (
+	flagEnabled    = 1 << 0
+	flagAllPorts   = 1 << 1
+	flagHasInclude = 1 << 2
+	flagSockmap    = 1 << 3
+)
+
+// Objects are the loaded programs and their shared maps.
+type Objects struct {
+	Connect4, Connect6, SockOps, SkMsg *ebpf.Program
+
+	Config, Ports, Include, Exclude *ebpf.Map
+	OrigCookie, OrigAddr, SockHash  *ebpf.Map
+}
+
+type addrKey = connect4PhAddr
+type lpmKey = connect4PhLpmKey
+type configValue = connect4PhConfig
+
+// Probe checks every kernel feature the data plane needs and names the
+// first one missing.
+func Probe() error {
+	checks := []struct {
+		name string
+		fn   func() error
+	}{
+		{"program type cgroup_sock_addr", func() error { return features.HaveProgramType(ebpf.CGroupSockAddr) }},
+		{"program type sock_ops", func() error { return features.HaveProgramType(ebpf.SockOps) }},
+		{"program type sk_msg", func() error { return features.HaveProgramType(ebpf.SkMsg) }},
+		{"map type lru_hash", func() error { return features.HaveMapType(ebpf.LRUHash) }},
+		{"map type lpm_trie", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
+		{"map type sockhash", func() error { return features.HaveMapType(ebpf.SockHash) }},
+		{"helper bpf_get_socket_cookie in cgroup_sock_addr", func() error {
+			return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetSocketCookie)
+		}},
+		{"helper bpf_get_socket_cookie in sock_ops", func() error {
+			return features.HaveProgramHelper(ebpf.SockOps, asm.FnGetSocketCookie)
+		}},
+		{"helper bpf_sock_hash_update in sock_ops", func() error {
+			return features.HaveProgramHelper(ebpf.SockOps, asm.FnSockHashUpdate)
+		}},
+		{"helper bpf_msg_redirect_hash in sk_msg", func() error {
+			return features.HaveProgramHelper(ebpf.SkMsg, asm.FnMsgRedirectHash)
+		}},
+	}
+	for _, c := range checks {
+		if err := c.fn(); err != nil {
+			return fmt.Errorf("kernel feature %s: %w", c.name, err)
+		}
+	}
+	return nil
+}
+
+// Load creates the shared maps once and loads every program against them.
+// A verifier rejection comes back as a wrapped *ebpf.VerifierError.
+func Load() (_ *Objects, err error) {
+	spec, err := loadConnect4()
+	if err != nil {
+		return nil, fmt.Errorf("load connect4 spec: %w", err)
+	}
+	o := &Objects{}
+	defer func() {
+		if err != nil {
+			o.Close()
+		}
+	}()
+	maps := map[string]**ebpf.Map{
+		"ph_config": &o.Config, "ph_ports": &o.Ports, "ph_include": &o.Include, "ph_exclude": &o.Exclude,
+		"ph_orig_cookie": &o.OrigCookie, "ph_orig_addr": &o.OrigAddr, "ph_sockhash": &o.SockHash,
+	}
+	repl := make(map[string]*ebpf.Map, len(maps))
+	for name, dst := range maps {
+		ms, ok := spec.Maps[name]
+		if !ok {
+			return nil, fmt.Errorf("create map %s: not in the connect4 object", name)
+		}
+		m, err := ebpf.NewMap(ms)
+		if err != nil {
+			return nil, fmt.Errorf("create map %s: %w", name, err)
+		}
+		*dst = m
+		repl[name] = m
+	}
+	progs := []struct {
+		name string
+		load func() (*ebpf.CollectionSpec, error)
+		dst  **ebpf.Program
+	}{
+		{"ph_connect4", loadConnect4, &o.Connect4},
+		{"ph_connect6", loadConnect6, &o.Connect6},
+		{"ph_sockops", loadSockops, &o.SockOps},
+		{"ph_sk_msg", loadSkmsg, &o.SkMsg},
+	}
+	for _, p := range progs {
+		spec, err := p.load()
+		if err != nil {
+			return nil, fmt.Errorf("load %s spec: %w", p.name, err)
+		}
+		// Each object declares every shared map; hand it the ones made above.
+		r := map[string]*ebpf.Map{}
+		for name := range spec.Maps {
+			if m, ok := repl[name]; ok {
+				r[name] = m
+			}
+		}
+		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: r})
+		if err != nil {
+			return nil, fmt.Errorf("load program %s: %w", p.name, err)
+		}
+		*p.dst = coll.DetachProgram(p.name)
+		coll.Close()
+		if *p.dst == nil {
+			return nil, fmt.Errorf("load program %s: not in its object", p.name)
+		}
+	}
+	return o, nil
+}
+
+// Close releases every program and map (attachments made through links
+// are released by closing the links).
+func (o *Objects) Close() error {
+	if o == nil {
+		return nil
+	}
+	var errs []error
+	for _, p := range []*ebpf.Program{o.Connect4, o.Connect6, o.SockOps, o.SkMsg} {
+		if p != nil {
+			errs = append(errs, p.Close())
+		}
+	}
+	for _, m := range []*ebpf.Map{o.Config, o.Ports, o.Include, o.Exclude, o.OrigCookie, o.OrigAddr, o.SockHash} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func lpm(p netip.Prefix) lpmKey {
+	p = p.Masked()
+	k := lpmKey{Prefixlen: uint32(p.Bits())}
+	if p.Addr().Is4() {
+		k.Prefixlen += 96
+	}
+	k.Ip = p.Addr().As16()
+	return k
+}
+
+// Configure writes c into the maps; the programs act on it at their next run.
+// Ports, Include and Exclude replace what was there.
+func (o *Objects) Configure(c Config) error {
+	if o == nil || o.Config == nil {
+		return ErrNotLoaded
+	}
+	if err := clearMap(o.Ports); err != nil {
+		return fmt.Errorf("clear ph_ports: %w", err)
+	}
+	for _, p := range c.Ports {
+		if err := o.Ports.Put(p, uint8(1)); err != nil {
+			return fmt.Errorf("put port %d: %w", p, err)
+		}
+	}
+	for _, m := range []struct {
+		m  *ebpf.Map
+		ps []netip.Prefix
+	}{{o.Include, c.Include}, {o.Exclude, c.Exclude}} {
+		if err := clearMap(m.m); err != nil {
+			return fmt.Errorf("clear cidrs: %w", err)
+		}
+		for _, p := range m.ps {
+			k := lpm(p)
+			if err := m.m.Put(&k, uint8(1)); err != nil {
+				return fmt.Errorf("put cidr %s: %w", p, err)
+			}
+		}
+	}
+	v := configValue{Flags: flagEnabled, ListenPort: uint32(c.ListenPort), Mark: c.Mark}
+	if len(c.Ports) == 0 {
+		v.Flags |= flagAllPorts
+	}
+	if len(c.Include) > 0 {
+		v.Flags |= flagHasInclude
+	}
+	if c.Sockmap {
+		v.Flags |= flagSockmap
+	}
+	if err := o.Config.Put(uint32(0), &v); err != nil {
+		return fmt.Errorf("put config: %w", err)
+	}
+	return nil
+}
+
+// Disable makes connect4/6 leave every connect alone (links stay).
+func (o *Objects) Disable() error {
+	if o == nil || o.Config == nil {
+		return ErrNotLoaded
+	}
+	return o.Config.Put(uint32(0), &configValue{})
+}
+
+func clearMap(m *ebpf.Map) error {
+	var keys [][]byte
+	var k []byte
+	it := m.Iterate()
+	var v []byte
+	for it.Next(&k, &v) {
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// TakeOrigin returns and forgets the original destination of the
+// redirected connection whose client end is client (the accepted
+// connection's remote address).
+func (o *Objects) TakeOrigin(client netip.AddrPort) (netip.AddrPort, error) {
+	if o == nil || o.OrigAddr == nil {
+		return netip.AddrPort{}, ErrNotLoaded
+	}
+	k := addrKey{Ip: client.Addr().As16(), Port: uint32(client.Port())}
+	var v addrKey
+	if err := o.OrigAddr.LookupAndDelete(&k, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return netip.AddrPort{}, ErrNoOrigin
+		}
+		return netip.AddrPort{}, fmt.Errorf("look up origin of %s: %w", client, err)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(v.Ip).Unmap(), uint16(v.Port)), nil
+}
+
+// MapEntries counts the entries of m (for tests and status).
+func MapEntries(m *ebpf.Map) (int, error) {
+	var k, v []byte
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n, it.Err()
+}
+
+// AttachCgroup attaches connect4, connect6 and sockops to the cgroup2
+// directory path and returns the links in attach order.
+func (o *Objects) AttachCgroup(path string) (_ []link.Link, err error) {
+	if o == nil || o.Connect4 == nil {
+		return nil, ErrNotLoaded
+	}
+	var links []link.Link
+	defer func() {
+		if err != nil {
+			for i := len(links) - 1; i >= 0; i-- {
+				links[i].Close()
+			}
+		}
+	}()
+	for _, a := range []struct {
+		name string
+		prog *ebpf.Program
+		at   ebpf.AttachType
+	}{
+		{"sockops", o.SockOps, ebpf.AttachCGroupSockOps},
+		{"connect4", o.Connect4, ebpf.AttachCGroupInet4Connect},
+		{"connect6", o.Connect6, ebpf.AttachCGroupInet6Connect},
+	} {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.at, Program: a.prog})
+		if err != nil {
+			return nil, fmt.Errorf("attach %s to %s: %w", a.name, path, err)
+		}
+		links = append(links, l)
+	}
+	return links, nil
+}
+
+// SkMsgAttachment is the sk_msg program attached to the SOCKHASH.
+type SkMsgAttachment struct {
+	m    *ebpf.Map
+	prog *ebpf.Program
+}
+
+// AttachSkMsg attaches the fast path to the SOCKHASH (cilium/ebpf has no
+// link type for sk_msg: this is BPF_PROG_ATTACH on the map).
+func (o *Objects) AttachSkMsg() (*SkMsgAttachment, error) {
+	if o == nil || o.SkMsg == nil {
+		return nil, ErrNotLoaded
+	}
+	err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: o.SockHash.FD(), Program: o.SkMsg, Attach: ebpf.AttachSkMsgVerdict})
+	if err != nil {
+		return nil, fmt.Errorf("attach sk_msg to ph_sockhash: %w", err)
+	}
+	return &SkMsgAttachment{m: o.SockHash, prog: o.SkMsg}, nil
+}
+
+// Close detaches the fast path.
+func (a *SkMsgAttachment) Close() error {
+	err := link.RawDetachProgram(link.RawDetachProgramOptions{Target: a.m.FD(), Program: a.prog, Attach: ebpf.AttachSkMsgVerdict})
+	if err != nil {
+		return fmt.Errorf("detach sk_msg from ph_sockhash: %w", err)
+	}
+	return nil
+}
+
+// Cgroup2Root returns where the cgroup2 hierarchy is mounted
+// (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
+func Cgroup2Root() (string, error) {
+	f, err := os.Open("/proc/self/mounts")
+	if err != nil {
+		return "", fmt.Errorf("read mounts: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) >= 3 && fs[2] == "cgroup2" {
+			return fs[1], nil
+		}
+	}
+	return "", ErrNoCgroup2
+}
+
+// CgroupPath resolves a configured cgroup: an absolute path inside the
+// cgroup2 mount is used as is, anything else is taken relative to it.
+func CgroupPath(p string) (string, error) {
+	root, err := Cgroup2Root()
+	if err != nil {
+		return "", err
+	}
+	if filepath.IsAbs(p) && (p == root || strings.HasPrefix(p, root+"/")) {
+		return filepath.Clean(p), nil
+	}
+	return filepath.Join(root, strings.TrimPrefix(p, "/")), nil
+}
+
+// AttachSockOps attaches only the sockops program to a cgroup: the agent's
+// own, so that its accepted sockets join the fast path.
+func (o *Objects) AttachSockOps(path string) (link.Link, error) {
+	if o == nil || o.SockOps == nil {
+		return nil, ErrNotLoaded
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: ebpf.AttachCGroupSockOps, Program: o.SockOps})
+	if err != nil {
+		return nil, fmt.Errorf("attach sockops to %s: %w", path, err)
+	}
+	return l, nil
+}

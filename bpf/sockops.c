@@ -1,0 +1,71 @@
+//go:build ignore
+
+/* sockops: when a redirected client connection is established, file its
+ * original destination under the client's {local ip, port} (the accepted
+ * socket's remote address, which the agent knows) and, with the fast path
+ * on, put both ends into the SOCKHASH that the sk_msg program uses. */
+#include "ph.h"
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+static __always_inline void ph_tuple_of(struct bpf_sock_ops *skops, struct ph_tuple *t)
+{
+	if (skops->family == AF_INET) {
+		ph_set_v4(t->local_ip, skops->local_ip4);
+		ph_set_v4(t->remote_ip, skops->remote_ip4);
+	} else {
+		__u32 l[4], r[4];
+		l[0] = skops->local_ip6[0];
+		l[1] = skops->local_ip6[1];
+		l[2] = skops->local_ip6[2];
+		l[3] = skops->local_ip6[3];
+		r[0] = skops->remote_ip6[0];
+		r[1] = skops->remote_ip6[1];
+		r[2] = skops->remote_ip6[2];
+		r[3] = skops->remote_ip6[3];
+		ph_set_v6(t->local_ip, l);
+		ph_set_v6(t->remote_ip, r);
+	}
+	t->local_port = skops->local_port;
+	t->remote_port = bpf_ntohl(skops->remote_port);
+}
+
+SEC("sockops")
+int ph_sockops(struct bpf_sock_ops *skops)
+{
+	struct ph_config *cfg = ph_cfg();
+	struct ph_tuple t = {};
+	struct ph_addr key = {};
+	struct ph_addr *orig;
+	__u64 cookie;
+
+	if (!cfg)
+		return 1;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		cookie = bpf_get_socket_cookie(skops);
+		orig = bpf_map_lookup_elem(&ph_orig_cookie, &cookie);
+		if (!orig)
+			return 1;
+		ph_tuple_of(skops, &t);
+		__builtin_memcpy(key.ip, t.local_ip, 16);
+		key.port = t.local_port;
+		bpf_map_update_elem(&ph_orig_addr, &key, orig, BPF_ANY);
+		bpf_map_delete_elem(&ph_orig_cookie, &cookie);
+		if (cfg->flags & PH_F_SOCKMAP)
+			bpf_sock_hash_update(skops, &ph_sockhash, &t, BPF_NOEXIST);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		if (!(cfg->flags & PH_F_SOCKMAP) || skops->local_port != cfg->listen_port)
+			return 1;
+		ph_tuple_of(skops, &t);
+		/* Only the agent's side of a connection that connect4/6 redirected. */
+		__builtin_memcpy(key.ip, t.remote_ip, 16);
+		key.port = t.remote_port;
+		if (!bpf_map_lookup_elem(&ph_orig_addr, &key))
+			return 1;
+		bpf_sock_hash_update(skops, &ph_sockhash, &t, BPF_NOEXIST);
+		break;
+	}
+	return 1;
+}

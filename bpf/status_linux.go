@@ -1,0 +1,112 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// PinDir is where pinned state would live on bpffs.
+const PinDir = "/sys/fs/bpf/proxy-hopper"
+
+// progPrefix names every proxy-hopper program (ph_connect4, ph_sockops…).
+const progPrefix = "ph_"
+
+// Attachment is one proxy-hopper program attached through a BPF link.
+type Attachment struct {
+	LinkID   link.ID
+	Program  string
+	Type     link.Type
+	CgroupID uint64 // for cgroup links
+	Attach   string // the cgroup attach type
+}
+
+func (a Attachment) String() string {
+	s := fmt.Sprintf("link %d: %s", a.LinkID, a.Program)
+	if a.CgroupID != 0 {
+		s += fmt.Sprintf(" on cgroup id %d (%s)", a.CgroupID, a.Attach)
+	}
+	return s
+}
+
+// Status lists proxy-hopper's attached links (whoever holds them) and the
+// files pinned under PinDir.
+func Status() (atts []Attachment, pins []string, err error) {
+	err = eachLink(func(l link.Link, a Attachment) error {
+		atts = append(atts, a)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	_ = filepath.WalkDir(PinDir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			pins = append(pins, p)
+		}
+		return nil
+	})
+	return atts, pins, nil
+}
+
+// DetachAll detaches every proxy-hopper link (even one a running agent
+// holds: its connects then go to their destinations) and removes PinDir.
+func DetachAll() (int, error) {
+	n, err := DetachMatching(func(Attachment) bool { return true })
+	if rerr := os.RemoveAll(PinDir); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("remove %s: %w", PinDir, rerr))
+	}
+	return n, err
+}
+
+// DetachMatching detaches the proxy-hopper links that match.
+func DetachMatching(match func(Attachment) bool) (int, error) {
+	n := 0
+	err := eachLink(func(l link.Link, a Attachment) error {
+		if !match(a) {
+			return nil
+		}
+		if err := l.Detach(); err != nil {
+			return fmt.Errorf("detach %s: %w", a, err)
+		}
+		n++
+		return nil
+	})
+	return n, err
+}
+
+func eachLink(fn func(link.Link, Attachment) error) error {
+	var it link.Iterator
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			continue
+		}
+		pi, err := prog.Info()
+		prog.Close()
+		if err != nil || !strings.HasPrefix(pi.Name, progPrefix) {
+			continue
+		}
+		a := Attachment{LinkID: info.ID, Program: pi.Name, Type: info.Type}
+		if cg := info.Cgroup(); cg != nil {
+			a.CgroupID = cg.CgroupId
+			a.Attach = ebpf.AttachType(cg.AttachType).String()
+		}
+		if err := fn(it.Link, a); err != nil {
+			return err
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	return nil
+}
