@@ -13,8 +13,10 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/identity"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
+	redisbackend "github.com/proxy-hopper/proxy-hopper/pool/redis"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
@@ -36,7 +38,8 @@ type Agent struct {
 	pools   []*pool.Pool
 	srv     *proxy.Server
 	ln      net.Listener
-	tp      io.Closer // local transparent mode, when on
+	tp      io.Closer     // local transparent mode, when on
+	mx      *agentMetrics // server.metrics, when on
 }
 
 // New validates cfg and builds every part without starting anything.
@@ -54,8 +57,18 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 		switch cfg.Server.Backend {
 		case "", "memory":
 			a.backend = memory.New(opts.Clock)
+		case "redis":
+			s := cfg.Server
+			rb, err := redisbackend.New(s.RedisURL, redisbackend.Options{
+				Prefix: s.RedisKeyPrefix, LeaseTTL: s.RedisLeaseTTL.D(), Clock: opts.Clock, Logger: log,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("server.redisUrl: %w", err)
+			}
+			redisbackend.RouteClientLogs(log)
+			a.backend = rb
 		default:
-			return nil, fmt.Errorf("server.backend: %q is not available in this build (want memory)", cfg.Server.Backend)
+			return nil, fmt.Errorf("server.backend: %q is not available in this build (want memory or redis)", cfg.Server.Backend)
 		}
 	}
 	ok := false
@@ -65,6 +78,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 			a.backend.Close()
 		}
 	}()
+	if a.mx, err = newAgentMetrics(a); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 	for _, rt := range resolved {
 		addrs := make([]string, 0, len(rt.IPs))
 		ups := make(map[string]proxy.Upstream, len(rt.IPs))
@@ -73,13 +89,23 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 			addrs = append(addrs, addr)
 			ups[addr] = proxy.Upstream{Addr: addr, Username: ip.Username, Password: ip.Password, Provider: ip.Provider, Region: ip.Region}
 		}
-		p, err := pool.New(ctx, rt.Name, addrs, a.backend, rt.Pool, pool.Options{Clock: opts.Clock, Logger: log})
+		ids, err := cfg.identityStore(rt.Name)
+		if err != nil {
+			return nil, err
+		}
+		var hooks pool.Hooks
+		if ids != nil {
+			// A quarantined IP comes back with a fresh identity.
+			hooks.Released = func(addr string) { ids.Rotate(addr, identity.ReasonQuarantine) }
+		}
+		hooks = a.mx.poolHooks(rt.Name, ups, hooks)
+		p, err := pool.New(ctx, rt.Name, addrs, a.backend, rt.Pool, pool.Options{Clock: opts.Clock, Logger: log, Hooks: hooks})
 		if err != nil {
 			return nil, fmt.Errorf("build pool for target %s: %w", rt.Name, err)
 		}
 		a.pools = append(a.pools, p)
 		a.targets = append(a.targets, &proxy.Target{
-			Name: rt.Name, Regex: rt.Regex, Pool: p, Upstreams: ups, NumRetries: rt.NumRetries, TLS: rt.TLS,
+			Name: rt.Name, Regex: rt.Regex, Pool: p, Upstreams: ups, NumRetries: rt.NumRetries, TLS: rt.TLS, Identity: ids,
 		})
 	}
 	authn, err := cfg.authenticator()
@@ -98,7 +124,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 			Connect:  s.ConnectTimeout.D(),
 			Response: s.ProxyReadTimeout.D(),
 		},
-		Hooks:       opts.Hooks,
+		Hooks:       a.mx.proxyHooks(opts.Hooks),
 		Transparent: proxy.TransparentOptions{Unmatched: cfg.Transparent.Unmatched},
 		Dialer:      transparentDialer(cfg),
 	})
@@ -140,6 +166,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.backend.Close()
 		return err
 	}
+	if err := a.mx.start(ctx); err != nil {
+		a.ln.Close()
+		a.closePools()
+		a.backend.Close()
+		return fmt.Errorf("metrics: %w", err)
+	}
+	defer a.mx.stop()
 	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.targets), "backend", a.backendName())
 	a.tp = a.startLocalTransparent(ctx)
 	errc := make(chan error, 1)

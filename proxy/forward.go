@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
+	"github.com/proxy-hopper/proxy-hopper/identity"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -72,6 +73,10 @@ type request struct {
 	// overrides are X-Proxy-Hopper-<Name> headers: sent as <Name>, replacing
 	// the client's own <Name>.
 	overrides Fields
+	// fields, when set, are the exact header fields of this attempt (an
+	// identity's headers and cookies merged in); nil means the client's
+	// fields filtered, plus overrides.
+	fields Fields
 }
 
 func tlsOrDefault(c *tls.Config) *tls.Config {
@@ -307,7 +312,17 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			up.Addr = ip
 		}
 		aStart := time.Now()
+		var id *identity.Identity
+		if t.Identity != nil {
+			s.warmup(ctx, t, up, t.Identity.Get(ip), req.url)
+			id = t.Identity.Get(ip) // a 429 to the warm-up rotates it
+			req.fields = identityFields(req, id)
+		}
 		resp, uc, err := t.tr.roundTrip(ctx, up, req, body)
+		if err == nil && id != nil {
+			id.Learn(req.url, resp.Header)
+			t.Identity.OnResponse(ip, resp.StatusCode)
+		}
 		if err != nil && body.clientErr != nil {
 			// The client's body broke (too large, malformed, stalled): not
 			// the IP's fault, and not retryable.
@@ -548,15 +563,21 @@ func writeRequest(bw *bufio.Writer, req *request, up Upstream, body *requestBody
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(req.url.Host)
 	bw.WriteString("\r\n")
-	conn := tokens(h.Fields.Values("Connection"))
-	for _, f := range h.Fields {
-		if isHop(f.Name, conn) || (req.overrides != nil && req.overrides.Has(f.Name)) {
-			continue
+	if req.fields != nil {
+		for _, f := range req.fields {
+			writeField(bw, f)
 		}
-		writeField(bw, f)
-	}
-	for _, f := range req.overrides {
-		writeField(bw, f)
+	} else {
+		conn := tokens(h.Fields.Values("Connection"))
+		for _, f := range h.Fields {
+			if isHop(f.Name, conn) || (req.overrides != nil && req.overrides.Has(f.Name)) {
+				continue
+			}
+			writeField(bw, f)
+		}
+		for _, f := range req.overrides {
+			writeField(bw, f)
+		}
 	}
 	if req.url.Scheme == "http" {
 		if a := up.authHeader(); a != "" {

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/identity"
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
@@ -56,6 +57,8 @@ type envOptions struct {
 	tinyproxy  testenv.TinyproxyOptions // for every tinyproxy upstream
 	quiet      bool                     // no agent log in the test output
 	creds      []string                 // "user:pass" the agent sends to tinyproxy i
+	identity   *identity.Store          // per-IP identities of the target
+	poolHooks  pool.Hooks
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -96,14 +99,14 @@ func newEnv(t *testing.T, o envOptions) *env {
 		}
 		o.opts.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	p, err := pool.New(context.Background(), "t1", addrs, e.backend, o.cfg, pool.Options{Logger: o.opts.Logger})
+	p, err := pool.New(context.Background(), "t1", addrs, e.backend, o.cfg, pool.Options{Logger: o.opts.Logger, Hooks: o.poolHooks})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if o.regex == "" {
 		o.regex = ".*"
 	}
-	tg := &Target{Name: "t1", Regex: regexp.MustCompile(o.regex), Pool: p, Upstreams: ups, NumRetries: o.retries, TLS: o.tls}
+	tg := &Target{Name: "t1", Regex: regexp.MustCompile(o.regex), Pool: p, Upstreams: ups, NumRetries: o.retries, TLS: o.tls, Identity: o.identity}
 	e.targets = []*Target{tg}
 	o.opts.Hooks.Attempt = func(a AttemptEvent) {
 		e.mu.Lock()
@@ -500,4 +503,13 @@ func (e *env) requestsN(t *testing.T, n int) []RequestEvent {
 	t.Helper()
 	waitFor(t, fmt.Sprintf("%d request events", n), func() bool { return len(e.requestLog()) >= n })
 	return e.requestLog()
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
 }

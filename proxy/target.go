@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/proxy-hopper/proxy-hopper/identity"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -22,6 +23,9 @@ type Target struct {
 	Upstreams  map[string]Upstream // by pool address
 	NumRetries int
 	TLS        *tls.Config // for https origins; nil means system roots
+	// Identity, when set, gives each IP a browser persona (headers, cookie
+	// jar) on plain-HTTP requests the agent makes itself.
+	Identity *identity.Store
 
 	tr *transport
 }

@@ -1,0 +1,40 @@
+package agent
+
+import (
+	"fmt"
+
+	"github.com/proxy-hopper/proxy-hopper/identity"
+)
+
+// identityStore builds the per-IP identity store of a target, or nil when
+// its identity block is off.
+func (c *Config) identityStore(target string) (*identity.Store, error) {
+	var ic *IdentityConfig
+	for i := range c.Targets {
+		if c.Targets[i].Name == target {
+			ic = &c.Targets[i].Identity
+		}
+	}
+	if ic == nil || !ic.Enabled {
+		return nil, nil
+	}
+	cfg := identity.DefaultConfig()
+	cfg.Enabled = true
+	if ic.Cookies != nil {
+		cfg.Cookies = *ic.Cookies
+	}
+	if ic.RotateOn429 != nil {
+		cfg.RotateOn429 = *ic.RotateOn429
+	}
+	cfg.RotateAfterRequests = ic.RotateAfterRequests
+	cfg.Profile = ic.Profile
+	cfg.PreserveClientHeaders = ic.PreserveClientHeaders
+	if w := ic.Warmup; w != nil {
+		cfg.Warmup = identity.Warmup{Enabled: w.Enabled == nil || *w.Enabled, Path: w.Path}
+	}
+	s, err := identity.NewStore(cfg, identity.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("targets %s: identity: %w", target, err)
+	}
+	return s, nil
+}
