@@ -116,6 +116,16 @@ func TestAuthMatrix(t *testing.T) {
 			}
 		})
 	}
+	// Refusals are counted by reason.
+	reasons := map[string]int{}
+	for _, r := range e.requestsN(t, len(cases)-2) {
+		reasons[r.AuthReason]++
+	}
+	for _, want := range []string{auth.ReasonMissing, auth.ReasonInvalid, auth.ReasonExpired, auth.ReasonForbidden, auth.ReasonNoAccess} {
+		if reasons[want] == 0 {
+			t.Errorf("no request event with auth reason %q: %v", want, reasons)
+		}
+	}
 	// A refusal happens before any IP is taken: no attempt was made for it.
 	for _, a := range e.attemptLog() {
 		if !a.OK {

@@ -53,6 +53,8 @@ type RequestEvent struct {
 	Retries   int
 	Duration  time.Duration
 	QueueWait time.Duration
+	// AuthReason says why auth refused the request (auth.Reason*), if it did.
+	AuthReason string
 }
 
 // Hooks observe the data path; they run synchronously and must not block.
@@ -200,6 +202,7 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 	var principal *auth.Principal
 	if s.opts.Auth.Enabled() && req.mode != "transparent" {
 		if principal, err = s.opts.Auth.Authenticate(tokenOf(head, req.mode == "proxy")); err != nil {
+			ev.AuthReason = auth.Reason(err)
 			s.refuseAuth(cc, head, req.mode == "proxy", err)
 			finish(OutcomeAuthFailed, authStatus(err, req.mode == "proxy"))
 			return false
@@ -214,7 +217,7 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 			err = s.opts.Auth.AllowSource(remoteAddr(cc.c), t.Name)
 		}
 		if err != nil {
-			ev.Target = t.Name
+			ev.Target, ev.AuthReason = t.Name, auth.Reason(err)
 			s.refuseAuth(cc, head, false, err)
 			finish(OutcomeForbidden, http.StatusForbidden)
 			return false

@@ -106,6 +106,7 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 	if err := s.opts.Auth.AllowSource(remoteAddr(cc.c), t.Name); err != nil {
 		s.log.Info("transparent connection refused", "reason", auth.Reason(err), "client", cc.c.RemoteAddr().String(), "target", t.Name)
 		resetClose(cc.c)
+		ev.AuthReason = auth.Reason(err)
 		finish(OutcomeForbidden)
 		return
 	}

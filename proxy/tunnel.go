@@ -39,6 +39,7 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	var principal *auth.Principal
 	if s.opts.Auth.Enabled() {
 		if principal, err = s.opts.Auth.Authenticate(tokenOf(head, true)); err != nil {
+			ev.AuthReason = auth.Reason(err)
 			s.refuseAuth(cc, head, true, err)
 			finish(OutcomeAuthFailed, http.StatusProxyAuthRequired)
 			return
@@ -47,7 +48,7 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	t := s.match(hostport)
 	if t != nil && principal != nil {
 		if err := principal.Allows(t.Name); err != nil {
-			ev.Target = t.Name
+			ev.Target, ev.AuthReason = t.Name, auth.Reason(err)
 			s.refuseAuth(cc, head, true, err)
 			finish(OutcomeForbidden, http.StatusForbidden)
 			return
