@@ -89,7 +89,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 			addrs = append(addrs, addr)
 			ups[addr] = proxy.Upstream{Addr: addr, Username: ip.Username, Password: ip.Password, Provider: ip.Provider, Region: ip.Region}
 		}
-		ids, err := cfg.identityStore(rt.Name)
+		ids, err := cfg.identityStore(rt.Name, a.mx.identityRotated(rt.Name))
 		if err != nil {
 			return nil, err
 		}

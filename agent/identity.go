@@ -7,8 +7,8 @@ import (
 )
 
 // identityStore builds the per-IP identity store of a target, or nil when
-// its identity block is off.
-func (c *Config) identityStore(target string) (*identity.Store, error) {
+// its identity block is off. onRotate (may be nil) sees every rotation.
+func (c *Config) identityStore(target string, onRotate func(addr, reason string)) (*identity.Store, error) {
 	var ic *IdentityConfig
 	for i := range c.Targets {
 		if c.Targets[i].Name == target {
@@ -32,7 +32,7 @@ func (c *Config) identityStore(target string) (*identity.Store, error) {
 	if w := ic.Warmup; w != nil {
 		cfg.Warmup = identity.Warmup{Enabled: w.Enabled == nil || *w.Enabled, Path: w.Path}
 	}
-	s, err := identity.NewStore(cfg, identity.Options{})
+	s, err := identity.NewStore(cfg, identity.Options{OnRotate: onRotate})
 	if err != nil {
 		return nil, fmt.Errorf("targets %s: identity: %w", target, err)
 	}

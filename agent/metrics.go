@@ -1,0 +1,146 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/proxy-hopper/proxy-hopper/metrics"
+	"github.com/proxy-hopper/proxy-hopper/pool"
+	"github.com/proxy-hopper/proxy-hopper/proxy"
+)
+
+// agentMetrics is the agent's Prometheus side (server.metrics): its own
+// registry, the hook-fed metrics, the pool collector and the /metrics
+// endpoint on server.metricsPort. A nil *agentMetrics (metrics off) is
+// valid and does nothing.
+type agentMetrics struct {
+	reg  *prometheus.Registry
+	m    *metrics.Metrics
+	addr string
+	log  *slog.Logger
+	srv  atomic.Pointer[metrics.Server] // set by start
+	done chan struct{}
+}
+
+// newAgentMetrics builds the metrics of a when server.metrics is on. Call
+// it once a.backend is set; the collector reads a's targets at scrape time.
+func newAgentMetrics(a *Agent) (*agentMetrics, error) {
+	s := a.cfg.Server
+	if !s.Metrics {
+		return nil, nil
+	}
+	reg := metrics.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		return nil, err
+	}
+	queue, _ := a.backend.(metrics.QueueDepth)
+	if err := reg.Register(metrics.NewPoolCollector(a.Targets, queue, 0)); err != nil {
+		return nil, err
+	}
+	return &agentMetrics{
+		reg: reg, m: m, log: a.log.With("component", "metrics"),
+		addr: net.JoinHostPort(s.Host, strconv.Itoa(s.MetricsPort)),
+	}, nil
+}
+
+// poolHooks returns h, with the metrics hooks of target's pool added when
+// metrics are on.
+func (x *agentMetrics) poolHooks(target string, ups map[string]proxy.Upstream, h pool.Hooks) pool.Hooks {
+	if x == nil {
+		return h
+	}
+	mh := x.m.PoolHooks(target, metrics.LabelsOf(ups))
+	if prev := h.Quarantined; prev != nil {
+		h.Quarantined = func(addr string, until time.Time) {
+			prev(addr, until)
+			mh.Quarantined(addr, until)
+		}
+	} else {
+		h.Quarantined = mh.Quarantined
+	}
+	return h
+}
+
+// identityRotated returns the OnRotate callback of target's identity
+// store (nil when metrics are off).
+func (x *agentMetrics) identityRotated(target string) func(addr, reason string) {
+	if x == nil {
+		return nil
+	}
+	return x.m.IdentityRotated(target)
+}
+
+// proxyHooks returns h, followed by the metrics hooks when metrics are on.
+func (x *agentMetrics) proxyHooks(h proxy.Hooks) proxy.Hooks {
+	if x == nil {
+		return h
+	}
+	if h.Attempt == nil && h.Request == nil {
+		return x.m.ProxyHooks()
+	}
+	return proxy.Hooks{
+		Attempt: func(ev proxy.AttemptEvent) {
+			if h.Attempt != nil {
+				h.Attempt(ev)
+			}
+			x.m.Attempt(ev)
+		},
+		Request: func(ev proxy.RequestEvent) {
+			if h.Request != nil {
+				h.Request(ev)
+			}
+			x.m.Request(ev)
+		},
+	}
+}
+
+// start opens the metrics endpoint and serves it in the background.
+func (x *agentMetrics) start(ctx context.Context) error {
+	if x == nil {
+		return nil
+	}
+	srv, err := metrics.Listen(ctx, x.addr, x.reg, x.log)
+	if err != nil {
+		return err
+	}
+	x.done = make(chan struct{})
+	x.srv.Store(srv)
+	x.log.Info("metrics listening", "addr", srv.Addr().String())
+	go func() {
+		defer close(x.done)
+		if err := srv.Serve(); err != nil {
+			x.log.Error("metrics endpoint stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// stop closes the metrics endpoint, giving scrapes in progress a moment.
+func (x *agentMetrics) stop() {
+	if x == nil || x.srv.Load() == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = x.srv.Load().Shutdown(ctx)
+	<-x.done
+}
+
+// MetricsAddr is where /metrics is served once Run has started (nil when
+// server.metrics is off or before Run).
+func (a *Agent) MetricsAddr() net.Addr {
+	if a.mx == nil {
+		return nil
+	}
+	if srv := a.mx.srv.Load(); srv != nil {
+		return srv.Addr()
+	}
+	return nil
+}

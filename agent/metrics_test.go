@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
+	"github.com/proxy-hopper/proxy-hopper/proxy"
+)
+
+// TestMetricsEndToEnd runs an agent with server.metrics on a free port, a
+// target over a real tinyproxy and a dead upstream, drives requests through
+// it and scrapes /metrics over HTTP.
+func TestMetricsEndToEnd(t *testing.T) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "hello")
+	}))
+	defer origin.Close()
+	tp := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
+	dead := net.JoinHostPort("127.0.0.3", fmt.Sprint(testenv.FreePort(t, "127.0.0.3"))) // refuses
+	metricsPort := testenv.FreePort(t, "127.0.0.1")
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+server:
+  host: 127.0.0.1
+  metrics: true
+  metricsPort: %d
+  shutdownTimeout: 2s
+proxyProviders:
+  - name: local
+    ipList: ["%s", "%s"]
+    regionTag: lab
+ipPools:
+  - name: both
+    ipRequests:
+      - provider: local
+        count: 2
+targets:
+  - name: web
+    regex: '127\.0\.0\.1'
+    ipPool: both
+    minRequestInterval: 0
+    maxQueueWait: 5s
+    numRetries: 2
+    ipFailuresUntilQuarantine: 1
+    quarantineTime: 1h
+    identity:
+      enabled: true
+      rotateAfterRequests: 1
+`, metricsPort, tp.Addr, dead)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(cfgPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	metricsAddr := net.JoinHostPort("127.0.0.1", fmt.Sprint(metricsPort))
+	testenv.WaitListening(t, metricsAddr, 5*time.Second)
+	if got := a.MetricsAddr(); got == nil || got.String() != metricsAddr {
+		t.Errorf("MetricsAddr = %v, want %s", got, metricsAddr)
+	}
+
+	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
+	get := func(target, tag string) int {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/x", nil)
+		req.Header.Set(proxy.HeaderTarget, target)
+		if tag != "" {
+			req.Header.Set(proxy.HeaderTag, tag)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// Two IPs in rotation: one of the three requests first meets the dead
+	// upstream, which is quarantined at once, and is retried on tinyproxy.
+	for range 3 {
+		if code := get(origin.URL, "e2e"); code != 200 {
+			t.Fatalf("request through tinyproxy: %d", code)
+		}
+	}
+	if code := get("http://unmatched.example/", ""); code != 502 {
+		t.Fatalf("unmatched request: %d, want 502", code)
+	}
+
+	resp, err := client.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	body := string(b)
+	deadLabels := fmt.Sprintf(`{address=%q,provider="local",region="lab",target="web"}`, dead)
+	for _, want := range []string{
+		`proxy_hopper_requests_total{outcome="success",tag="e2e",target="web"} 3`,
+		`proxy_hopper_requests_total{outcome="no_match",tag="",target="unmatched"} 1`,
+		`proxy_hopper_responses_total{status_code="200",tag="e2e",target="web"} 3`,
+		`proxy_hopper_retries_total{target="web"} 1`,
+		`proxy_hopper_attempts_total{outcome="success",target="web"} 3`,
+		`proxy_hopper_attempts_total{outcome="connection_error",target="web"} 1`,
+		`proxy_hopper_request_duration_seconds_count{target="web"} 3`,
+		`proxy_hopper_queue_wait_seconds_count{target="web"} 3`,
+		`proxy_hopper_ip_quarantine_events_total` + deadLabels + ` 1`,
+		`proxy_hopper_ip_failure_count` + deadLabels + ` 1`,
+		`proxy_hopper_quarantined_ips{target="web"} 1`,
+		`proxy_hopper_available_ips{target="web"} 1`,
+		`proxy_hopper_ips{state="quarantined",target="web"} 1`,
+		`proxy_hopper_queue_depth{target="web"} 0`,
+		`proxy_hopper_identity_rotations_total{reason="requests",target="web"} 3`,
+		"go_goroutines ",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", grepLines(body, "proxy_hopper_"))
+	}
+
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	runErr <- nil // for the deferred check
+	if c, err := net.Dial("tcp", metricsAddr); err == nil {
+		c.Close()
+		t.Errorf("metrics endpoint still open after Run returned")
+	}
+}
+
+func grepLines(s, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

@@ -1,0 +1,274 @@
+// Package metrics holds proxy-hopper's Prometheus metrics: counters and
+// histograms fed by the proxy and pool hooks, a collector that reads pool
+// state at scrape time, and the /metrics handler. Nothing here registers
+// itself globally: every constructor takes the registry to use.
+package metrics
+
+import (
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/proxy-hopper/proxy-hopper/pool"
+	"github.com/proxy-hopper/proxy-hopper/proxy"
+)
+
+const namespace = "proxy_hopper"
+
+// UnmatchedTarget is the target label of requests no target matched, as
+// proxy-hopper names it.
+const UnmatchedTarget = "unmatched"
+
+// MaxTagLen bounds the tag label (it comes from a client header); longer
+// tags are cut, as proxy-hopper does, to keep cardinality in check.
+const MaxTagLen = 64
+
+// Buckets of proxy-hopper's histograms.
+var (
+	RequestDurationBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+	QueueWaitBuckets       = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
+	ProbeDurationBuckets   = []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+)
+
+// Metrics are the metrics updated as events happen. Plug Request and
+// Attempt into proxy.Hooks and PoolHooks into each pool.Options; the
+// methods are safe for concurrent use and do not block.
+type Metrics struct {
+	requests     *prometheus.CounterVec   // target, outcome, tag
+	attempts     *prometheus.CounterVec   // target, outcome
+	duration     *prometheus.HistogramVec // target
+	responses    *prometheus.CounterVec   // target, status_code, tag
+	retries      *prometheus.CounterVec   // target
+	exhaustions  *prometheus.CounterVec   // target
+	queueWait    *prometheus.HistogramVec // target
+	queueExpired *prometheus.CounterVec   // target
+	quarantines  *prometheus.CounterVec   // target, address, provider, region
+	rotations    *prometheus.CounterVec   // target, reason
+	authFailures *prometheus.CounterVec   // reason
+
+	probeSuccess  *prometheus.CounterVec   // address, provider, region
+	probeFailure  *prometheus.CounterVec   // address, provider, region, reason
+	probeDuration *prometheus.HistogramVec // address, provider, region
+	reachable     *prometheus.GaugeVec     // address, provider, region
+
+	status [600]string // status code label values, so hooks do not format them
+}
+
+// New creates the metrics and registers them with reg.
+func New(reg prometheus.Registerer) (*Metrics, error) {
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
+	}
+	histogram := func(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: buckets}, labels)
+	}
+	m := &Metrics{
+		requests: counter("requests_total",
+			"Client requests and tunnels by target, final outcome and tag.", "target", "outcome", "tag"),
+		attempts: counter("attempts_total",
+			"Uses of an upstream IP (retries included) by target and outcome.", "target", "outcome"),
+		duration: histogram("request_duration_seconds",
+			"Time of HTTP requests through the upstream proxies, excluding queue wait.", RequestDurationBuckets, "target"),
+		responses: counter("responses_total",
+			"Responses returned to clients by target, HTTP status code and tag.", "target", "status_code", "tag"),
+		retries: counter("retries_total",
+			"Retry attempts (each further IP tried counts as one).", "target"),
+		exhaustions: counter("retry_exhaustions_total",
+			"Requests whose last allowed attempt failed and whose error went to the client.", "target"),
+		queueWait: histogram("queue_wait_seconds",
+			"Time requests waited for a free IP.", QueueWaitBuckets, "target"),
+		queueExpired: counter("queue_expired_total",
+			"Requests answered 503 because no IP could be had.", "target"),
+		quarantines: counter("ip_quarantine_events_total",
+			"Times an IP was quarantined.", "target", "address", "provider", "region"),
+		rotations: counter("identity_rotations_total",
+			"Identities replaced, by target and reason (quarantine, 429, requests).", "target", "reason"),
+		authFailures: counter("auth_failures_total",
+			"Requests refused by authentication or target ACLs, by reason (missing, invalid, expired, forbidden, no_proxy_access, source_not_allowed).", "reason"),
+		probeSuccess: counter("probe_success_total",
+			"Successful background probes of an IP.", "address", "provider", "region"),
+		probeFailure: counter("probe_failure_total",
+			"Failed background probes of an IP, by reason.", "address", "provider", "region", "reason"),
+		probeDuration: histogram("probe_duration_seconds",
+			"Duration of background probes, failed ones included.", ProbeDurationBuckets, "address", "provider", "region"),
+		reachable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "ip_reachable",
+			Help: "Whether the IP passed its last background probe (1) or not (0)."}, []string{"address", "provider", "region"}),
+	}
+	for i := range m.status {
+		m.status[i] = strconv.Itoa(i)
+	}
+	for _, c := range []prometheus.Collector{
+		m.requests, m.attempts, m.duration, m.responses, m.retries, m.exhaustions, m.queueWait,
+		m.queueExpired, m.quarantines, m.rotations, m.authFailures, m.probeSuccess, m.probeFailure, m.probeDuration, m.reachable,
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// ProxyHooks returns the proxy hooks that feed m.
+func (m *Metrics) ProxyHooks() proxy.Hooks {
+	return proxy.Hooks{Attempt: m.Attempt, Request: m.Request}
+}
+
+// Request records one finished client request or tunnel.
+func (m *Metrics) Request(ev proxy.RequestEvent) {
+	target := ev.Target
+	if ev.Outcome == proxy.OutcomeNoMatch {
+		target = UnmatchedTarget
+	}
+	tag := cleanTag(ev.Tag)
+	m.requests.WithLabelValues(target, ev.Outcome, tag).Inc()
+	if ev.AuthReason != "" {
+		m.authFailures.WithLabelValues(ev.AuthReason).Inc()
+	}
+	if ev.Target == "" {
+		return // refused before a target was chosen
+	}
+	if ev.Status > 0 && ev.Status < len(m.status) {
+		m.responses.WithLabelValues(ev.Target, m.status[ev.Status], tag).Inc()
+	}
+	if ev.Retries > 0 {
+		m.retries.WithLabelValues(ev.Target).Add(float64(ev.Retries))
+	}
+	switch ev.Outcome {
+	case proxy.OutcomeNoIP:
+		m.queueExpired.WithLabelValues(ev.Target).Inc()
+		return
+	case proxy.OutcomeSuccess, proxy.OutcomeRateLimited, proxy.OutcomeServerError, proxy.OutcomeConnectionError:
+	default:
+		return // refused or broken before any IP was used
+	}
+	if exhausted(ev) {
+		m.exhaustions.WithLabelValues(ev.Target).Inc()
+	}
+	if ev.Mode == "connect" || strings.HasPrefix(ev.Mode, "transparent-") {
+		// A tunnel's duration is its lifetime, not a latency, and the
+		// proxy does not report its queue wait.
+		return
+	}
+	m.queueWait.WithLabelValues(ev.Target).Observe(ev.QueueWait.Seconds())
+	m.duration.WithLabelValues(ev.Target).Observe((ev.Duration - ev.QueueWait).Seconds())
+}
+
+// exhausted reports a request answered with the failure of its last
+// allowed attempt: the proxy retries every failed attempt it can.
+func exhausted(ev proxy.RequestEvent) bool {
+	switch ev.Outcome {
+	case proxy.OutcomeConnectionError:
+		return true
+	case proxy.OutcomeRateLimited, proxy.OutcomeServerError:
+		switch ev.Status {
+		case 429, 502, 503, 504:
+			return true
+		}
+	}
+	return false
+}
+
+// Attempt records one use of an upstream IP.
+func (m *Metrics) Attempt(ev proxy.AttemptEvent) {
+	m.attempts.WithLabelValues(ev.Target, AttemptOutcome(ev)).Inc()
+}
+
+// AttemptOutcome classifies one attempt with the request outcomes: the
+// origin's status when it answered, connection_error when the upstream
+// proxy failed, bad_request when the client's body broke the attempt.
+func AttemptOutcome(ev proxy.AttemptEvent) string {
+	switch {
+	case ev.Reason == "client_body":
+		return proxy.OutcomeBadRequest
+	case ev.Reason != "" && !strings.HasPrefix(ev.Reason, "status_"), ev.Status == 0:
+		return proxy.OutcomeConnectionError
+	case ev.Status == 429:
+		return proxy.OutcomeRateLimited
+	case ev.Status >= 500:
+		return proxy.OutcomeServerError
+	}
+	return proxy.OutcomeSuccess
+}
+
+// IPLabels are the provider and region labels of an IP ("" without a provider).
+type IPLabels struct {
+	Provider, Region string
+}
+
+// LabelsOf returns the IP labels of a target's upstreams, by pool address.
+func LabelsOf(ups map[string]proxy.Upstream) map[string]IPLabels {
+	out := make(map[string]IPLabels, len(ups))
+	for addr, u := range ups {
+		out[addr] = IPLabels{Provider: u.Provider, Region: u.Region}
+	}
+	return out
+}
+
+// PoolHooks returns the pool hooks of target's pool. The quarantine
+// counters of the IPs in labels are created now, at zero, so the first
+// quarantine shows in rate(); other IPs get unlabelled provider and region.
+func (m *Metrics) PoolHooks(target string, labels map[string]IPLabels) pool.Hooks {
+	known := make(map[string]prometheus.Counter, len(labels))
+	for addr, l := range labels {
+		known[addr] = m.quarantines.WithLabelValues(target, addr, l.Provider, l.Region)
+	}
+	return pool.Hooks{
+		Quarantined: func(addr string, _ time.Time) {
+			if c, ok := known[addr]; ok {
+				c.Inc()
+				return
+			}
+			m.quarantines.WithLabelValues(target, addr, "", "").Inc()
+		},
+	}
+}
+
+// IdentityRotated returns the identity.Options.OnRotate callback of
+// target's identity store.
+func (m *Metrics) IdentityRotated(target string) func(addr, reason string) {
+	return func(_, reason string) {
+		m.rotations.WithLabelValues(target, reason).Inc()
+	}
+}
+
+// ProbeResult is one background probe of an IP.
+type ProbeResult struct {
+	Addr     string
+	IPLabels        // of the IP
+	OK       bool   // reachable
+	Reason   string // on failure: timeout, proxy_unreachable, connection_error, http_error
+	Duration time.Duration
+}
+
+// Probe records one background probe. Nothing calls it until the prober
+// exists; until then the probe metrics have no series.
+func (m *Metrics) Probe(r ProbeResult) {
+	m.probeDuration.WithLabelValues(r.Addr, r.Provider, r.Region).Observe(r.Duration.Seconds())
+	up := m.reachable.WithLabelValues(r.Addr, r.Provider, r.Region)
+	if r.OK {
+		m.probeSuccess.WithLabelValues(r.Addr, r.Provider, r.Region).Inc()
+		up.Set(1)
+		return
+	}
+	m.probeFailure.WithLabelValues(r.Addr, r.Provider, r.Region, r.Reason).Inc()
+	up.Set(0)
+}
+
+// cleanTag makes a client-supplied tag a safe label value: valid UTF-8,
+// at most MaxTagLen bytes. Tags that already are cost nothing.
+func cleanTag(tag string) string {
+	if !utf8.ValidString(tag) {
+		tag = strings.ToValidUTF8(tag, "\uFFFD")
+	}
+	if len(tag) <= MaxTagLen {
+		return tag
+	}
+	n := MaxTagLen
+	for n > 0 && !utf8.RuneStart(tag[n]) {
+		n--
+	}
+	return tag[:n]
+}

@@ -1,0 +1,367 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/proxy-hopper/proxy-hopper/pool"
+	"github.com/proxy-hopper/proxy-hopper/pool/memory"
+	"github.com/proxy-hopper/proxy-hopper/proxy"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// newTarget builds target "api" with four IPs over a memory backend on a
+// fake clock: two from provider "acme" (region eu, us), two without one.
+func newTarget(t *testing.T, m *Metrics, backend pool.Backend, clock pool.Clock) *proxy.Target {
+	t.Helper()
+	ups := map[string]proxy.Upstream{
+		"10.0.0.1:3128": {Addr: "10.0.0.1:3128", Provider: "acme", Region: "eu"},
+		"10.0.0.2:3128": {Addr: "10.0.0.2:3128", Provider: "acme", Region: "us"},
+		"10.0.0.3:3128": {Addr: "10.0.0.3:3128"},
+		"10.0.0.4:3128": {Addr: "10.0.0.4:3128"},
+	}
+	var hooks pool.Hooks
+	if m != nil {
+		hooks = m.PoolHooks("api", LabelsOf(ups))
+	}
+	p, err := pool.New(context.Background(), "api",
+		[]string{"10.0.0.1:3128", "10.0.0.2:3128", "10.0.0.3:3128", "10.0.0.4:3128"}, backend,
+		pool.Config{MinRequestInterval: time.Minute, MaxQueueWait: 0, FailuresUntilQuarantine: 2, QuarantineTime: time.Hour},
+		pool.Options{Clock: clock, Hooks: hooks, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return &proxy.Target{Name: "api", Pool: p, Upstreams: ups}
+}
+
+func TestGolden(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := pool.NewFakeClock(t0)
+	backend := memory.New(clock)
+	defer backend.Close()
+	tg := newTarget(t, m, backend, clock)
+	ctx := context.Background()
+	step := func(want string, o pool.Outcome) {
+		t.Helper()
+		ip, err := tg.Pool.Acquire(ctx)
+		if err != nil || ip != want {
+			t.Fatalf("Acquire = %q, %v; want %s", ip, err, want)
+		}
+		if err := tg.Pool.Release(ctx, ip, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// .1 fails twice (quarantined), .2 fails once and cools down, .3 is
+	// held in use, .4 stays available.
+	step("10.0.0.1:3128", pool.Failure)
+	clock.Advance(time.Minute)
+	step("10.0.0.2:3128", pool.Failure)
+	step("10.0.0.3:3128", pool.Success)
+	step("10.0.0.4:3128", pool.Success)
+	step("10.0.0.1:3128", pool.Failure)
+	clock.Advance(time.Minute)
+	// Now .2, .3, .4 are ready, in that order.
+	if ip, err := tg.Pool.Acquire(ctx); err != nil || ip != "10.0.0.2:3128" {
+		t.Fatalf("Acquire = %q, %v", ip, err)
+	}
+	if err := tg.Pool.Release(ctx, "10.0.0.2:3128", pool.Neutral); err != nil { // cooling, failures still 1
+		t.Fatal(err)
+	}
+	if ip, err := tg.Pool.Acquire(ctx); err != nil || ip != "10.0.0.3:3128" { // in use
+		t.Fatalf("Acquire = %q, %v", ip, err)
+	}
+
+	for _, ev := range []proxy.RequestEvent{
+		{Target: "api", Mode: "header", Tag: "search", Outcome: proxy.OutcomeSuccess, Status: 200, Retries: 1,
+			Duration: 300 * time.Millisecond, QueueWait: 20 * time.Millisecond},
+		{Target: "api", Mode: "proxy", Outcome: proxy.OutcomeRateLimited, Status: 429, Retries: 2,
+			Duration: 3 * time.Second, QueueWait: 2 * time.Second},
+		{Target: "api", Mode: "proxy", Outcome: proxy.OutcomeServerError, Status: 500,
+			Duration: 70 * time.Millisecond, QueueWait: time.Millisecond},
+		{Target: "api", Mode: "proxy", Outcome: proxy.OutcomeNoIP, Status: 503, QueueWait: 5 * time.Second},
+		{Target: "api", Mode: "connect", Outcome: proxy.OutcomeSuccess, Status: 200, Duration: time.Minute},
+		{Target: "api", Mode: "transparent-tls", Outcome: proxy.OutcomeConnectionError, Retries: 2, Duration: time.Second},
+		{Target: "api", Mode: "proxy", Outcome: proxy.OutcomeForbidden, Status: 403},
+		{Mode: "proxy", Outcome: proxy.OutcomeNoMatch, Status: 502, Tag: "search"},
+		{Mode: "proxy", Outcome: proxy.OutcomeAuthFailed, Status: 407},
+	} {
+		m.Request(ev)
+	}
+	for _, ev := range []proxy.AttemptEvent{
+		{Target: "api", Addr: "10.0.0.1:3128", OK: true, Status: 200},
+		{Target: "api", Addr: "10.0.0.1:3128", Reason: "status_429", Status: 429},
+		{Target: "api", Addr: "10.0.0.2:3128", Reason: "upstream_refused"},
+	} {
+		m.Attempt(ev)
+	}
+	rotated := m.IdentityRotated("api")
+	rotated("10.0.0.1:3128", "quarantine")
+	rotated("10.0.0.2:3128", "429")
+	rotated("10.0.0.2:3128", "429")
+	m.Probe(ProbeResult{Addr: "10.0.0.1:3128", IPLabels: IPLabels{"acme", "eu"}, OK: true, Duration: 400 * time.Millisecond})
+	m.Probe(ProbeResult{Addr: "10.0.0.3:3128", OK: false, Reason: "timeout", Duration: 10 * time.Second})
+
+	queue := waiting{"api": 3}
+	if err := reg.Register(NewPoolCollector(func() []*proxy.Target { return []*proxy.Target{tg} }, queue, 0)); err != nil {
+		t.Fatal(err)
+	}
+	compareGolden(t, reg, filepath.Join("testdata", "metrics.golden"))
+}
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+type waiting map[string]int
+
+func (w waiting) Waiting(target string) int { return w[target] }
+
+func compareGolden(t *testing.T, g prometheus.Gatherer, path string) {
+	t.Helper()
+	if *update {
+		mfs, err := g.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		for _, mf := range mfs {
+			if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := testutil.GatherAndCompare(g, f); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestScrapeTime checks that pool gauges follow the pool between scrapes,
+// with no refresh in between.
+func TestScrapeTime(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	clock := pool.NewFakeClock(t0)
+	backend := memory.New(clock)
+	defer backend.Close()
+	tg := newTarget(t, nil, backend, clock)
+	reg.MustRegister(NewPoolCollector(func() []*proxy.Target { return []*proxy.Target{tg} }, nil, 0))
+	want := func(n int) {
+		t.Helper()
+		exp := "# HELP proxy_hopper_available_ips IPs ready to be handed out now.\n# TYPE proxy_hopper_available_ips gauge\n" +
+			"proxy_hopper_available_ips{target=\"api\"} " + string(rune('0'+n)) + "\n"
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(exp), "proxy_hopper_available_ips"); err != nil {
+			t.Error(err)
+		}
+	}
+	want(4)
+	ip, err := tg.Pool.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want(3)
+	if err := tg.Pool.Release(context.Background(), ip, pool.Success); err != nil {
+		t.Fatal(err)
+	}
+	want(3) // cooling
+	clock.Advance(time.Minute)
+	want(4)
+	if n, err := testutil.GatherAndCount(reg, "proxy_hopper_queue_depth"); err != nil || n != 0 {
+		t.Errorf("queue_depth without a QueueDepth backend: %d series, %v; want none", n, err)
+	}
+}
+
+// brokenBackend fails every snapshot.
+type brokenBackend struct{ *memory.Backend }
+
+var errBroken = errors.New("backend down")
+
+func (brokenBackend) Snapshot(context.Context, string) ([]pool.IPState, error) { return nil, errBroken }
+
+// TestHandler serves a registry from NewRegistry: runtime metrics, ours,
+// and a pool that cannot be read is left out without failing the scrape.
+func TestHandler(t *testing.T) {
+	reg := NewRegistry()
+	m, err := New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(reg); err == nil {
+		t.Error("registering twice succeeded")
+	}
+	clock := pool.NewFakeClock(t0)
+	good := memory.New(clock)
+	defer good.Close()
+	tg := newTarget(t, m, good, clock)
+	bad := brokenBackend{memory.New(clock)}
+	defer bad.Close()
+	p, err := pool.New(context.Background(), "down", []string{"10.9.9.9:1"}, bad, tg.Pool.Config(), pool.Options{Clock: clock, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	down := &proxy.Target{Name: "down", Pool: p}
+	reg.MustRegister(NewPoolCollector(func() []*proxy.Target { return []*proxy.Target{down, tg} }, nil, 0))
+	m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Outcome: proxy.OutcomeSuccess, Status: 200})
+
+	srv := httptest.NewServer(Handler(reg, discard()))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET /metrics: %d", resp.StatusCode)
+	}
+	for _, want := range []string{
+		"go_goroutines ",
+		`proxy_hopper_requests_total{outcome="success",tag="",target="api"} 1`,
+		`proxy_hopper_available_ips{target="api"} 4`,
+		"promhttp_metric_handler_errors_total",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(string(body), `target="down"`) {
+		t.Errorf("/metrics shows the unreadable pool")
+	}
+	if resp, err := http.Get(srv.URL + "/other"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != 404 {
+			t.Errorf("GET /other: %d, want 404", resp.StatusCode)
+		}
+	}
+}
+
+func TestAttemptOutcome(t *testing.T) {
+	for _, c := range []struct {
+		ev   proxy.AttemptEvent
+		want string
+	}{
+		{proxy.AttemptEvent{OK: true, Status: 200}, proxy.OutcomeSuccess},
+		{proxy.AttemptEvent{OK: true, Status: 404}, proxy.OutcomeSuccess},
+		{proxy.AttemptEvent{Reason: "status_429", Status: 429}, proxy.OutcomeRateLimited},
+		{proxy.AttemptEvent{Reason: "status_503", Status: 503}, proxy.OutcomeServerError},
+		{proxy.AttemptEvent{OK: true, Status: 500}, proxy.OutcomeServerError},
+		{proxy.AttemptEvent{Reason: "upstream_refused"}, proxy.OutcomeConnectionError},
+		{proxy.AttemptEvent{Reason: "proxy_status_407", Status: 407}, proxy.OutcomeConnectionError},
+		{proxy.AttemptEvent{Reason: "upstream_body_reset", Status: 200}, proxy.OutcomeConnectionError},
+		{proxy.AttemptEvent{OK: true, Reason: "client_body"}, proxy.OutcomeBadRequest},
+	} {
+		if got := AttemptOutcome(c.ev); got != c.want {
+			t.Errorf("AttemptOutcome(%+v) = %s, want %s", c.ev, got, c.want)
+		}
+	}
+}
+
+func TestCleanTag(t *testing.T) {
+	long := strings.Repeat("a", 63) + "é" // é straddles byte 64
+	for _, c := range []struct{ in, want string }{
+		{"", ""},
+		{"search", "search"},
+		{strings.Repeat("x", 70), strings.Repeat("x", 64)},
+		{long, strings.Repeat("a", 63)},
+		{"bad\xffbyte", "bad\uFFFDbyte"},
+	} {
+		if got := cleanTag(c.in); got != c.want {
+			t.Errorf("cleanTag(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+	// A client's bytes never panic a hook.
+	m, err := New(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Request(proxy.RequestEvent{Target: "api", Outcome: proxy.OutcomeSuccess, Status: 200, Tag: "\xff\xfe"})
+}
+
+// TestConcurrentHooks runs the hooks from many goroutines (meant for -race).
+func TestConcurrentHooks(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hooks := m.PoolHooks("api", map[string]IPLabels{"10.0.0.1:3128": {"acme", "eu"}})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 200 {
+				m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Outcome: proxy.OutcomeSuccess, Status: 200, Retries: 1})
+				m.Attempt(proxy.AttemptEvent{Target: "api", Addr: "10.0.0.1:3128", OK: true, Status: 200})
+				hooks.Quarantined("10.0.0.1:3128", t0)
+				hooks.Quarantined("10.0.0.7:3128", t0)
+			}
+		})
+	}
+	wg.Wait()
+	if got := testutil.ToFloat64(m.requests.WithLabelValues("api", "success", "")); got != 1600 {
+		t.Errorf("requests = %v, want 1600", got)
+	}
+	if got := testutil.ToFloat64(m.quarantines.WithLabelValues("api", "10.0.0.7:3128", "", "")); got != 1600 {
+		t.Errorf("quarantines of an IP added later = %v, want 1600", got)
+	}
+}
+
+func BenchmarkRequestHook(b *testing.B) {
+	m, err := New(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev := proxy.RequestEvent{Target: "api", Mode: "header", Tag: "search", Outcome: proxy.OutcomeSuccess, Status: 200,
+		Retries: 1, Duration: 300 * time.Millisecond, QueueWait: 20 * time.Millisecond}
+	b.ReportAllocs()
+	for b.Loop() {
+		m.Request(ev)
+	}
+}
+
+func TestAuthFailuresCountedByReason(t *testing.T) {
+	m, err := New(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Request(proxy.RequestEvent{Outcome: proxy.OutcomeAuthFailed, AuthReason: "missing", Status: 401})
+	m.Request(proxy.RequestEvent{Outcome: proxy.OutcomeAuthFailed, AuthReason: "missing", Status: 401})
+	m.Request(proxy.RequestEvent{Target: "api", Outcome: proxy.OutcomeForbidden, AuthReason: "forbidden", Status: 403})
+	m.Request(proxy.RequestEvent{Target: "api", Outcome: proxy.OutcomeSuccess, Status: 200})
+	if got := testutil.ToFloat64(m.authFailures.WithLabelValues("missing")); got != 2 {
+		t.Errorf("missing: %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(m.authFailures.WithLabelValues("forbidden")); got != 1 {
+		t.Errorf("forbidden: %v, want 1", got)
+	}
+	if n := testutil.CollectAndCount(m.authFailures); n != 2 {
+		t.Errorf("%d auth failure series, want 2", n)
+	}
+}
