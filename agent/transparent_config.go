@@ -23,4 +23,10 @@ type LocalTransparentConfig struct {
 	// Mark is the SO_MARK the agent puts on its own outgoing sockets so
 	// that the connect hooks never redirect them (default 0x5048).
 	Mark int `mapstructure:"mark"`
+	// Pinned keeps the redirect on bpffs across agent restarts (fail-closed
+	// while no agent runs); the default is unpinned (fail-open).
+	Pinned bool `mapstructure:"pinned"`
+	// PinDir is where pinned mode keeps its state (default
+	// /sys/fs/bpf/proxy-hopper; must be on bpffs).
+	PinDir string `mapstructure:"pinDir"`
 }

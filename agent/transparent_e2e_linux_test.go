@@ -54,6 +54,7 @@ const (
 	unmatchedIP = "198.18.0.11"
 	excludedIP  = "198.18.0.12"
 	up1, up2    = "198.18.0.2", "198.18.0.3"
+	originIP6   = "2001:db8::10" // documentation prefix, only inside the test netns
 )
 
 // payload is the deterministic byte stream both ends of a byte-exact test
@@ -80,6 +81,8 @@ func transparentHelper() error {
 	ndown, _ := strconv.ParseInt(os.Getenv("PH_DOWN"), 10, 64)
 	conns, _ := strconv.Atoi(os.Getenv("PH_CONNS"))
 	switch os.Getenv("PH_TRANSPARENT_HELPER") {
+	case "loop":
+		return loopHelper(addr)
 	case "hold", "rst":
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -122,6 +125,43 @@ func transparentHelper() error {
 		fmt.Printf("conn %d %s\n", i, out[i])
 	}
 	return nil
+}
+
+// loopHelper makes one plain-HTTP request per new connection to addr until
+// stdin closes, then prints "ok=N fail=M" and the first failure.
+func loopHelper(addr string) error {
+	stop := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		close(stop)
+	}()
+	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	ok, fail, first := 0, 0, ""
+	fmt.Println("ready")
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			fmt.Printf("ok=%d fail=%d %s\n", ok, fail, first)
+			return nil
+		default:
+		}
+		resp, err := cl.Get(fmt.Sprintf("http://%s/loop%d", addr, i))
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("status %s", resp.Status)
+			}
+		}
+		if err != nil {
+			fail++
+			if first == "" {
+				first = err.Error()
+			}
+			continue
+		}
+		ok++
+	}
 }
 
 func shaConn(addr string, seed uint64, nup, ndown int64, halfClose bool) (string, error) {
@@ -215,6 +255,8 @@ type e2eEnv struct {
 	dir            string
 	agentPort      int
 	agentProcesses int
+	pinDir         string // on bpffs, this test's own
+	expectDisabled bool   // startAgent: transparent mode is meant to fail
 }
 
 func newE2EEnv(t *testing.T) *e2eEnv {
@@ -226,7 +268,7 @@ func newE2EEnv(t *testing.T) *e2eEnv {
 	if err := bpf.Probe(); err != nil {
 		t.Fatal(err)
 	}
-	e := &e2eEnv{dir: t.TempDir()}
+	e := &e2eEnv{dir: t.TempDir(), pinDir: fmt.Sprintf("/sys/fs/bpf/ph-test-%d", os.Getpid())}
 	e.bin = buildAgent(t, e.dir)
 
 	root, err := bpf.Cgroup2Root()
@@ -257,9 +299,25 @@ func newE2EEnv(t *testing.T) *e2eEnv {
 	}
 	e.clientCg, e.clientCgFD = mkcg("ph-test-client-")
 	e.agentCg, e.agentCgFD = mkcg("ph-test-agent-")
+	// Whatever a pinned agent left on the test cgroups, detached before they go.
+	t.Cleanup(func() {
+		var ids []uint64
+		for _, cg := range []string{e.clientCg, e.agentCg} {
+			if id, err := bpf.CgroupID(cg); err == nil {
+				ids = append(ids, id)
+			}
+		}
+		if _, err := bpf.Detach(bpf.DetachOptions{PinDir: e.pinDir, Cgroups: ids}); err != nil {
+			t.Errorf("clean pinned state: %v", err)
+		}
+		if _, err := os.Stat(e.pinDir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left behind (%v)", e.pinDir, err)
+			os.RemoveAll(e.pinDir)
+		}
+	})
 
 	e.ns = testenv.NewNetns(t)
-	e.ns.AddAddrs(t, up1+"/32", up2+"/32", originIP+"/32", unmatchedIP+"/32", excludedIP+"/32")
+	e.ns.AddAddrs(t, up1+"/32", up2+"/32", originIP+"/32", unmatchedIP+"/32", excludedIP+"/32", originIP6+"/128")
 
 	// Origins.
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -284,6 +342,7 @@ func newE2EEnv(t *testing.T) *e2eEnv {
 	t.Cleanup(func() { tsrv.Close() })
 	go serveBytes(e.ns.Listen(t, originIP+":9000"))
 	go serveBytes(e.ns.Listen(t, unmatchedIP+":9000"))
+	go serveBytes(e.ns.Listen(t, "["+originIP6+"]:9000"))
 
 	for _, ip := range []string{up1, up2} {
 		e.ups = append(e.ups, testenv.StartTinyproxy(t, ip, testenv.TinyproxyOptions{
@@ -341,12 +400,14 @@ type agentProc struct {
 	done chan error
 }
 
-func (e *e2eEnv) startAgent(t *testing.T, sockmap bool) *agentProc {
+// startAgent starts an agent in the agent cgroup; extra are more keys of
+// transparent.local.
+func (e *e2eEnv) startAgent(t *testing.T, sockmap bool, extra ...string) *agentProc {
 	t.Helper()
 	e.agentProcesses++
 	cfg := fmt.Sprintf(`server:
   host: 127.0.0.1
-  port: 18080
+  port: %d
   logLevel: DEBUG
   probe: false
   shutdownTimeout: 2s
@@ -363,7 +424,11 @@ transparent:
     ports: [80, 443, 9000]
     excludeCidrs: [%s/32]
     sockmap: %v
-`, up1, up2, e.clientCg, e.agentCg, excludedIP, sockmap)
+    pinDir: %s
+`, 18080+e.agentProcesses, up1, up2, e.clientCg, e.agentCg, excludedIP, sockmap, e.pinDir)
+	for _, x := range extra {
+		cfg += "    " + x + "\n"
+	}
 	path := filepath.Join(e.dir, fmt.Sprintf("agent-%d.yaml", e.agentProcesses))
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -393,11 +458,15 @@ transparent:
 		if strings.Contains(string(b), "transparent mode on") {
 			return a
 		}
+		if e.expectDisabled && strings.Contains(string(b), "transparent mode disabled") {
+			return a
+		}
 		if strings.Contains(string(b), "transparent mode disabled") || time.Now().After(deadline) {
 			t.Fatalf("agent did not start transparent mode:\n%s", b)
 		}
 		select {
 		case err := <-a.done:
+			a.done <- err // for the cleanup, which waits on it
 			t.Fatalf("agent exited: %v\n%s", err, b)
 		case <-time.After(20 * time.Millisecond):
 		}
@@ -733,5 +802,168 @@ func TestTransparentLocal(t *testing.T) {
 		}
 		direct(t, true, "http://"+originIP+"/after-kill")
 	})
+	t.Run("IPv6Connect6", func(t *testing.T) {
+		// Unmatched, so the agent dials the origin itself; its log shows it
+		// got the IPv6 original destination from the redirected connection.
+		a6 := e.startAgent(t, true)
+		e.byteExactTo(t, "["+originIP6+"]:9000", true, 2, 1<<20, 1<<20)
+		e.agentLogContains(t, "orig=["+originIP6+"]:9000")
+		a6.stop(t, syscall.SIGTERM)
+	})
+	t.Run("PinnedRestartUpgradeDetach", func(t *testing.T) { e.pinned(t) })
 	t.Logf("total %s", time.Since(start))
+}
+
+func (e *e2eEnv) agentLogContains(t *testing.T, want string) {
+	t.Helper()
+	b, _ := os.ReadFile(filepath.Join(e.dir, fmt.Sprintf("agent-%d.log", e.agentProcesses)))
+	if !strings.Contains(string(b), want) {
+		t.Errorf("agent log has no %q:\n%s", want, b)
+	}
+}
+
+func (a *agentProc) stop(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := a.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-a.done:
+		a.done <- err
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not stop")
+	}
+}
+
+// pinned: agent 1 installs the pinned redirect; agent 2 takes it over
+// with link.Update while a client keeps connecting, and agent 1 stops:
+// no request fails. With no agent running, the redirect stays and connects
+// are refused. `bpf status` shows it, `bpf detach` removes all of it.
+func (e *e2eEnv) pinned(t *testing.T) {
+	p1 := e.startAgent(t, true, "pinned: true")
+	e.agentLogContains(t, "installed=true attached=6")
+	if f := fromOf(e.curl(t, true, "http://"+originIP+"/pinned-1")); len(f) != 1 || !isUpstream(f[0]) {
+		t.Fatalf("pinned agent 1: %v, want via an upstream", f)
+	}
+
+	loop := exec.Command("nsenter", "--net="+e.ns.Path, os.Args[0])
+	t.Cleanup(func() {
+		if loop.ProcessState == nil && loop.Process != nil {
+			loop.Process.Kill()
+			loop.Wait()
+		}
+	})
+	loop.Env = []string{"PH_TRANSPARENT_HELPER=loop", "PH_ADDR=" + originIP}
+	loop.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: e.clientCgFD}
+	stdin, _ := loop.StdinPipe()
+	stdout, _ := loop.StdoutPipe()
+	if err := loop.Start(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(stdout)
+	if line, _ := br.ReadString('\n'); line != "ready\n" {
+		stdin.Close()
+		loop.Wait()
+		t.Fatalf("loop helper said %q", line)
+	}
+	time.Sleep(200 * time.Millisecond)
+	p2 := e.startAgent(t, true, "pinned: true")
+	e.agentLogContains(t, "installed=false attached=0 updated=6 removed=0")
+	time.Sleep(200 * time.Millisecond)
+	p1.stop(t, syscall.SIGTERM)
+	time.Sleep(300 * time.Millisecond) // served by agent 2 alone
+	stdin.Close()
+	res, _ := br.ReadString('\n')
+	if err := loop.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	var ok, fail int
+	fmt.Sscanf(res, "ok=%d fail=%d", &ok, &fail)
+	if fail != 0 || ok < 10 {
+		t.Errorf("requests across the upgrade: %s", res)
+	}
+	t.Logf("across the upgrade: %s", strings.TrimSpace(res))
+	for _, cg := range []string{e.clientCg, e.agentCg} {
+		if n := attachedTo(t, cg); n != 3 {
+			t.Errorf("%d programs on %s after the upgrade, want 3 (updated, not added)", n, cg)
+		}
+	}
+
+	// No agent: the redirect stays, and the agent's port refuses.
+	p2.stop(t, syscall.SIGTERM)
+	if n := attachedTo(t, e.clientCg); n != 3 {
+		t.Errorf("%d programs on the client cgroup with no agent, want 3 (pinned)", n)
+	}
+	cmd := e.ns.Command("curl", "-sS", "--max-time", "5", "--noproxy", "", "http://"+originIP+"/no-agent")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: e.clientCgFD}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+		t.Errorf("with no agent: curl %v, want exit 7 (connection refused)\n%s", err, out)
+	}
+
+	// Agent 3 picks the pinned state up after the gap.
+	p3 := e.startAgent(t, false, "pinned: true")
+	e.agentLogContains(t, "updated=6")
+	if f := fromOf(e.curl(t, true, "http://"+originIP+"/pinned-3")); len(f) != 1 || !isUpstream(f[0]) {
+		t.Fatalf("pinned agent 3: %v, want via an upstream", f)
+	}
+	p3.stop(t, syscall.SIGKILL)
+
+	// An unpinned agent does not start over the pinned redirect.
+	e.expectDisabled = true
+	u := e.startAgent(t, true)
+	e.expectDisabled = false
+	e.agentLogContains(t, "pinned state exists")
+	u.stop(t, syscall.SIGTERM)
+	if n := attachedTo(t, e.clientCg); n != 3 {
+		t.Errorf("%d programs on the client cgroup after the unpinned agent, want the 3 pinned", n)
+	}
+
+	status := e.run(t, false, nil, e.bin, "bpf", "status", "--pin-dir", e.pinDir)
+	for _, cg := range []string{e.clientCg, e.agentCg} {
+		id, err := bpf.CgroupID(cg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{
+			fmt.Sprintf("pinned: %s/links/cgroup-%d-connect4\n", e.pinDir, id),
+			fmt.Sprintf("ph_connect6 on cgroup id %d (CGroupInet6Connect)\n", id),
+			"pinned: " + e.pinDir + "/maps/ph_orig_addr\n",
+		} {
+			if !strings.Contains(status, want) {
+				t.Errorf("bpf status misses %q:\n%s", want, status)
+			}
+		}
+	}
+	out2 := e.run(t, false, nil, e.bin, "bpf", "detach", "--pin-dir", e.pinDir, "--cgroup", e.clientCg, "--cgroup", e.agentCg)
+	if out2 != "detached 6 link(s)\n" {
+		t.Errorf("bpf detach: %q", out2)
+	}
+	for _, cg := range []string{e.clientCg, e.agentCg} {
+		if n := attachedTo(t, cg); n != 0 {
+			t.Errorf("%d programs on %s after bpf detach", n, cg)
+		}
+	}
+	if _, err := os.Stat(e.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s after bpf detach: %v", e.pinDir, err)
+	}
+	atts, pins, err := bpf.StatusOf(e.pinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range atts {
+		for _, cg := range []string{e.clientCg, e.agentCg} {
+			if id, _ := bpf.CgroupID(cg); a.CgroupID == id {
+				t.Errorf("still attached after bpf detach: %s", a)
+			}
+		}
+	}
+	if len(pins) != 0 {
+		t.Errorf("still pinned after bpf detach: %v", pins)
+	}
+	out = []byte(e.curl(t, true, "http://"+originIP+"/after-detach"))
+	if f := fromOf(string(out)); len(f) != 1 || isUpstream(f[0]) {
+		t.Errorf("after detach: %q, want direct", out)
+	}
 }

@@ -46,6 +46,8 @@ func markingDialer(mark uint32) *net.Dialer {
 // is attached, and the listeners connect4/6 send connections to.
 type transparent struct {
 	log     *slog.Logger
+	pinned  bool
+	live    bool // fully started
 	objs    *bpf.Objects
 	closers []io.Closer // in attach order; closed in reverse
 	lns     []net.Listener
@@ -59,11 +61,25 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 	if err := bpf.Probe(); err != nil {
 		return nil, err
 	}
-	objs, err := bpf.Load()
+	var objs *bpf.Objects
+	switch {
+	case lc.Pinned:
+		// Take over what an earlier pinned agent left: same maps, programs
+		// replaced in its links below.
+		objs, err = bpf.LoadPinned(lc.PinDir)
+		if errors.Is(err, os.ErrNotExist) {
+			objs, err = bpf.Load()
+		}
+	case bpf.Pinned(lc.PinDir):
+		err = fmt.Errorf("transparent.local.pinned is false but %s holds the pinned redirect of an earlier agent: "+
+			"remove it with `proxy-hopper bpf detach` or set pinned: true: %w", lc.PinDir, bpf.ErrPinned)
+	default:
+		objs, err = bpf.Load()
+	}
 	if err != nil {
 		return nil, err
 	}
-	t := &transparent{log: a.log.With("component", "transparent"), objs: objs}
+	t := &transparent{log: a.log.With("component", "transparent"), objs: objs, pinned: lc.Pinned}
 	defer func() {
 		if err != nil {
 			t.Close()
@@ -99,11 +115,15 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 	}
 
 	if cfg.Sockmap {
+		// Attaching replaces the program an earlier pinned agent left on the
+		// pinned SOCKHASH. Pinned, it stays with the map.
 		sk, err := objs.AttachSkMsg()
 		if err != nil {
 			return nil, err
 		}
-		t.closers = append(t.closers, sk)
+		if !lc.Pinned {
+			t.closers = append(t.closers, sk)
+		}
 	}
 	var paths []string
 	for _, cg := range lc.Cgroups {
@@ -114,15 +134,9 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 		if _, err := os.Stat(path); err != nil {
 			return nil, fmt.Errorf("transparent.local.cgroups: %w", err)
 		}
-		links, err := objs.AttachCgroup(path)
-		if err != nil {
-			return nil, err
-		}
-		for _, l := range links {
-			t.closers = append(t.closers, l)
-		}
 		paths = append(paths, path)
 	}
+	var sockopsOnly []string
 	if cfg.Sockmap {
 		// The agent's accepted sockets join the fast path from sockops, which
 		// runs for the listener's cgroup: the agent's own.
@@ -131,6 +145,27 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 		} else if root, _ := bpf.Cgroup2Root(); own == root {
 			t.log.Warn("sockmap fast path only on the client side: the agent runs in the root cgroup")
 		} else if !under(own, paths) {
+			sockopsOnly = append(sockopsOnly, own)
+		}
+	}
+	if lc.Pinned {
+		ch, err := objs.InstallPinned(lc.PinDir, paths, sockopsOnly)
+		if err != nil {
+			return nil, err
+		}
+		t.log.Info("pinned redirect", "dir", lc.PinDir, "installed", ch.Installed,
+			"attached", ch.Attached, "updated", ch.Updated, "removed", ch.Removed)
+	} else {
+		for _, path := range paths {
+			links, err := objs.AttachCgroup(path)
+			if err != nil {
+				return nil, err
+			}
+			for _, l := range links {
+				t.closers = append(t.closers, l)
+			}
+		}
+		for _, own := range sockopsOnly {
 			l, err := objs.AttachSockOps(own)
 			if err != nil {
 				return nil, err
@@ -142,7 +177,8 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 		t.wg.Add(1)
 		go t.accept(ln, a.srv)
 	}
-	t.log.Info("transparent mode on", "listen", port, "cgroups", paths, "ports", lc.Ports, "sockmap", cfg.Sockmap)
+	t.live = true
+	t.log.Info("transparent mode on", "listen", port, "cgroups", paths, "ports", lc.Ports, "sockmap", cfg.Sockmap, "pinned", lc.Pinned)
 	return t, nil
 }
 
@@ -207,7 +243,13 @@ func (t *transparent) accept(ln net.Listener, srv *proxy.Server) {
 // Close detaches everything in reverse order, stops the listeners and
 // releases the BPF objects. Connections being served are left to the
 // proxy server's shutdown.
+//
+// Pinned, nothing is detached: connects from the cgroups keep going to the
+// listener's port, and are refused until the next agent takes over.
 func (t *transparent) Close() error {
+	if t.pinned && t.live {
+		t.log.Info("pinned redirect stays: connects from the cgroups are refused until the next agent starts (`proxy-hopper bpf detach` removes it)")
+	}
 	var errs []error
 	for i := len(t.closers) - 1; i >= 0; i-- {
 		errs = append(errs, t.closers[i].Close())

@@ -2,8 +2,14 @@ package agent
 
 import (
 	"net/netip"
+	"path/filepath"
 	"strings"
+
+	"github.com/proxy-hopper/proxy-hopper/bpf"
 )
+
+// DefaultPinDir is transparent.local.pinDir when not set.
+const DefaultPinDir = bpf.PinDir
 
 // DefaultTransparentMark is the SO_MARK of the agent's own sockets when
 // transparent.local.mark is not set.
@@ -30,6 +36,12 @@ func (c *Config) checkTransparent(p *problems) {
 	}
 	if l.Mark < 0 || l.Mark > 0xffffffff {
 		p.add("transparent.local: mark: %d is not a 32-bit mark", l.Mark)
+	}
+	if l.PinDir == "" {
+		l.PinDir = DefaultPinDir
+	}
+	if !filepath.IsAbs(l.PinDir) || filepath.Clean(l.PinDir) != l.PinDir || filepath.Dir(l.PinDir) == l.PinDir {
+		p.add("transparent.local: pinDir: %q must be a clean absolute path on bpffs, such as %s", l.PinDir, DefaultPinDir)
 	}
 	if l.Port != 0 {
 		checkPort(p, "transparent.local", "port", l.Port)

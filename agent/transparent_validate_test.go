@@ -1,9 +1,41 @@
 package agent
 
 import (
+	"os"
+	"reflect"
 	"strings"
 	"testing"
 )
+
+// config.example.yaml shows every key of the transparent: block, with the
+// defaults where they are not examples.
+func TestTransparentExample(t *testing.T) {
+	data, err := os.ReadFile("../deploy/config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []reflect.Type{reflect.TypeOf(TransparentConfig{}), reflect.TypeOf(LocalTransparentConfig{})} {
+		for i := range typ.NumField() {
+			key := typ.Field(i).Tag.Get("mapstructure")
+			if !strings.Contains(string(data), "  "+key+":") {
+				t.Errorf("config.example.yaml does not show transparent %s", key)
+			}
+		}
+	}
+	cfg, err := Load("../deploy/config.example.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cfg.Resolve(); err != nil {
+		t.Fatal(err)
+	}
+	tr := cfg.Transparent
+	l := tr.Local
+	if tr.Unmatched != "reject" || l.Enabled || l.Pinned || l.Port != 0 || l.Mark != DefaultTransparentMark ||
+		l.sockmap() != sockmapDefault || l.PinDir != DefaultPinDir || len(l.Cgroups) == 0 {
+		t.Errorf("config.example.yaml transparent block: %+v", tr)
+	}
+}
 
 func TestTransparentConfig(t *testing.T) {
 	const head = "targets:\n  - name: t\n    regex: '.*'\n    ipList: ['127.0.0.2:3128']\n"
@@ -23,6 +55,8 @@ func TestTransparentConfig(t *testing.T) {
     sockmap: false
     port: 15001
     mark: 0x77
+    pinned: true
+    pinDir: /sys/fs/bpf/ph-test
 `, nil},
 		{"bad values", `transparent:
   unmatched: drop
@@ -32,7 +66,9 @@ func TestTransparentConfig(t *testing.T) {
     includeCidrs: [10.0.0.0/33]
     excludeCidrs: [nope]
     port: 99999
+    pinDir: relative/dir
 `, []string{
+			`pinDir: "relative/dir" must be a clean absolute path`,
 			`transparent: unmatched: "drop" is not a policy`,
 			"transparent.local: ports[0]", "transparent.local: ports[1]",
 			`includeCidrs[0]: "10.0.0.0/33"`, `excludeCidrs[0]: "nope"`,
@@ -68,17 +104,17 @@ func TestTransparentConfig(t *testing.T) {
 			}
 		})
 	}
-	cfg, _ := loadString(t, head+"transparent:\n  local:\n    enabled: true\n    cgroups: [a]\n    ports: [80]\n    sockmap: false\n    mark: 0x77\n", nil)
+	cfg, _ := loadString(t, head+"transparent:\n  local:\n    enabled: true\n    cgroups: [a]\n    ports: [80]\n    sockmap: false\n    mark: 0x77\n    pinned: true\n", nil)
 	if _, err := cfg.Resolve(); err != nil {
 		t.Fatal(err)
 	}
 	l := cfg.Transparent.Local
-	if cfg.Transparent.Unmatched != "reject" || l.Mark != 0x77 || l.sockmap() || l.Ports[0] != 80 || !l.Enabled {
+	if cfg.Transparent.Unmatched != "reject" || l.Mark != 0x77 || l.sockmap() || l.Ports[0] != 80 || !l.Enabled || !l.Pinned || l.PinDir != DefaultPinDir {
 		t.Errorf("decoded %+v", cfg.Transparent)
 	}
 	cfg, _ = loadString(t, head, nil)
 	_, _ = cfg.Resolve()
-	if cfg.Transparent.Local.Mark != DefaultTransparentMark || !cfg.Transparent.Local.sockmap() {
+	if l := cfg.Transparent.Local; l.Mark != DefaultTransparentMark || !l.sockmap() || l.Pinned || l.PinDir != DefaultPinDir {
 		t.Errorf("defaults: %+v", cfg.Transparent.Local)
 	}
 }

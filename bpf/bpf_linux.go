@@ -49,6 +49,8 @@ type Objects struct {
 
 	Config, Ports, Include, Exclude *ebpf.Map
 	OrigCookie, OrigAddr, SockHash  *ebpf.Map
+
+	pinnedFrom string // the pinned state the maps came from (LoadPinned)
 }
 
 type addrKey = connect4PhAddr
@@ -91,7 +93,21 @@ func Probe() error {
 
 // Load creates the shared maps once and loads every program against them.
 // A verifier rejection comes back as a wrapped *ebpf.VerifierError.
-func Load() (_ *Objects, err error) {
+func Load() (*Objects, error) { return load(nil) }
+
+// mapNames are the shared maps, as pinned under PinDir/maps.
+var mapNames = []string{"ph_config", "ph_ports", "ph_include", "ph_exclude", "ph_orig_cookie", "ph_orig_addr", "ph_sockhash"}
+
+func (o *Objects) maps() map[string]**ebpf.Map {
+	return map[string]**ebpf.Map{
+		"ph_config": &o.Config, "ph_ports": &o.Ports, "ph_include": &o.Include, "ph_exclude": &o.Exclude,
+		"ph_orig_cookie": &o.OrigCookie, "ph_orig_addr": &o.OrigAddr, "ph_sockhash": &o.SockHash,
+	}
+}
+
+// load loads the programs against existing maps (by name; taken over by
+// the Objects, also on error) and creates the ones missing.
+func load(existing map[string]*ebpf.Map) (_ *Objects, err error) {
 	spec, err := loadConnect4()
 	if err != nil {
 		return nil, fmt.Errorf("load connect4 spec: %w", err)
@@ -102,12 +118,21 @@ func Load() (_ *Objects, err error) {
 			o.Close()
 		}
 	}()
-	maps := map[string]**ebpf.Map{
-		"ph_config": &o.Config, "ph_ports": &o.Ports, "ph_include": &o.Include, "ph_exclude": &o.Exclude,
-		"ph_orig_cookie": &o.OrigCookie, "ph_orig_addr": &o.OrigAddr, "ph_sockhash": &o.SockHash,
-	}
+	maps := o.maps()
 	repl := make(map[string]*ebpf.Map, len(maps))
+	for name, m := range existing {
+		dst, ok := maps[name]
+		if !ok {
+			m.Close()
+			continue
+		}
+		*dst = m
+		repl[name] = m
+	}
 	for name, dst := range maps {
+		if repl[name] != nil {
+			continue
+		}
 		ms, ok := spec.Maps[name]
 		if !ok {
 			return nil, fmt.Errorf("create map %s: not in the connect4 object", name)
@@ -185,31 +210,31 @@ func lpm(p netip.Prefix) lpmKey {
 }
 
 // Configure writes c into the maps; the programs act on it at their next run.
-// Ports, Include and Exclude replace what was there.
+// Ports, Include and Exclude replace what was there. The new entries go in
+// first, then the config value, then stale entries go: a running redirect
+// (a pinned one being taken over) never sees an empty port list.
 func (o *Objects) Configure(c Config) error {
 	if o == nil || o.Config == nil {
 		return ErrNotLoaded
 	}
-	if err := clearMap(o.Ports); err != nil {
-		return fmt.Errorf("clear ph_ports: %w", err)
-	}
+	keepPorts := map[string]bool{}
 	for _, p := range c.Ports {
 		if err := o.Ports.Put(p, uint8(1)); err != nil {
 			return fmt.Errorf("put port %d: %w", p, err)
 		}
+		keepPorts[string([]byte{byte(p), byte(p >> 8)})] = true
 	}
-	for _, m := range []struct {
+	keepCIDRs := []map[string]bool{{}, {}}
+	for i, m := range []struct {
 		m  *ebpf.Map
 		ps []netip.Prefix
 	}{{o.Include, c.Include}, {o.Exclude, c.Exclude}} {
-		if err := clearMap(m.m); err != nil {
-			return fmt.Errorf("clear cidrs: %w", err)
-		}
 		for _, p := range m.ps {
 			k := lpm(p)
 			if err := m.m.Put(&k, uint8(1)); err != nil {
 				return fmt.Errorf("put cidr %s: %w", p, err)
 			}
+			keepCIDRs[i][lpmBytes(k)] = true
 		}
 	}
 	v := configValue{Flags: flagEnabled, ListenPort: uint32(c.ListenPort), Mark: c.Mark}
@@ -225,24 +250,34 @@ func (o *Objects) Configure(c Config) error {
 	if err := o.Config.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("put config: %w", err)
 	}
+	if err := pruneMap(o.Ports, keepPorts); err != nil {
+		return fmt.Errorf("prune ph_ports: %w", err)
+	}
+	if err := pruneMap(o.Include, keepCIDRs[0]); err != nil {
+		return fmt.Errorf("prune ph_include: %w", err)
+	}
+	if err := pruneMap(o.Exclude, keepCIDRs[1]); err != nil {
+		return fmt.Errorf("prune ph_exclude: %w", err)
+	}
 	return nil
 }
 
-// Disable makes connect4/6 leave every connect alone (links stay).
-func (o *Objects) Disable() error {
-	if o == nil || o.Config == nil {
-		return ErrNotLoaded
-	}
-	return o.Config.Put(uint32(0), &configValue{})
+// lpmBytes is k as the map stores it (little-endian prefix length, then
+// the address).
+func lpmBytes(k lpmKey) string {
+	b := []byte{byte(k.Prefixlen), byte(k.Prefixlen >> 8), byte(k.Prefixlen >> 16), byte(k.Prefixlen >> 24)}
+	return string(append(b, k.Ip[:]...))
 }
 
-func clearMap(m *ebpf.Map) error {
+// pruneMap deletes every key of m not in keep (raw key bytes).
+func pruneMap(m *ebpf.Map, keep map[string]bool) error {
 	var keys [][]byte
-	var k []byte
+	var k, v []byte
 	it := m.Iterate()
-	var v []byte
 	for it.Next(&k, &v) {
-		keys = append(keys, append([]byte(nil), k...))
+		if !keep[string(k)] {
+			keys = append(keys, append([]byte(nil), k...))
+		}
 	}
 	if err := it.Err(); err != nil {
 		return err
@@ -253,6 +288,14 @@ func clearMap(m *ebpf.Map) error {
 		}
 	}
 	return nil
+}
+
+// Disable makes connect4/6 leave every connect alone (links stay).
+func (o *Objects) Disable() error {
+	if o == nil || o.Config == nil {
+		return ErrNotLoaded
+	}
+	return o.Config.Put(uint32(0), &configValue{})
 }
 
 // TakeOrigin returns and forgets the original destination of the

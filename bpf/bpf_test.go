@@ -1,3 +1,5 @@
+//go:build linux
+
 package bpf
 
 import (
@@ -60,11 +62,23 @@ func TestLoadConfigureAttach(t *testing.T) {
 		}
 	}
 	cfg.Ports = []uint16{8080}
+	cfg.Exclude = cfg.Exclude[1:]
 	if err := o.Configure(cfg); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := MapEntries(o.Ports); n != 1 {
 		t.Fatalf("ports after reconfigure = %d, want 1", n)
+	}
+	var one uint8
+	if err := o.Ports.Lookup(uint16(8080), &one); err != nil || one != 1 {
+		t.Fatalf("port 8080 after reconfigure: %v", err)
+	}
+	if n, _ := MapEntries(o.Exclude); n != 1 {
+		t.Fatalf("exclude cidrs after reconfigure = %d, want 1", n)
+	}
+	k := lpm(netip.MustParsePrefix("2001:db8::/32"))
+	if err := o.Exclude.Lookup(&k, &one); err != nil {
+		t.Fatalf("exclude 2001:db8::/32 after reconfigure: %v", err)
 	}
 
 	cg := childCgroup(t)

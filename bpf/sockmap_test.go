@@ -1,8 +1,11 @@
+//go:build linux
+
 package bpf
 
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -106,40 +109,43 @@ func TestSockmapByteExact(t *testing.T) {
 }
 
 // BenchmarkLoopbackThroughput measures bulk client→server throughput over
-// loopback with and without the sk_msg fast path.
+// loopback with and without the sk_msg fast path, for two write sizes; the
+// reader uses plain reads of the same size.
 func BenchmarkLoopbackThroughput(b *testing.B) {
-	for _, fast := range []bool{false, true} {
-		name := "tcp"
-		if fast {
-			name = "sockmap"
-		}
-		b.Run(name, func(b *testing.B) {
-			o, err := Load()
-			if err != nil {
-				b.Skip(err)
+	for _, size := range []int{64 << 10, 1 << 20} {
+		for _, fast := range []bool{false, true} {
+			name := "tcp"
+			if fast {
+				name = "sockmap"
 			}
-			defer o.Close()
-			sk, err := o.AttachSkMsg()
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer sk.Close()
-			c, s := loopbackPair(b, o, fast)
-			done := make(chan struct{})
-			go func() {
-				_, _ = plainCopy(io.Discard, s)
-				close(done)
-			}()
-			buf := make([]byte, 64<<10)
-			b.SetBytes(int64(len(buf)))
-			b.ResetTimer()
-			for range b.N {
-				if _, err := c.Write(buf); err != nil {
+			b.Run(fmt.Sprintf("%s/%dKiB", name, size>>10), func(b *testing.B) {
+				o, err := Load()
+				if err != nil {
+					b.Skip(err)
+				}
+				defer o.Close()
+				sk, err := o.AttachSkMsg()
+				if err != nil {
 					b.Fatal(err)
 				}
-			}
-			c.CloseWrite()
-			<-done
-		})
+				defer sk.Close()
+				c, s := loopbackPair(b, o, fast)
+				done := make(chan struct{})
+				go func() {
+					_, _ = io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{s}, make([]byte, size))
+					close(done)
+				}()
+				buf := make([]byte, size)
+				b.SetBytes(int64(len(buf)))
+				b.ResetTimer()
+				for range b.N {
+					if _, err := c.Write(buf); err != nil {
+						b.Fatal(err)
+					}
+				}
+				c.CloseWrite()
+				<-done
+			})
+		}
 	}
 }

@@ -1,7 +1,6 @@
 package bpf
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,9 +9,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 )
-
-// PinDir is where pinned state would live on bpffs.
-const PinDir = "/sys/fs/bpf/proxy-hopper"
 
 // progPrefix names every proxy-hopper program (ph_connect4, ph_sockops…).
 const progPrefix = "ph_"
@@ -36,7 +32,10 @@ func (a Attachment) String() string {
 
 // Status lists proxy-hopper's attached links (whoever holds them) and the
 // files pinned under PinDir.
-func Status() (atts []Attachment, pins []string, err error) {
+func Status() ([]Attachment, []string, error) { return StatusOf(PinDir) }
+
+// StatusOf is Status with the pinned state looked for in dir.
+func StatusOf(dir string) (atts []Attachment, pins []string, err error) {
 	err = eachLink(func(l link.Link, a Attachment) error {
 		atts = append(atts, a)
 		return nil
@@ -44,7 +43,7 @@ func Status() (atts []Attachment, pins []string, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	_ = filepath.WalkDir(PinDir, func(p string, d os.DirEntry, err error) error {
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
 			pins = append(pins, p)
 		}
@@ -55,13 +54,7 @@ func Status() (atts []Attachment, pins []string, err error) {
 
 // DetachAll detaches every proxy-hopper link (even one a running agent
 // holds: its connects then go to their destinations) and removes PinDir.
-func DetachAll() (int, error) {
-	n, err := DetachMatching(func(Attachment) bool { return true })
-	if rerr := os.RemoveAll(PinDir); rerr != nil {
-		err = errors.Join(err, fmt.Errorf("remove %s: %w", PinDir, rerr))
-	}
-	return n, err
-}
+func DetachAll() (int, error) { return Detach(DetachOptions{}) }
 
 // DetachMatching detaches the proxy-hopper links that match.
 func DetachMatching(match func(Attachment) bool) (int, error) {

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # make bench: builds the agent, installs wrk if missing (root), and runs the
 # benchmark harness; the Markdown report goes to stdout and bench-report.md.
+# As root it also runs scripts/benchtransparent (transparent mode, issue #3:
+# eBPF, a network namespace of its own, redsocks + iptables inside it) and
+# installs redsocks and iptables for it when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -9,4 +12,31 @@ if ! command -v wrk >/dev/null 2>&1; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
 make build
-go run ./scripts/bench -bin bin/proxy-hopper "$@" | tee bench-report.md
+# PH_BENCH_TRANSPARENT_ONLY=1: only the transparent-mode rows, reported in
+# bench-report-transparent.md (bench-report.md is left as it is).
+report=bench-report.md
+if [ "${PH_BENCH_TRANSPARENT_ONLY:-0}" != 1 ]; then
+	go run ./scripts/bench -bin bin/proxy-hopper "$@" | tee "$report"
+else
+	report=bench-report-transparent.md
+	: >"$report"
+fi
+if [ "$(id -u)" -eq 0 ]; then
+	need=()
+	command -v redsocks >/dev/null 2>&1 || need+=(redsocks)
+	command -v iptables >/dev/null 2>&1 || need+=(iptables)
+	if ((${#need[@]})); then
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
+	fi
+	# Debian may start redsocks as a service; the bench runs its own.
+	if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redsocks 2>/dev/null; then
+		systemctl stop redsocks || true
+	fi
+	echo | tee -a "$report"
+	echo "Transparent mode (issue #3):" | tee -a "$report"
+	echo | tee -a "$report"
+	go run ./scripts/benchtransparent -bin bin/proxy-hopper | tee -a "$report"
+else
+	echo "bench: transparent-mode rows need root (eBPF, network namespace); skipped" >&2
+fi

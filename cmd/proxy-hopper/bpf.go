@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 
@@ -9,18 +10,46 @@ import (
 )
 
 // runBPF is `proxy-hopper bpf status|detach`: what of the transparent data
-// plane is attached or pinned on this host, and a way to remove it all.
+// plane is attached or pinned on this host, and a way to remove it.
 func runBPF(args []string, stdout, stderr io.Writer) error {
-	if len(args) != 1 || (args[0] != "status" && args[0] != "detach") {
-		fmt.Fprintln(stderr, "usage: proxy-hopper bpf status|detach")
-		return &exitError{code: 2, err: errors.New("bpf: want status or detach")}
+	usage := func(err error) error {
+		fmt.Fprintln(stderr, "usage: proxy-hopper bpf status [--pin-dir DIR]")
+		fmt.Fprintln(stderr, "       proxy-hopper bpf detach [--pin-dir DIR] [--cgroup PATH]...")
+		return &exitError{code: 2, err: err}
+	}
+	if len(args) == 0 || (args[0] != "status" && args[0] != "detach") {
+		return usage(errors.New("bpf: want status or detach"))
+	}
+	fs := flag.NewFlagSet("bpf "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pinDir := fs.String("pin-dir", bpf.PinDir, "pinned state of transparent.local.pinned (transparent.local.pinDir)")
+	var cgroups []uint64
+	if args[0] == "detach" {
+		fs.Func("cgroup", "only the links on this cgroup (repeatable; default: every proxy-hopper link)", func(v string) error {
+			p, err := bpf.CgroupPath(v)
+			if err != nil {
+				return err
+			}
+			id, err := bpf.CgroupID(p)
+			if err != nil {
+				return err
+			}
+			cgroups = append(cgroups, id)
+			return nil
+		})
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return usage(err)
+	}
+	if fs.NArg() > 0 {
+		return usage(fmt.Errorf("bpf %s: unexpected argument %q", args[0], fs.Arg(0)))
 	}
 	if args[0] == "detach" {
-		n, err := bpf.DetachAll()
+		n, err := bpf.Detach(bpf.DetachOptions{PinDir: *pinDir, Cgroups: cgroups})
 		fmt.Fprintf(stdout, "detached %d link(s)\n", n)
 		return err
 	}
-	atts, pins, err := bpf.Status()
+	atts, pins, err := bpf.StatusOf(*pinDir)
 	if err != nil {
 		return err
 	}
