@@ -44,6 +44,17 @@ func newAgentMetrics(a *Agent) (*agentMetrics, error) {
 	if err := reg.Register(metrics.NewPoolCollector(a.Targets, queue, 0)); err != nil {
 		return nil, err
 	}
+	active := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "proxy_hopper", Name: "active_connections",
+		Help: "Client connections open now (keep-alive, tunnels and transparent connections included)."},
+		func() float64 {
+			if a.srv == nil {
+				return 0
+			}
+			return float64(a.srv.ActiveConns())
+		})
+	if err := reg.Register(active); err != nil {
+		return nil, err
+	}
 	return &agentMetrics{
 		reg: reg, m: m, log: a.log.With("component", "metrics"),
 		addr: net.JoinHostPort(s.Host, strconv.Itoa(s.MetricsPort)),

@@ -137,6 +137,7 @@ targets:
 		`proxy_hopper_ips{state="quarantined",target="web"} 1`,
 		`proxy_hopper_queue_depth{target="web"} 0`,
 		`proxy_hopper_identity_rotations_total{reason="requests",target="web"} 3`,
+		"proxy_hopper_active_connections ",
 		"go_goroutines ",
 	} {
 		if !strings.Contains(body, want) {

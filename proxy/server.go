@@ -228,6 +228,14 @@ func (s *Server) track(c net.Conn, readBuf int) *clientConn {
 	return cc
 }
 
+// ActiveConns is the number of client connections open now (keep-alive,
+// tunnels and transparent connections included).
+func (s *Server) ActiveConns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
 func (s *Server) untrack(cc *clientConn) {
 	s.mu.Lock()
 	delete(s.conns, cc)
