@@ -77,6 +77,8 @@ func DefaultServerConfig() ServerConfig {
 		MaxBodySize:     1 << 30,
 		RetryBufferSize: 1 << 20,
 		ShutdownTimeout: Duration(30 * time.Second),
+		RedisKeyPrefix:  "ph:",
+		RedisLeaseTTL:   Duration(30 * time.Second),
 	}
 }
 
@@ -1019,6 +1021,12 @@ func (c *Config) checkServer(p *problems) {
 	case "redis":
 		if u, err := url.Parse(s.RedisURL); err != nil || !(u.Scheme == "redis" || u.Scheme == "rediss" || u.Scheme == "unix") {
 			p.add("server: redisUrl: not a redis://, rediss:// or unix:// URL")
+		}
+		if strings.ContainsAny(s.RedisKeyPrefix, "{}") {
+			p.add("server: redisKeyPrefix: %q must not contain '{' or '}' (they would change the Redis Cluster hash tag)", s.RedisKeyPrefix)
+		}
+		if s.RedisLeaseTTL < Duration(time.Second) {
+			p.add("server: redisLeaseTtl must be at least 1s, got %s", time.Duration(s.RedisLeaseTTL))
 		}
 	default:
 		p.add("server: backend: %q is not a backend (want memory or redis)", s.Backend)

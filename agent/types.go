@@ -58,6 +58,8 @@ type ServerConfig struct {
 	MaxBodySize     ByteSize `mapstructure:"maxBodySize"`     // 413 above (1GiB)
 	RetryBufferSize ByteSize `mapstructure:"retryBufferSize"` // replayable bodies up to (1MiB)
 	ShutdownTimeout Duration `mapstructure:"shutdownTimeout"` // grace for in-flight requests (30s)
+	RedisKeyPrefix  string   `mapstructure:"redisKeyPrefix"`  // backend redis: keys are <prefix>{<target>}:<kind> (ph:)
+	RedisLeaseTTL   Duration `mapstructure:"redisLeaseTtl"`   // backend redis: an IP held by a dead agent is back after (30s)
 }
 
 // AuthConfig is parsed and validated now; enforced by the auth issue.

@@ -68,3 +68,12 @@ type Backend interface {
 	// Close releases every waiter blocked in Pop with ErrClosed.
 	Close() error
 }
+
+// ExpiryWatcher is implemented by backends that several processes share.
+// Another process may quarantine an IP and die before its release timer
+// fires; WatchExpiry makes the backend call f from time to time (and when
+// it reconnects), and the pool then reads NextExpiry again. f must be
+// cheap to call when nothing changed. stop unregisters f.
+type ExpiryWatcher interface {
+	WatchExpiry(target string, f func()) (stop func())
+}

@@ -76,6 +76,7 @@ type Pool struct {
 	timer   Timer
 	timerAt time.Time
 	closed  bool
+	unwatch func() // set by New when the backend is an ExpiryWatcher
 }
 
 // Options configures New.
@@ -105,8 +106,12 @@ func New(ctx context.Context, target string, addrs []string, backend Backend, cf
 	if err := backend.Seed(ctx, target, addrs); err != nil {
 		return nil, fmt.Errorf("seed pool %s: %w", target, err)
 	}
-	// A shared backend may hold quarantines from an earlier run.
+	// A shared backend may hold quarantines from an earlier run, or made
+	// later by another process that may die before releasing them.
 	p.scheduleNext(ctx)
+	if w, ok := backend.(ExpiryWatcher); ok {
+		p.unwatch = w.WatchExpiry(target, func() { p.scheduleNext(context.Background()) })
+	}
 	return p, nil
 }
 
@@ -251,6 +256,9 @@ func (p *Pool) Snapshot(ctx context.Context) ([]IPState, error) {
 
 // Close stops the release timer. Waiters are released by closing the backend.
 func (p *Pool) Close() {
+	if p.unwatch != nil {
+		p.unwatch()
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
