@@ -121,6 +121,8 @@ func newServerFlags(fs *flag.FlagSet) *serverFlags {
 	str("metrics-port", "metricsPort", "port of the metrics endpoint (default 9090)")
 	str("backend", "backend", "IP pool backend: memory or redis (default memory)")
 	str("redis-url", "redisUrl", "Redis URL (default redis://localhost:6379/0)")
+	str("redis-key-prefix", "redisKeyPrefix", "prefix of the Redis keys (default ph:)")
+	str("redis-lease-ttl", "redisLeaseTtl", "how long an IP in use stays leased to a dead agent (default 30s)")
 	boolean("probe", "probe", true, "enable the background IP prober")
 	boolean("no-probe", "probe", false, "disable the background IP prober")
 	str("probe-interval", "probeInterval", "time between probe rounds (default 60s)")
