@@ -114,12 +114,13 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 	}
 	s := cfg.Server
 	a.srv = proxy.New(a.targets, proxy.Options{
-		Auth:             authn,
-		Logger:           log,
-		MaxBodyBytes:     int64(s.MaxBodySize),
-		RetryBufferBytes: int64(s.RetryBufferSize),
-		HeaderTimeout:    s.HeaderTimeout.D(),
-		IdleTimeout:      s.IdleTimeout.D(),
+		Auth:              authn,
+		Logger:            log,
+		MaxBodyBytes:      int64(s.MaxBodySize),
+		RetryBufferBytes:  int64(s.RetryBufferSize),
+		HeaderTimeout:     s.HeaderTimeout.D(),
+		IdleTimeout:       s.IdleTimeout.D(),
+		TunnelIdleTimeout: s.TunnelIdleTimeout.D(),
 		Upstream: proxy.Timeouts{
 			Connect:  s.ConnectTimeout.D(),
 			Response: s.ProxyReadTimeout.D(),

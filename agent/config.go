@@ -71,14 +71,15 @@ func DefaultServerConfig() ServerConfig {
 		AdminPort:     8081,
 		AdminHost:     "0.0.0.0",
 
-		ConnectTimeout:  Duration(10 * time.Second),
-		IdleTimeout:     Duration(120 * time.Second),
-		HeaderTimeout:   Duration(10 * time.Second),
-		MaxBodySize:     1 << 30,
-		RetryBufferSize: 1 << 20,
-		ShutdownTimeout: Duration(30 * time.Second),
-		RedisKeyPrefix:  "ph:",
-		RedisLeaseTTL:   Duration(30 * time.Second),
+		ConnectTimeout:    Duration(10 * time.Second),
+		IdleTimeout:       Duration(120 * time.Second),
+		HeaderTimeout:     Duration(10 * time.Second),
+		MaxBodySize:       1 << 30,
+		RetryBufferSize:   1 << 20,
+		ShutdownTimeout:   Duration(30 * time.Second),
+		TunnelIdleTimeout: Duration(10 * time.Minute),
+		RedisKeyPrefix:    "ph:",
+		RedisLeaseTTL:     Duration(30 * time.Second),
 	}
 }
 
@@ -1054,6 +1055,7 @@ func (c *Config) checkServer(p *problems) {
 	}{
 		{"connectTimeout", s.ConnectTimeout}, {"idleTimeout", s.IdleTimeout},
 		{"headerTimeout", s.HeaderTimeout}, {"shutdownTimeout", s.ShutdownTimeout},
+		{"tunnelIdleTimeout", s.TunnelIdleTimeout},
 	} {
 		if d.v <= 0 {
 			p.add("server: %s must be more than 0", d.name)

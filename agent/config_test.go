@@ -253,8 +253,8 @@ func TestDefaults(t *testing.T) {
 		Admin:     false, AdminPort: 8081, AdminHost: "0.0.0.0",
 		ConnectTimeout: Duration(10 * time.Second), IdleTimeout: Duration(120 * time.Second),
 		HeaderTimeout: Duration(10 * time.Second), MaxBodySize: 1 << 30, RetryBufferSize: 1 << 20,
-		ShutdownTimeout: Duration(30 * time.Second),
-		RedisKeyPrefix:  "ph:", RedisLeaseTTL: Duration(30 * time.Second),
+		ShutdownTimeout: Duration(30 * time.Second), TunnelIdleTimeout: Duration(10 * time.Minute),
+		RedisKeyPrefix: "ph:", RedisLeaseTTL: Duration(30 * time.Second),
 	}
 	if !reflect.DeepEqual(cfg.Server, want) {
 		t.Errorf("server =\n%+v\nwant\n%+v", cfg.Server, want)

@@ -113,13 +113,22 @@ targets:
 		t.Fatalf("unmatched request: %d, want 502", code)
 	}
 
-	resp, err := client.Get("http://" + metricsAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// Request hooks run just after the client has its answer: scrape until
+	// the last request is counted.
+	var body string
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		resp, err := client.Get("http://" + metricsAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		if strings.Contains(body, `target="unmatched"`) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	body := string(b)
 	deadLabels := fmt.Sprintf(`{address=%q,provider="local",region="lab",target="web"}`, dead)
 	for _, want := range []string{
 		`proxy_hopper_requests_total{outcome="success",tag="e2e",target="web"} 3`,

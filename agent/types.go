@@ -52,14 +52,15 @@ type ServerConfig struct {
 	DebugBackend     bool     `mapstructure:"debugBackend"`
 
 	// Keys proxy-hopper does not have.
-	ConnectTimeout  Duration `mapstructure:"connectTimeout"`  // upstream connect + CONNECT + TLS (10s)
-	IdleTimeout     Duration `mapstructure:"idleTimeout"`     // client keep-alive idle (120s)
-	HeaderTimeout   Duration `mapstructure:"headerTimeout"`   // client request head (10s)
-	MaxBodySize     ByteSize `mapstructure:"maxBodySize"`     // 413 above (1GiB)
-	RetryBufferSize ByteSize `mapstructure:"retryBufferSize"` // replayable bodies up to (1MiB)
-	ShutdownTimeout Duration `mapstructure:"shutdownTimeout"` // grace for in-flight requests (30s)
-	RedisKeyPrefix  string   `mapstructure:"redisKeyPrefix"`  // backend redis: keys are <prefix>{<target>}:<kind> (ph:)
-	RedisLeaseTTL   Duration `mapstructure:"redisLeaseTtl"`   // backend redis: an IP held by a dead agent is back after (30s)
+	ConnectTimeout    Duration `mapstructure:"connectTimeout"`    // upstream connect + CONNECT + TLS (10s)
+	IdleTimeout       Duration `mapstructure:"idleTimeout"`       // client keep-alive idle (120s)
+	HeaderTimeout     Duration `mapstructure:"headerTimeout"`     // client request head (10s)
+	MaxBodySize       ByteSize `mapstructure:"maxBodySize"`       // 413 above (1GiB)
+	RetryBufferSize   ByteSize `mapstructure:"retryBufferSize"`   // replayable bodies up to (1MiB)
+	ShutdownTimeout   Duration `mapstructure:"shutdownTimeout"`   // grace for in-flight requests (30s)
+	TunnelIdleTimeout Duration `mapstructure:"tunnelIdleTimeout"` // idle CONNECT/transparent tunnel is closed, its IP freed (10m)
+	RedisKeyPrefix    string   `mapstructure:"redisKeyPrefix"`    // backend redis: keys are <prefix>{<target>}:<kind> (ph:)
+	RedisLeaseTTL     Duration `mapstructure:"redisLeaseTtl"`     // backend redis: an IP held by a dead agent is back after (30s)
 }
 
 // AuthConfig is parsed and validated now; enforced by the auth issue.

@@ -38,9 +38,12 @@ type Options struct {
 	HeaderTimeout    time.Duration // 10s to send a whole request head
 	IdleTimeout      time.Duration // 120s between requests on a keep-alive connection
 	BodyReadTimeout  time.Duration // 30s between reads of a request body
-	Upstream         Timeouts      // connect 10s, response 60s, idle conns 90s
-	Hooks            Hooks
-	Transparent      TransparentOptions
+	// TunnelIdleTimeout closes a tunnel (CONNECT or transparent) after this
+	// long with no byte moving either way, freeing its IP (10m).
+	TunnelIdleTimeout time.Duration
+	Upstream          Timeouts // connect 10s, response 60s, idle conns 90s
+	Hooks             Hooks
+	Transparent       TransparentOptions
 	// Auth checks clients before any IP is acquired; nil or disabled lets
 	// everyone through.
 	Auth *auth.Authenticator
@@ -72,6 +75,9 @@ func (o *Options) defaults() {
 	}
 	if o.BodyReadTimeout <= 0 {
 		o.BodyReadTimeout = 30 * time.Second
+	}
+	if o.TunnelIdleTimeout <= 0 {
+		o.TunnelIdleTimeout = 10 * time.Minute
 	}
 	if o.Upstream.Connect <= 0 {
 		o.Upstream.Connect = 10 * time.Second

@@ -121,7 +121,7 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 		}
 		return
 	}
-	relay(cc.c, cc.br, tun.raw, tun.br)
+	relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
 	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
 	finish(OutcomeSuccess)
 }
@@ -141,7 +141,7 @@ func (s *Server) unmatched(cc *clientConn, orig netip.AddrPort) {
 		resetClose(cc.c)
 		return
 	}
-	relay(cc.c, cc.br, oc, nil)
+	relay(cc.c, cc.br, oc, nil, s.opts.TunnelIdleTimeout)
 }
 
 // resetClose makes the coming Close send a TCP reset.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
@@ -80,7 +81,7 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
 	if err := cc.bw.Flush(); err == nil {
 		_ = cc.c.SetDeadline(time.Time{})
-		relay(cc.c, cc.br, tun.raw, tun.br)
+		relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
 	}
 	tun.raw.Close()
 	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
@@ -142,9 +143,10 @@ type closeWriter interface{ CloseWrite() error }
 // relay copies both ways between a and b, each side first draining what
 // its buffered reader already holds. When one direction ends cleanly the
 // other side's write half is closed and the other direction continues;
-// an error in either direction tears both down. It returns when both
+// an error in either direction tears both down, and so does idle time
+// with no byte moving either way (idle <= 0: never). It returns when both
 // directions are done. Reads are plain reads, never splice(2).
-func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader) {
+func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle time.Duration) {
 	var wg sync.WaitGroup
 	var once sync.Once
 	kill := func() {
@@ -153,12 +155,34 @@ func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader) {
 			b.Close()
 		})
 	}
+	var last atomic.Int64 // unix nanos of the last byte moved
+	last.Store(time.Now().UnixNano())
+	if idle > 0 {
+		var watch func()
+		var t *time.Timer
+		var mu sync.Mutex
+		watch = func() {
+			quiet := time.Since(time.Unix(0, last.Load()))
+			if quiet >= idle {
+				kill()
+				return
+			}
+			mu.Lock()
+			t.Reset(idle - quiet)
+			mu.Unlock()
+		}
+		mu.Lock()
+		t = time.AfterFunc(idle, watch)
+		mu.Unlock()
+		defer t.Stop()
+	}
 	pipe := func(dst net.Conn, src io.Reader) {
 		defer wg.Done()
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := src.Read(buf)
 			if n > 0 {
+				last.Store(time.Now().UnixNano())
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					kill()
 					return
