@@ -1139,15 +1139,9 @@ func (c *Config) checkProviders(p *problems) map[string]*providerInfo {
 			p.add("%s: ipList is required and must not be empty", label)
 			info.ok = false
 		}
-		for j, e := range pc.IPList {
-			u, err := parseUpstream(e)
-			if err != nil {
-				p.add("%s: ipList[%d]: %v", label, j, err)
-				info.ok = false
-				continue
-			}
-			info.entries = append(info.entries, u)
-		}
+		var listOK bool
+		info.entries, listOK = parseIPList(p, label, pc.IPList)
+		info.ok = info.ok && listOK
 		if a := pc.Auth; a != nil {
 			if a.Type != "" && !strings.EqualFold(a.Type, "basic") {
 				p.add("%s: auth.type: %q is not supported (want basic)", label, a.Type)
@@ -1195,15 +1189,9 @@ func (c *Config) checkPools(p *problems, providers map[string]*providerInfo) map
 				info.ok = false
 			}
 		}
-		for j, e := range pc.IPList {
-			u, err := parseUpstream(e)
-			if err != nil {
-				p.add("%s: ipList[%d]: %v", label, j, err)
-				info.ok = false
-				continue
-			}
-			info.inline = append(info.inline, u)
-		}
+		var listOK bool
+		info.inline, listOK = parseIPList(p, label, pc.IPList)
+		info.ok = info.ok && listOK
 	}
 	return out
 }
@@ -1325,12 +1313,8 @@ func (c *Config) targetIPs(p *problems, label string, t *TargetConfig, providers
 			p.add("%s: ipList is empty", label)
 			return nil
 		}
-		for j, e := range t.IPList {
-			u, err := parseUpstream(e)
-			if err != nil {
-				p.add("%s: ipList[%d]: %v", label, j, err)
-				continue
-			}
+		entries, _ := parseIPList(p, label, t.IPList)
+		for _, u := range entries {
 			ips = append(ips, resolve(u, nil))
 		}
 	default:
@@ -1414,6 +1398,22 @@ func (c *Config) targetTLS(p *problems, label string, t *TargetConfig) *tls.Conf
 // parseUpstream reads an ipList entry: host, host:port, [v6], [v6]:port,
 // or http://[user:pass@]host[:port] with percent-encoded user and password.
 // Its errors never contain credentials.
+// parseIPList parses an ipList, reporting each bad entry under label; ok
+// is false when any entry was bad.
+func parseIPList(p *problems, label string, list []string) (out []upstream, ok bool) {
+	ok = true
+	for j, e := range list {
+		u, err := parseUpstream(e)
+		if err != nil {
+			p.add("%s: ipList[%d]: %v", label, j, err)
+			ok = false
+			continue
+		}
+		out = append(out, u)
+	}
+	return out, ok
+}
+
 func parseUpstream(entry string) (upstream, error) {
 	e := strings.TrimSpace(entry)
 	if e == "" {

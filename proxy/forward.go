@@ -10,8 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
-	"os"
 	"strconv"
 	"time"
 
@@ -268,11 +268,10 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 
 func bodyErrorStatus(err error) (int, string) {
 	var he *HeadError
-	var ne net.Error
 	switch {
 	case errors.As(err, &he):
 		return he.Status, he.Reason
-	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
+	case isTimeout(err):
 		return http.StatusRequestTimeout, "timed out reading the request body"
 	}
 	return http.StatusBadRequest, "incomplete request body"
@@ -601,7 +600,7 @@ func writeRequest(bw *bufio.Writer, req *request, up Upstream, body *requestBody
 		}
 	case body.size < 0:
 		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
-		cw := httputilChunked(bw)
+		cw := httputil.NewChunkedWriter(bw)
 		if _, err := io.Copy(cw, body.reader()); err != nil {
 			return err
 		}

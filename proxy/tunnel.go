@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -214,5 +215,5 @@ func readerOf(c net.Conn, br *bufio.Reader) io.Reader {
 		return c
 	}
 	pre, _ := br.Peek(br.Buffered())
-	return io.MultiReader(bytesReader(pre), c)
+	return io.MultiReader(bytes.NewReader(bytes.Clone(pre)), c)
 }

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"sync"
 	"syscall"
@@ -47,9 +46,8 @@ func failed(reason string, err error) error { return &attemptError{Reason: reaso
 
 // reasonOf classifies a network error.
 func reasonOf(stage string, err error) string {
-	var ne net.Error
 	switch {
-	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+	case isTimeout(err), errors.Is(err, context.DeadlineExceeded):
 		return stage + "_timeout"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return stage + "_refused"
