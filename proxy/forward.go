@@ -112,18 +112,40 @@ type attemptRecord struct {
 	Reason string `json:"reason"`
 }
 
-// deadlineReader extends the client connection's read deadline before each
-// read of a request body, so a client that stops sending times out.
+// deadlineReader extends the client connection's read deadline before
+// reads of a request body, so a client that stops sending times out.
 type deadlineReader struct {
-	r io.Reader
-	c net.Conn
-	d time.Duration
+	r     io.Reader
+	c     net.Conn
+	d     time.Duration
+	armed rollingDeadline
 }
 
 func (d *deadlineReader) Read(p []byte) (int, error) {
-	_ = d.c.SetReadDeadline(time.Now().Add(d.d))
+	d.armed.arm(d.c.SetReadDeadline, d.d)
 	return d.r.Read(p)
 }
+
+// rollingDeadline re-arms a deadline of d from now, but at most every d/8:
+// a stall still times out between 7/8·d and d after the last progress, and
+// a busy connection skips most timer updates. The deadline it manages must
+// not be set elsewhere while it is in use.
+type rollingDeadline struct{ at time.Time }
+
+func (r *rollingDeadline) arm(set func(time.Time) error, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	now := time.Now()
+	if !r.at.IsZero() && now.Sub(r.at) < d/8 {
+		return
+	}
+	r.at = now
+	_ = set(now.Add(d))
+}
+
+// reset forgets the last arming, after the deadline was changed elsewhere.
+func (r *rollingDeadline) reset() { r.at = time.Time{} }
 
 // sizedBody reads exactly n bytes and fails if the client sends fewer.
 type sizedBody struct {
@@ -258,7 +280,6 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 		}
 	}
 	keep, outcome, status := s.forward(cc, req, t, body, keep, &ev)
-	_ = cc.c.SetReadDeadline(time.Time{})
 	if src != nil && !src.eof {
 		keep = false // unread body bytes: the connection is out of sync
 	}
@@ -510,15 +531,18 @@ func (t *transport) roundTrip(ctx context.Context, up Upstream, req *request, bo
 			return nil, nil, err
 		}
 		stop := context.AfterFunc(ctx, func() { _ = uc.Conn.SetDeadline(time.Unix(1, 0)) })
-		_ = uc.Conn.SetWriteDeadline(time.Now().Add(t.timeouts.Response))
+		uc.writeDL.arm(uc.Conn.SetWriteDeadline, t.timeouts.Response)
 		uc.nread = int64(uc.br.Buffered())
 		err = writeRequest(uc.bw, req, up, body)
 		var resp *http.Response
 		if err == nil {
-			_ = uc.Conn.SetWriteDeadline(time.Time{})
 			resp, err = readResponse(uc.br, req.head.Method)
 		}
-		stop()
+		if !stop() && err == nil {
+			// The context ended meanwhile and its deadline poisoned the
+			// connection: it must not be reused.
+			err = ctx.Err()
+		}
 		if err == nil {
 			return resp, uc, nil
 		}
@@ -558,7 +582,11 @@ func writeRequest(bw *bufio.Writer, req *request, up Upstream, body *requestBody
 	bw.WriteString(h.Method)
 	bw.WriteByte(' ')
 	if req.url.Scheme == "http" {
-		bw.WriteString(req.url.String())
+		if req.matchKey != "" {
+			bw.WriteString(req.matchKey) // req.url.String(), computed once
+		} else {
+			bw.WriteString(req.url.String())
+		}
 	} else {
 		bw.WriteString(req.url.RequestURI())
 	}
