@@ -48,6 +48,7 @@ type Metrics struct {
 	quarantines  *prometheus.CounterVec   // target, address, provider, region
 	rotations    *prometheus.CounterVec   // target, reason
 	authFailures *prometheus.CounterVec   // reason
+	bytes        *prometheus.CounterVec   // target, direction
 
 	probeSuccess  *prometheus.CounterVec   // address, provider, region
 	probeFailure  *prometheus.CounterVec   // address, provider, region, reason
@@ -88,6 +89,8 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			"Identities replaced, by target and reason (quarantine, 429, requests).", "target", "reason"),
 		authFailures: counter("auth_failures_total",
 			"Requests refused by authentication or target ACLs, by reason (missing, invalid, expired, forbidden, no_proxy_access, source_not_allowed).", "reason"),
+		bytes: counter("bytes_total",
+			"Payload bytes (bodies and tunnel data, heads excluded) moved for clients, by target and direction: up (client towards origin) or down (origin towards client).", "target", "direction"),
 		probeSuccess: counter("probe_success_total",
 			"Successful background probes of an IP.", "address", "provider", "region"),
 		probeFailure: counter("probe_failure_total",
@@ -102,7 +105,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{
 		m.requests, m.attempts, m.duration, m.responses, m.retries, m.exhaustions, m.queueWait,
-		m.queueExpired, m.quarantines, m.rotations, m.authFailures, m.probeSuccess, m.probeFailure, m.probeDuration, m.reachable,
+		m.queueExpired, m.quarantines, m.rotations, m.authFailures, m.bytes, m.probeSuccess, m.probeFailure, m.probeDuration, m.reachable,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -135,6 +138,12 @@ func (m *Metrics) Request(ev proxy.RequestEvent) {
 	}
 	if ev.Retries > 0 {
 		m.retries.WithLabelValues(ev.Target).Add(float64(ev.Retries))
+	}
+	if ev.BytesUp > 0 {
+		m.bytes.WithLabelValues(ev.Target, "up").Add(float64(ev.BytesUp))
+	}
+	if ev.BytesDown > 0 {
+		m.bytes.WithLabelValues(ev.Target, "down").Add(float64(ev.BytesDown))
 	}
 	switch ev.Outcome {
 	case proxy.OutcomeNoIP:

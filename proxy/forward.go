@@ -55,6 +55,10 @@ type RequestEvent struct {
 	QueueWait time.Duration
 	// AuthReason says why auth refused the request (auth.Reason*), if it did.
 	AuthReason string
+	// Payload bytes moved for the client, heads excluded: BytesUp from the
+	// client towards the origin (request body, tunnel data), BytesDown back
+	// to the client (response body, tunnel data).
+	BytesUp, BytesDown int64
 }
 
 // Hooks observe the data path; they run synchronously and must not block.
@@ -171,14 +175,16 @@ func (s *sizedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// eofReader remembers whether its reader reached EOF.
+// eofReader remembers whether its reader reached EOF, and counts bytes.
 type eofReader struct {
 	r   io.Reader
 	eof bool
+	n   int64
 }
 
 func (e *eofReader) Read(p []byte) (int, error) {
 	n, err := e.r.Read(p)
+	e.n += int64(n)
 	if errors.Is(err, io.EOF) {
 		e.eof = true
 	}
@@ -280,6 +286,9 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 		}
 	}
 	keep, outcome, status := s.forward(cc, req, t, body, keep, &ev)
+	if src != nil {
+		ev.BytesUp = src.n
+	}
 	if src != nil && !src.eof {
 		keep = false // unread body bytes: the connection is out of sync
 	}
@@ -387,7 +396,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		bufp := s.bufs.Get().(*[]byte)
 		more := func() bool { return uc.br.Buffered() > 0 }
 		keep = keep && !s.draining.Load()
-		keep2, upErr, clientErr := writeResponse(cc.bw, resp, req.head.Method, req.head.Minor, keep, *bufp, more)
+		keep2, upErr, clientErr := writeResponse(cc.bw, resp, req.head.Method, req.head.Minor, keep, *bufp, more, &ev.BytesDown)
 		s.bufs.Put(bufp)
 		a := AttemptEvent{Status: resp.StatusCode, Duration: time.Since(aStart)}
 		switch {
@@ -411,7 +420,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 	}
 	if held != nil {
 		bufp := s.bufs.Get().(*[]byte)
-		keep2, _, _ := writeResponse(cc.bw, held.resp, req.head.Method, req.head.Minor, keep && !s.draining.Load(), *bufp, nil)
+		keep2, _, _ := writeResponse(cc.bw, held.resp, req.head.Method, req.head.Minor, keep && !s.draining.Load(), *bufp, nil, &ev.BytesDown)
 		s.bufs.Put(bufp)
 		return keep2, outcomeOf(held.resp.StatusCode), held.resp.StatusCode
 	}

@@ -121,7 +121,7 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 		}
 		return
 	}
-	relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
+	ev.BytesUp, ev.BytesDown = relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
 	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
 	finish(OutcomeSuccess)
 }

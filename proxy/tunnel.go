@@ -82,7 +82,7 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
 	if err := cc.bw.Flush(); err == nil {
 		_ = cc.c.SetDeadline(time.Time{})
-		relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
+		ev.BytesUp, ev.BytesDown = relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
 	}
 	tun.raw.Close()
 	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
@@ -146,8 +146,9 @@ type closeWriter interface{ CloseWrite() error }
 // other side's write half is closed and the other direction continues;
 // an error in either direction tears both down, and so does idle time
 // with no byte moving either way (idle <= 0: never). It returns when both
-// directions are done. Reads are plain reads, never splice(2).
-func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle time.Duration) {
+// directions are done. Reads are plain reads, never splice(2). It returns
+// the bytes moved from a to b and from b to a.
+func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle time.Duration) (aToB, bToA int64) {
 	var wg sync.WaitGroup
 	var once sync.Once
 	kill := func() {
@@ -177,14 +178,16 @@ func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle ti
 		mu.Unlock()
 		defer t.Stop()
 	}
-	pipe := func(dst net.Conn, src io.Reader) {
+	pipe := func(dst net.Conn, src io.Reader, moved *int64) {
 		defer wg.Done()
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := src.Read(buf)
 			if n > 0 {
 				last.Store(time.Now().UnixNano())
-				if _, werr := dst.Write(buf[:n]); werr != nil {
+				w, werr := dst.Write(buf[:n])
+				*moved += int64(w)
+				if werr != nil {
 					kill()
 					return
 				}
@@ -203,10 +206,11 @@ func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle ti
 		}
 	}
 	wg.Add(2)
-	go pipe(b, readerOf(a, abr))
-	go pipe(a, readerOf(b, bbr))
+	go pipe(b, readerOf(a, abr), &aToB)
+	go pipe(a, readerOf(b, bbr), &bToA)
 	wg.Wait()
 	kill()
+	return aToB, bToA
 }
 
 // readerOf reads c's bytes, first those already in br.
