@@ -31,6 +31,9 @@ const (
 	OutcomeBadRequest      = "bad_request"
 	OutcomeAuthFailed      = "auth_failed"
 	OutcomeForbidden       = "forbidden"
+	// OutcomeClientClosed: the client hung up while its request waited
+	// for an IP; nothing was sent upstream and no answer written.
+	OutcomeClientClosed = "client_closed"
 )
 
 // AttemptEvent is one use of one upstream IP.
@@ -331,8 +334,12 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			ev.Retries++
 		}
 		waitStart := time.Now()
-		ip, err := t.Pool.Acquire(ctx)
+		// A client with nothing more to send is watched while it waits.
+		ip, err := s.acquire(cc, t, body.Replayable())
 		ev.QueueWait += time.Since(waitStart)
+		if errors.Is(err, errClientGone) {
+			return false, OutcomeClientClosed, 0
+		}
 		if err != nil {
 			if held != nil {
 				break

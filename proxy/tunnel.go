@@ -67,7 +67,11 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	if n := retriesOf(head); n >= 0 {
 		retries = n
 	}
-	tun, err := s.openTunnel(t, hostport, retries, &ev)
+	tun, err := s.openTunnel(cc, t, hostport, retries, &ev)
+	if errors.Is(err, errClientGone) {
+		finish(OutcomeClientClosed, 0)
+		return
+	}
 	if err != nil {
 		if tun.poolErr != nil {
 			s.poolError(cc, &request{head: head, retries: retries}, t, tun.poolErr, false, &requestBody{}, len(tun.attempts), tun.attempts)
@@ -105,13 +109,13 @@ var errTunnelFailed = errors.New("every attempt to open the tunnel failed")
 // while the upstream connection or its CONNECT fails: nothing has been
 // relayed yet, so every such failure can be retried. The caller owns the
 // IP of a successful result and releases it when the tunnel ends.
-func (s *Server) openTunnel(t *Target, hostport string, retries int, ev *RequestEvent) (tunnelResult, error) {
+func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries int, ev *RequestEvent) (tunnelResult, error) {
 	var res tunnelResult
 	for i := 0; i <= retries; i++ {
 		if i > 0 {
 			ev.Retries++
 		}
-		ip, err := t.Pool.Acquire(s.ctx)
+		ip, err := s.acquire(cc, t, true)
 		if err != nil {
 			res.poolErr = err
 			return res, err

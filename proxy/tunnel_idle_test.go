@@ -63,7 +63,20 @@ func TestTunnelBytes(t *testing.T) {
 	e := newEnv(t, envOptions{upstreams: 1, quiet: true})
 	host := strings.TrimPrefix(o.URL, "http://")
 	req := "POST /bytes HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4000\r\n\r\n" + strings.Repeat("z", 4000)
-	out := rawRequestCloseWrite(t, e.addr, "CONNECT "+host+" HTTP/1.1\r\nHost: "+host+"\r\n\r\n"+req)
+	// No half-close from the client: tinyproxy ends the whole tunnel on it.
+	// The origin closes after its answer (Connection: close).
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "CONNECT "+host+" HTTP/1.1\r\nHost: "+host+"\r\n\r\n"+req); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(c)
+	c.Close() // the tunnel ends when both directions have
+	out := string(b)
 	head, rest, ok := strings.Cut(out, "\r\n\r\n")
 	if !ok || !strings.Contains(head, " 200 ") || !strings.HasSuffix(rest, "POST /bytes") {
 		t.Fatalf("tunnel answer: %q", out)
