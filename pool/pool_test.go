@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/cputime"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
 )
@@ -803,7 +804,7 @@ func benchPool(b *testing.B) *pool.Pool {
 // meaningful when other processes load the machine.
 func reportRates(b *testing.B, cpuStart time.Duration, ok bool) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pairs/s")
-	if end, ok2 := cpuTime(); ok && ok2 {
+	if end, ok2 := cputime.Self(); ok && ok2 {
 		b.ReportMetric(float64(end-cpuStart)/float64(b.N), "cpu-ns/op")
 	}
 }
@@ -814,7 +815,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	p := benchPool(b)
 	ctx := context.Background()
 	b.ReportAllocs()
-	cpu, ok := cpuTime()
+	cpu, ok := cputime.Self()
 	for b.Loop() {
 		addr, err := p.Acquire(ctx)
 		if err != nil {
@@ -833,7 +834,7 @@ func BenchmarkAcquireReleaseParallel(b *testing.B) {
 	p := benchPool(b)
 	ctx := context.Background()
 	b.ReportAllocs()
-	cpu, ok := cpuTime()
+	cpu, ok := cputime.Self()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			addr, err := p.Acquire(ctx)

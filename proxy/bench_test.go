@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/cputime"
 	"github.com/proxy-hopper/proxy-hopper/internal/miniproxy"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
@@ -55,7 +56,7 @@ func BenchmarkHeaderMode(b *testing.B) {
 	}()
 	req := fmt.Sprintf("GET /bench HTTP/1.1\r\nHost: agent\r\nX-Proxy-Hopper-Target: http://%s\r\n\r\n", ol.Addr())
 	b.SetParallelism(8)
-	cpuStart, ok := cpuTime()
+	cpuStart, ok := cputime.Self()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		c, err := net.Dial("tcp", l.Addr().String())
@@ -85,7 +86,7 @@ func BenchmarkHeaderMode(b *testing.B) {
 	})
 	// CPU time of the whole process (client, agent, upstreams, origin) per
 	// request: steadier than wall time when other processes load the machine.
-	if end, ok2 := cpuTime(); ok && ok2 {
+	if end, ok2 := cputime.Self(); ok && ok2 {
 		b.ReportMetric(float64(end-cpuStart)/float64(b.N), "cpu-ns/op")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/cputime"
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/redis"
@@ -58,8 +59,8 @@ func BenchmarkAcquireRelease(b *testing.B) {
 			}
 			var next atomic.Int64
 			b.SetParallelism(max(1, bc.callers/runtime.GOMAXPROCS(0)))
-			self0, selfOK := selfCPU()
-			srv0, srvOK := procCPU(srv.Pid())
+			self0, selfOK := cputime.Self()
+			srv0, srvOK := cputime.Proc(srv.Pid())
 			if bc.callers == 1 {
 				b.ResetTimer()
 				for range b.N {
@@ -79,10 +80,10 @@ func BenchmarkAcquireRelease(b *testing.B) {
 			b.ReportMetric(rate/float64(bc.agents), "ops/s/agent")
 			// CPU per pair, which other load on the machine does not
 			// change: what one core of agent, and Redis, can do.
-			if self1, ok := selfCPU(); ok && selfOK {
+			if self1, ok := cputime.Self(); ok && selfOK {
 				b.ReportMetric(float64((self1-self0).Microseconds())/float64(b.N), "agent-cpu-µs/op")
 			}
-			if srv1, ok := procCPU(srv.Pid()); ok && srvOK {
+			if srv1, ok := cputime.Proc(srv.Pid()); ok && srvOK {
 				b.ReportMetric(float64((srv1-srv0).Microseconds())/float64(b.N), "redis-cpu-µs/op")
 			}
 		})

@@ -28,9 +28,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/cputime"
 	"github.com/proxy-hopper/proxy-hopper/internal/miniproxy"
 )
 
@@ -346,13 +346,15 @@ var (
 func wrk(args []string, agentPID int) (wrkResult, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	self0, agent0 := selfCPU(), procCPU(agentPID)
+	self0, _ := cputime.Self()
+	agent0, _ := cputime.Proc(agentPID)
 	cmd := exec.CommandContext(ctx, "wrk", args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("wrk %v: %w\n%s", args, err, out)
 	}
-	self1, agent1 := selfCPU(), procCPU(agentPID)
+	self1, _ := cputime.Self()
+	agent1, _ := cputime.Proc(agentPID)
 	wrkCPU := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	s := string(out)
 	var r wrkResult
@@ -387,40 +389,6 @@ func wrk(args []string, agentPID int) (wrkResult, error) {
 		r.cpuWrk, r.cpuSelf, r.cpuAgent = wrkCPU/n, (self1-self0)/n, (agent1-agent0)/n
 	}
 	return r, nil
-}
-
-// selfCPU is the user+system CPU time this process has used so far.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// procCPU is the user+system CPU time process pid has used so far, read
-// from /proc (Linux; 0 elsewhere or for pid 0).
-func procCPU(pid int) time.Duration {
-	if pid == 0 {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the parenthesised command name; utime and stime are the
-	// 14th and 15th fields of the line, in clock ticks (USER_HZ, 100).
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 type poolRow struct {
