@@ -193,7 +193,7 @@ func (a *Agent) upstreamPrefixes(ctx context.Context) []netip.Prefix {
 			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
 		}
 	}
-	for _, tg := range a.targets {
+	for _, tg := range a.Targets() {
 		for _, u := range tg.Upstreams {
 			host, _, err := net.SplitHostPort(u.Addr)
 			if err != nil {
