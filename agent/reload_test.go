@@ -43,9 +43,15 @@ type rlOrigin struct {
 	release chan struct{}
 }
 
-func newRLOrigin(t *testing.T) *rlOrigin {
+func newRLOrigin(t *testing.T) *rlOrigin { return newRLOriginTLS(t, false) }
+
+func newRLOriginTLS(t *testing.T, withTLS bool) *rlOrigin {
 	o := &rlOrigin{arrived: make(chan string, 16), arrival: map[string][]time.Time{}, release: make(chan struct{})}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	newServer := httptest.NewServer
+	if withTLS {
+		newServer = httptest.NewTLSServer
+	}
+	srv := newServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ip, _, _ := net.SplitHostPort(r.RemoteAddr)
 		o.mu.Lock()
 		o.arrival[ip] = append(o.arrival[ip], time.Now())
@@ -95,6 +101,7 @@ type rlTarget struct {
 	ips            []string // empty: ipList: []
 	interval, wait string   // minRequestInterval, maxQueueWait (0s, 5s when empty)
 	retries        int
+	extra          string // more lines of the target, indented by 4
 }
 
 func rlConfig(server string, ts ...rlTarget) string {
@@ -109,6 +116,7 @@ func rlConfig(server string, ts ...rlTarget) string {
 		}
 		fmt.Fprintf(&b, "  - name: %s\n    regex: '%s'\n    minRequestInterval: %s\n    maxQueueWait: %s\n    numRetries: %d\n    ipFailuresUntilQuarantine: 100\n",
 			tg.name, tg.regex, tg.interval, tg.wait, tg.retries)
+		b.WriteString(tg.extra)
 		if len(tg.ips) == 0 {
 			b.WriteString("    ipList: []\n")
 			continue
