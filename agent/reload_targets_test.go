@@ -334,3 +334,43 @@ func TestReloadWatchConfig(t *testing.T) {
 		t.Errorf("clients dialled the agent %d times, want 2", n)
 	}
 }
+
+// TestReloadIdentity: a target's identity store lives across reloads (its
+// policy updated, identities of kept IPs kept, those of removed IPs
+// forgotten); turning identity off and on again gives a fresh store.
+func TestReloadIdentity(t *testing.T) {
+	t.Parallel()
+	server, mport := rlServer(t, "")
+	id := func(profile string) string {
+		return "    identity: {enabled: true, profile: " + profile + "}\n"
+	}
+	web := func(extra string, ips ...string) rlTarget {
+		return rlTarget{name: "web", regex: "x", ips: ips, extra: extra}
+	}
+	ra := startRLAgent(t, server, mport, web(id("chrome-windows"), "10.9.0.1:1", "10.9.0.2:1"))
+	store := ra.a.Targets()[0].Identity
+	if store == nil {
+		t.Fatal("identity store missing")
+	}
+	kept := store.Get("10.9.0.1:1")
+	store.Get("10.9.0.2:1")
+	ra.reload(web(id("firefox-linux"), "10.9.0.1:1"))
+	got := ra.a.Targets()[0].Identity
+	if got != store {
+		t.Fatal("a changed identity policy replaced the store (and its cookie jars)")
+	}
+	if got.Config().Profile != "firefox-linux" {
+		t.Errorf("profile after reload: %q", got.Config().Profile)
+	}
+	if got.Get("10.9.0.1:1") != kept || got.Len() != 1 {
+		t.Errorf("identities after removing 10.9.0.2: kept one replaced, or %d held (want 1)", got.Len())
+	}
+	ra.reload(web("", "10.9.0.1:1"))
+	if ra.a.Targets()[0].Identity != nil {
+		t.Error("identity still on after the reload turned it off")
+	}
+	ra.reload(web(id("safari-macos"), "10.9.0.1:1"))
+	if s := ra.a.Targets()[0].Identity; s == nil || s == store || s.Config().Profile != "safari-macos" {
+		t.Errorf("identity turned on again: %v", s)
+	}
+}
