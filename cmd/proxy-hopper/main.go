@@ -177,6 +177,11 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The agent reloads on SIGHUP while it runs; one arriving before (or
+	// during shutdown) is dropped here instead of killing the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, _, err := loadConfig(path, sf.overrides)
 	if err != nil {
 		return err
