@@ -165,7 +165,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer a.mx.stop()
 	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.Targets()), "backend", a.backendName())
-	a.tp = a.startLocalTransparent(ctx)
+	tp := a.startLocalTransparent(ctx)
+	a.reload.mu.Lock()
+	a.tp = tp
+	a.reload.mu.Unlock()
 	stopReloads := a.startReloads(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()

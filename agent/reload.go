@@ -419,6 +419,9 @@ func (a *Agent) apply(ctx context.Context, cfg *Config) (ReloadResult, error) {
 	}
 	slices.Sort(res.Removed)
 	st.rts = next
+	if res.IPsAdded+res.IPsRemoved > 0 {
+		a.refreshTransparentUpstreams(actx)
+	}
 	for _, p := range plan {
 		if len(p.addrs) == 0 && (p.prev == nil || len(p.prev.res.IPs) > 0) {
 			a.log.Warn("target has no IPs now: its requests wait up to maxQueueWait, then get 503", "target", p.rt.Name)
