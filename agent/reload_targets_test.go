@@ -374,3 +374,52 @@ func TestReloadIdentity(t *testing.T) {
 		t.Errorf("identity turned on again: %v", s)
 	}
 }
+
+// TestReloadBackendDown: a reload that the backend cannot apply (Redis
+// unreachable) is rejected and leaves the running targets as they were;
+// once Redis is back the same reload applies.
+func TestReloadBackendDown(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedis(t, testenv.RedisOptions{})
+	o := newRLOrigin(t)
+	ups := rdUpstreams(t, 2)
+	A, B := ups[0], ups[1]
+	server, mport := rlServer(t, fmt.Sprintf("  backend: redis\n  redisUrl: %q\n  redisKeyPrefix: %q\n  redisLeaseTtl: 5s\n", srv.URL(0), rdPrefix()))
+	re := regexp.QuoteMeta(o.URL)
+	a := rlTarget{name: "a", regex: re + "/a", ips: []string{A}}
+	ra := startRLAgent(t, server, mport, a)
+	hc := (&traffic{}).client(t, ra.proxyURL)
+	if r := rlDo(hc, o.URL+"/a/x"); r.code != 200 {
+		t.Fatalf("before: %d %q %v", r.code, r.body, r.err)
+	}
+	before := ra.a.Targets()
+	srv.Stop()
+	for _, next := range [][]rlTarget{
+		{a, {name: "c", regex: re + "/c", ips: []string{B}}}, // a target to add
+		{{name: "a", regex: re + "/a", ips: []string{B}}},    // a kept target's IPs
+	} {
+		ra.write(next...)
+		if _, err := ra.a.ReloadFile(context.Background()); err == nil {
+			t.Fatalf("reload with Redis down applied")
+		}
+		if got := ra.a.Targets(); len(got) != 1 || got[0] != before[0] {
+			t.Fatalf("targets after a failed reload: %v, want the running ones", got)
+		}
+	}
+	if got := ra.metric(`proxy_hopper_config_reloads_total{result="failure"}`); got != 2 {
+		t.Errorf("config_reloads_total{failure} = %v, want 2", got)
+	}
+	srv.Start()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := ra.a.ReloadFile(context.Background()); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("reload after Redis came back: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if r := rlDo(hc, o.URL+"/a/x"); r.code != 200 || r.body != "via "+hostOf(B) {
+		t.Errorf("after Redis came back and the reload applied: %d %q %v", r.code, r.body, r.err)
+	}
+}
