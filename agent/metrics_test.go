@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -87,9 +88,12 @@ targets:
 	}
 
 	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
-	get := func(target, tag string) int {
+	get := func(target, tag string, body ...byte) int {
 		t.Helper()
 		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/x", nil)
+		if body != nil {
+			req, _ = http.NewRequest("POST", "http://"+ln.Addr().String()+"/x", bytes.NewReader(body))
+		}
 		req.Header.Set(proxy.HeaderTarget, target)
 		if tag != "" {
 			req.Header.Set(proxy.HeaderTag, tag)
@@ -104,8 +108,14 @@ targets:
 	}
 	// Two IPs in rotation: one of the three requests first meets the dead
 	// upstream, which is quarantined at once, and is retried on tinyproxy.
-	for range 3 {
-		if code := get(origin.URL, "e2e"); code != 200 {
+	// The last one carries a 1000-byte body (bytes_total up); each answer
+	// is "hello" (bytes_total down: 15).
+	for i := range 3 {
+		var body []byte
+		if i == 2 {
+			body = bytes.Repeat([]byte("b"), 1000)
+		}
+		if code := get(origin.URL, "e2e", body...); code != 200 {
 			t.Fatalf("request through tinyproxy: %d", code)
 		}
 	}
@@ -146,6 +156,8 @@ targets:
 		`proxy_hopper_ips{state="quarantined",target="web"} 1`,
 		`proxy_hopper_queue_depth{target="web"} 0`,
 		`proxy_hopper_identity_rotations_total{reason="requests",target="web"} 3`,
+		`proxy_hopper_bytes_total{direction="up",target="web"} 1000`,
+		`proxy_hopper_bytes_total{direction="down",target="web"} 15`,
 		"proxy_hopper_active_connections ",
 		"go_goroutines ",
 	} {

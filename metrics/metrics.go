@@ -49,6 +49,7 @@ type Metrics struct {
 	rotations    *prometheus.CounterVec   // target, reason
 	authFailures *prometheus.CounterVec   // reason
 	reloads      *prometheus.CounterVec   // result
+	bytes        *prometheus.CounterVec   // target, direction
 
 	probeSuccess  *prometheus.CounterVec   // address, provider, region
 	probeFailure  *prometheus.CounterVec   // address, provider, region, reason
@@ -91,6 +92,8 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			"Requests refused by authentication or target ACLs, by reason (missing, invalid, expired, forbidden, no_proxy_access, source_not_allowed).", "reason"),
 		reloads: counter("config_reloads_total",
 			"Config reloads (SIGHUP or a watched file change), by result: success (applied) or failure (rejected, the running config stays).", "result"),
+		bytes: counter("bytes_total",
+			"Payload bytes (bodies and tunnel data, heads excluded) moved for clients, by target and direction: up (client towards origin) or down (origin towards client).", "target", "direction"),
 		probeSuccess: counter("probe_success_total",
 			"Successful background probes of an IP.", "address", "provider", "region"),
 		probeFailure: counter("probe_failure_total",
@@ -107,7 +110,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{
 		m.requests, m.attempts, m.duration, m.responses, m.retries, m.exhaustions, m.queueWait,
-		m.queueExpired, m.quarantines, m.rotations, m.authFailures, m.reloads, m.probeSuccess, m.probeFailure, m.probeDuration, m.reachable,
+		m.queueExpired, m.quarantines, m.rotations, m.authFailures, m.reloads, m.bytes, m.probeSuccess, m.probeFailure, m.probeDuration, m.reachable,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -140,6 +143,12 @@ func (m *Metrics) Request(ev proxy.RequestEvent) {
 	}
 	if ev.Retries > 0 {
 		m.retries.WithLabelValues(ev.Target).Add(float64(ev.Retries))
+	}
+	if ev.BytesUp > 0 {
+		m.bytes.WithLabelValues(ev.Target, "up").Add(float64(ev.BytesUp))
+	}
+	if ev.BytesDown > 0 {
+		m.bytes.WithLabelValues(ev.Target, "down").Add(float64(ev.BytesDown))
 	}
 	switch ev.Outcome {
 	case proxy.OutcomeNoIP:

@@ -96,13 +96,13 @@ func TestGolden(t *testing.T) {
 
 	for _, ev := range []proxy.RequestEvent{
 		{Target: "api", Mode: "header", Tag: "search", Outcome: proxy.OutcomeSuccess, Status: 200, Retries: 1,
-			Duration: 300 * time.Millisecond, QueueWait: 20 * time.Millisecond},
+			Duration: 300 * time.Millisecond, QueueWait: 20 * time.Millisecond, BytesUp: 100, BytesDown: 5000},
 		{Target: "api", Mode: "proxy", Outcome: proxy.OutcomeRateLimited, Status: 429, Retries: 2,
 			Duration: 3 * time.Second, QueueWait: 2 * time.Second},
 		{Target: "api", Mode: "proxy", Outcome: proxy.OutcomeServerError, Status: 500,
 			Duration: 70 * time.Millisecond, QueueWait: time.Millisecond},
 		{Target: "api", Mode: "proxy", Outcome: proxy.OutcomeNoIP, Status: 503, QueueWait: 5 * time.Second},
-		{Target: "api", Mode: "connect", Outcome: proxy.OutcomeSuccess, Status: 200, Duration: time.Minute},
+		{Target: "api", Mode: "connect", Outcome: proxy.OutcomeSuccess, Status: 200, Duration: time.Minute, BytesUp: 700, BytesDown: 9000},
 		{Target: "api", Mode: "transparent-tls", Outcome: proxy.OutcomeConnectionError, Retries: 2, Duration: time.Second},
 		{Target: "api", Mode: "proxy", Outcome: proxy.OutcomeForbidden, Status: 403},
 		{Mode: "proxy", Outcome: proxy.OutcomeNoMatch, Status: 502, Tag: "search"},

@@ -31,6 +31,9 @@ const (
 	OutcomeBadRequest      = "bad_request"
 	OutcomeAuthFailed      = "auth_failed"
 	OutcomeForbidden       = "forbidden"
+	// OutcomeClientClosed: the client hung up while its request waited
+	// for an IP; nothing was sent upstream and no answer written.
+	OutcomeClientClosed = "client_closed"
 )
 
 // AttemptEvent is one use of one upstream IP.
@@ -55,6 +58,10 @@ type RequestEvent struct {
 	QueueWait time.Duration
 	// AuthReason says why auth refused the request (auth.Reason*), if it did.
 	AuthReason string
+	// Payload bytes moved for the client, heads excluded: BytesUp from the
+	// client towards the origin (request body, tunnel data), BytesDown back
+	// to the client (response body, tunnel data).
+	BytesUp, BytesDown int64
 }
 
 // Hooks observe the data path; they run synchronously and must not block.
@@ -112,18 +119,40 @@ type attemptRecord struct {
 	Reason string `json:"reason"`
 }
 
-// deadlineReader extends the client connection's read deadline before each
-// read of a request body, so a client that stops sending times out.
+// deadlineReader extends the client connection's read deadline before
+// reads of a request body, so a client that stops sending times out.
 type deadlineReader struct {
-	r io.Reader
-	c net.Conn
-	d time.Duration
+	r     io.Reader
+	c     net.Conn
+	d     time.Duration
+	armed rollingDeadline
 }
 
 func (d *deadlineReader) Read(p []byte) (int, error) {
-	_ = d.c.SetReadDeadline(time.Now().Add(d.d))
+	d.armed.arm(d.c.SetReadDeadline, d.d)
 	return d.r.Read(p)
 }
+
+// rollingDeadline re-arms a deadline of d from now, but at most every d/8:
+// a stall still times out between 7/8·d and d after the last progress, and
+// a busy connection skips most timer updates. The deadline it manages must
+// not be set elsewhere while it is in use.
+type rollingDeadline struct{ at time.Time }
+
+func (r *rollingDeadline) arm(set func(time.Time) error, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	now := time.Now()
+	if !r.at.IsZero() && now.Sub(r.at) < d/8 {
+		return
+	}
+	r.at = now
+	_ = set(now.Add(d))
+}
+
+// reset forgets the last arming, after the deadline was changed elsewhere.
+func (r *rollingDeadline) reset() { r.at = time.Time{} }
 
 // sizedBody reads exactly n bytes and fails if the client sends fewer.
 type sizedBody struct {
@@ -149,14 +178,16 @@ func (s *sizedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// eofReader remembers whether its reader reached EOF.
+// eofReader remembers whether its reader reached EOF, and counts bytes.
 type eofReader struct {
 	r   io.Reader
 	eof bool
+	n   int64
 }
 
 func (e *eofReader) Read(p []byte) (int, error) {
 	n, err := e.r.Read(p)
+	e.n += int64(n)
 	if errors.Is(err, io.EOF) {
 		e.eof = true
 	}
@@ -258,7 +289,9 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 		}
 	}
 	keep, outcome, status := s.forward(cc, req, t, body, keep, &ev)
-	_ = cc.c.SetReadDeadline(time.Time{})
+	if src != nil {
+		ev.BytesUp = src.n
+	}
 	if src != nil && !src.eof {
 		keep = false // unread body bytes: the connection is out of sync
 	}
@@ -301,8 +334,12 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			ev.Retries++
 		}
 		waitStart := time.Now()
-		ip, err := t.Pool.Acquire(ctx)
+		// A client with nothing more to send is watched while it waits.
+		ip, err := s.acquire(cc, t, body.Replayable())
 		ev.QueueWait += time.Since(waitStart)
+		if errors.Is(err, errClientGone) {
+			return false, OutcomeClientClosed, 0
+		}
 		if err != nil {
 			if held != nil {
 				break
@@ -363,7 +400,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		bufp := s.bufs.Get().(*[]byte)
 		more := func() bool { return uc.br.Buffered() > 0 }
 		keep = keep && !s.draining.Load()
-		keep2, upErr, clientErr := writeResponse(cc.bw, resp, req.head.Method, req.head.Minor, keep, *bufp, more)
+		keep2, upErr, clientErr := writeResponse(cc.bw, resp, req.head.Method, req.head.Minor, keep, *bufp, more, &ev.BytesDown)
 		s.bufs.Put(bufp)
 		a := AttemptEvent{Status: resp.StatusCode, Duration: time.Since(aStart)}
 		switch {
@@ -387,7 +424,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 	}
 	if held != nil {
 		bufp := s.bufs.Get().(*[]byte)
-		keep2, _, _ := writeResponse(cc.bw, held.resp, req.head.Method, req.head.Minor, keep && !s.draining.Load(), *bufp, nil)
+		keep2, _, _ := writeResponse(cc.bw, held.resp, req.head.Method, req.head.Minor, keep && !s.draining.Load(), *bufp, nil, &ev.BytesDown)
 		s.bufs.Put(bufp)
 		return keep2, outcomeOf(held.resp.StatusCode), held.resp.StatusCode
 	}
@@ -507,15 +544,18 @@ func (t *transport) roundTrip(ctx context.Context, up Upstream, req *request, bo
 			return nil, nil, err
 		}
 		stop := context.AfterFunc(ctx, func() { _ = uc.Conn.SetDeadline(time.Unix(1, 0)) })
-		_ = uc.Conn.SetWriteDeadline(time.Now().Add(t.timeouts.Response))
+		uc.writeDL.arm(uc.Conn.SetWriteDeadline, t.timeouts.Response)
 		uc.nread = int64(uc.br.Buffered())
 		err = writeRequest(uc.bw, req, up, body)
 		var resp *http.Response
 		if err == nil {
-			_ = uc.Conn.SetWriteDeadline(time.Time{})
 			resp, err = readResponse(uc.br, req.head.Method)
 		}
-		stop()
+		if !stop() && err == nil {
+			// The context ended meanwhile and its deadline poisoned the
+			// connection: it must not be reused.
+			err = ctx.Err()
+		}
 		if err == nil {
 			return resp, uc, nil
 		}
@@ -555,7 +595,11 @@ func writeRequest(bw *bufio.Writer, req *request, up Upstream, body *requestBody
 	bw.WriteString(h.Method)
 	bw.WriteByte(' ')
 	if req.url.Scheme == "http" {
-		bw.WriteString(req.url.String())
+		if req.matchKey != "" {
+			bw.WriteString(req.matchKey) // req.url.String(), computed once
+		} else {
+			bw.WriteString(req.url.String())
+		}
 	} else {
 		bw.WriteString(req.url.RequestURI())
 	}

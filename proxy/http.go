@@ -88,8 +88,9 @@ func bodyAllowed(method string, status int) bool {
 // writeResponse writes resp to the client, re-framing the body for the
 // client's protocol version, and streams the body. It reports whether the
 // client connection can carry another request, and the first error reading
-// the upstream body (nil when the body ended cleanly).
-func writeResponse(cw *bufio.Writer, resp *http.Response, method string, clientMinor int, keepAlive bool, buf []byte, more func() bool) (keep bool, upErr, clientErr error) {
+// the upstream body (nil when the body ended cleanly). Body bytes written
+// are added to *sent.
+func writeResponse(cw *bufio.Writer, resp *http.Response, method string, clientMinor int, keepAlive bool, buf []byte, more func() bool, sent *int64) (keep bool, upErr, clientErr error) {
 	hasBody := bodyAllowed(method, resp.StatusCode)
 	chunked := false
 	if hasBody && resp.ContentLength < 0 {
@@ -134,7 +135,7 @@ func writeResponse(cw *bufio.Writer, resp *http.Response, method string, clientM
 	if !hasBody {
 		return keepAlive, nil, cw.Flush()
 	}
-	upErr, clientErr = copyBody(cw, resp.Body, chunked, buf, more)
+	upErr, clientErr = copyBody(cw, resp.Body, chunked, buf, more, sent)
 	if upErr != nil || clientErr != nil {
 		return false, upErr, clientErr
 	}
@@ -143,13 +144,14 @@ func writeResponse(cw *bufio.Writer, resp *http.Response, method string, clientM
 
 // copyBody streams body to the client, flushing whenever the upstream has
 // nothing more buffered so that streaming responses are not held back.
-func copyBody(cw *bufio.Writer, body io.Reader, chunked bool, buf []byte, more func() bool) (upErr, clientErr error) {
+func copyBody(cw *bufio.Writer, body io.Reader, chunked bool, buf []byte, more func() bool, sent *int64) (upErr, clientErr error) {
 	if len(buf) == 0 {
 		buf = make([]byte, 32<<10)
 	}
 	for {
 		n, err := body.Read(buf)
 		if n > 0 {
+			*sent += int64(n)
 			if chunked {
 				cw.WriteString(strconv.FormatInt(int64(n), 16))
 				cw.WriteString("\r\n")

@@ -219,6 +219,11 @@ type clientConn struct {
 	br    *bufio.Reader
 	bw    *bufio.Writer
 	state atomic.Int32
+
+	// The last X-Proxy-Hopper-Target value and its parse: keep-alive
+	// clients send the same one on every request.
+	lastTarget string
+	lastBase   *url.URL
 }
 
 func (s *Server) track(c net.Conn, readBuf int) *clientConn {
@@ -390,9 +395,13 @@ func (s *Server) handle(cc *clientConn, head *RequestHead) bool {
 		if len(tv) > 1 {
 			return bad("more than one " + HeaderTarget + " header")
 		}
-		base, err := ParseTargetHeader(tv[0])
-		if err != nil {
-			return bad("invalid " + HeaderTarget + ": " + err.Error())
+		base := cc.lastBase
+		if base == nil || cc.lastTarget != tv[0] {
+			var err error
+			if base, err = ParseTargetHeader(tv[0]); err != nil {
+				return bad("invalid " + HeaderTarget + ": " + err.Error())
+			}
+			cc.lastTarget, cc.lastBase = tv[0], base
 		}
 		u, err := joinTarget(base, t)
 		if err != nil {

@@ -110,7 +110,11 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 		finish(OutcomeForbidden)
 		return
 	}
-	tun, err := s.openTunnel(t, key, t.NumRetries, &ev)
+	tun, err := s.openTunnel(cc, t, key, t.NumRetries, &ev)
+	if errors.Is(err, errClientGone) {
+		finish(OutcomeClientClosed)
+		return
+	}
 	if err != nil {
 		// Nothing can be said to a client that expects its origin: reset.
 		resetClose(cc.c)
@@ -121,7 +125,7 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 		}
 		return
 	}
-	relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
+	ev.BytesUp, ev.BytesDown = relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
 	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
 	finish(OutcomeSuccess)
 }

@@ -67,7 +67,11 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	if n := retriesOf(head); n >= 0 {
 		retries = n
 	}
-	tun, err := s.openTunnel(t, hostport, retries, &ev)
+	tun, err := s.openTunnel(cc, t, hostport, retries, &ev)
+	if errors.Is(err, errClientGone) {
+		finish(OutcomeClientClosed, 0)
+		return
+	}
 	if err != nil {
 		if tun.poolErr != nil {
 			s.poolError(cc, &request{head: head, retries: retries}, t, tun.poolErr, false, &requestBody{}, len(tun.attempts), tun.attempts)
@@ -82,7 +86,7 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
 	if err := cc.bw.Flush(); err == nil {
 		_ = cc.c.SetDeadline(time.Time{})
-		relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
+		ev.BytesUp, ev.BytesDown = relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
 	}
 	tun.raw.Close()
 	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
@@ -105,13 +109,13 @@ var errTunnelFailed = errors.New("every attempt to open the tunnel failed")
 // while the upstream connection or its CONNECT fails: nothing has been
 // relayed yet, so every such failure can be retried. The caller owns the
 // IP of a successful result and releases it when the tunnel ends.
-func (s *Server) openTunnel(t *Target, hostport string, retries int, ev *RequestEvent) (tunnelResult, error) {
+func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries int, ev *RequestEvent) (tunnelResult, error) {
 	var res tunnelResult
 	for i := 0; i <= retries; i++ {
 		if i > 0 {
 			ev.Retries++
 		}
-		ip, err := t.Pool.Acquire(s.ctx)
+		ip, err := s.acquire(cc, t, true)
 		if err != nil {
 			res.poolErr = err
 			return res, err
@@ -143,8 +147,9 @@ type closeWriter interface{ CloseWrite() error }
 // other side's write half is closed and the other direction continues;
 // an error in either direction tears both down, and so does idle time
 // with no byte moving either way (idle <= 0: never). It returns when both
-// directions are done. Reads are plain reads, never splice(2).
-func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle time.Duration) {
+// directions are done. Reads are plain reads, never splice(2). It returns
+// the bytes moved from a to b and from b to a.
+func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle time.Duration) (aToB, bToA int64) {
 	var wg sync.WaitGroup
 	var once sync.Once
 	kill := func() {
@@ -174,14 +179,16 @@ func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle ti
 		mu.Unlock()
 		defer t.Stop()
 	}
-	pipe := func(dst net.Conn, src io.Reader) {
+	pipe := func(dst net.Conn, src io.Reader, moved *int64) {
 		defer wg.Done()
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := src.Read(buf)
 			if n > 0 {
 				last.Store(time.Now().UnixNano())
-				if _, werr := dst.Write(buf[:n]); werr != nil {
+				w, werr := dst.Write(buf[:n])
+				*moved += int64(w)
+				if werr != nil {
 					kill()
 					return
 				}
@@ -200,10 +207,11 @@ func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle ti
 		}
 	}
 	wg.Add(2)
-	go pipe(b, readerOf(a, abr))
-	go pipe(a, readerOf(b, bbr))
+	go pipe(b, readerOf(a, abr), &aToB)
+	go pipe(a, readerOf(b, bbr), &bToA)
 	wg.Wait()
 	kill()
+	return aToB, bToA
 }
 
 // readerOf reads c's bytes, first those already in br.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,4 +53,36 @@ func TestTunnelIdleTimeout(t *testing.T) {
 		snap, _ := e.pool().Snapshot(t.Context())
 		return snap[0].State != pool.StateInUse
 	})
+}
+
+// TestTunnelBytes checks the byte counts a CONNECT tunnel reports: what the
+// client sent through it and what came back, the CONNECT exchange excluded.
+func TestTunnelBytes(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false, nil)
+	e := newEnv(t, envOptions{upstreams: 1, quiet: true})
+	host := strings.TrimPrefix(o.URL, "http://")
+	req := "POST /bytes HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4000\r\n\r\n" + strings.Repeat("z", 4000)
+	// No half-close from the client: tinyproxy ends the whole tunnel on it.
+	// The origin closes after its answer (Connection: close).
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "CONNECT "+host+" HTTP/1.1\r\nHost: "+host+"\r\n\r\n"+req); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(c)
+	c.Close() // the tunnel ends when both directions have
+	out := string(b)
+	head, rest, ok := strings.Cut(out, "\r\n\r\n")
+	if !ok || !strings.Contains(head, " 200 ") || !strings.HasSuffix(rest, "POST /bytes") {
+		t.Fatalf("tunnel answer: %q", out)
+	}
+	ev := e.requestsN(t, 1)[0]
+	if ev.Mode != "connect" || ev.BytesUp != int64(len(req)) || ev.BytesDown != int64(len(rest)) {
+		t.Errorf("event %+v: want connect with BytesUp %d, BytesDown %d", ev, len(req), len(rest))
+	}
 }

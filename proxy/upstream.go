@@ -76,14 +76,15 @@ type upConn struct {
 	idleSince   time.Time
 	readTimeout time.Duration
 	nread       int64 // bytes read since the current request was sent
+	// The read and write deadlines roll forward with progress; they stay
+	// set while the connection is idle (nothing reads or writes it then).
+	readDL, writeDL rollingDeadline
 }
 
-// Read extends the read deadline on every call, so a stalled upstream
-// times out while a slow but moving download does not.
+// Read extends the read deadline as it goes, so a stalled upstream times
+// out while a slow but moving download does not.
 func (c *upConn) Read(p []byte) (int, error) {
-	if c.readTimeout > 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(c.readTimeout))
-	}
+	c.readDL.arm(c.Conn.SetReadDeadline, c.readTimeout)
 	n, err := c.Conn.Read(p)
 	c.nread += int64(n)
 	return n, err
@@ -137,7 +138,6 @@ func (t *transport) get(key connKey) *upConn {
 // put keeps c for reuse.
 func (t *transport) put(c *upConn) {
 	c.idleSince = time.Now()
-	_ = c.Conn.SetDeadline(time.Time{})
 	t.mu.Lock()
 	if t.keeps(c.key) && len(t.idle[c.key]) < t.maxIdle {
 		t.idle[c.key] = append(t.idle[c.key], c)

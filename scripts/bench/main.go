@@ -28,6 +28,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/internal/miniproxy"
@@ -46,6 +47,9 @@ type wrkResult struct {
 	errors        int
 	non2xx        int
 	requestsTotal int
+	// CPU time per request spent by wrk, by this process (origin and
+	// upstream proxies) and by the agent process, during the run.
+	cpuWrk, cpuSelf, cpuAgent time.Duration
 }
 
 func run() error {
@@ -54,7 +58,12 @@ func run() error {
 	dur := flag.Duration("duration", 10*time.Second, "wrk duration of one loaded run")
 	conns := flag.Int("connections", 64, "wrk connections")
 	upstreams := flag.Int("upstreams", 64, "upstream proxies in the pool")
+	relayListen := flag.String("relay-listen", "", "internal: run as the bare TCP relay on this address")
+	relayTo := flag.String("relay-to", "", "internal: where the bare TCP relay connects")
 	flag.Parse()
+	if *relayListen != "" {
+		return relay(*relayListen, *relayTo)
+	}
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return fmt.Errorf("wrk not found (apt-get install wrk)")
 	}
@@ -114,6 +123,9 @@ targets:
 	agentLog, _ := os.Create(filepath.Join(dir, "agent.log"))
 	agent := exec.Command(*bin, "run", "--config", cfgPath)
 	agent.Stdout, agent.Stderr = agentLog, agentLog
+	if v := os.Getenv("PH_BENCH_AGENT_GOMAXPROCS"); v != "" {
+		agent.Env = append(os.Environ(), "GOMAXPROCS="+v)
+	}
 	if err := agent.Start(); err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
@@ -126,10 +138,37 @@ targets:
 		return err
 	}
 
+	// The floor of one more hop: a bare TCP relay process (no HTTP at all,
+	// io.Copy both ways, which splices) between wrk and the same upstream.
+	relayPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	relayAddr := fmt.Sprintf("127.0.0.1:%d", relayPort)
+	relayCmd := exec.Command(self, "-relay-listen", relayAddr, "-relay-to", ups[0].Addr())
+	relayCmd.Stderr = os.Stderr
+	if err := relayCmd.Start(); err != nil {
+		return fmt.Errorf("start relay: %w", err)
+	}
+	defer func() {
+		relayCmd.Process.Kill()
+		relayCmd.Wait()
+	}()
+	if err := waitListening(relayAddr, 10*time.Second); err != nil {
+		return err
+	}
+
 	direct := filepath.Join(dir, "direct.lua")
 	os.WriteFile(direct, []byte(fmt.Sprintf("wrk.path = %q\nwrk.headers[\"Host\"] = %q\n", originURL+"/bench", ol.Addr().String())), 0o600)
 	directArgs := func(c int, d time.Duration) []string {
 		return []string{"-t", threads(c), "-c", strconv.Itoa(c), "-d", d.String(), "--latency", "-s", direct, "http://" + ups[0].Addr()}
+	}
+	relayArgs := func(c int, d time.Duration) []string {
+		return []string{"-t", threads(c), "-c", strconv.Itoa(c), "-d", d.String(), "--latency", "-s", direct, "http://" + relayAddr}
 	}
 	agentArgs := func(c int, d time.Duration) []string {
 		return []string{"-t", threads(c), "-c", strconv.Itoa(c), "-d", d.String(), "--latency",
@@ -137,32 +176,37 @@ targets:
 	}
 	// Warm up both paths.
 	for _, a := range [][]string{directArgs(*conns, 2*time.Second), agentArgs(*conns, 2*time.Second)} {
-		if _, err := wrk(a); err != nil {
+		if _, err := wrk(a, 0); err != nil {
 			return err
 		}
 	}
-	measure := func(c int, d time.Duration) (dr, ar []wrkResult, err error) {
+	measure := func(c int, d time.Duration) (dr, ar, rr []wrkResult, err error) {
 		for i := 0; i < *rounds; i++ {
-			r, err := wrk(directArgs(c, d))
+			r, err := wrk(directArgs(c, d), agent.Process.Pid)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 			dr = append(dr, r)
-			r, err = wrk(agentArgs(c, d))
+			r, err = wrk(agentArgs(c, d), agent.Process.Pid)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 			ar = append(ar, r)
-			fmt.Fprintf(os.Stderr, "c=%d round %d: direct %.0f rps p50 %s, agent %.0f rps p50 %s\n",
-				c, i+1, dr[i].rps, dr[i].p50, ar[i].rps, ar[i].p50)
+			r, err = wrk(relayArgs(c, d), relayCmd.Process.Pid)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			rr = append(rr, r)
+			fmt.Fprintf(os.Stderr, "c=%d round %d: direct %.0f rps p50 %s, agent %.0f rps p50 %s, relay %.0f rps p50 %s\n",
+				c, i+1, dr[i].rps, dr[i].p50, ar[i].rps, ar[i].p50, rr[i].rps, rr[i].p50)
 		}
-		return dr, ar, nil
+		return dr, ar, rr, nil
 	}
-	loadedD, loadedA, err := measure(*conns, *dur)
+	loadedD, loadedA, loadedR, err := measure(*conns, *dur)
 	if err != nil {
 		return err
 	}
-	oneD, oneA, err := measure(1, *dur/2)
+	oneD, oneA, oneR, err := measure(1, *dur/2)
 	if err != nil {
 		return err
 	}
@@ -177,7 +221,7 @@ targets:
 	fmt.Printf("wrk %s per run, %d rounds, direct and agent runs alternating; medians.\n\n", dur.String(), *rounds)
 	fmt.Println("| measurement | baseline (direct to upstream) | through agent (header mode) | ratio / added |")
 	fmt.Println("|---|---|---|---|")
-	row := func(name string, d, a []wrkResult) {
+	row := func(name string, d, a, rl []wrkResult) {
 		drps, arps := median(d, func(r wrkResult) float64 { return r.rps }), median(a, func(r wrkResult) float64 { return r.rps })
 		dp50, ap50 := median(d, func(r wrkResult) float64 { return float64(r.p50) }), median(a, func(r wrkResult) float64 { return float64(r.p50) })
 		dp99, ap99 := median(d, func(r wrkResult) float64 { return float64(r.p99) }), median(a, func(r wrkResult) float64 { return float64(r.p99) })
@@ -188,12 +232,24 @@ targets:
 		for _, r := range append(append([]wrkResult{}, d...), a...) {
 			errs += r.errors + r.non2xx
 		}
+		us := func(rs []wrkResult, f func(wrkResult) time.Duration) float64 {
+			return median(rs, func(r wrkResult) float64 { return float64(f(r)) }) / 1e3
+		}
+		fmt.Printf("| %s CPU per request: upstream proxy + origin | %.1fµs | %.1fµs | |\n", name,
+			us(d, func(r wrkResult) time.Duration { return r.cpuSelf }), us(a, func(r wrkResult) time.Duration { return r.cpuSelf }))
+		fmt.Printf("| %s CPU per request: wrk | %.1fµs | %.1fµs | |\n", name,
+			us(d, func(r wrkResult) time.Duration { return r.cpuWrk }), us(a, func(r wrkResult) time.Duration { return r.cpuWrk }))
+		fmt.Printf("| %s CPU per request: agent | | %.1fµs | |\n", name, us(a, func(r wrkResult) time.Duration { return r.cpuAgent }))
+		rrps := median(rl, func(r wrkResult) float64 { return r.rps })
+		fmt.Printf("| %s requests/s, bare TCP relay in place of the agent (the floor of one more hop) | %.0f | %.0f | %.2f× |\n", name, drps, rrps, rrps/drps)
+		fmt.Printf("| %s CPU per request: bare TCP relay | | %.1fµs | |\n", name, us(rl, func(r wrkResult) time.Duration { return r.cpuAgent }))
+		fmt.Printf("| %s agent requests/s relative to the bare relay | | | %.2f× |\n", name, arps/rrps)
 		if errs > 0 {
 			fmt.Printf("| %s errors or non-2xx (all runs) | | | %d |\n", name, errs)
 		}
 	}
-	row(fmt.Sprintf("%d connections:", *conns), loadedD, loadedA)
-	row("1 connection:", oneD, oneA)
+	row(fmt.Sprintf("%d connections:", *conns), loadedD, loadedA, loadedR)
+	row("1 connection:", oneD, oneA, oneR)
 	fmt.Println()
 	fmt.Println("Pool (`go test -bench AcquireRelease ./pool/`, one target, 1000 IPs, minRequestInterval 0):")
 	fmt.Println()
@@ -203,6 +259,50 @@ targets:
 		fmt.Printf("| %s | %.1f | %.2fM |\n", r.name, r.ns, 1e3/r.ns)
 	}
 	return nil
+}
+
+// relay is the bare TCP relay: every accepted connection is joined to a new
+// connection to `to`, bytes copied both ways with a plain read/write loop
+// (cheaper than splice for small messages), nothing parsed.
+func relay(listen, to string) error {
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			u, err := net.Dial("tcp", to)
+			if err != nil {
+				return
+			}
+			defer u.Close()
+			go func() {
+				copyPlain(u, c)
+				u.(*net.TCPConn).CloseWrite()
+			}()
+			copyPlain(c, u)
+		}()
+	}
+}
+
+func copyPlain(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 func threads(c int) string {
@@ -243,13 +343,17 @@ var (
 	reTotalRq = regexp.MustCompile(`(\d+) requests in`)
 )
 
-func wrk(args []string) (wrkResult, error) {
+func wrk(args []string, agentPID int) (wrkResult, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "wrk", args...).CombinedOutput()
+	self0, agent0 := selfCPU(), procCPU(agentPID)
+	cmd := exec.CommandContext(ctx, "wrk", args...)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("wrk %v: %w\n%s", args, err, out)
 	}
+	self1, agent1 := selfCPU(), procCPU(agentPID)
+	wrkCPU := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	s := string(out)
 	var r wrkResult
 	m := reRPS.FindStringSubmatch(s)
@@ -279,7 +383,44 @@ func wrk(args []string) (wrkResult, error) {
 	if m := reTotalRq.FindStringSubmatch(s); m != nil {
 		r.requestsTotal, _ = strconv.Atoi(m[1])
 	}
+	if n := time.Duration(r.requestsTotal); n > 0 {
+		r.cpuWrk, r.cpuSelf, r.cpuAgent = wrkCPU/n, (self1-self0)/n, (agent1-agent0)/n
+	}
 	return r, nil
+}
+
+// selfCPU is the user+system CPU time this process has used so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU is the user+system CPU time process pid has used so far, read
+// from /proc (Linux; 0 elsewhere or for pid 0).
+func procCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command name; utime and stime are the
+	// 14th and 15th fields of the line, in clock ticks (USER_HZ, 100).
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 type poolRow struct {

@@ -1,0 +1,62 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/pool"
+)
+
+// A request queued for an IP is abandoned when its client hangs up: it
+// does not take the IP when one frees up, nothing goes upstream, and its
+// outcome is client_closed. A client that stays gets the IP as before.
+func TestQueuedRequestAbandonedOnHangUp(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false, nil)
+	e := newEnv(t, envOptions{upstreams: 1, quiet: true, cfg: pool.Config{MaxQueueWait: 10 * time.Second}})
+	ctx := context.Background()
+	// The test holds the only IP, so requests queue.
+	ip, err := e.pool().Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := strings.TrimPrefix(o.URL, "http://")
+	for _, raw := range []string{
+		"GET /gone HTTP/1.1\r\nHost: a\r\n" + HeaderTarget + ": " + o.URL + "\r\n\r\n",
+		"CONNECT " + host + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n",
+	} {
+		c, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte(raw)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // queued by now
+		c.Close()
+	}
+	evs := e.requestsN(t, 2)
+	for _, ev := range evs {
+		if ev.Outcome != OutcomeClientClosed {
+			t.Errorf("event %+v: want outcome %s", ev, OutcomeClientClosed)
+		}
+		if ev.QueueWait > 5*time.Second {
+			t.Errorf("event %+v: the wait did not end with the client", ev)
+		}
+	}
+	// The IP comes back; a client that stays is served through it, and
+	// the upstream saw only that request.
+	if err := e.pool().Release(ctx, ip, pool.Neutral); err != nil {
+		t.Fatal(err)
+	}
+	out := rawRequest(t, e.addr, "GET /stays HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"+HeaderTarget+": "+o.URL+"\r\n\r\n")
+	if !strings.Contains(out, " 200 ") {
+		t.Fatalf("request after the IP came back: %q", out)
+	}
+	if reqs := e.upstream[0].Requests(t); len(reqs) != 1 || !strings.Contains(reqs[0], "/stays") {
+		t.Errorf("upstream saw %v, want only /stays", reqs)
+	}
+}
