@@ -423,3 +423,50 @@ func TestReloadBackendDown(t *testing.T) {
 		t.Errorf("after Redis came back and the reload applied: %d %q %v", r.code, r.body, r.err)
 	}
 }
+
+// TestReloadWatchSymlinkSwap: a config mounted as Kubernetes mounts a
+// ConfigMap (config.yaml -> ..data/config.yaml, ..data -> a versioned
+// directory swapped by renaming a new symlink over ..data) is reloaded
+// when the swap happens.
+func TestReloadWatchSymlinkSwap(t *testing.T) {
+	t.Parallel()
+	o := newRLOrigin(t)
+	ups := rdUpstreams(t, 2)
+	A, B := ups[0], ups[1]
+	server, mport := rlServer(t, "  watchConfig: true\n")
+	re := regexp.QuoteMeta(o.URL)
+	tgt := func(ip string) rlTarget { return rlTarget{name: "web", regex: re, ips: []string{ip}} }
+	dir := t.TempDir()
+	version := func(name, ip string) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "config.yaml"), []byte(rlConfig(server, tgt(ip))), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..v1", A)
+	if err := os.Symlink("..v1", filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("..data/config.yaml", filepath.Join(dir, "config.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	ra := &rlAgent{t: t, server: server, logs: &syncBuf{}, metricsPort: mport, path: filepath.Join(dir, "config.yaml")}
+	ra.start()
+	hc := (&traffic{}).client(t, ra.proxyURL)
+	if r := rlDo(hc, o.URL+"/x"); r.body != "via "+hostOf(A) {
+		t.Fatalf("before the swap: %d %q %v", r.code, r.body, r.err)
+	}
+	version("..v2", B)
+	if err := os.Symlink("..v2", filepath.Join(dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the swapped ConfigMap applied", 5*time.Second, func() bool {
+		return rlDo(hc, o.URL+"/x").body == "via "+hostOf(B)
+	})
+}

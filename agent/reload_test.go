@@ -171,6 +171,15 @@ func startRLAgent(t *testing.T, server string, metricsPort int, ts ...rlTarget) 
 	ra := &rlAgent{t: t, server: server, logs: &syncBuf{}, metricsPort: metricsPort}
 	ra.path = filepath.Join(t.TempDir(), "config.yaml")
 	ra.write(ts...)
+	ra.start()
+	return ra
+}
+
+// start runs the agent on the config at ra.path.
+func (ra *rlAgent) start() {
+	t := ra.t
+	t.Helper()
+	metricsPort := ra.metricsPort
 	cfg, err := agent.Load(ra.path, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -197,7 +206,6 @@ func startRLAgent(t *testing.T, server string, metricsPort int, ts ...rlTarget) 
 		}
 	})
 	testenv.WaitListening(t, fmt.Sprintf("127.0.0.1:%d", metricsPort), 5*time.Second)
-	return ra
 }
 
 // write replaces the config file in place.
