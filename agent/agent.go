@@ -11,9 +11,9 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
-	"github.com/proxy-hopper/proxy-hopper/identity"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
 	redisbackend "github.com/proxy-hopper/proxy-hopper/pool/redis"
@@ -27,6 +27,12 @@ type Options struct {
 	Hooks    proxy.Hooks  // observe requests and attempts
 	Clock    pool.Clock   // default wall clock
 	Backend  pool.Backend // default from server.backend
+
+	// ConfigPath is the file cfg was loaded from, with the Overrides (CLI
+	// flags) it was loaded with. When set, Run reloads it on SIGHUP (and on
+	// changes with server.watchConfig); see reload.go.
+	ConfigPath string
+	Overrides  map[string]any
 }
 
 // Agent is a wired proxy-hopper instance.
@@ -34,8 +40,9 @@ type Agent struct {
 	cfg     *Config
 	log     *slog.Logger
 	backend pool.Backend
-	targets []*proxy.Target
-	pools   []*pool.Pool
+	opts    Options
+	live    atomic.Pointer[[]*proxy.Target] // the routing table in force
+	reload  reloadState                     // per-target runtime, see reload.go
 	srv     *proxy.Server
 	ln      net.Listener
 	tp      io.Closer     // local transparent mode, when on
@@ -52,7 +59,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &Agent{cfg: cfg, log: log, backend: opts.Backend, ln: opts.Listener}
+	a := &Agent{cfg: cfg, log: log, backend: opts.Backend, ln: opts.Listener, opts: opts}
 	if a.backend == nil {
 		switch cfg.Server.Backend {
 		case "", "memory":
@@ -81,39 +88,17 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 	if a.mx, err = newAgentMetrics(a); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	for _, rt := range resolved {
-		addrs := make([]string, 0, len(rt.IPs))
-		ups := make(map[string]proxy.Upstream, len(rt.IPs))
-		for _, ip := range rt.IPs {
-			addr := ip.Addr()
-			addrs = append(addrs, addr)
-			ups[addr] = proxy.Upstream{Addr: addr, Username: ip.Username, Password: ip.Password, Provider: ip.Provider, Region: ip.Region}
-		}
-		ids, err := cfg.identityStore(rt.Name, a.mx.identityRotated(rt.Name))
-		if err != nil {
-			return nil, err
-		}
-		var hooks pool.Hooks
-		if ids != nil {
-			// A quarantined IP comes back with a fresh identity.
-			hooks.Released = func(addr string) { ids.Rotate(addr, identity.ReasonQuarantine) }
-		}
-		hooks = a.mx.poolHooks(rt.Name, ups, hooks)
-		p, err := pool.New(ctx, rt.Name, addrs, a.backend, rt.Pool, pool.Options{Clock: opts.Clock, Logger: log, Hooks: hooks})
-		if err != nil {
-			return nil, fmt.Errorf("build pool for target %s: %w", rt.Name, err)
-		}
-		a.pools = append(a.pools, p)
-		a.targets = append(a.targets, &proxy.Target{
-			Name: rt.Name, Regex: rt.Regex, Pool: p, Upstreams: ups, NumRetries: rt.NumRetries, TLS: rt.TLS, Identity: ids,
-		})
+	targets, err := a.buildTargets(ctx, cfg, resolved)
+	if err != nil {
+		return nil, err
 	}
+	a.live.Store(&targets)
 	authn, err := cfg.authenticator()
 	if err != nil {
 		return nil, err
 	}
 	s := cfg.Server
-	a.srv = proxy.New(a.targets, proxy.Options{
+	a.srv = proxy.New(targets, proxy.Options{
 		Auth:              authn,
 		Logger:            log,
 		MaxBodyBytes:      int64(s.MaxBodySize),
@@ -134,7 +119,12 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 }
 
 // Targets returns the wired targets, in match order.
-func (a *Agent) Targets() []*proxy.Target { return a.targets }
+func (a *Agent) Targets() []*proxy.Target {
+	if p := a.live.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
 
 // Addr is where the agent listens once Run has started (nil before).
 func (a *Agent) Addr() net.Addr {
@@ -174,8 +164,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	defer a.mx.stop()
-	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.targets), "backend", a.backendName())
-	a.tp = a.startLocalTransparent(ctx)
+	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.Targets()), "backend", a.backendName())
+	tp := a.startLocalTransparent(ctx)
+	a.reload.mu.Lock()
+	a.tp = tp
+	a.reload.mu.Unlock()
+	stopReloads := a.startReloads(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	var serveErr error
@@ -183,6 +177,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case serveErr = <-errc:
 	}
+	stopReloads()
 	grace := a.cfg.Server.ShutdownTimeout.D()
 	if grace <= 0 {
 		grace = 30 * time.Second
@@ -212,7 +207,5 @@ func (a *Agent) backendName() string {
 }
 
 func (a *Agent) closePools() {
-	for _, p := range a.pools {
-		p.Close()
-	}
+	a.reload.closePools()
 }

@@ -1309,10 +1309,8 @@ func (c *Config) targetIPs(p *problems, label string, t *TargetConfig, providers
 			ips = append(ips, resolve(u, nil))
 		}
 	case t.IPList != nil:
-		if len(t.IPList) == 0 {
-			p.add("%s: ipList is empty", label)
-			return nil
-		}
+		// An explicitly empty list is a target with no IP for now (see
+		// README, Hot reload): its requests wait up to maxQueueWait.
 		entries, _ := parseIPList(p, label, t.IPList)
 		for _, u := range entries {
 			ips = append(ips, resolve(u, nil))

@@ -763,8 +763,6 @@ func TestValidationErrors(t *testing.T) {
 			[]string{"targets[0] (t): needs ipPool or ipList (neither is set)"}},
 		{"both ipPool and ipList", provider + "ipPools:\n  - {name: q, ipRequests: [{provider: p, count: 1}]}\ntargets:\n  - {name: t, regex: a, ipPool: q, ipList: [a]}\n",
 			[]string{"targets[0] (t): set either ipPool or ipList, not both"}},
-		{"empty ipList", "targets:\n  - {name: t, regex: a, ipList: []}\n",
-			[]string{"targets[0] (t): ipList is empty"}},
 		{"unknown ipPool", provider + "ipPools:\n  - {name: q, ipRequests: [{provider: p, count: 1}]}\ntargets:\n  - {name: t, regex: a, ipPool: nope}\n",
 			[]string{`targets[0] (t): ipPool "nope" is not defined (defined pools: q)`}},
 		{"unknown provider", "ipPools:\n  - {name: q, ipRequests: [{provider: nope, count: 1}]}\ntargets:\n  - {name: t, regex: a, ipPool: q}\n",
@@ -843,9 +841,9 @@ ipPools:
   - {name: q, ipRequests: [{provider: r, count: 1}]}
 targets:
   - {name: a, regex: "(", ipPool: q}
-  - {name: b, regex: ok, ipList: []}
+  - {name: b, regex: ok, ipList: ["h:0"]}
 `)
-	for _, want := range []string{"server: logLevel", "proxyProviders[0] (p): ipList[0]", "ipPools[0] (q): ipRequests[0]", "targets[0] (a): regex", "targets[1] (b): ipList is empty"} {
+	for _, want := range []string{"server: logLevel", "proxyProviders[0] (p): ipList[0]", "ipPools[0] (q): ipRequests[0]", "targets[0] (a): regex", "targets[1] (b): ipList[0]"} {
 		if !slices.ContainsFunc(got, func(p string) bool { return strings.HasPrefix(p, want) }) {
 			t.Errorf("no problem starting %q in:\n%s", want, strings.Join(got, "\n"))
 		}

@@ -9,6 +9,19 @@ import (
 // identityStore builds the per-IP identity store of a target, or nil when
 // its identity block is off. onRotate (may be nil) sees every rotation.
 func (c *Config) identityStore(target string, onRotate func(addr, reason string)) (*identity.Store, error) {
+	cfg, on := c.identityConfig(target)
+	if !on {
+		return nil, nil
+	}
+	s, err := identity.NewStore(cfg, identity.Options{OnRotate: onRotate})
+	if err != nil {
+		return nil, fmt.Errorf("targets %s: identity: %w", target, err)
+	}
+	return s, nil
+}
+
+// identityConfig is the identity policy of a target, and whether it is on.
+func (c *Config) identityConfig(target string) (identity.Config, bool) {
 	var ic *IdentityConfig
 	for i := range c.Targets {
 		if c.Targets[i].Name == target {
@@ -16,7 +29,7 @@ func (c *Config) identityStore(target string, onRotate func(addr, reason string)
 		}
 	}
 	if ic == nil || !ic.Enabled {
-		return nil, nil
+		return identity.Config{}, false
 	}
 	cfg := identity.DefaultConfig()
 	cfg.Enabled = true
@@ -32,9 +45,5 @@ func (c *Config) identityStore(target string, onRotate func(addr, reason string)
 	if w := ic.Warmup; w != nil {
 		cfg.Warmup = identity.Warmup{Enabled: w.Enabled == nil || *w.Enabled, Path: w.Path}
 	}
-	s, err := identity.NewStore(cfg, identity.Options{OnRotate: onRotate})
-	if err != nil {
-		return nil, fmt.Errorf("targets %s: identity: %w", target, err)
-	}
-	return s, nil
+	return cfg, true
 }

@@ -155,3 +155,11 @@ func (a *Agent) MetricsAddr() net.Addr {
 	}
 	return nil
 }
+
+// configReload counts one config reload (applied or rejected).
+func (x *agentMetrics) configReload(ok bool) {
+	if x == nil {
+		return
+	}
+	x.m.ConfigReload(ok)
+}

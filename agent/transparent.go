@@ -24,13 +24,16 @@ func (a *Agent) startLocalTransparent(ctx context.Context) io.Closer {
 // stopLocalTransparent detaches the data plane first, so that new connects
 // go to their destinations again while connections in flight drain.
 func (a *Agent) stopLocalTransparent() {
-	if a.tp == nil {
+	a.reload.mu.Lock() // a reload may update the data plane meanwhile
+	tp := a.tp
+	a.tp = nil
+	a.reload.mu.Unlock()
+	if tp == nil {
 		return
 	}
-	if err := a.tp.Close(); err != nil {
+	if err := tp.Close(); err != nil {
 		a.log.Warn("detach transparent mode", "err", err)
 	}
-	a.tp = nil
 }
 
 // transparentDialer marks the agent's own sockets when local transparent

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +51,7 @@ type transparent struct {
 	live    bool // fully started
 	objs    *bpf.Objects
 	closers []io.Closer // in attach order; closed in reverse
+	bcfg    bpf.Config  // as configured, without the upstreams' prefixes
 	lns     []net.Listener
 	wg      sync.WaitGroup
 }
@@ -109,7 +111,8 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 		p, _ := parseCIDR(s)
 		cfg.Exclude = append(cfg.Exclude, p)
 	}
-	cfg.Exclude = append(cfg.Exclude, a.upstreamPrefixes(ctx)...)
+	t.bcfg = cfg
+	cfg.Exclude = append(slices.Clone(cfg.Exclude), a.upstreamPrefixes(ctx)...)
 	if err := objs.Configure(cfg); err != nil {
 		return nil, err
 	}
@@ -182,6 +185,20 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 	return t, nil
 }
 
+// refreshTransparentUpstreams re-excludes the upstream proxies' addresses
+// from the redirect after a reload changed them. Caller holds a.reload.mu.
+func (a *Agent) refreshTransparentUpstreams(ctx context.Context) {
+	t, ok := a.tp.(*transparent)
+	if !ok || t == nil {
+		return
+	}
+	cfg := t.bcfg
+	cfg.Exclude = append(slices.Clone(cfg.Exclude), a.upstreamPrefixes(ctx)...)
+	if err := t.objs.Configure(cfg); err != nil {
+		t.log.Error("update the upstream exclusions after a reload", "err", err)
+	}
+}
+
 // upstreamPrefixes are the upstream proxies' addresses, never redirected.
 func (a *Agent) upstreamPrefixes(ctx context.Context) []netip.Prefix {
 	seen := map[netip.Addr]bool{}
@@ -193,7 +210,7 @@ func (a *Agent) upstreamPrefixes(ctx context.Context) []netip.Prefix {
 			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
 		}
 	}
-	for _, tg := range a.targets {
+	for _, tg := range a.Targets() {
 		for _, u := range tg.Upstreams {
 			host, _, err := net.SplitHostPort(u.Addr)
 			if err != nil {

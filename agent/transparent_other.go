@@ -15,3 +15,5 @@ func markingDialer(uint32) *net.Dialer { return &net.Dialer{KeepAlive: 30 * time
 func (a *Agent) startTransparent(context.Context) (io.Closer, error) {
 	return nil, errors.New("transparent mode needs Linux")
 }
+
+func (a *Agent) refreshTransparentUpstreams(context.Context) {}

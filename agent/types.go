@@ -61,6 +61,7 @@ type ServerConfig struct {
 	TunnelIdleTimeout Duration `mapstructure:"tunnelIdleTimeout"` // idle CONNECT/transparent tunnel is closed, its IP freed (10m)
 	RedisKeyPrefix    string   `mapstructure:"redisKeyPrefix"`    // backend redis: keys are <prefix>{<target>}:<kind> (ph:)
 	RedisLeaseTTL     Duration `mapstructure:"redisLeaseTtl"`     // backend redis: an IP held by a dead agent is back after (30s)
+	WatchConfig       bool     `mapstructure:"watchConfig"`       // reload when the config file changes (false); SIGHUP always reloads
 }
 
 // AuthConfig is parsed and validated now; enforced by the auth issue.

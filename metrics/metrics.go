@@ -48,6 +48,7 @@ type Metrics struct {
 	quarantines  *prometheus.CounterVec   // target, address, provider, region
 	rotations    *prometheus.CounterVec   // target, reason
 	authFailures *prometheus.CounterVec   // reason
+	reloads      *prometheus.CounterVec   // result
 	bytes        *prometheus.CounterVec   // target, direction
 
 	probeSuccess  *prometheus.CounterVec   // address, provider, region
@@ -89,6 +90,8 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			"Identities replaced, by target and reason (quarantine, 429, requests).", "target", "reason"),
 		authFailures: counter("auth_failures_total",
 			"Requests refused by authentication or target ACLs, by reason (missing, invalid, expired, forbidden, no_proxy_access, source_not_allowed).", "reason"),
+		reloads: counter("config_reloads_total",
+			"Config reloads (SIGHUP or a watched file change), by result: success (applied) or failure (rejected, the running config stays).", "result"),
 		bytes: counter("bytes_total",
 			"Payload bytes (bodies and tunnel data, heads excluded) moved for clients, by target and direction: up (client towards origin) or down (origin towards client).", "target", "direction"),
 		probeSuccess: counter("probe_success_total",
@@ -100,12 +103,14 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		reachable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "ip_reachable",
 			Help: "Whether the IP passed its last background probe (1) or not (0)."}, []string{"address", "provider", "region"}),
 	}
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("failure")
 	for i := range m.status {
 		m.status[i] = strconv.Itoa(i)
 	}
 	for _, c := range []prometheus.Collector{
 		m.requests, m.attempts, m.duration, m.responses, m.retries, m.exhaustions, m.queueWait,
-		m.queueExpired, m.quarantines, m.rotations, m.authFailures, m.bytes, m.probeSuccess, m.probeFailure, m.probeDuration, m.reachable,
+		m.queueExpired, m.quarantines, m.rotations, m.authFailures, m.reloads, m.bytes, m.probeSuccess, m.probeFailure, m.probeDuration, m.reachable,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -233,6 +238,15 @@ func (m *Metrics) PoolHooks(target string, labels map[string]IPLabels) pool.Hook
 			m.quarantines.WithLabelValues(target, addr, "", "").Inc()
 		},
 	}
+}
+
+// ConfigReload counts one config reload: applied (ok) or rejected.
+func (m *Metrics) ConfigReload(ok bool) {
+	if ok {
+		m.reloads.WithLabelValues("success").Inc()
+		return
+	}
+	m.reloads.WithLabelValues("failure").Inc()
 }
 
 // IdentityRotated returns the identity.Options.OnRotate callback of

@@ -117,6 +117,9 @@ func TestGolden(t *testing.T) {
 	} {
 		m.Attempt(ev)
 	}
+	m.ConfigReload(true)
+	m.ConfigReload(true)
+	m.ConfigReload(false)
 	rotated := m.IdentityRotated("api")
 	rotated("10.0.0.1:3128", "quarantine")
 	rotated("10.0.0.2:3128", "429")

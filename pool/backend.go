@@ -44,6 +44,8 @@ type Backend interface {
 	// Seed makes addrs the IP set of target. The first call stores them as
 	// available; later calls reconcile: new IPs join as available, IPs no
 	// longer listed leave (an IP in use leaves when it is pushed back).
+	// addrs may be empty: the target then exists with no IP, and Pop waits
+	// for a later Seed to add one.
 	Seed(ctx context.Context, target string, addrs []string) error
 	// Pop takes the available IP that has waited longest, waiting up to
 	// timeout for one. Waiters are served first come, first served. It

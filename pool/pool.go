@@ -87,12 +87,11 @@ type Options struct {
 }
 
 // New seeds target's pool in backend with addrs and returns its policy.
+// addrs may be empty: Acquire then waits up to MaxQueueWait for an IP that
+// a later Update adds.
 func New(ctx context.Context, target string, addrs []string, backend Backend, cfg Config, opts Options) (*Pool, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("target %s: %w", target, err)
-	}
-	if len(addrs) == 0 {
-		return nil, fmt.Errorf("target %s: no IPs", target)
 	}
 	p := &Pool{target: target, backend: backend, clock: opts.Clock, hooks: opts.Hooks, log: opts.Logger}
 	if p.clock == nil {
@@ -122,13 +121,13 @@ func (p *Pool) Target() string { return p.target }
 func (p *Pool) Config() Config { return *p.cfg.Load() }
 
 // Update replaces the policy and reconciles the IP set; requests in flight
-// are not disturbed.
+// are not disturbed. New IPs are handed out at once (to requests waiting
+// first); removed IPs drain: one in use leaves when it is released, and is
+// never handed out again. An empty addrs removes every IP: Acquire then
+// waits up to MaxQueueWait for IPs a later Update restores.
 func (p *Pool) Update(ctx context.Context, addrs []string, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("target %s: %w", p.target, err)
-	}
-	if len(addrs) == 0 {
-		return fmt.Errorf("target %s: no IPs", p.target)
 	}
 	if err := p.backend.Seed(ctx, p.target, addrs); err != nil {
 		return fmt.Errorf("reseed pool %s: %w", p.target, err)

@@ -529,7 +529,6 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	valid := pool.Config{FailuresUntilQuarantine: 1}
 	tests := []struct {
 		name    string
 		addrs   []string
@@ -537,7 +536,6 @@ func TestNewErrors(t *testing.T) {
 		wantErr []string
 	}{
 		{"invalid config", []string{"a"}, pool.Config{FailuresUntilQuarantine: 1, MaxQueueWait: -1}, []string{"target web", "maxQueueWait"}},
-		{"no IPs", nil, valid, []string{"target web", "no IPs"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -641,7 +639,6 @@ func TestUpdate(t *testing.T) {
 		cfg   pool.Config
 	}{
 		{"invalid config", []string{"x"}, pool.Config{}},
-		{"no IPs", nil, next},
 	} {
 		err := f.pool.Update(f.ctx, bad.addrs, bad.cfg)
 		if err == nil || !strings.Contains(err.Error(), "target t") {
@@ -654,6 +651,50 @@ func TestUpdate(t *testing.T) {
 			t.Errorf("after Update with %s the pool has %d IPs, want 3", bad.name, n)
 		}
 	}
+}
+
+// TestUpdateNoIPs: an Update with no IP removes them all (the one in use
+// drains), requests wait up to MaxQueueWait and then get ErrNoIP, and an
+// Update that restores IPs serves the waiting requests at once.
+func TestUpdateNoIPs(t *testing.T) {
+	cfg := pool.Config{MaxQueueWait: 10 * time.Second, FailuresUntilQuarantine: 1}
+	f := newFixture(t, []string{"a", "b"}, cfg)
+	get("a").do(f)
+	if err := f.pool.Update(f.ctx, nil, cfg); err != nil {
+		t.Fatalf("Update with no IPs: %v", err)
+	}
+	waiter := f.goAcquire()
+	ok("a").do(f) // drains: a is gone, and the waiter does not get it
+	f.notReturned(waiter)
+	if n := len(must(f.pool.Snapshot(f.ctx))); n != 0 {
+		t.Fatalf("pool with no IPs lists %d after the drain", n)
+	}
+	f.clock.Advance(5 * time.Second)
+	late := f.goAcquire()
+	f.clock.Advance(5 * time.Second)
+	if r := f.await(waiter); !errors.Is(r.err, pool.ErrNoIP) {
+		t.Fatalf("Acquire on an empty pool = %q, %v; want %v after maxQueueWait", r.addr, r.err, pool.ErrNoIP)
+	}
+	f.clock.Advance(time.Second)
+	f.notReturned(late)
+	if err := f.pool.Update(f.ctx, []string{"c"}, cfg); err != nil {
+		t.Fatalf("Update restoring IPs: %v", err)
+	}
+	if r := f.await(late); r.err != nil || r.addr != "c" {
+		t.Fatalf("waiting Acquire after restore = %q, %v; want c", r.addr, r.err)
+	}
+}
+
+// TestNewNoIPs: a pool may start with no IP and get them by Update.
+func TestNewNoIPs(t *testing.T) {
+	f := newFixture(t, nil, pool.Config{FailuresUntilQuarantine: 1})
+	if _, err := f.acquire0(); !errors.Is(err, pool.ErrNoIP) {
+		t.Fatalf("Acquire on a pool with no IPs = %v, want %v", err, pool.ErrNoIP)
+	}
+	if err := f.pool.Update(f.ctx, []string{"a"}, pool.Config{FailuresUntilQuarantine: 1}); err != nil {
+		t.Fatal(err)
+	}
+	get("a").do(f)
 }
 
 func must[T any](v T, err error) T {

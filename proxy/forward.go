@@ -346,10 +346,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			}
 			return s.poolError(cc, req, t, err, keep, body, i, attempts)
 		}
-		up := t.Upstreams[ip]
-		if up.Addr == "" {
-			up.Addr = ip
-		}
+		up := t.upstream(ip)
 		aStart := time.Now()
 		var id *identity.Identity
 		if t.Identity != nil {

@@ -95,6 +95,7 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	targets atomic.Pointer[[]*Target]
+	setMu   sync.Mutex // serialises SetTargets
 
 	ctx    context.Context // ends when the server is forced down
 	cancel context.CancelFunc
@@ -124,26 +125,24 @@ func New(targets []*Target, opts Options) *Server {
 	return s
 }
 
-// SetTargets replaces the routing table; requests in flight keep theirs.
+// SetTargets replaces the routing table in one atomic swap: a request is
+// matched against either the old table or the new one, never a mix, and
+// requests in flight keep the target they matched. A target named like one
+// in the old table is its next generation: it takes over that target's
+// idle upstream connections when its TLS config is the same pointer, and
+// IPs it drops stop keeping connections (those in use close when their
+// request ends). Targets no longer listed close theirs the same way. See
+// reload.go.
 func (s *Server) SetTargets(targets []*Target) {
-	for _, t := range targets {
-		if t.tr == nil {
-			t.tr = newTransport(tlsOrDefault(t.TLS), s.opts.Upstream, s.dialer())
-		}
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
+	var old []*Target
+	if p := s.targets.Load(); p != nil {
+		old = *p
 	}
-	old := s.targets.Swap(&targets)
-	if old == nil {
-		return
-	}
-	keep := map[*Target]bool{}
-	for _, t := range targets {
-		keep[t] = true
-	}
-	for _, t := range *old {
-		if !keep[t] {
-			t.tr.closeIdle()
-		}
-	}
+	s.link(old, targets)
+	s.targets.Store(&targets)
+	s.settle(old, targets)
 }
 
 // dialer returns the dialer for outgoing connections.

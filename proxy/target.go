@@ -27,7 +27,8 @@ type Target struct {
 	// jar) on plain-HTTP requests the agent makes itself.
 	Identity *identity.Store
 
-	tr *transport
+	tr  *transport
+	dir *upstreamDir // shared by the generations of this target name
 }
 
 // ParseTargetHeader parses an X-Proxy-Hopper-Target value: an absolute

@@ -120,10 +120,7 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 			res.poolErr = err
 			return res, err
 		}
-		up := t.Upstreams[ip]
-		if up.Addr == "" {
-			up.Addr = ip
-		}
+		up := t.upstream(ip)
 		aStart := time.Now()
 		raw, ubr, err := t.tr.tunnel(s.ctx, up, hostport)
 		if err != nil {

@@ -105,8 +105,10 @@ type transport struct {
 	dialer   *net.Dialer
 	maxIdle  int
 
-	mu   sync.Mutex
-	idle map[connKey][]*upConn
+	mu      sync.Mutex
+	idle    map[connKey][]*upConn
+	live    map[string]bool // proxy addresses whose connections are kept; nil: all
+	retired bool            // no target uses t any more: keep nothing
 }
 
 func newTransport(tlsConf *tls.Config, t Timeouts, d *net.Dialer) *transport {
@@ -137,7 +139,7 @@ func (t *transport) get(key connKey) *upConn {
 func (t *transport) put(c *upConn) {
 	c.idleSince = time.Now()
 	t.mu.Lock()
-	if len(t.idle[c.key]) < t.maxIdle {
+	if t.keeps(c.key) && len(t.idle[c.key]) < t.maxIdle {
 		t.idle[c.key] = append(t.idle[c.key], c)
 		c = nil
 	}

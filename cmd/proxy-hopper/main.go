@@ -127,6 +127,7 @@ func newServerFlags(fs *flag.FlagSet) *serverFlags {
 	boolean("no-probe", "probe", false, "disable the background IP prober")
 	str("probe-interval", "probeInterval", "time between probe rounds (default 60s)")
 	str("probe-timeout", "probeTimeout", "timeout of one probe (default 10s)")
+	boolean("watch-config", "watchConfig", true, "reload the config when its file changes (SIGHUP always reloads)")
 	fs.Func("probe-urls", "comma-separated probe URLs", func(v string) error {
 		var urls []string
 		for _, u := range strings.Split(v, ",") {
@@ -176,6 +177,11 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The agent reloads on SIGHUP while it runs; one arriving before (or
+	// during shutdown) is dropped here instead of killing the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, _, err := loadConfig(path, sf.overrides)
 	if err != nil {
 		return err
@@ -185,7 +191,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return &exitError{code: 2, err: err}
 	}
 	defer closer.Close()
-	a, err := agent.New(ctx, cfg, agent.Options{Logger: log})
+	a, err := agent.New(ctx, cfg, agent.Options{Logger: log, ConfigPath: path, Overrides: sf.overrides})
 	if err != nil {
 		return err
 	}

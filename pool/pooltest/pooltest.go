@@ -93,6 +93,7 @@ func Run(t *testing.T, newBackend func(t *testing.T, clock pool.Clock) pool.Back
 		{"QuarantineConcurrentPopExpired", testQuarantineConcurrentPopExpired},
 		{"SeedReconcile", testSeedReconcile},
 		{"SeedServesWaiter", testSeedServesWaiter},
+		{"SeedEmpty", testSeedEmpty},
 		{"Snapshot", testSnapshot},
 		{"Close", testClose},
 		{"UnknownTarget", testUnknownTarget},
@@ -831,6 +832,69 @@ func testSeedServesWaiter(t *testing.T, e *env) {
 	e.seed("t", "a", "b")
 	if r := e.await(ch, "after reseed with a new IP"); r.err != nil || r.addr != "b" {
 		t.Fatalf("waiter got %v, want the new IP b", r)
+	}
+}
+
+// testSeedEmpty: seeding an empty list removes every IP (the one in use
+// drains), Pop waits (and times out with ErrNoIP, not ErrUnknownTarget),
+// and a later Seed serves the waiters first come, first served.
+func testSeedEmpty(t *testing.T, e *env) {
+	e.seed("t", "a", "b")
+	a := e.pop("t")
+	e.seed("t")
+	e.empty("t")
+	if got := e.snapshotAddrs("t"); len(got) > 1 || (len(got) == 1 && got[0] != a) {
+		t.Fatalf("Snapshot after seeding no IP lists %v; want at most the in-use %s", got, a)
+	}
+	first := e.goPop(e.ctx, "t", forever)
+	e.blocked("t", 1)
+	second := e.goPop(e.ctx, "t", forever)
+	e.blocked("t", 2)
+	// The removed IP in use comes back: it leaves, and serves nobody.
+	e.push("t", a, e.now())
+	e.stillBlocked(first, "after the removed IP in use was returned")
+	if got := e.snapshotAddrs("t"); len(got) != 0 {
+		t.Fatalf("Snapshot of a pool seeded with no IP lists %v after the drain", got)
+	}
+	if _, ok, err := e.b.NextExpiry(e.ctx, "t"); err != nil || ok {
+		t.Fatalf("NextExpiry of an empty pool = %v, %v; want none", ok, err)
+	}
+	// A waiter with a timeout gets ErrNoIP when it runs out.
+	start := time.Now()
+	timed := e.goPop(e.ctx, "t", Tick)
+	e.blocked("t", 3)
+	e.clock.Advance(Tick - Epsilon)
+	if realBefore(start.Add(Tick)) {
+		e.stillBlocked(timed, "just before the timeout")
+	}
+	e.clock.Advance(Epsilon)
+	if r := e.await(timed, "empty pool at the timeout"); !errors.Is(r.err, pool.ErrNoIP) {
+		t.Fatalf("timed-out Pop on an empty pool = %v, want %v", r, pool.ErrNoIP)
+	}
+	// Restoring IPs serves the waiters in arrival order.
+	e.seed("t", "c", "d")
+	if r := e.await(first, "first waiter after restore"); r.err != nil || r.addr != "c" {
+		t.Fatalf("first waiter got %v, want c", r)
+	}
+	if r := e.await(second, "second waiter after restore"); r.err != nil || r.addr != "d" {
+		t.Fatalf("second waiter got %v, want d", r)
+	}
+	e.empty("t")
+	e.push("t", "c", e.now())
+	e.push("t", "d", e.now())
+	got := e.drain("t")
+	slices.Sort(got)
+	if want := []string{"c", "d"}; !slices.Equal(got, want) {
+		t.Fatalf("pool after restore holds %v, want %v", got, want)
+	}
+	// A target first seeded with no IP exists, and takes IPs later.
+	e.seed("u")
+	e.empty("u")
+	w := e.goPop(e.ctx, "u", forever)
+	e.blocked("u", 1)
+	e.seed("u", "x")
+	if r := e.await(w, "waiter of a target seeded empty"); r.err != nil || r.addr != "x" {
+		t.Fatalf("waiter got %v, want x", r)
 	}
 }
 

@@ -506,7 +506,7 @@ func (b *Backend) Seed(ctx context.Context, name string, addrs []string) error {
 		return err
 	}
 	t.mu.Lock()
-	t.addrs = slices.Clone(addrs)
+	t.addrs = append([]string{}, addrs...) // non-nil: seeded here, if with no IP
 	t.mu.Unlock()
 	t.signal()
 	return nil
