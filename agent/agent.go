@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/identity"
@@ -38,8 +39,9 @@ type Agent struct {
 	pools   []*pool.Pool
 	srv     *proxy.Server
 	ln      net.Listener
-	tp      io.Closer     // local transparent mode, when on
-	mx      *agentMetrics // server.metrics, when on
+	tp      io.Closer                      // local transparent mode, when on
+	gw      atomic.Pointer[runningGateway] // gateway mode, when on
+	mx      *agentMetrics                  // server.metrics, when on
 }
 
 // New validates cfg and builds every part without starting anything.
@@ -176,6 +178,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.mx.stop()
 	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.targets), "backend", a.backendName())
 	a.tp = a.startLocalTransparent(ctx)
+	a.startGateway(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	var serveErr error
@@ -189,10 +192,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("shutting down", "grace", grace)
 	a.stopLocalTransparent()
+	a.drainGateway()
 	a.backend.Close() // queued requests get 503 now
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	shutErr := a.srv.Shutdown(sctx)
+	a.stopGateway()
 	a.closePools()
 	if serveErr != nil && !errors.Is(serveErr, proxy.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", serveErr)
