@@ -400,6 +400,35 @@ func TestGateway(t *testing.T) {
 
 	t.Run("CountersMatchBytesSent", func(t *testing.T) { e.counters(t, a) })
 
+	t.Run("BPFStatusListsTCXLinks", func(t *testing.T) {
+		out, err := exec.Command(e.bin, "bpf", "status", "--pin-dir", filepath.Join(e.dir, "no-pins")).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bpf status: %v\n%s", err, out)
+		}
+		var idx [2]int
+		if err := e.gw.Do(func() error {
+			for i, name := range []string{"g0", "g1"} {
+				ifc, err := net.InterfaceByName(name)
+				if err != nil {
+					return err
+				}
+				idx[i] = ifc.Index
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{
+			fmt.Sprintf("ph_lan_ingress on ifindex %d (TCXIngress)", idx[0]),
+			fmt.Sprintf("ph_up_egress on ifindex %d (TCXEgress)", idx[1]),
+			fmt.Sprintf("ph_up_ingress on ifindex %d (TCXIngress)", idx[1]),
+		} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("bpf status misses %q:\n%s", want, out)
+			}
+		}
+	})
+
 	t.Run("CleanStopLeavesNothing", func(t *testing.T) {
 		a.stop(t, syscall.SIGTERM)
 		if after := e.netState(t); after != before {

@@ -138,9 +138,10 @@ func LoadGateway(opts GatewayOptions) (_ *Gateway, err error) {
 			return nil, fmt.Errorf("load %s spec: %w", p.name, err)
 		}
 		r := map[string]*ebpf.Map{}
-		for name := range spec.Maps {
+		for name, ms := range spec.Maps {
 			if m, ok := repl[name]; ok {
 				r[name] = m
+				ms.MaxEntries = m.MaxEntries() // the sizes set above
 			}
 		}
 		// Only the program wanted: the other one of the object stays out.

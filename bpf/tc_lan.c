@@ -52,14 +52,20 @@ int ph_lan_ingress(struct __sk_buff *skb)
 	if (!ph_addr_of(skb, 1, src))
 		return TC_ACT_OK;
 	ph_count(src, PH_DIR_CLIENT, skb->len);
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK; /* IPv6 is counted, not intercepted */
-	iph = data + ETH_HLEN;
-	if ((void *)(iph + 1) > end || iph->protocol != IPPROTO_TCP || iph->ihl != 5)
-		return TC_ACT_OK;
-	if (iph->frag_off & bpf_htons(0x3fff))
-		return TC_ACT_OK; /* fragments are forwarded as they are */
-	th = (void *)(iph + 1);
+	iph = 0;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		iph = data + ETH_HLEN;
+		if ((void *)(iph + 1) > end || iph->protocol != IPPROTO_TCP || iph->ihl < 5)
+			return TC_ACT_OK;
+		if (iph->frag_off & bpf_htons(0x3fff))
+			return TC_ACT_OK; /* fragments are forwarded as they are */
+		th = (void *)iph + iph->ihl * 4;
+	} else {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_TCP)
+			return TC_ACT_OK;
+		th = (void *)(ip6 + 1);
+	}
 	if ((void *)(th + 1) > end)
 		return TC_ACT_OK;
 	syn = th->syn && !th->ack;
@@ -70,6 +76,8 @@ int ph_lan_ingress(struct __sk_buff *skb)
 		else
 			bpf_map_update_elem(&ph_client_conns, src, &one, BPF_NOEXIST);
 	}
+	if (!iph)
+		return TC_ACT_OK; /* IPv6 is counted, not intercepted */
 
 	cfg = bpf_map_lookup_elem(&ph_gw_config, &zero);
 	if (!cfg)
