@@ -45,6 +45,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/proxy-hopper/proxy-hopper/bpf"
 	"github.com/proxy-hopper/proxy-hopper/internal/miniproxy"
@@ -64,6 +65,7 @@ var (
 	duration = flag.Duration("duration", 5*time.Second, "wrk duration of one run")
 	bulk     = flag.Duration("bulk", 3*time.Second, "duration of one bulk transfer")
 	conns    = flag.Int("connections", 64, "wrk connections (and upstream addresses)")
+	only     = flag.String("rows", "http,bulk,routed", "which measurements to run")
 )
 
 func main() {
@@ -474,15 +476,23 @@ transparent:
 			return err
 		}
 	}
-	if err := pair("plain HTTP requests/s (baseline: same client, explicit proxy mode, same agent)", "rps",
-		wrkIn(explicit), wrkIn(gateway)); err != nil {
-		return err
+	want := func(row string) bool { return slices.Contains(strings.Split(*only, ","), row) }
+	if want("http") {
+		if err := pair("plain HTTP requests/s (baseline: same client, explicit proxy mode, same agent)", "rps",
+			wrkIn(explicit), wrkIn(gateway)); err != nil {
+			return err
+		}
 	}
-	if err := pair("bulk upload client→origin, MB/s (baseline: same client, explicit CONNECT to the same agent)", "MB/s",
-		bulkIn(originIP+":9000", lanIP+":18080"), bulkIn(originIP+":9000", "")); err != nil {
-		return err
+	if want("bulk") {
+		if err := pair("bulk upload client→origin, MB/s (baseline: same client, explicit CONNECT to the same agent)", "MB/s",
+			bulkIn(originIP+":9000", lanIP+":18080"), bulkIn(originIP+":9000", "")); err != nil {
+			return err
+		}
 	}
 	stopAgent()
+	if !want("routed") {
+		return report(rows)
+	}
 
 	// Routed traffic without and with the counting programs.
 	g, err := bpf.LoadGateway(bpf.GatewayOptions{})
@@ -535,11 +545,38 @@ transparent:
 		}
 		return v, err
 	}
+	// The programs' own run time (BPF_ENABLE_STATS: on while the fd is
+	// held, off again when it is closed), a figure the machine's noise does
+	// not move.
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return fmt.Errorf("enable BPF run-time stats: %w", err)
+	}
+	defer stats.Close()
 	if err := pair("routed bulk client→origin (not intercepted), MB/s (baseline: no counting programs; candidate: ph_lan_ingress + ph_up_egress/ingress attached)", "MB/s",
 		routedPlain, routedCounted); err != nil {
 		return err
 	}
+	var runtime time.Duration
+	var runs uint64
+	for _, p := range []*ebpf.Program{g.LanIngress, g.UpEgress, g.UpIngress} {
+		st, err := p.Stats()
+		if err != nil {
+			return fmt.Errorf("program stats: %w", err)
+		}
+		runtime += st.Runtime
+		runs += st.RunCount
+	}
+	if runs > 0 {
+		busy := time.Duration(*rounds) * *bulk
+		rows = append(rows, fmt.Sprintf("| counting programs' own run time in those runs: %.0f ns per packet, %d packets; share of the %s of traffic | %s | %.2f%% of one CPU | |",
+			float64(runtime.Nanoseconds())/float64(runs), runs, busy, runtime.Round(time.Microsecond), 100*runtime.Seconds()/busy.Seconds()))
+	}
 
+	return report(rows)
+}
+
+func report(rows []string) error {
 	host, _ := os.Hostname()
 	fmt.Printf("Measured %s on %s (%d CPUs, %s/%s) with `make bench` as root (`go run ./scripts/benchgateway`):\n",
 		time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
