@@ -430,6 +430,32 @@ func TestGateway(t *testing.T) {
 	})
 
 	t.Run("CleanStopLeavesNothing", func(t *testing.T) {
+		// A tunnel in flight keeps the agent draining (up to its 2s grace);
+		// meanwhile new flows are routed, not intercepted.
+		held, err := e.client.Dial(gwOrigin+":9000", 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer held.Close()
+		if _, err := io.WriteString(held, "@HOLD\n"); err != nil {
+			t.Fatal(err)
+		}
+		line := make([]byte, 3)
+		if _, err := io.ReadFull(held, line); err != nil || string(line) != "ok\n" {
+			t.Fatalf("held tunnel: %q, %v", line, err)
+		}
+		if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for !strings.Contains(e.log(t, e.agents), "shutting down") && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond) // drain set right after the log line
+		direct(t, gwClient, "http://"+gwOrigin+"/while-draining")
+		if _, err := io.WriteString(held, "still here\n"); err != nil {
+			t.Errorf("tunnel in flight broken while draining: %v", err)
+		}
 		a.stop(t, syscall.SIGTERM)
 		if after := e.netState(t); after != before {
 			t.Errorf("gateway namespace after a clean stop differs:\nbefore:\n%s\nafter:\n%s", before, after)
