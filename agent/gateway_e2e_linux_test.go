@@ -456,6 +456,11 @@ func TestGateway(t *testing.T) {
 		if _, err := io.WriteString(held, "still here\n"); err != nil {
 			t.Errorf("tunnel in flight broken while draining: %v", err)
 		}
+		// Alive: nothing to read, no EOF, no reset (the origin only reads).
+		_ = held.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, err := held.Read(line); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("tunnel in flight while draining: read %v, want it open and silent", err)
+		}
 		a.stop(t, syscall.SIGTERM)
 		if after := e.netState(t); after != before {
 			t.Errorf("gateway namespace after a clean stop differs:\nbefore:\n%s\nafter:\n%s", before, after)
