@@ -49,6 +49,8 @@ type gwEnv struct {
 	bin, dir, caFile       string
 	ups                    []*testenv.Tinyproxy
 	agents                 int
+	lanIfaces              string // transparent.gateway.interfaces ([g0])
+	wantLog                string // startAgent waits for it ("gateway mode on")
 }
 
 func newGatewayEnv(t *testing.T) *gwEnv {
@@ -60,7 +62,7 @@ func newGatewayEnv(t *testing.T) *gwEnv {
 	if err := bpf.ProbeGateway(); err != nil {
 		t.Fatal(err)
 	}
-	e := &gwEnv{dir: t.TempDir()}
+	e := &gwEnv{dir: t.TempDir(), lanIfaces: "[g0]", wantLog: "gateway mode on"}
 	e.bin = buildAgent(t, e.dir)
 	e.client, e.gw, e.up, e.origin = testenv.NewNetns(t), testenv.NewNetns(t), testenv.NewNetns(t), testenv.NewNetns(t)
 	// IPv4 only: IPv6 link-local routes would appear asynchronously and
@@ -147,12 +149,12 @@ transparent:
   unmatched: reject
   gateway:
     enabled: true
-    interfaces: [g0]
+    interfaces: %s
     uplinks: [g1]
     ports: [80, 443, 9000]
     excludeCidrs: [%s/32]
     sourceCidrs: [198.18.1.0/25]
-`, gwMetrics, gwClient, gwClientOut, strings.Join(ips, ", "), len(ips), gwOriginExcl)
+`, gwMetrics, gwClient, gwClientOut, strings.Join(ips, ", "), len(ips), e.lanIfaces, gwOriginExcl)
 	for _, x := range extra {
 		cfg += "    " + x + "\n"
 	}
@@ -181,7 +183,7 @@ transparent:
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		b, _ := os.ReadFile(a.log)
-		if strings.Contains(string(b), "gateway mode on") {
+		if strings.Contains(string(b), e.wantLog) {
 			return a
 		}
 		if strings.Contains(string(b), "gateway mode disabled") || time.Now().After(deadline) {
@@ -504,6 +506,22 @@ func TestGateway(t *testing.T) {
 		if n := countFiles(bpf.StateDir, fmt.Sprintf("clsact-net%d-", st.Ino)); n != 0 {
 			t.Errorf("%d clsact marker file(s) left in %s", n, bpf.StateDir)
 		}
+	})
+	t.Run("SetupFailureUndoesEverything", func(t *testing.T) {
+		// g0 attaches, nope0 does not: gateway mode is disabled with an
+		// error naming the field, nothing stays, the agent serves on.
+		e.lanIfaces, e.wantLog = "[g0, nope0]", "gateway mode disabled"
+		defer func() { e.lanIfaces, e.wantLog = "[g0]", "gateway mode on" }()
+		b := e.startAgent(t)
+		log := e.log(t, e.agents)
+		if !strings.Contains(log, "transparent.gateway.interfaces: interface nope0") {
+			t.Errorf("agent log does not name the bad interface:\n%s", log)
+		}
+		if after := e.netState(t); after != before {
+			t.Errorf("gateway namespace after a failed setup differs:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		direct(t, gwClient, "http://"+gwOrigin+"/failed-setup")
+		b.stop(t, syscall.SIGTERM)
 	})
 	t.Logf("total %s", time.Since(start))
 }
