@@ -56,6 +56,7 @@ func (a *TCAttachment) Close() error {
 	if a.link != nil {
 		return a.link.Close()
 	}
+	defer a.nl.Close()
 	var errs []error
 	if err := a.nl.FilterDel(a.filt); err != nil && !errors.Is(err, unix.ENOENT) {
 		errs = append(errs, fmt.Errorf("delete filter %s: %w", a.desc, err))
@@ -96,6 +97,7 @@ func AttachTC(prog *ebpf.Program, ifname string, ingress bool, mode string) (*TC
 	a := &TCAttachment{desc: desc + " (clsact)", nl: nl}
 	q, state, err := ensureClsact(nl, ifc.Index, ifname)
 	if err != nil {
+		nl.Close()
 		return nil, err
 	}
 	a.qdisc, a.state = q, state
@@ -112,6 +114,7 @@ func AttachTC(prog *ebpf.Program, ifname string, ingress bool, mode string) (*TC
 		if a.qdisc != nil {
 			_ = removeOurClsact(nl, ifc.Index, state)
 		}
+		nl.Close()
 		return nil, fmt.Errorf("attach %s (clsact filter): %w", desc, err)
 	}
 	return a, nil
