@@ -400,6 +400,35 @@ func TestGateway(t *testing.T) {
 		}
 	})
 
+	t.Run("SYNOnAgentTimeWaitReachesTheAgent", func(t *testing.T) {
+		// Connection: close makes the agent close first (the client reads to
+		// EOF before closing), so the agent's socket for this 4-tuple is in
+		// TIME_WAIT when the same client port connects again.
+		for i := range 2 {
+			var body []byte
+			err := e.client.Do(func() error {
+				d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(gwClient), Port: 40123},
+					Control: func(_, _ string, c syscall.RawConn) error {
+						return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+					}}
+				c, err := d.Dial("tcp", gwOrigin+":80")
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				fmt.Fprintf(c, "GET /tw%d HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", i, gwOrigin)
+				body, err = io.ReadAll(c)
+				return err
+			})
+			if err != nil {
+				t.Fatalf("request %d from port 40123: %v", i, err)
+			}
+			if f := fromOf(string(body)); len(f) != 1 || !isGwUpstream(f[0]) {
+				t.Fatalf("request %d from port 40123: %q, want it via an upstream", i, body)
+			}
+		}
+	})
 	t.Run("CountersMatchBytesSent", func(t *testing.T) { e.counters(t, a) })
 
 	t.Run("BPFStatusListsTCXLinks", func(t *testing.T) {
