@@ -429,6 +429,17 @@ func TestGateway(t *testing.T) {
 			}
 		}
 	})
+	t.Run("SYNCookies", func(t *testing.T) {
+		// Every SYN answered with a cookie: the handshake's last ACK finds
+		// no request socket and must still reach the agent's listener.
+		e.gw.Sysctl(t, "net/ipv4/tcp_syncookies", "2")
+		defer e.gw.Sysctl(t, "net/ipv4/tcp_syncookies", "1")
+		for i := range 3 {
+			if f := fromOf(e.mustCurl(t, fmt.Sprintf("http://%s/cookie%d", gwOrigin, i))); len(f) != 1 || !isGwUpstream(f[0]) {
+				t.Fatalf("with SYN cookies: %v, want via an upstream", f)
+			}
+		}
+	})
 	t.Run("CountersMatchBytesSent", func(t *testing.T) { e.counters(t, a) })
 
 	t.Run("BPFStatusListsTCXLinks", func(t *testing.T) {

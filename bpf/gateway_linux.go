@@ -71,6 +71,9 @@ func ProbeGateway() error {
 		{"helper bpf_sk_assign in sched_cls", func() error {
 			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnSkAssign)
 		}},
+		{"helper bpf_tcp_check_syncookie in sched_cls", func() error {
+			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnTcpCheckSyncookie)
+		}},
 	}
 	for _, c := range checks {
 		if err := c.fn(); err != nil {

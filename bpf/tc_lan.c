@@ -97,15 +97,21 @@ int ph_lan_ingress(struct __sk_buff *skb)
 			goto assign;
 		bpf_sk_release(sk);
 	}
-	/* No socket and no SYN: a flow that was being forwarded before the
-	 * agent started (or after it stopped); it keeps being forwarded. While
-	 * the agent drains, new flows are forwarded too. */
-	if (!syn || (cfg->flags & PH_GW_DRAIN))
+	/* While the agent drains, new flows are forwarded. */
+	if (cfg->flags & PH_GW_DRAIN)
 		return TC_ACT_OK;
 	sk = bpf_map_lookup_elem(&ph_gw_listen, &zero);
 	if (!sk)
 		return TC_ACT_OK; /* no listener: fail open */
 	if (sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return TC_ACT_OK;
+	}
+	/* No socket and no SYN: the last ACK of a handshake the listener
+	 * answered with a SYN cookie goes to it; anything else is a flow that
+	 * was forwarded before the agent started, and stays forwarded. */
+	if (!syn && !(th->ack && !th->syn && !th->rst &&
+		      bpf_tcp_check_syncookie(sk, iph, sizeof(*iph), th, sizeof(*th)) == 0)) {
 		bpf_sk_release(sk);
 		return TC_ACT_OK;
 	}
