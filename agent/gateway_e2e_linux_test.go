@@ -516,6 +516,17 @@ func TestGateway(t *testing.T) {
 			t.Fatalf("clsact mode: %v, want via an upstream", f)
 		}
 		k.stop(t, syscall.SIGKILL)
+		status, err := e.gw.Command(e.bin, "bpf", "status", "--pin-dir", filepath.Join(e.dir, "no-pins")).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bpf status: %v\n%s", err, status)
+		}
+		for _, want := range []string{"gateway netlink: rule: priority 20552 fwmark 0x5049 table 20552 proto 72",
+			"gateway netlink: route: local 0.0.0.0/0 table 20552 proto 72", "gateway netlink: filter: ph_lan_ingress on g0",
+			"gateway netlink: qdisc: clsact on g1"} {
+			if !strings.Contains(string(status), want) {
+				t.Errorf("bpf status after kill -9 misses %q:\n%s", want, status)
+			}
+		}
 		left := e.netState(t)
 		for _, want := range []string{"lookup 20552 proto 72", "local default dev lo table 20552 proto 72", "clsact", "ph_lan_ingress"} {
 			if !strings.Contains(left, want) {

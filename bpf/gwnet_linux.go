@@ -227,9 +227,10 @@ func (p PolicyRoute) route(lo int) *netlink.Route {
 		Scope: netlink.SCOPE_HOST, Protocol: RouteProtocol, Family: unix.AF_INET}
 }
 
-// Leftovers lists what an earlier gateway agent left in this network
-// namespace: rules and routes with RouteProtocol, bpf filters named ph_*
-// with FilterPriority, and clsact qdiscs recorded in StateDir.
+// Leftovers lists gateway mode's netlink state in this network namespace
+// (a running agent's, or what a crashed one left): rules and routes with
+// RouteProtocol, bpf filters named ph_* with FilterPriority, and clsact
+// qdiscs recorded in StateDir.
 func Leftovers() ([]string, error) { return leftovers(false) }
 
 // RemoveLeftovers removes what Leftovers lists and returns it.

@@ -69,5 +69,17 @@ func runBPF(args []string, stdout, stderr io.Writer) error {
 	for _, p := range pins {
 		fmt.Fprintln(stdout, "pinned:", p)
 	}
+	// Gateway mode's rule, route, filters and qdiscs, in this network
+	// namespace: a running agent's, or a crashed one's leftovers.
+	nl, err := bpf.Leftovers()
+	if err != nil {
+		return err
+	}
+	if len(nl) == 0 {
+		fmt.Fprintln(stdout, "gateway netlink: none")
+	}
+	for _, l := range nl {
+		fmt.Fprintln(stdout, "gateway netlink:", l)
+	}
 	return nil
 }
