@@ -22,11 +22,11 @@ type GatewayConfig struct {
 	// SourceCIDRs select the LAN clients whose flows are intercepted
 	// (empty: every client); the others are routed as usual.
 	SourceCIDRs []string `mapstructure:"sourceCidrs"`
-	// Port of the IP_TRANSPARENT listener on 127.0.0.1 (0: any free port).
+	// Port of the IP_TRANSPARENT listeners on 127.0.0.1 and ::1 (0: any free port).
 	Port int `mapstructure:"port"`
 	// Mark, Table and RulePriority are the policy routing the agent adds:
 	// `ip rule add fwmark Mark lookup Table priority RulePriority` and
-	// `ip route add local 0.0.0.0/0 dev lo table Table`.
+	// `ip route add local 0.0.0.0/0 dev lo table Table` (and for IPv6).
 	Mark         int `mapstructure:"mark"`
 	Table        int `mapstructure:"table"`
 	RulePriority int `mapstructure:"rulePriority"`
@@ -104,11 +104,8 @@ func (c *Config) checkGateway(p *problems) {
 		cidrs []string
 	}{{"includeCidrs", g.IncludeCIDRs}, {"excludeCidrs", g.ExcludeCIDRs}, {"sourceCidrs", g.SourceCIDRs}} {
 		for i, s := range f.cidrs {
-			pfx, err := parseCIDR(s)
-			if err != nil {
+			if _, err := parseCIDR(s); err != nil {
 				p.add("%s: %s[%d]: %q is not an IP address or CIDR", label, f.name, i, s)
-			} else if !pfx.Addr().Is4() {
-				p.add("%s: %s[%d]: %q is IPv6: gateway mode intercepts IPv4 only", label, f.name, i, s)
 			}
 		}
 	}

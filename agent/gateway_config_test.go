@@ -20,7 +20,7 @@ func TestGatewayConfig(t *testing.T) {
     interfaces: [lan0, lan1]
     uplinks: [wan0]
     ports: [80, 443]
-    includeCidrs: [0.0.0.0/0]
+    includeCidrs: [0.0.0.0/0, 2001:db8::/32]
     excludeCidrs: [10.0.0.0/8, 192.168.1.1]
     sourceCidrs: [192.168.0.0/16]
     port: 15002
@@ -39,7 +39,7 @@ func TestGatewayConfig(t *testing.T) {
     enabled: true
     uplinks: [wan0, wan0, "a/b"]
     ports: [0]
-    includeCidrs: [2001:db8::/32]
+    includeCidrs: [2001:db8::/129, 10.0.0.0/8]
     excludeCidrs: [nope]
     sourceCidrs: [10.0.0.0/33]
     port: 70000
@@ -54,7 +54,7 @@ func TestGatewayConfig(t *testing.T) {
 			`transparent.gateway: uplinks[1]: "wan0" is already in uplinks`,
 			`transparent.gateway: uplinks[2]: "a/b" is not an interface name`,
 			"transparent.gateway: ports[0]",
-			`transparent.gateway: includeCidrs[0]: "2001:db8::/32" is IPv6`,
+			`transparent.gateway: includeCidrs[0]: "2001:db8::/129"`,
 			`transparent.gateway: excludeCidrs[0]: "nope"`,
 			`transparent.gateway: sourceCidrs[0]: "10.0.0.0/33"`,
 			"transparent.gateway: port must be a port",

@@ -40,6 +40,9 @@ const (
 	gwOrigin     = "198.18.3.10"
 	gwOriginExcl = "198.18.3.11" // in excludeCidrs
 	gwMetrics    = 19090
+	gwClient6    = "2001:db8:1::2"
+	gwUplink6    = "2001:db8:2::1"
+	gwOrigin6    = "2001:db8:3::10"
 )
 
 var gwUpstreams = []string{"198.18.2.10", "198.18.2.11", "198.18.2.12"}
@@ -65,31 +68,34 @@ func newGatewayEnv(t *testing.T) *gwEnv {
 	e := &gwEnv{dir: t.TempDir(), lanIfaces: "[g0]", wantLog: "gateway mode on"}
 	e.bin = buildAgent(t, e.dir)
 	e.client, e.gw, e.up, e.origin = testenv.NewNetns(t), testenv.NewNetns(t), testenv.NewNetns(t), testenv.NewNetns(t)
-	// IPv4 only: IPv6 link-local routes would appear asynchronously and
-	// blur the before/after comparison of the gateway's routes.
-	for _, n := range []*testenv.Netns{e.client, e.gw, e.up, e.origin} {
-		n.Sysctl(t, "net/ipv6/conf/default/disable_ipv6", "1")
-		n.Sysctl(t, "net/ipv6/conf/all/disable_ipv6", "1")
-	}
-	testenv.Veth(t, e.client, "c0", []string{gwClient + "/24", gwClientDeny + "/24", gwClientOut + "/24"}, e.gw, "g0", []string{gwLAN + "/24"})
-	upAddrs := []string{gwUpRouter + "/24"}
+	// IPv6 from the documentation prefix, only inside these namespaces.
+	testenv.Veth(t, e.client, "c0", []string{gwClient + "/24", gwClientDeny + "/24", gwClientOut + "/24", gwClient6 + "/64"},
+		e.gw, "g0", []string{gwLAN + "/24", "2001:db8:1::1/64"})
+	upAddrs := []string{gwUpRouter + "/24", "2001:db8:2::2/64"}
 	for _, u := range gwUpstreams {
 		upAddrs = append(upAddrs, u+"/24")
 	}
-	testenv.Veth(t, e.gw, "g1", []string{gwUplink + "/24"}, e.up, "u0", upAddrs)
-	testenv.Veth(t, e.up, "u1", []string{"198.18.3.1/24"}, e.origin, "o0", []string{"198.18.3.2/24", gwOrigin + "/24", gwOriginExcl + "/24"})
+	testenv.Veth(t, e.gw, "g1", []string{gwUplink + "/24", gwUplink6 + "/64"}, e.up, "u0", upAddrs)
+	testenv.Veth(t, e.up, "u1", []string{"198.18.3.1/24", "2001:db8:3::1/64"}, e.origin, "o0",
+		[]string{"198.18.3.2/24", gwOrigin + "/24", gwOriginExcl + "/24", gwOrigin6 + "/64"})
 	e.client.Route(t, "default", gwLAN)
+	e.client.Route(t, "::/0", "2001:db8:1::1")
 	e.gw.Route(t, "default", gwUpRouter)
+	e.gw.Route(t, "::/0", "2001:db8:2::2")
 	e.up.Route(t, "198.18.1.0/24", gwUplink)
+	e.up.Route(t, "2001:db8:1::/64", gwUplink6)
 	e.origin.Route(t, "default", "198.18.3.1")
-	e.gw.Sysctl(t, "net/ipv4/ip_forward", "1")
-	e.up.Sysctl(t, "net/ipv4/ip_forward", "1")
+	e.origin.Route(t, "::/0", "2001:db8:3::1")
+	for _, n := range []*testenv.Netns{e.gw, e.up} {
+		n.Sysctl(t, "net/ipv4/ip_forward", "1")
+		n.Sysctl(t, "net/ipv6/conf/all/forwarding", "1")
+	}
 
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		from, _, _ := net.SplitHostPort(r.RemoteAddr)
 		fmt.Fprintf(w, "from=%s path=%s\n", from, r.URL.Path)
 	})
-	for _, a := range []string{gwOrigin + ":80", gwOrigin + ":8080", gwOriginExcl + ":80"} {
+	for _, a := range []string{gwOrigin + ":80", gwOrigin + ":8080", gwOriginExcl + ":80", "[" + gwOrigin6 + "]:80", "[" + gwOrigin6 + "]:8080"} {
 		srv := &http.Server{Handler: h}
 		go srv.Serve(e.origin.Listen(t, a))
 		t.Cleanup(func() { srv.Close() })
@@ -132,7 +138,7 @@ auth:
   enabled: true
   apiKeys: [{name: nobody, key: unused-key}]
   transparent:
-    allowCidrs: [{cidr: %s/32}, {cidr: %s/32}]
+    allowCidrs: [{cidr: %s/32}, {cidr: %s/32}, {cidr: 2001:db8:1::/64}]
 proxyProviders:
   - name: acme
     regionTag: eu
@@ -146,14 +152,14 @@ ipPools:
   - name: gw
     ipRequests: [{provider: acme, count: %d}]
 transparent:
-  unmatched: reject
+  unmatched: direct
   gateway:
     enabled: true
     interfaces: %s
     uplinks: [g1]
     ports: [80, 443, 9000]
     excludeCidrs: [%s/32]
-    sourceCidrs: [198.18.1.0/25]
+    sourceCidrs: [198.18.1.0/25, 2001:db8:1::/64]
 `, gwMetrics, gwClient, gwClientOut, strings.Join(ips, ", "), len(ips), e.lanIfaces, gwOriginExcl)
 	for _, x := range extra {
 		cfg += "    " + x + "\n"
@@ -251,7 +257,15 @@ func (e *gwEnv) netState(t *testing.T) string {
 		if err != nil {
 			t.Fatalf("%v: %v\n%s", args, err, out)
 		}
-		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(args, " "), out)
+		// The kernel adds IPv6 link-local and multicast routes whenever a
+		// veth's carrier comes up (asynchronously): not ours, left out.
+		var keep []string
+		for _, l := range strings.SplitAfter(string(out), "\n") {
+			if !strings.Contains(l, "fe80::") && !strings.Contains(l, "ff00::/8") {
+				keep = append(keep, l)
+			}
+		}
+		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(args, " "), strings.Join(keep, ""))
 	}
 	err := e.gw.Do(func() error {
 		for _, ifname := range []string{"g0", "g1"} {
@@ -400,6 +414,16 @@ func TestGateway(t *testing.T) {
 		}
 	})
 
+	t.Run("IPv6Intercepted", func(t *testing.T) {
+		// Unmatched (no target for IPv6 URLs) and unmatched: direct, so the
+		// agent dials the origin itself: the origin sees the gateway's
+		// uplink address, not the client's.
+		out := e.mustCurl(t, "-g", "http://["+gwOrigin6+"]/v6")
+		if f := fromOf(out); len(f) != 1 || f[0] != gwUplink6 {
+			t.Errorf("IPv6 request: %q, want it made by the agent (from %s)", out, gwUplink6)
+		}
+	})
+	t.Run("IPv6ExcludedPortRouted", func(t *testing.T) { direct(t, gwClient6, "-g", "http://["+gwOrigin6+"]:8080/p6") })
 	t.Run("SYNOnAgentTimeWaitReachesTheAgent", func(t *testing.T) {
 		// Connection: close makes the agent close first (the client reads to
 		// EOF before closing), so the agent's socket for this 4-tuple is in

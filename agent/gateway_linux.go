@@ -15,6 +15,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/proxy-hopper/proxy-hopper/bpf"
 	"github.com/proxy-hopper/proxy-hopper/metrics"
@@ -26,8 +27,8 @@ import (
 type gateway struct {
 	log     *slog.Logger
 	objs    *bpf.Gateway
-	closers []io.Closer // in setup order; closed in reverse
-	ln      net.Listener
+	closers []io.Closer    // in setup order; closed in reverse
+	lns     []net.Listener // IPv4, then IPv6 when the host has it
 	wg      sync.WaitGroup
 	drained bool
 }
@@ -59,34 +60,31 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 		}
 	}()
 
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_IP, syscall.IP_TRANSPARENT, 1)
-		}); err != nil {
-			return err
-		}
-		if serr != nil {
-			return fmt.Errorf("set IP_TRANSPARENT: %w", serr)
-		}
-		return nil
-	}}
-	lc.SetMultipathTCP(false) // MPTCP sockets cannot go into a SOCKMAP
-	ln, err := lc.Listen(ctx, "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(gc.Port)))
+	// IP_TRANSPARENT listeners on loopback; each goes into its slot of
+	// ph_gw_listen. Without IPv6 here, IPv6 flows are left alone.
+	ln, err := transparentListen(ctx, "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(gc.Port)))
 	if err != nil {
 		return nil, fmt.Errorf("listen for gateway connections: %w", err)
 	}
-	g.ln = ln
-	rc, err := ln.(*net.TCPListener).SyscallConn()
-	if err != nil {
-		return nil, err
+	g.lns = append(g.lns, ln)
+	port := ln.Addr().(*net.TCPAddr).Port
+	if ln6, err := transparentListen(ctx, "tcp6", net.JoinHostPort("::1", strconv.Itoa(port))); err == nil {
+		g.lns = append(g.lns, ln6)
+	} else {
+		log.Warn("no IPv6 listener: IPv6 flows are routed, not intercepted", "err", err)
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = objs.SetListener(int(fd)) }); err != nil {
-		return nil, err
-	}
-	if serr != nil {
-		return nil, serr
+	for i, ln := range g.lns {
+		rc, err := ln.(*net.TCPListener).SyscallConn()
+		if err != nil {
+			return nil, err
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = objs.SetListener(i == 1, int(fd)) }); err != nil {
+			return nil, err
+		}
+		if serr != nil {
+			return nil, serr
+		}
 	}
 
 	cfg := bpf.GatewayConfig{
@@ -104,16 +102,13 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range append(own, a.upstreamPrefixes(ctx)...) {
-		if p.Addr().Is4() {
-			cfg.Exclude = append(cfg.Exclude, p)
-		}
-	}
+	cfg.Exclude = append(cfg.Exclude, own...)
+	cfg.Exclude = append(cfg.Exclude, a.upstreamPrefixes(ctx)...)
 	if err := objs.Configure(cfg); err != nil {
 		return nil, err
 	}
 
-	pr, err := bpf.PolicyRoute{Mark: uint32(gc.Mark), Table: gc.Table, Priority: gc.RulePriority}.Install()
+	pr, err := bpf.PolicyRoute{Mark: uint32(gc.Mark), Table: gc.Table, Priority: gc.RulePriority}.Install(len(g.lns) > 1)
 	if err != nil {
 		return nil, err
 	}
@@ -137,9 +132,11 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 		}
 		g.closers = append(g.closers, att)
 	}
-	g.wg.Add(1)
-	go g.accept(a.srv)
-	log.Info("gateway mode on", "listen", ln.Addr().String(), "interfaces", gc.Interfaces, "uplinks", gc.Uplinks,
+	for _, ln := range g.lns {
+		g.wg.Add(1)
+		go g.accept(ln, a.srv)
+	}
+	log.Info("gateway mode on", "listen", port, "ipv6", len(g.lns) > 1, "interfaces", gc.Interfaces, "uplinks", gc.Uplinks,
 		"ports", gc.Ports, "table", gc.Table, "mark", fmt.Sprintf("%#x", gc.Mark), "attach", g.attachments())
 	return g, nil
 }
@@ -172,10 +169,10 @@ func localPrefixes() ([]netip.Prefix, error) {
 
 // accept serves each assigned connection through the shared transparent
 // path: the accepted socket's local address is the original destination.
-func (g *gateway) accept(srv *proxy.Server) {
+func (g *gateway) accept(ln net.Listener, srv *proxy.Server) {
 	defer g.wg.Done()
 	for {
-		c, err := g.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -217,8 +214,8 @@ func (g *gateway) Drain() {
 	if err := g.objs.Drain(); err != nil {
 		g.log.Warn("drain gateway", "err", err)
 	}
-	if g.ln != nil {
-		g.ln.Close()
+	for _, ln := range g.lns {
+		ln.Close()
 	}
 	g.wg.Wait()
 }
@@ -231,10 +228,35 @@ func (g *gateway) Close() error {
 		errs = append(errs, g.closers[i].Close())
 	}
 	g.closers = nil
-	if g.ln != nil {
-		g.ln.Close()
+	for _, ln := range g.lns {
+		ln.Close()
 	}
 	g.wg.Wait()
 	errs = append(errs, g.objs.Close())
 	return errors.Join(errs...)
+}
+
+// transparentListen listens with IP_TRANSPARENT (IPV6_TRANSPARENT for
+// tcp6), so that assigned connections to any address are accepted with
+// that address as their local one. Not MPTCP: MPTCP sockets cannot go into
+// a SOCKMAP.
+func transparentListen(ctx context.Context, network, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			if network == "tcp6" {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+			} else {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_IP, syscall.IP_TRANSPARENT, 1)
+			}
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("set IP_TRANSPARENT: %w", serr)
+		}
+		return nil
+	}}
+	lc.SetMultipathTCP(false)
+	return lc.Listen(ctx, network, addr)
 }

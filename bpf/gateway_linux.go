@@ -15,7 +15,7 @@ import (
 type GatewayConfig struct {
 	Mark    uint32         // set on assigned packets (the policy rule's fwmark)
 	Ports   []uint16       // destination ports to intercept; empty means all
-	Include []netip.Prefix // when not empty, only these destinations
+	Include []netip.Prefix // when not empty, only these destinations (IPv4 and IPv6)
 	Exclude []netip.Prefix // never these (wins over Include)
 	Sources []netip.Prefix // when not empty, only clients from these
 }
@@ -248,13 +248,17 @@ func (g *Gateway) Drain() error {
 }
 
 // SetListener puts the agent's listening socket (its file descriptor)
-// into the slot ph_lan_ingress assigns new flows to.
-func (g *Gateway) SetListener(fd int) error {
+// into the slot ph_lan_ingress assigns new flows of its family to.
+func (g *Gateway) SetListener(ipv6 bool, fd int) error {
 	if g == nil || g.Listen == nil {
 		return ErrNotLoaded
 	}
-	if err := g.Listen.Put(uint32(0), uint64(fd)); err != nil {
-		return fmt.Errorf("put listener into ph_gw_listen: %w", err)
+	slot := uint32(0)
+	if ipv6 {
+		slot = 1
+	}
+	if err := g.Listen.Put(slot, uint64(fd)); err != nil {
+		return fmt.Errorf("put listener into ph_gw_listen[%d]: %w", slot, err)
 	}
 	return nil
 }

@@ -202,16 +202,17 @@ func removeOurClsact(nl *netlink.Handle, ifindex int, state string) error {
 
 // PolicyRoute is the policy routing gateway mode needs in this network
 // namespace: packets with Mark go to Table, whose only route is
-// `local 0.0.0.0/0 dev lo`. Rule and route carry RouteProtocol.
+// `local 0.0.0.0/0 dev lo` (and `local ::/0 dev lo`). Rules and routes
+// carry RouteProtocol.
 type PolicyRoute struct {
 	Mark     uint32
 	Table    int
 	Priority int
 }
 
-func (p PolicyRoute) rule() *netlink.Rule {
+func (p PolicyRoute) rule(family int) *netlink.Rule {
 	r := netlink.NewRule()
-	r.Family = unix.AF_INET
+	r.Family = family
 	r.Mark = p.Mark
 	mask := uint32(0xffffffff)
 	r.Mask = &mask
@@ -221,10 +222,13 @@ func (p PolicyRoute) rule() *netlink.Rule {
 	return r
 }
 
-func (p PolicyRoute) route(lo int) *netlink.Route {
-	_, all, _ := net.ParseCIDR("0.0.0.0/0")
+func (p PolicyRoute) route(family, lo int) *netlink.Route {
+	all := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+	if family == unix.AF_INET6 {
+		all = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	}
 	return &netlink.Route{LinkIndex: lo, Dst: all, Table: p.Table, Type: unix.RTN_LOCAL,
-		Scope: netlink.SCOPE_HOST, Protocol: RouteProtocol, Family: unix.AF_INET}
+		Scope: netlink.SCOPE_HOST, Protocol: RouteProtocol, Family: family}
 }
 
 // Leftovers lists gateway mode's netlink state in this network namespace
@@ -243,31 +247,39 @@ func leftovers(remove bool) (found []string, err error) {
 	}
 	defer nl.Close()
 	var errs []error
-	rules, err := nl.RuleList(unix.AF_INET)
-	if err != nil {
-		return nil, fmt.Errorf("list rules: %w", err)
-	}
-	for _, r := range rules {
-		if r.Protocol != RouteProtocol {
-			continue
+	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
+		rules, err := nl.RuleList(family)
+		if err != nil {
+			if family == unix.AF_INET6 {
+				continue // no IPv6 here
+			}
+			return nil, fmt.Errorf("list rules: %w", err)
 		}
-		found = append(found, fmt.Sprintf("rule: priority %d fwmark %#x table %d proto %d", r.Priority, r.Mark, r.Table, r.Protocol))
-		if remove {
-			if err := nl.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
-				errs = append(errs, fmt.Errorf("delete rule %d: %w", r.Priority, err))
+		for _, r := range rules {
+			if r.Protocol != RouteProtocol {
+				continue
+			}
+			found = append(found, fmt.Sprintf("rule: priority %d fwmark %#x table %d proto %d", r.Priority, r.Mark, r.Table, r.Protocol))
+			if remove {
+				if err := nl.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+					errs = append(errs, fmt.Errorf("delete rule %d: %w", r.Priority, err))
+				}
 			}
 		}
-	}
-	routes, err := nl.RouteListFiltered(unix.AF_INET, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_UNSPEC},
-		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return nil, fmt.Errorf("list routes: %w", err)
-	}
-	for _, r := range routes {
-		found = append(found, fmt.Sprintf("route: local %s table %d proto %d", r.Dst, r.Table, r.Protocol))
-		if remove {
-			if err := nl.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-				errs = append(errs, fmt.Errorf("delete route in table %d: %w", r.Table, err))
+		routes, err := nl.RouteListFiltered(family, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_UNSPEC},
+			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			if family == unix.AF_INET6 {
+				continue
+			}
+			return nil, fmt.Errorf("list routes: %w", err)
+		}
+		for _, r := range routes {
+			found = append(found, fmt.Sprintf("route: local %s table %d proto %d", r.Dst, r.Table, r.Protocol))
+			if remove {
+				if err := nl.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+					errs = append(errs, fmt.Errorf("delete route in table %d: %w", r.Table, err))
+				}
 			}
 		}
 	}
@@ -305,57 +317,70 @@ func leftovers(remove bool) (found []string, err error) {
 	return found, errors.Join(errs...)
 }
 
-// Install adds the rule and the route; the closer removes exactly them.
-// The table must hold no route proxy-hopper did not put there.
-func (p PolicyRoute) Install() (io.Closer, error) {
+// Install adds the rule and the route for IPv4 and, with ipv6, for IPv6;
+// the closer removes exactly them. The table must hold no route
+// proxy-hopper did not put there.
+func (p PolicyRoute) Install(ipv6 bool) (_ io.Closer, err error) {
 	nl, err := netlink.NewHandle()
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
-	foreign, err := nl.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: p.Table}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		nl.Close()
-		return nil, fmt.Errorf("list routes of table %d: %w", p.Table, err)
-	}
-	for _, r := range foreign {
-		if r.Protocol != RouteProtocol {
-			nl.Close()
-			return nil, fmt.Errorf("routing table %d is in use (%s): choose another transparent.gateway.table", p.Table, r)
+	c := &policyCloser{nl: nl}
+	defer func() {
+		if err != nil {
+			c.Close()
 		}
-	}
+	}()
 	lo, err := nl.LinkByName("lo")
 	if err != nil {
-		nl.Close()
 		return nil, fmt.Errorf("find lo: %w", err)
 	}
-	rt := p.route(lo.Attrs().Index)
-	if err := nl.RouteReplace(rt); err != nil {
-		nl.Close()
-		return nil, fmt.Errorf("add route local 0.0.0.0/0 dev lo table %d: %w", p.Table, err)
+	families := []int{unix.AF_INET}
+	if ipv6 {
+		families = append(families, unix.AF_INET6)
 	}
-	rule := p.rule()
-	if err := nl.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
-		_ = nl.RouteDel(rt)
-		nl.Close()
-		return nil, fmt.Errorf("add rule fwmark %#x table %d: %w", p.Mark, p.Table, err)
+	for _, family := range families {
+		foreign, err := nl.RouteListFiltered(family, &netlink.Route{Table: p.Table}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, fmt.Errorf("list routes of table %d: %w", p.Table, err)
+		}
+		for _, r := range foreign {
+			if r.Protocol != RouteProtocol {
+				return nil, fmt.Errorf("routing table %d is in use (%s): choose another transparent.gateway.table", p.Table, r)
+			}
+		}
+		rt := p.route(family, lo.Attrs().Index)
+		if err := nl.RouteReplace(rt); err != nil {
+			return nil, fmt.Errorf("add route local %s dev lo table %d: %w", rt.Dst, p.Table, err)
+		}
+		c.routes = append(c.routes, rt)
+		rule := p.rule(family)
+		if err := nl.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("add rule fwmark %#x table %d: %w", p.Mark, p.Table, err)
+		}
+		c.rules = append(c.rules, rule)
 	}
-	return &policyCloser{nl: nl, rule: rule, route: rt}, nil
+	return c, nil
 }
 
 type policyCloser struct {
-	nl    *netlink.Handle
-	rule  *netlink.Rule
-	route *netlink.Route
+	nl     *netlink.Handle
+	rules  []*netlink.Rule
+	routes []*netlink.Route
 }
 
 func (c *policyCloser) Close() error {
 	defer c.nl.Close()
 	var errs []error
-	if err := c.nl.RuleDel(c.rule); err != nil && !errors.Is(err, unix.ENOENT) {
-		errs = append(errs, fmt.Errorf("delete rule fwmark %#x: %w", c.rule.Mark, err))
+	for _, r := range c.rules {
+		if err := c.nl.RuleDel(r); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("delete rule fwmark %#x: %w", r.Mark, err))
+		}
 	}
-	if err := c.nl.RouteDel(c.route); err != nil && !errors.Is(err, unix.ESRCH) {
-		errs = append(errs, fmt.Errorf("delete route of table %d: %w", c.route.Table, err))
+	for _, r := range c.routes {
+		if err := c.nl.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("delete route of table %d: %w", r.Table, err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -88,10 +88,10 @@ struct {
 	__type(value, __u8);
 } ph_gw_sources SEC(".maps");
 
-/* Slot 0: the agent's IP_TRANSPARENT listener. */
+/* The agent's IP_TRANSPARENT listeners: slot 0 IPv4, slot 1 IPv6. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } ph_gw_listen SEC(".maps");

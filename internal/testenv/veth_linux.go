@@ -8,10 +8,12 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Veth connects two test namespaces with a veth pair: aIf in a with
-// addresses aAddrs (such as "198.18.1.1/24"), bIf in b with bAddrs; both up.
+// addresses aAddrs (such as "198.18.1.1/24"; IPv6 ones without duplicate
+// address detection), bIf in b with bAddrs; both up.
 func Veth(t testing.TB, a *Netns, aIf string, aAddrs []string, b *Netns, bIf string, bAddrs []string) {
 	t.Helper()
 	nl := a.handle(t)
@@ -33,6 +35,9 @@ func Veth(t testing.TB, a *Netns, aIf string, aAddrs []string, b *Netns, bIf str
 			addr, err := netlink.ParseAddr(s)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if addr.IP.To4() == nil {
+				addr.Flags |= unix.IFA_F_NODAD // usable at once
 			}
 			if err := h.AddrAdd(l, addr); err != nil {
 				t.Fatalf("add %s to %s in %s: %v", s, side.name, side.n.Name, err)
