@@ -414,6 +414,7 @@ func TestGateway(t *testing.T) {
 		}
 	})
 
+	t.Run("IPv6ExcludedPortRouted", func(t *testing.T) { direct(t, gwClient6, "-g", "http://["+gwOrigin6+"]:8080/p6") })
 	t.Run("IPv6Intercepted", func(t *testing.T) {
 		// Unmatched (no target for IPv6 URLs) and unmatched: direct, so the
 		// agent dials the origin itself: the origin sees the gateway's
@@ -423,7 +424,6 @@ func TestGateway(t *testing.T) {
 			t.Errorf("IPv6 request: %q, want it made by the agent (from %s)", out, gwUplink6)
 		}
 	})
-	t.Run("IPv6ExcludedPortRouted", func(t *testing.T) { direct(t, gwClient6, "-g", "http://["+gwOrigin6+"]:8080/p6") })
 	t.Run("SYNOnAgentTimeWaitReachesTheAgent", func(t *testing.T) {
 		// Connection: close makes the agent close first (the client reads to
 		// EOF before closing), so the agent's socket for this 4-tuple is in
