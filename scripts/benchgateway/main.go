@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command benchgateway measures gateway mode (issue #4) against its
 // baselines in one run and prints Markdown rows (root only).
 //
