@@ -45,8 +45,9 @@ type Agent struct {
 	reload  reloadState                     // per-target runtime, see reload.go
 	srv     *proxy.Server
 	ln      net.Listener
-	tp      io.Closer     // local transparent mode, when on
-	mx      *agentMetrics // server.metrics, when on
+	tp      io.Closer                      // local transparent mode, when on
+	gw      atomic.Pointer[runningGateway] // gateway mode, when on
+	mx      *agentMetrics                  // server.metrics, when on
 }
 
 // New validates cfg and builds every part without starting anything.
@@ -169,6 +170,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.reload.mu.Lock()
 	a.tp = tp
 	a.reload.mu.Unlock()
+	a.startGateway(ctx)
 	stopReloads := a.startReloads(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
@@ -184,10 +186,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("shutting down", "grace", grace)
 	a.stopLocalTransparent()
+	a.drainGateway()
 	a.backend.Close() // queued requests get 503 now
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	shutErr := a.srv.Shutdown(sctx)
+	a.stopGateway()
 	a.closePools()
 	if serveErr != nil && !errors.Is(serveErr, proxy.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", serveErr)

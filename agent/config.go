@@ -990,6 +990,7 @@ func (c *Config) Resolve() ([]ResolvedTarget, error) {
 	var p problems
 	c.checkServer(&p)
 	c.checkTransparent(&p)
+	c.checkGateway(&p)
 	c.checkAuth(&p)
 	c.checkAuthSources(&p)
 	providers := c.checkProviders(&p)

@@ -55,6 +55,9 @@ func newAgentMetrics(a *Agent) (*agentMetrics, error) {
 	if err := reg.Register(active); err != nil {
 		return nil, err
 	}
+	if err := a.registerGatewayCollector(reg); err != nil {
+		return nil, err
+	}
 	return &agentMetrics{
 		reg: reg, m: m, log: a.log.With("component", "metrics"),
 		addr: net.JoinHostPort(s.Host, strconv.Itoa(s.MetricsPort)),

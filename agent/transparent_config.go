@@ -7,6 +7,7 @@ type TransparentConfig struct {
 	// matches: "reject" (reset, the default) or "direct".
 	Unmatched string                 `mapstructure:"unmatched"`
 	Local     LocalTransparentConfig `mapstructure:"local"`
+	Gateway   GatewayConfig          `mapstructure:"gateway"`
 }
 
 // LocalTransparentConfig selects local processes (by cgroup) whose

@@ -352,27 +352,17 @@ func newE2EEnv(t *testing.T) *e2eEnv {
 	return e
 }
 
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
-
+// buildAgent builds the agent binary into dir (a test's own temporary
+// directory, so each test has its binary for as long as it runs; the go
+// build cache makes the second build a link).
 func buildAgent(t *testing.T, dir string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		builtBin = filepath.Join(os.TempDir(), fmt.Sprintf("ph-agent-test-%d", os.Getpid()))
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", builtBin, "github.com/proxy-hopper/proxy-hopper/cmd/proxy-hopper")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("build agent: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	bin := filepath.Join(dir, "proxy-hopper")
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/proxy-hopper/proxy-hopper/cmd/proxy-hopper")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build agent: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { os.Remove(builtBin) })
-	return builtBin
+	return bin
 }
 
 func testCert(t *testing.T) (tls.Certificate, []byte) {

@@ -19,13 +19,17 @@ type Attachment struct {
 	Program  string
 	Type     link.Type
 	CgroupID uint64 // for cgroup links
-	Attach   string // the cgroup attach type
+	Ifindex  uint32 // for TCX links (gateway mode): the interface, in its network namespace
+	Attach   string // the cgroup or TCX attach type
 }
 
 func (a Attachment) String() string {
 	s := fmt.Sprintf("link %d: %s", a.LinkID, a.Program)
 	if a.CgroupID != 0 {
 		s += fmt.Sprintf(" on cgroup id %d (%s)", a.CgroupID, a.Attach)
+	}
+	if a.Ifindex != 0 {
+		s += fmt.Sprintf(" on ifindex %d (%s)", a.Ifindex, a.Attach)
 	}
 	return s
 }
@@ -93,6 +97,10 @@ func eachLink(fn func(link.Link, Attachment) error) error {
 		if cg := info.Cgroup(); cg != nil {
 			a.CgroupID = cg.CgroupId
 			a.Attach = ebpf.AttachType(cg.AttachType).String()
+		}
+		if tcx := info.TCX(); tcx != nil {
+			a.Ifindex = tcx.Ifindex
+			a.Attach = ebpf.AttachType(tcx.AttachType).String()
 		}
 		if err := fn(it.Link, a); err != nil {
 			return err

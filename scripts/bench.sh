@@ -3,7 +3,9 @@
 # benchmark harness; the Markdown report goes to stdout and bench-report.md.
 # As root it also runs scripts/benchtransparent (transparent mode, issue #3:
 # eBPF, a network namespace of its own, redsocks + iptables inside it) and
-# installs redsocks and iptables for it when missing.
+# installs redsocks and iptables for it when missing, then
+# scripts/benchgateway (gateway mode, issue #4: four network namespaces of
+# its own, ~90 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -14,7 +16,17 @@ fi
 make build
 # PH_BENCH_TRANSPARENT_ONLY=1: only the transparent-mode rows, reported in
 # bench-report-transparent.md (bench-report.md is left as it is).
+# PH_BENCH_GATEWAY_ONLY=1: only the gateway-mode rows (issue #4), reported in
+# bench-report-gateway.md.
 report=bench-report.md
+if [ "${PH_BENCH_GATEWAY_ONLY:-0}" = 1 ]; then
+	if [ "$(id -u)" -ne 0 ]; then echo "bench: gateway-mode rows need root" >&2; exit 1; fi
+	report=bench-report-gateway.md
+	echo "Gateway mode (issue #4):" | tee "$report"
+	echo | tee -a "$report"
+	go run ./scripts/benchgateway -bin bin/proxy-hopper | tee -a "$report"
+	exit 0
+fi
 if [ "${PH_BENCH_TRANSPARENT_ONLY:-0}" != 1 ]; then
 	go run ./scripts/bench -bin bin/proxy-hopper "$@" | tee "$report"
 else
@@ -37,6 +49,10 @@ if [ "$(id -u)" -eq 0 ]; then
 	echo "Transparent mode (issue #3):" | tee -a "$report"
 	echo | tee -a "$report"
 	go run ./scripts/benchtransparent -bin bin/proxy-hopper | tee -a "$report"
+	echo | tee -a "$report"
+	echo "Gateway mode (issue #4):" | tee -a "$report"
+	echo | tee -a "$report"
+	go run ./scripts/benchgateway -bin bin/proxy-hopper | tee -a "$report"
 else
 	echo "bench: transparent-mode rows need root (eBPF, network namespace); skipped" >&2
 fi

@@ -15,10 +15,14 @@ func runBPF(args []string, stdout, stderr io.Writer) error {
 	usage := func(err error) error {
 		fmt.Fprintln(stderr, "usage: proxy-hopper bpf status [--pin-dir DIR]")
 		fmt.Fprintln(stderr, "       proxy-hopper bpf detach [--pin-dir DIR] [--cgroup PATH]...")
+		fmt.Fprintln(stderr, "       proxy-hopper bpf counters [--pid PID] [--config FILE]")
 		return &exitError{code: 2, err: err}
 	}
+	if len(args) > 0 && args[0] == "counters" {
+		return runBPFCounters(args[1:], stdout, stderr, usage)
+	}
 	if len(args) == 0 || (args[0] != "status" && args[0] != "detach") {
-		return usage(errors.New("bpf: want status or detach"))
+		return usage(errors.New("bpf: want status, detach or counters"))
 	}
 	fs := flag.NewFlagSet("bpf "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -64,6 +68,18 @@ func runBPF(args []string, stdout, stderr io.Writer) error {
 	}
 	for _, p := range pins {
 		fmt.Fprintln(stdout, "pinned:", p)
+	}
+	// Gateway mode's rule, route, filters and qdiscs, in this network
+	// namespace: a running agent's, or a crashed one's leftovers.
+	nl, err := bpf.Leftovers()
+	if err != nil {
+		return err
+	}
+	if len(nl) == 0 {
+		fmt.Fprintln(stdout, "gateway netlink: none")
+	}
+	for _, l := range nl {
+		fmt.Fprintln(stdout, "gateway netlink:", l)
 	}
 	return nil
 }

@@ -14,7 +14,7 @@ import (
 )
 
 func TestBPFUsage(t *testing.T) {
-	for _, args := range [][]string{{"bpf"}, {"bpf", "attach"}, {"bpf", "status", "extra"}, {"bpf", "status", "--cgroup", "x"}, {"bpf", "detach", "--nope"}} {
+	for _, args := range [][]string{{"bpf"}, {"bpf", "attach"}, {"bpf", "status", "extra"}, {"bpf", "status", "--cgroup", "x"}, {"bpf", "detach", "--nope"}, {"bpf", "counters", "extra"}, {"bpf", "counters", "--pid", "x"}} {
 		var out, errb bytes.Buffer
 		err := run(context.Background(), args, &out, &errb)
 		var ee *exitError
@@ -88,5 +88,15 @@ func TestBPFStatusDetach(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s after detach: %v", dir, err)
+	}
+}
+
+// `bpf counters` for a process without gateway maps says so and fails.
+func TestBPFCountersNone(t *testing.T) {
+	testenv.RequireRoot(t)
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"bpf", "counters", "--pid", fmt.Sprint(os.Getpid())}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "no gateway agent's counter maps found") {
+		t.Errorf("bpf counters --pid self: %v (stdout %q)", err, out.String())
 	}
 }

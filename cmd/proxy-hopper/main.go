@@ -55,7 +55,7 @@ commands:
   run       start the agent (--config FILE, or PROXY_HOPPER_CONFIG)
   validate  check a config file and print its targets
   demo      run the agent against embedded local upstreams for about 20s
-  bpf       status|detach: the transparent-mode eBPF programs attached or pinned
+  bpf       status|detach|counters: the eBPF programs attached or pinned, gateway counters
   version   print the version
 
 Run 'proxy-hopper <command> -h' for the flags of a command.

@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/proxy-hopper/proxy-hopper/metrics"
+	"github.com/proxy-hopper/proxy-hopper/proxy"
+)
+
+// runningGateway is gateway mode while it runs.
+type runningGateway interface {
+	metrics.CounterSource
+	Drain()
+	Close() error
+}
+
+// startGateway starts gateway mode when configured. A kernel without a
+// needed feature (or any other setup failure) disables gateway mode with
+// one error log; the rest of the agent runs on.
+func (a *Agent) startGateway(ctx context.Context) {
+	if !a.cfg.Transparent.Gateway.Enabled {
+		return
+	}
+	g, err := a.startGatewayMode(ctx)
+	if err != nil {
+		a.log.Error("gateway mode disabled", "err", err)
+		return
+	}
+	a.gw.Store(&g)
+}
+
+// drainGateway stops intercepting new flows: from now on they are routed
+// as if the agent did not run, while the flows it serves drain.
+func (a *Agent) drainGateway() {
+	if g := a.gw.Load(); g != nil {
+		(*g).Drain()
+	}
+}
+
+// stopGateway removes everything gateway mode added.
+func (a *Agent) stopGateway() {
+	g := a.gw.Swap(nil)
+	if g == nil {
+		return
+	}
+	if err := (*g).Close(); err != nil {
+		a.log.Warn("remove gateway mode", "err", err)
+	}
+}
+
+// gatewayCounters feeds the BPF collector (nothing while gateway mode is off).
+func (a *Agent) gatewayCounters() ([]metrics.IPCounter, []metrics.ClientCounter, error) {
+	g := a.gw.Load()
+	if g == nil {
+		return nil, nil, nil
+	}
+	return (*g).Counters()
+}
+
+// registerGatewayCollector adds the BPF counters collector to reg when
+// gateway mode is configured. Upstream labels follow the routing table in
+// force, so they change with a reload.
+func (a *Agent) registerGatewayCollector(reg prometheus.Registerer) error {
+	if !a.cfg.Transparent.Gateway.Enabled {
+		return nil
+	}
+	var mu sync.Mutex
+	var table *[]*proxy.Target
+	var labels map[netip.Addr]metrics.UpstreamLabels
+	return reg.Register(metrics.NewBPFCollector(metrics.CounterSourceFunc(a.gatewayCounters), func(ip netip.Addr) (metrics.UpstreamLabels, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if live := a.live.Load(); live != table {
+			table = live
+			var ips []labelledIP
+			if live != nil {
+				for _, t := range *live {
+					for addr, up := range t.Upstreams {
+						ips = append(ips, labelledIP{target: t.Name, addr: addr, provider: up.Provider, region: up.Region})
+					}
+				}
+			}
+			labels = upstreamLabels(ips)
+		}
+		l, ok := labels[ip]
+		return l, ok
+	}))
+}
+
+// UpstreamLabels maps each upstream proxy IP (given as an address in the
+// config) to its targets (comma-separated), provider and region.
+func (cfg *Config) UpstreamLabels() (map[netip.Addr]metrics.UpstreamLabels, error) {
+	targets, err := cfg.Resolve()
+	if err != nil {
+		return nil, err
+	}
+	var ips []labelledIP
+	for _, t := range targets {
+		for _, ip := range t.IPs {
+			ips = append(ips, labelledIP{target: t.Name, addr: ip.Addr(), provider: ip.Provider, region: ip.Region})
+		}
+	}
+	return upstreamLabels(ips), nil
+}
+
+// labelledIP is one pool address of a target, with its provider and region.
+type labelledIP struct{ target, addr, provider, region string }
+
+// upstreamLabels maps each IP among ips (host names are left out) to the
+// targets using it (sorted, comma-separated) and its provider and region.
+func upstreamLabels(ips []labelledIP) map[netip.Addr]metrics.UpstreamLabels {
+	out := map[netip.Addr]metrics.UpstreamLabels{}
+	names := map[netip.Addr][]string{}
+	for _, ip := range ips {
+		host := ip.addr
+		if h, _, err := net.SplitHostPort(ip.addr); err == nil {
+			host = h
+		}
+		addr, err := netip.ParseAddr(strings.Trim(host, "[]"))
+		if err != nil {
+			continue // a host name: no label
+		}
+		addr = addr.Unmap()
+		if !slices.Contains(names[addr], ip.target) {
+			names[addr] = append(names[addr], ip.target)
+		}
+		l := out[addr]
+		if l.Provider == "" {
+			l.Provider = ip.provider
+		}
+		if l.Region == "" {
+			l.Region = ip.region
+		}
+		out[addr] = l
+	}
+	for addr, ns := range names {
+		slices.Sort(ns)
+		l := out[addr]
+		l.Target = strings.Join(ns, ",")
+		out[addr] = l
+	}
+	return out
+}

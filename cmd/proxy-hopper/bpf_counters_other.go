@@ -1,0 +1,7 @@
+//go:build !linux
+
+package main
+
+import "errors"
+
+func readCounterSets(int) ([]counterSet, error) { return nil, errors.New("eBPF needs Linux") }
