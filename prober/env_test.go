@@ -137,6 +137,20 @@ func closing(t *testing.T) string {
 	return serveUpstream(t, func(c net.Conn) { c.Close() })
 }
 
+// closingAfterHead reads a request head and closes without answering.
+func closingAfterHead(t *testing.T) string {
+	return serveUpstream(t, func(c net.Conn) {
+		defer c.Close()
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil || line == "\r\n" {
+				return
+			}
+		}
+	})
+}
+
 // badGateway answers every request head with 502, as a proxy whose own
 // upstream failed.
 func badGateway(t *testing.T) string {

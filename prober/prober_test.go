@@ -25,32 +25,35 @@ import (
 // idle is a pool policy where a probe's cooldown does not get in the way.
 var idle = pool.Config{FailuresUntilQuarantine: 100, QuarantineTime: time.Minute}
 
-// Each kind of broken upstream fails with its own reason; a healthy
+// Each kind of broken upstream fails with its own reason, for hand-made
+// upstreams and for real tinyproxy ones whose origin misbehaves; a healthy
 // tinyproxy passes; the results reach the Prometheus metrics.
 func TestReasonsAndMetrics(t *testing.T) {
 	e := newEnv(t)
 	o := newOrigin(t)
-	healthy := testenv.StartTinyproxy(t, "127.0.0.1", testenv.TinyproxyOptions{}).Addr
-	stopped := testenv.StartTinyproxy(t, "127.0.0.1", testenv.TinyproxyOptions{})
-	stopped.Stop()
-	// A real proxy whose origin answers 502.
 	o502 := newOrigin(t)
 	o502.status = 502
-	viaTiny := testenv.StartTinyproxy(t, "127.0.0.1", testenv.TinyproxyOptions{}).Addr
-	ups := map[string]proxy.Upstream{
-		"healthy":  {Addr: healthy, Provider: "acme", Region: "eu"},
-		"refused":  up(refusing(t)),
-		"stopped":  up(stopped.Addr),
-		"hanging":  up(hanging(t)),
-		"closing":  up(closing(t)),
-		"502":      up(badGateway(t)),
-		"tiny-502": up(viaTiny),
+	tiny := func() string { return testenv.StartTinyproxy(t, "127.0.0.1", testenv.TinyproxyOptions{}).Addr }
+	stopped := testenv.StartTinyproxy(t, "127.0.0.1", testenv.TinyproxyOptions{})
+	stopped.Stop()
+	probeURL := o.URL + "/probe"
+	cases := []struct {
+		name   string
+		up     proxy.Upstream
+		url    string
+		reason string
+		code   int
+	}{
+		{"healthy tinyproxy", proxy.Upstream{Addr: tiny(), Provider: "acme", Region: "eu"}, probeURL, "", 200},
+		{"refusing port", up(refusing(t)), probeURL, prober.ReasonProxyUnreachable, 0},
+		{"stopped tinyproxy", up(stopped.Addr), probeURL, prober.ReasonProxyUnreachable, 0},
+		{"hanging upstream", up(hanging(t)), probeURL, prober.ReasonTimeout, 0},
+		{"closing upstream", up(closing(t)), probeURL, prober.ReasonConnectionError, 0},
+		{"upstream answering 502", up(badGateway(t)), probeURL, prober.ReasonHTTPError, 502},
+		{"tinyproxy, origin answering 502", up(tiny()), o502.URL + "/probe", prober.ReasonHTTPError, 502},
+		{"tinyproxy, origin hanging", up(tiny()), "http://" + hanging(t) + "/probe", prober.ReasonTimeout, 0},
+		{"tinyproxy, origin closing", up(tiny()), "http://" + closingAfterHead(t) + "/probe", prober.ReasonConnectionError, 0},
 	}
-	var list []proxy.Upstream
-	for _, u := range ups {
-		list = append(list, u)
-	}
-	e.target("t", idle, list...)
 	reg := prometheus.NewPedanticRegistry()
 	m, err := metrics.New(reg)
 	if err != nil {
@@ -60,63 +63,65 @@ func TestReasonsAndMetrics(t *testing.T) {
 		m.Probe(metrics.ProbeResult{Addr: s.Addr, IPLabels: metrics.IPLabels{Provider: s.Provider, Region: s.Region},
 			OK: s.OK, Reason: s.Reason, Duration: s.Latency})
 	}
-	// tiny-502 probes the 502 origin; the others the healthy one. One
-	// prober per URL set, over the same pools.
-	all := e.targets
-	e.targets = []prober.Target{{Name: "t", Pool: all[0].Pool, Upstreams: without(all[0].Upstreams, viaTiny)}}
-	p := e.prober(prober.Options{URLs: []string{o.URL + "/probe"}, Timeout: 700 * time.Millisecond, OnProbe: onProbe})
-	e.targets = []prober.Target{{Name: "t", Pool: all[0].Pool, Upstreams: map[string]proxy.Upstream{viaTiny: ups["tiny-502"]}}}
-	p502 := e.prober(prober.Options{URLs: []string{o502.URL + "/probe"}, Timeout: 700 * time.Millisecond, OnProbe: onProbe})
-
+	// One target holds them all; one prober per probe URL.
+	var ups []proxy.Upstream
+	byURL := map[string]map[string]proxy.Upstream{}
+	for _, c := range cases {
+		ups = append(ups, c.up)
+		if byURL[c.url] == nil {
+			byURL[c.url] = map[string]proxy.Upstream{}
+		}
+		byURL[c.url][c.up.Addr] = c.up
+	}
+	pl := e.target("t", idle, ups...)
+	probers := map[string]*prober.Prober{}
+	for u, set := range byURL {
+		e.targets = []prober.Target{{Name: "t", Pool: pl, Upstreams: set}}
+		probers[u] = e.prober(prober.Options{URLs: []string{u}, Timeout: 700 * time.Millisecond, OnProbe: onProbe})
+	}
 	start := time.Now()
-	rep := p.Round(e.ctx)
+	rep := probers[probeURL].Round(e.ctx)
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("round took %v: probes did not run concurrently within their timeout", d)
 	}
 	if len(rep.Probed) != 6 || len(rep.Skipped) != 0 {
 		t.Fatalf("round report %+v, want 6 IPs probed", rep)
 	}
-	p502.Round(e.ctx)
-	want := map[string]struct {
-		reason string
-		code   int
-	}{
-		"healthy":  {"", 200},
-		"refused":  {prober.ReasonProxyUnreachable, 0},
-		"stopped":  {prober.ReasonProxyUnreachable, 0},
-		"hanging":  {prober.ReasonTimeout, 0},
-		"closing":  {prober.ReasonConnectionError, 0},
-		"502":      {prober.ReasonHTTPError, 502},
-		"tiny-502": {prober.ReasonHTTPError, 502},
-	}
-	for name, w := range want {
-		addr := ups[name].Addr
-		pr := p
-		if name == "tiny-502" {
-			pr = p502
+	for u, p := range probers {
+		if u != probeURL {
+			p.Round(e.ctx)
 		}
-		s, ok := pr.Status(addr)
+	}
+	for _, c := range cases {
+		s, ok := probers[c.url].Status(c.up.Addr)
 		if !ok {
-			t.Errorf("%s: no status", name)
+			t.Errorf("%s: no status", c.name)
 			continue
 		}
-		if s.Reason != w.reason || s.OK != (w.reason == "") || s.StatusCode != w.code {
-			t.Errorf("%s: ok=%v reason=%q status=%d (%s), want reason %q status %d", name, s.OK, s.Reason, s.StatusCode, s.Error, w.reason, w.code)
+		if s.Reason != c.reason || s.OK != (c.reason == "") || s.StatusCode != c.code {
+			t.Errorf("%s: ok=%v reason=%q status=%d (%s), want reason %q status %d", c.name, s.OK, s.Reason, s.StatusCode, s.Error, c.reason, c.code)
 		}
-		if s.Addr != addr || !s.At.Equal(t0) || s.Probes != 1 || s.Latency <= 0 || !strings.HasSuffix(s.URL, "/probe") {
-			t.Errorf("%s: status %+v", name, s)
+		if s.Addr != c.up.Addr || s.Provider != c.up.Provider || s.Region != c.up.Region || !s.At.Equal(t0) || s.Probes != 1 ||
+			s.Latency <= 0 || s.URL != c.url {
+			t.Errorf("%s: status %+v", c.name, s)
 		}
-		if name == "hanging" && (s.Latency < 700*time.Millisecond || s.Latency > 2*time.Second) {
-			t.Errorf("hanging: latency %v, want about the 700ms timeout", s.Latency)
+		if want := 1; c.reason == "" {
+			want = 0
+			if s.ConsecutiveFailures != want {
+				t.Errorf("%s: %d consecutive failures, want %d", c.name, s.ConsecutiveFailures, want)
+			}
+		} else if s.ConsecutiveFailures != want {
+			t.Errorf("%s: %d consecutive failures, want %d", c.name, s.ConsecutiveFailures, want)
+		}
+		if c.reason == prober.ReasonTimeout && (s.Latency < 700*time.Millisecond || s.Latency > 2*time.Second) {
+			t.Errorf("%s: latency %v, want about the 700ms timeout", c.name, s.Latency)
+		}
+		// Probes give the IPs back.
+		if st := e.state(pl, c.up.Addr); st.State != pool.StateAvailable {
+			t.Errorf("%s: %s after its probe, want available", c.name, st.State)
 		}
 	}
-	if s, _ := p.Status(healthy); s.Provider != "acme" || s.Region != "eu" || s.ConsecutiveFailures != 0 {
-		t.Errorf("healthy: %+v", s)
-	}
-	if s, _ := p.Status(ups["closing"].Addr); s.ConsecutiveFailures != 1 {
-		t.Errorf("closing: %d consecutive failures, want 1", s.ConsecutiveFailures)
-	}
-	if got := len(p.Statuses()); got != 6 {
+	if got := len(probers[probeURL].Statuses()); got != 6 {
 		t.Errorf("Statuses lists %d IPs, want 6", got)
 	}
 	if o.total() != 1 || o502.total() != 1 {
@@ -125,34 +130,25 @@ func TestReasonsAndMetrics(t *testing.T) {
 
 	var exp strings.Builder
 	exp.WriteString("# HELP proxy_hopper_probe_success_total Successful background probes of an IP.\n# TYPE proxy_hopper_probe_success_total counter\n")
-	fmt.Fprintf(&exp, "proxy_hopper_probe_success_total{address=%q,provider=\"acme\",region=\"eu\"} 1\n", healthy)
 	exp.WriteString("# HELP proxy_hopper_probe_failure_total Failed background probes of an IP, by reason.\n# TYPE proxy_hopper_probe_failure_total counter\n")
 	exp.WriteString("# HELP proxy_hopper_ip_reachable Whether the IP passed its last background probe (1) or not (0).\n# TYPE proxy_hopper_ip_reachable gauge\n")
-	fmt.Fprintf(&exp, "proxy_hopper_ip_reachable{address=%q,provider=\"acme\",region=\"eu\"} 1\n", healthy)
-	for name, w := range want {
-		if w.reason == "" {
+	for _, c := range cases {
+		l := fmt.Sprintf("address=%q,provider=%q", c.up.Addr, c.up.Provider)
+		if c.reason == "" {
+			fmt.Fprintf(&exp, "proxy_hopper_probe_success_total{%s,region=%q} 1\n", l, c.up.Region)
+			fmt.Fprintf(&exp, "proxy_hopper_ip_reachable{%s,region=%q} 1\n", l, c.up.Region)
 			continue
 		}
-		fmt.Fprintf(&exp, "proxy_hopper_probe_failure_total{address=%q,provider=\"\",reason=%q,region=\"\"} 1\n", ups[name].Addr, w.reason)
-		fmt.Fprintf(&exp, "proxy_hopper_ip_reachable{address=%q,provider=\"\",region=\"\"} 0\n", ups[name].Addr)
+		fmt.Fprintf(&exp, "proxy_hopper_probe_failure_total{%s,reason=%q,region=%q} 1\n", l, c.reason, c.up.Region)
+		fmt.Fprintf(&exp, "proxy_hopper_ip_reachable{%s,region=%q} 0\n", l, c.up.Region)
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(exp.String()),
 		"proxy_hopper_probe_success_total", "proxy_hopper_probe_failure_total", "proxy_hopper_ip_reachable"); err != nil {
 		t.Error(err)
 	}
-	if n := testutil.CollectAndCount(reg, "proxy_hopper_probe_duration_seconds"); n != 7 {
-		t.Errorf("probe_duration_seconds has %d series, want 7", n)
+	if n := testutil.CollectAndCount(reg, "proxy_hopper_probe_duration_seconds"); n != len(cases) {
+		t.Errorf("probe_duration_seconds has %d series, want %d", n, len(cases))
 	}
-}
-
-func without(m map[string]proxy.Upstream, addr string) map[string]proxy.Upstream {
-	out := map[string]proxy.Upstream{}
-	for k, v := range m {
-		if k != addr {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 // The probe goes through the upstream with its credentials, also as a
