@@ -17,6 +17,7 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
 	redisbackend "github.com/proxy-hopper/proxy-hopper/pool/redis"
+	"github.com/proxy-hopper/proxy-hopper/prober"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
@@ -48,6 +49,10 @@ type Agent struct {
 	tp      io.Closer                      // local transparent mode, when on
 	gw      atomic.Pointer[runningGateway] // gateway mode, when on
 	mx      *agentMetrics                  // server.metrics, when on
+
+	prober     *prober.Prober     // server.probe, when on
+	proberStop context.CancelFunc // set by startProber
+	proberDone chan struct{}      // closed when the prober has stopped
 }
 
 // New validates cfg and builds every part without starting anything.
@@ -94,6 +99,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 		return nil, err
 	}
 	a.live.Store(&targets)
+	if a.prober, err = a.newProber(opts.Clock); err != nil {
+		return nil, fmt.Errorf("prober: %w", err)
+	}
 	authn, err := cfg.authenticator()
 	if err != nil {
 		return nil, err
@@ -171,6 +179,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.tp = tp
 	a.reload.mu.Unlock()
 	a.startGateway(ctx)
+	a.startProber(ctx)
 	stopReloads := a.startReloads(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
@@ -187,6 +196,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("shutting down", "grace", grace)
 	a.stopLocalTransparent()
 	a.drainGateway()
+	a.stopProber()    // probes in flight are cut, their IPs given back
 	a.backend.Close() // queued requests get 503 now
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()

@@ -422,6 +422,9 @@ func (a *Agent) apply(ctx context.Context, cfg *Config) (ReloadResult, error) {
 	if res.IPsAdded+res.IPsRemoved > 0 {
 		a.refreshTransparentUpstreams(actx)
 	}
+	if a.prober != nil {
+		a.prober.SetTargets(a.proberTargets()) // from its next round on
+	}
 	for _, p := range plan {
 		if len(p.addrs) == 0 && (p.prev == nil || len(p.prev.res.IPs) > 0) {
 			a.log.Warn("target has no IPs now: its requests wait up to maxQueueWait, then get 503", "target", p.rt.Name)

@@ -56,6 +56,7 @@ func TestRunReloadsOnSIGHUP(t *testing.T) {
 		return fmt.Sprintf(`
 server:
   host: 127.0.0.1
+  probe: false
 targets:
   - name: local
     regex: '127\.0\.0\.1'

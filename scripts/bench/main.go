@@ -108,6 +108,7 @@ func run() error {
   host: 127.0.0.1
   port: %d
   logLevel: WARNING
+  probe: false
 targets:
   - name: bench
     regex: '.*'

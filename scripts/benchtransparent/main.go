@@ -278,6 +278,7 @@ func inner() error {
   host: 127.0.0.1
   port: 18080
   logLevel: WARNING
+  probe: false
 targets:
   - name: bench
     regex: '^(http://198\.18\.0\.10(:80)?/|198\.18\.0\.10:443$)'
