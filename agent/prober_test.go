@@ -219,6 +219,29 @@ targets:
 	}
 	wait("the healthy IP released by a probe", func() bool { return state(0, tp.Addr).State != pool.StateQuarantined })
 
+	// A reload adds an IP to target one: the prober probes it too.
+	tp2 := testenv.StartTinyproxy(t, "127.0.0.4", testenv.TinyproxyOptions{})
+	raw, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grown := strings.Replace(string(raw), "  - name: one\n    regex: 'one\\.example'\n    ipPool: both\n",
+		fmt.Sprintf("  - name: one\n    regex: 'one\\.example'\n    ipList: [%q]\n", tp2.Addr), 1)
+	if grown == string(raw) {
+		t.Fatal("test config not rewritten")
+	}
+	if err := os.WriteFile(cfgPath, []byte(grown), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	grownCfg, err := Load(cfgPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Reload(context.Background(), grownCfg); err != nil {
+		t.Fatal(err)
+	}
+	wait("a probe of the IP the reload added", func() bool { s, ok := a.Prober().Status(tp2.Addr); return ok && s.OK })
+
 	resp, err := http.Get("http://" + net.JoinHostPort("127.0.0.1", fmt.Sprint(metricsPort)) + "/metrics")
 	if err != nil {
 		t.Fatal(err)
