@@ -992,6 +992,7 @@ func (c *Config) Resolve() ([]ResolvedTarget, error) {
 	c.checkTransparent(&p)
 	c.checkAuth(&p)
 	c.checkAuthSources(&p)
+	c.checkAdmin(&p)
 	providers := c.checkProviders(&p)
 	pools := c.checkPools(&p, providers)
 	targets := c.resolveTargets(&p, providers, pools)

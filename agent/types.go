@@ -61,6 +61,7 @@ type ServerConfig struct {
 	TunnelIdleTimeout Duration `mapstructure:"tunnelIdleTimeout"` // idle CONNECT/transparent tunnel is closed, its IP freed (10m)
 	RedisKeyPrefix    string   `mapstructure:"redisKeyPrefix"`    // backend redis: keys are <prefix>{<target>}:<kind> (ph:)
 	RedisLeaseTTL     Duration `mapstructure:"redisLeaseTtl"`     // backend redis: an IP held by a dead agent is back after (30s)
+	AdminToken        string   `mapstructure:"adminToken"`        // bearer token of the admin API (required when admin is on)
 }
 
 // AuthConfig is parsed and validated now; enforced by the auth issue.
