@@ -40,6 +40,7 @@ type Agent struct {
 	ln      net.Listener
 	tp      io.Closer     // local transparent mode, when on
 	mx      *agentMetrics // server.metrics, when on
+	adm     *agentAdmin   // server.admin, when on
 }
 
 // New validates cfg and builds every part without starting anything.
@@ -81,6 +82,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 	if a.mx, err = newAgentMetrics(a); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
+	a.adm = newAgentAdmin(a)
 	for _, rt := range resolved {
 		addrs := make([]string, 0, len(rt.IPs))
 		ups := make(map[string]proxy.Upstream, len(rt.IPs))
@@ -99,6 +101,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 			hooks.Released = func(addr string) { ids.Rotate(addr, identity.ReasonQuarantine) }
 		}
 		hooks = a.mx.poolHooks(rt.Name, ups, hooks)
+		hooks = a.adm.poolHooks(rt.Name, addrs, hooks)
 		p, err := pool.New(ctx, rt.Name, addrs, a.backend, rt.Pool, pool.Options{Clock: opts.Clock, Logger: log, Hooks: hooks})
 		if err != nil {
 			return nil, fmt.Errorf("build pool for target %s: %w", rt.Name, err)
@@ -125,7 +128,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 			Connect:  s.ConnectTimeout.D(),
 			Response: s.ProxyReadTimeout.D(),
 		},
-		Hooks:       a.mx.proxyHooks(opts.Hooks),
+		Hooks:       a.adm.proxyHooks(a.mx.proxyHooks(opts.Hooks)),
 		Transparent: proxy.TransparentOptions{Unmatched: cfg.Transparent.Unmatched},
 		Dialer:      transparentDialer(cfg),
 	})
@@ -174,6 +177,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	defer a.mx.stop()
+	if err := a.adm.start(ctx); err != nil {
+		a.ln.Close()
+		a.closePools()
+		a.backend.Close()
+		return fmt.Errorf("admin: %w", err)
+	}
+	defer a.adm.stop()
 	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.targets), "backend", a.backendName())
 	a.tp = a.startLocalTransparent(ctx)
 	errc := make(chan error, 1)
@@ -188,6 +198,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		grace = 30 * time.Second
 	}
 	a.log.Info("shutting down", "grace", grace)
+	a.adm.stopping() // /readyz: 503 from now on
 	a.stopLocalTransparent()
 	a.backend.Close() // queued requests get 503 now
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
