@@ -16,6 +16,11 @@ var (
 	ErrUnknownTarget = errors.New("unknown target")
 	// ErrBackendUnavailable means the storage behind the pool cannot be reached.
 	ErrBackendUnavailable = errors.New("pool backend unavailable")
+	// ErrUnknownIP means the address is not in the target's pool.
+	ErrUnknownIP = errors.New("unknown IP")
+	// ErrNotQuarantined means the IP is not quarantined (nor marked for
+	// quarantine while in use).
+	ErrNotQuarantined = errors.New("IP not quarantined")
 )
 
 // State is where an IP stands in its target's pool.
@@ -34,6 +39,10 @@ type IPState struct {
 	State    State
 	Until    time.Time // cooling: ready time; quarantined: release time; in-use: since
 	Failures int
+	// PendingQuarantine is set on an IP in use that was quarantined (Hold)
+	// while its holder used it: when returned it goes into quarantine until
+	// this time, unless it has passed by then. Zero otherwise.
+	PendingQuarantine time.Time
 }
 
 // Backend is pure storage for per-target IP pools: it holds the queue of IPs,
@@ -65,6 +74,26 @@ type Backend interface {
 	NextExpiry(ctx context.Context, target string) (time.Time, bool, error)
 	// Snapshot lists every IP of target with its state.
 	Snapshot(ctx context.Context, target string) ([]IPState, error)
+	// State returns addr's entry of Snapshot, or ErrUnknownIP.
+	State(ctx context.Context, target, addr string) (IPState, error)
+	// Take takes addr as Pop would, but only if it is available now (a
+	// cooling IP whose readyAt has passed is) and no caller of this
+	// process waits in Pop for target; it reports whether it did. A taken
+	// IP is in use until pushed back. ErrUnknownIP if addr is not in the pool.
+	Take(ctx context.Context, target, addr string) (bool, error)
+	// Hold quarantines addr until the given time whatever its state,
+	// replacing any quarantine it was in. An IP in use stays with its
+	// holder and is marked instead (inUse is true): the Push that returns
+	// it puts it in quarantine until then, unless that time has passed by
+	// then. Quarantine (by the holder) clears the mark. ErrUnknownIP if
+	// addr is not in the pool.
+	Hold(ctx context.Context, target, addr string, until time.Time) (inUse bool, err error)
+	// Unquarantine takes a quarantined addr out of quarantine before its
+	// time, as PopExpired does: it is in use until pushed back. For an IP
+	// in use marked by Hold it removes the mark and reports inUse; the
+	// holder keeps it. ErrNotQuarantined for any other IP, ErrUnknownIP if
+	// addr is not in the pool. The failure count is left alone.
+	Unquarantine(ctx context.Context, target, addr string) (inUse bool, err error)
 	// Close releases every waiter blocked in Pop with ErrClosed.
 	Close() error
 }

@@ -77,6 +77,13 @@ type Pool struct {
 	timerAt time.Time
 	closed  bool
 	unwatch func() // set by New when the backend is an ExpiryWatcher
+
+	// held are the release times of IPs quarantined by Quarantine while
+	// in use: their Release arms the release timer. nheld is len(held),
+	// so that Release looks at it only when there is one.
+	heldMu sync.Mutex
+	held   map[string]time.Time
+	nheld  atomic.Int32
 }
 
 // Options configures New.
@@ -143,12 +150,26 @@ func (p *Pool) Acquire(ctx context.Context) (string, error) {
 	return p.backend.Pop(ctx, p.target, p.cfg.Load().MaxQueueWait)
 }
 
-// Release returns addr after a use. Success resets its failure count; a
+// Release returns addr after a use (of an IP from Acquire or TryTake).
+// Success resets its failure count; a
 // failure counts, and at the threshold quarantines it; Neutral does neither. Either way a
 // non-quarantined IP comes back after MinRequestInterval. If the backend
 // fails to count or to quarantine, the IP still comes back (an IP never
 // pushed back would be lost to the pool for good) and the error is returned.
 func (p *Pool) Release(ctx context.Context, addr string, outcome Outcome) error {
+	if p.nheld.Load() > 0 {
+		if until, ok := p.unhold(addr); ok {
+			// Quarantined while in use: the backend puts it in
+			// quarantine now; the timer must see it.
+			err := p.release(ctx, addr, outcome)
+			p.schedule(until)
+			return err
+		}
+	}
+	return p.release(ctx, addr, outcome)
+}
+
+func (p *Pool) release(ctx context.Context, addr string, outcome Outcome) error {
 	cfg := p.cfg.Load()
 	now := p.clock.Now()
 	readyAt := now.Add(cfg.MinRequestInterval)
@@ -252,6 +273,101 @@ func (p *Pool) scheduleNext(ctx context.Context) {
 // Snapshot lists the pool's IPs and their states.
 func (p *Pool) Snapshot(ctx context.Context) ([]IPState, error) {
 	return p.backend.Snapshot(ctx, p.target)
+}
+
+// TryTake takes addr out of the pool if it is available right now (not in
+// use, not cooling, not quarantined, and no request of this process waiting
+// for an IP), as Acquire would, without waiting. ok is false otherwise. The
+// caller gives it back with Release, like an acquired IP. ErrUnknownIP if
+// addr is not in the pool.
+func (p *Pool) TryTake(ctx context.Context, addr string) (ok bool, err error) {
+	ok, err = p.backend.Take(ctx, p.target, addr)
+	if err != nil {
+		return false, fmt.Errorf("take %s: %w", addr, err)
+	}
+	return ok, nil
+}
+
+// Quarantine takes addr out of the pool until `until`, whatever its state:
+// an available or cooling IP leaves the queue at once, a quarantined one
+// gets the new release time; an IP in use goes into quarantine when it is
+// released (its Release does not put it back in the queue), unless until
+// has passed by then. It fires Hooks.Quarantined and arms the release timer
+// like a failure-driven quarantine. The failure count is left alone.
+// ErrUnknownIP if addr is not in the pool.
+func (p *Pool) Quarantine(ctx context.Context, addr string, until time.Time) error {
+	// Recorded first: a Release racing with Hold then arms the timer.
+	p.heldMu.Lock()
+	if p.held == nil {
+		p.held = map[string]time.Time{}
+	}
+	p.held[addr] = until
+	p.nheld.Store(int32(len(p.held)))
+	p.heldMu.Unlock()
+	inUse, err := p.backend.Hold(ctx, p.target, addr, until)
+	if err != nil || !inUse {
+		p.unhold(addr)
+	}
+	if err != nil {
+		return fmt.Errorf("quarantine %s: %w", addr, err)
+	}
+	p.log.Warn("ip quarantined", "address", addr, "until", until, "in_use", inUse)
+	if p.hooks.Quarantined != nil {
+		p.hooks.Quarantined(addr, until)
+	}
+	p.schedule(until)
+	return nil
+}
+
+// unhold forgets addr's entry in held, and every entry whose time has
+// passed (their IPs are no longer to be quarantined when released). It
+// returns addr's release time.
+func (p *Pool) unhold(addr string) (time.Time, bool) {
+	p.heldMu.Lock()
+	defer p.heldMu.Unlock()
+	until, ok := p.held[addr]
+	delete(p.held, addr)
+	now := p.clock.Now()
+	for a, u := range p.held {
+		if !u.After(now) {
+			delete(p.held, a)
+		}
+	}
+	p.nheld.Store(int32(len(p.held)))
+	return until, ok
+}
+
+// ReleaseQuarantine puts a quarantined addr back at once, at the end of
+// the queue with its failure count reset, firing Hooks.Released first
+// (as the release timer does). For an IP in use that Quarantine marked, it
+// cancels the mark: the IP comes back normally when released.
+// ErrNotQuarantined for any other IP, ErrUnknownIP if addr is not in the pool.
+func (p *Pool) ReleaseQuarantine(ctx context.Context, addr string) error {
+	inUse, err := p.backend.Unquarantine(ctx, p.target, addr)
+	if err != nil {
+		return fmt.Errorf("release %s from quarantine: %w", addr, err)
+	}
+	p.unhold(addr)
+	if p.hooks.Released != nil {
+		p.hooks.Released(addr)
+	}
+	var errs []error
+	if err := p.backend.ResetFailures(ctx, p.target, addr); err != nil {
+		errs = append(errs, fmt.Errorf("reset failures of %s: %w", addr, err))
+	}
+	if !inUse {
+		// Pushed even if the reset failed: an IP never pushed back would
+		// be lost to the pool for good.
+		errs = append(errs, p.push(ctx, addr, p.clock.Now()))
+	}
+	p.log.Info("ip released from quarantine early", "address", addr, "in_use", inUse)
+	return errors.Join(errs...)
+}
+
+// State returns addr's state, as Snapshot lists it. ErrUnknownIP if addr is
+// not in the pool.
+func (p *Pool) State(ctx context.Context, addr string) (IPState, error) {
+	return p.backend.State(ctx, p.target, addr)
 }
 
 // Close stops the release timer. Waiters are released by closing the backend.

@@ -37,7 +37,8 @@ type entry struct {
 	seq      uint64
 	index    int // position in a schedule, -1 when in none
 	failures int
-	removed  bool // left the configured set while in use
+	removed  bool      // left the configured set while in use
+	hold     time.Time // in use: quarantine until then when pushed back (Hold)
 }
 
 type waiter struct {
@@ -239,6 +240,15 @@ func (b *Backend) Push(_ context.Context, name, addr string, readyAt time.Time) 
 		return nil
 	}
 	now := t.clock.Now()
+	if !e.hold.IsZero() {
+		until := e.hold
+		e.hold = time.Time{}
+		if until.After(now) {
+			e.state = pool.StateQuarantined
+			t.quarantine.push(e, until)
+			return nil
+		}
+	}
 	if readyAt.After(now) {
 		e.state = pool.StateCooling
 		t.cooling.push(e, readyAt)
@@ -289,9 +299,115 @@ func (b *Backend) Quarantine(_ context.Context, name, addr string, until time.Ti
 		case pool.StateQuarantined:
 			t.quarantine.removeAt(e.index)
 		}
-		e.state = pool.StateQuarantined
+		e.state, e.hold = pool.StateQuarantined, time.Time{}
 		t.quarantine.push(e, until)
 	})
+}
+
+// entry returns addr's entry of target with the target locked; the caller
+// unlocks t.mu.
+func (b *Backend) entry(name, addr string) (*target, *entry, error) {
+	t, err := b.get(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	t.mu.Lock()
+	e, ok := t.ips[addr]
+	if !ok {
+		t.mu.Unlock()
+		return nil, nil, fmt.Errorf("%w: %s", pool.ErrUnknownIP, addr)
+	}
+	return t, e, nil
+}
+
+// Take implements pool.Backend.
+func (b *Backend) Take(_ context.Context, name, addr string) (bool, error) {
+	t, e, err := b.entry(name, addr)
+	if err != nil {
+		return false, err
+	}
+	defer t.mu.Unlock()
+	if t.closed {
+		return false, pool.ErrClosed
+	}
+	// Waiters come first: this hands them what cooled down meanwhile.
+	t.dispatch(t.clock.Now())
+	if e.state != pool.StateAvailable || len(t.waiters) > 0 {
+		return false, nil
+	}
+	t.ready.remove(e)
+	e.state, e.at = pool.StateInUse, t.clock.Now()
+	return true, nil
+}
+
+// Hold implements pool.Backend.
+func (b *Backend) Hold(_ context.Context, name, addr string, until time.Time) (bool, error) {
+	t, e, err := b.entry(name, addr)
+	if err != nil {
+		return false, err
+	}
+	defer t.mu.Unlock()
+	switch e.state {
+	case pool.StateInUse:
+		e.hold = until
+		return true, nil
+	case pool.StateAvailable:
+		t.ready.remove(e)
+	case pool.StateCooling:
+		t.cooling.removeAt(e.index)
+	case pool.StateQuarantined:
+		t.quarantine.removeAt(e.index)
+	}
+	e.state = pool.StateQuarantined
+	t.quarantine.push(e, until)
+	return false, nil
+}
+
+// Unquarantine implements pool.Backend.
+func (b *Backend) Unquarantine(_ context.Context, name, addr string) (bool, error) {
+	t, e, err := b.entry(name, addr)
+	if err != nil {
+		return false, err
+	}
+	defer t.mu.Unlock()
+	switch {
+	case e.state == pool.StateQuarantined:
+		t.quarantine.removeAt(e.index)
+		e.state, e.at = pool.StateInUse, t.clock.Now()
+		return false, nil
+	case e.state == pool.StateInUse && !e.hold.IsZero():
+		e.hold = time.Time{}
+		return true, nil
+	}
+	return false, fmt.Errorf("%w: %s is %s", pool.ErrNotQuarantined, addr, e.view(t.clock.Now()).State)
+}
+
+// State implements pool.Backend.
+func (b *Backend) State(_ context.Context, name, addr string) (pool.IPState, error) {
+	t, e, err := b.entry(name, addr)
+	if err != nil {
+		return pool.IPState{}, err
+	}
+	defer t.mu.Unlock()
+	return e.view(t.clock.Now()), nil
+}
+
+// view is e as Snapshot lists it. Caller holds the target's mu.
+func (e *entry) view(now time.Time) pool.IPState {
+	s := pool.IPState{Addr: e.addr, State: e.state, Failures: e.failures}
+	switch e.state {
+	case pool.StateCooling:
+		if !e.at.After(now) {
+			s.State = pool.StateAvailable
+		} else {
+			s.Until = e.at
+		}
+	case pool.StateInUse:
+		s.Until, s.PendingQuarantine = e.at, e.hold
+	case pool.StateQuarantined:
+		s.Until = e.at
+	}
+	return s
 }
 
 // PopExpired implements pool.Backend. Returned IPs are in use until pushed.
@@ -340,18 +456,7 @@ func (b *Backend) Snapshot(_ context.Context, name string) ([]pool.IPState, erro
 	now := t.clock.Now()
 	out := make([]pool.IPState, 0, len(t.ips))
 	for _, e := range t.ips {
-		s := pool.IPState{Addr: e.addr, State: e.state, Failures: e.failures}
-		switch e.state {
-		case pool.StateCooling:
-			if !e.at.After(now) {
-				s.State = pool.StateAvailable
-			} else {
-				s.Until = e.at
-			}
-		case pool.StateQuarantined, pool.StateInUse:
-			s.Until = e.at
-		}
-		out = append(out, s)
+		out = append(out, e.view(now))
 	}
 	slices.SortFunc(out, func(a, b pool.IPState) int {
 		switch {

@@ -30,17 +30,21 @@ func (r *ring) pop() *entry {
 	return e
 }
 
-// remove deletes e, keeping the order of the rest. O(n); used only when the
-// IP set is reconciled.
+// remove deletes e, keeping the order of the rest: O(n), without
+// allocating. Used when the IP set is reconciled and when one IP is taken
+// or quarantined out of turn.
 func (r *ring) remove(e *entry) {
-	kept := make([]*entry, 0, r.size)
-	for r.size > 0 {
-		if x := r.pop(); x != e {
-			kept = append(kept, x)
+	n := len(r.buf)
+	for i := 0; i < r.size; i++ {
+		if r.buf[(r.head+i)%n] != e {
+			continue
 		}
-	}
-	for _, x := range kept {
-		r.push(x)
+		for j := i; j < r.size-1; j++ {
+			r.buf[(r.head+j)%n] = r.buf[(r.head+j+1)%n]
+		}
+		r.size--
+		r.buf[(r.head+r.size)%n] = nil
+		return
 	}
 }
 

@@ -94,6 +94,11 @@ func Run(t *testing.T, newBackend func(t *testing.T, clock pool.Clock) pool.Back
 		{"SeedReconcile", testSeedReconcile},
 		{"SeedServesWaiter", testSeedServesWaiter},
 		{"Snapshot", testSnapshot},
+		{"Take", testTake},
+		{"TakeYieldsToWaiters", testTakeYieldsToWaiters},
+		{"Hold", testHold},
+		{"Unquarantine", testUnquarantine},
+		{"State", testState},
 		{"Close", testClose},
 		{"UnknownTarget", testUnknownTarget},
 		{"TargetsIndependent", testTargetsIndependent},
@@ -934,6 +939,10 @@ func testUnknownTarget(t *testing.T, e *env) {
 		"PopExpired":    func() error { _, err := e.b.PopExpired(ctx, "nope", e.now()); return err },
 		"NextExpiry":    func() error { _, _, err := e.b.NextExpiry(ctx, "nope"); return err },
 		"Snapshot":      func() error { _, err := e.b.Snapshot(ctx, "nope"); return err },
+		"State":         func() error { _, err := e.b.State(ctx, "nope", "a"); return err },
+		"Take":          func() error { _, err := e.b.Take(ctx, "nope", "a"); return err },
+		"Hold":          func() error { _, err := e.b.Hold(ctx, "nope", "a", e.now()); return err },
+		"Unquarantine":  func() error { _, err := e.b.Unquarantine(ctx, "nope", "a"); return err },
 	}
 	names := make([]string, 0, len(calls))
 	for name := range calls {
@@ -1051,6 +1060,40 @@ func testConcurrency(t *testing.T, e *env) {
 				}
 			}
 			time.Sleep(500 * time.Microsecond)
+		}
+	})
+	// A prober and an operator: Take and return, quarantine IPs whatever
+	// their state, release quarantined ones early.
+	wg.Go(func() {
+		rng := rand.New(rand.NewPCG(99, 1))
+		for !stop.Load() {
+			addr := addrs[rng.IntN(nIPs)]
+			var err error
+			switch rng.IntN(4) {
+			case 0, 1:
+				var ok bool
+				if ok, err = e.b.Take(ctx, "t", addr); ok {
+					holdOnce(addr, "prober")
+					held.Delete(addr)
+					err = e.b.Push(ctx, "t", addr, e.clock.Now().Add(time.Millisecond))
+				}
+			case 2:
+				_, err = e.b.Hold(ctx, "t", addr, e.clock.Now().Add(time.Duration(rng.IntN(3))*time.Millisecond))
+			case 3:
+				var inUse bool
+				inUse, err = e.b.Unquarantine(ctx, "t", addr)
+				if errors.Is(err, pool.ErrNotQuarantined) {
+					err = nil
+				} else if err == nil && !inUse {
+					holdOnce(addr, "operator")
+					held.Delete(addr)
+					err = e.b.Push(ctx, "t", addr, e.clock.Now())
+				}
+			}
+			if err != nil {
+				t.Errorf("control of %s: %v", addr, err)
+			}
+			time.Sleep(200 * time.Microsecond)
 		}
 	})
 	for w := range nWorkers {

@@ -805,31 +805,142 @@ func (b *Backend) Snapshot(ctx context.Context, name string) ([]pool.IPState, er
 	now := msFloor(b.clock.Now())
 	out := make([]pool.IPState, 0, len(ips))
 	for addr, st := range ips {
-		s := pool.IPState{Addr: addr, State: pool.StateAvailable}
-		s.Failures, _ = strconv.Atoi(fails[addr])
-		if s.Failures > 0 && t.resetPending(addr, false) {
-			s.Failures = 0
-		}
-		switch st[0] {
-		case 'c':
-			if at := cool[addr]; at > now {
-				s.State, s.Until = pool.StateCooling, time.UnixMilli(at)
-			}
-		case 'q':
-			s.State, s.Until = pool.StateQuarantined, time.UnixMilli(quar[addr])
-		case 'u', 'U':
-			if leases[addr] > now {
-				s.State = pool.StateInUse
-				if _, since, ok := strings.Cut(st, "|"); ok {
-					ms, _ := strconv.ParseInt(since, 10, 64)
-					s.Until = time.UnixMilli(ms)
-				}
-			}
-		}
-		out = append(out, s)
+		out = append(out, b.view(t, addr, st, fails[addr], cool[addr], quar[addr], leases[addr], now))
 	}
 	slices.SortFunc(out, func(x, y pool.IPState) int { return strings.Compare(x.Addr, y.Addr) })
 	return out, nil
+}
+
+// view is one IP as Snapshot lists it, from its state string, failure
+// count and scores in cool, quar and lease (Unix ms, 0 when absent).
+func (b *Backend) view(t *target, addr, st, fails string, cool, quar, lease, now int64) pool.IPState {
+	s := pool.IPState{Addr: addr, State: pool.StateAvailable}
+	s.Failures, _ = strconv.Atoi(fails)
+	if s.Failures > 0 && t.resetPending(addr, false) {
+		s.Failures = 0
+	}
+	switch st[0] {
+	case 'c':
+		if cool > now {
+			s.State, s.Until = pool.StateCooling, time.UnixMilli(cool)
+		}
+	case 'q':
+		s.State, s.Until = pool.StateQuarantined, time.UnixMilli(quar)
+	case 'u', 'U':
+		_, rest, _ := strings.Cut(st, "|")
+		since, mark, marked := strings.Cut(rest, "|")
+		var until int64
+		if marked {
+			until, _ = strconv.ParseInt(mark, 10, 64)
+		}
+		switch {
+		case lease > now:
+			s.State = pool.StateInUse
+			ms, _ := strconv.ParseInt(since, 10, 64)
+			s.Until = time.UnixMilli(ms)
+			if marked {
+				s.PendingQuarantine = time.UnixMilli(until)
+			}
+		case until > now: // its holder is gone: quarantined at the next operation
+			s.State, s.Until = pool.StateQuarantined, time.UnixMilli(until)
+		}
+	}
+	return s
+}
+
+// State implements pool.Backend.
+func (b *Backend) State(ctx context.Context, name, addr string) (pool.IPState, error) {
+	t := b.target(name)
+	res, err := b.run(ctx, t, stateScript, addr)
+	if err != nil {
+		return pool.IPState{}, err
+	}
+	if n, ok := res.(int64); ok && n == -1 {
+		return pool.IPState{}, fmt.Errorf("%w: %s", pool.ErrUnknownIP, addr)
+	}
+	parts, _ := res.([]any)
+	if len(parts) != 5 {
+		return pool.IPState{}, fmt.Errorf("redis: state: unexpected reply %v", res)
+	}
+	str := func(i int) string { v, _ := parts[i].(string); return v }
+	score := func(i int) int64 { f, _ := strconv.ParseFloat(str(i), 64); return int64(f) }
+	st := str(0)
+	if st == "" {
+		return pool.IPState{}, fmt.Errorf("redis: state: unexpected reply %v", res)
+	}
+	return b.view(t, addr, st, str(1), score(2), score(3), score(4), msFloor(b.clock.Now())), nil
+}
+
+// Take implements pool.Backend. Only callers waiting in this agent are
+// seen: an IP another agent's caller waits for may be taken.
+func (b *Backend) Take(ctx context.Context, name, addr string) (bool, error) {
+	if b.closed.Load() {
+		return false, pool.ErrClosed
+	}
+	if b.down.Load() {
+		return false, errDown
+	}
+	t := b.target(name)
+	t.mu.Lock()
+	waiting := len(t.queue)+len(t.batch) > 0
+	t.mu.Unlock()
+	if waiting {
+		return false, nil
+	}
+	b.outstanding.Add(1)
+	defer b.release(1)
+	now := msFloor(b.clock.Now())
+	tok := b.token()
+	res, err := b.run(context.WithoutCancel(ctx), t, takeScript, now, addr, tok, now+b.opts.LeaseTTL.Milliseconds())
+	if err != nil {
+		return false, err
+	}
+	switch n, _ := res.(int64); n {
+	case -1:
+		return false, fmt.Errorf("%w: %s", pool.ErrUnknownIP, addr)
+	case 1:
+		return len(b.hold(t, []string{addr}, tok)) == 1, nil
+	}
+	return false, nil
+}
+
+// Hold implements pool.Backend.
+func (b *Backend) Hold(ctx context.Context, name, addr string, until time.Time) (bool, error) {
+	res, err := b.run(context.WithoutCancel(ctx), b.target(name), holdScript, addr, msCeil(until))
+	if err != nil {
+		return false, err
+	}
+	switch n, _ := res.(int64); n {
+	case -1:
+		return false, fmt.Errorf("%w: %s", pool.ErrUnknownIP, addr)
+	case 2:
+		return true, nil
+	}
+	return false, nil
+}
+
+// Unquarantine implements pool.Backend. The IP is leased to this agent
+// until pushed back.
+func (b *Backend) Unquarantine(ctx context.Context, name, addr string) (bool, error) {
+	b.outstanding.Add(1)
+	defer b.release(1)
+	t := b.target(name)
+	now := msFloor(b.clock.Now())
+	tok := b.token()
+	res, err := b.run(context.WithoutCancel(ctx), t, unquarantineScript, addr, now, tok, now+b.opts.LeaseTTL.Milliseconds())
+	if err != nil {
+		return false, err
+	}
+	switch n, _ := res.(int64); n {
+	case -1:
+		return false, fmt.Errorf("%w: %s", pool.ErrUnknownIP, addr)
+	case 0:
+		return false, fmt.Errorf("%w: %s", pool.ErrNotQuarantined, addr)
+	case 2:
+		return true, nil
+	}
+	// Still held here under a lease it lost (see hold): its holder returns it.
+	return len(b.hold(t, []string{addr}, tok)) == 0, nil
 }
 
 // WatchExpiry implements pool.ExpiryWatcher: f is called every LeaseTTL/3

@@ -24,6 +24,10 @@ import goredis "github.com/redis/go-redis/v9"
 //	                     token is unclaimed (see seedScript)
 //	U<token>|<since ms>  in use, and no longer configured: leaves when returned
 //
+// An in-use state may end in |<until ms>: quarantined (Hold) while in use,
+// it goes into quarantine until then when returned, or when its lease runs
+// out, unless that time has passed.
+//
 // Times are passed in (ARGV, Unix ms of the caller's clock) and never read
 // from Redis, so pool timing follows pool.Clock. Scripts return numbers
 // and strings only: booleans and nils map to different types in RESP2 and
@@ -56,6 +60,21 @@ local function holder(st)
   return k, string.sub(st, 2, bar - 1)
 end
 
+-- mark returns the pending quarantine time (ms) of an in-use state, or nil,
+-- and the state without it.
+local function mark(st)
+  local bar = string.find(st, '|', 2, true)
+  local bar2 = bar and string.find(st, '|', bar + 1, true)
+  if not bar2 then return nil, st end
+  return tonumber(string.sub(st, bar2 + 1)), string.sub(st, 1, bar2 - 1)
+end
+
+-- quarantine puts addr in quar until the given time (ms).
+local function quarantine(a, untilMs)
+  redis.call('HSET', KEYS[2], a, 'q')
+  redis.call('ZADD', KEYS[6], untilMs, a)
+end
+
 -- forget drops addr from the pool for good.
 local function forget(a)
   redis.call('HDEL', KEYS[2], a)
@@ -79,8 +98,12 @@ local function promote(now)
   if #l > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
     for i = 1, #l, 2 do
-      if holder(redis.call('HGET', KEYS[2], l[i])) == 'U' then
+      local st = redis.call('HGET', KEYS[2], l[i])
+      local untilMs = st and mark(st)
+      if holder(st) == 'U' then
         forget(l[i])
+      elseif untilMs and untilMs > tonumber(now) then
+        quarantine(l[i], untilMs)
       else
         due[#due + 1] = {l[i], tonumber(l[i + 1]), 0}
       end
@@ -226,6 +249,11 @@ if k == 'U' then
   forget(a)
   return 1
 end
+local untilMs = mark(st)
+if untilMs and untilMs > tonumber(ARGV[1]) then
+  quarantine(a, untilMs)
+  return 1
+end
 if tonumber(ARGV[4]) > tonumber(ARGV[1]) then
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('HSET', KEYS[2], a, 'c' .. seq)
@@ -309,6 +337,95 @@ end
 redis.call('HSET', KEYS[2], a, 'q')
 redis.call('ZADD', KEYS[6], ARGV[2], a)
 return 1
+`)
+
+// stateScript: ARGV addr. Returns {state, failures, cool, quar, lease}
+// of addr (scores as strings, empty when not in the set), or -1 for an addr
+// not in the pool.
+var stateScript = goredis.NewScript(preamble + `
+local a = ARGV[1]
+local st = redis.call('HGET', KEYS[2], a)
+if not st then
+  unknown()
+  return -1
+end
+local function score(k)
+  return redis.call('ZSCORE', k, a) or ''
+end
+return {st, redis.call('HGET', KEYS[7], a) or '', score(KEYS[4]), score(KEYS[6]), score(KEYS[5])}
+`)
+
+// takeScript: ARGV now, addr, token, lease deadline. Leases addr to token
+// if it is available (after promoting). Returns 1 if it did, 0 if addr is
+// not available, -1 if it is not in the pool.
+var takeScript = goredis.NewScript(preamble + `
+local a = ARGV[2]
+local st = redis.call('HGET', KEYS[2], a)
+if not st then
+  unknown()
+  return -1
+end
+if string.sub(st, 1, 1) == 'c' then
+  promote(ARGV[1])
+  st = redis.call('HGET', KEYS[2], a)
+end
+if st ~= 'a' then return 0 end
+redis.call('LREM', KEYS[3], 1, a)
+redis.call('HSET', KEYS[2], a, 'u' .. ARGV[3] .. '|' .. ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[4], a)
+return 1
+`)
+
+// holdScript: ARGV addr, until. Quarantines addr until then whatever its
+// state; an IP in use is marked instead (see the states above). Returns 1
+// when quarantined, 2 when marked, -1 if addr is not in the pool.
+var holdScript = goredis.NewScript(preamble + `
+local a = ARGV[1]
+local st = redis.call('HGET', KEYS[2], a)
+if not st then
+  unknown()
+  return -1
+end
+local k = string.sub(st, 1, 1)
+if k == 'u' or k == 'U' then
+  local _, base = mark(st)
+  redis.call('HSET', KEYS[2], a, base .. '|' .. ARGV[2])
+  return 2
+end
+if k == 'a' then
+  redis.call('LREM', KEYS[3], 1, a)
+elseif k == 'c' then
+  redis.call('ZREM', KEYS[4], a)
+end
+quarantine(a, ARGV[2])
+return 1
+`)
+
+// unquarantineScript: ARGV addr, now, token, lease deadline. A quarantined
+// addr leaves quar, leased to token (returns 1); an in-use addr marked by
+// holdScript loses the mark (returns 2). Returns 0 for any other state, -1
+// if addr is not in the pool.
+var unquarantineScript = goredis.NewScript(preamble + `
+local a = ARGV[1]
+local st = redis.call('HGET', KEYS[2], a)
+if not st then
+  unknown()
+  return -1
+end
+if st == 'q' then
+  redis.call('ZREM', KEYS[6], a)
+  redis.call('HSET', KEYS[2], a, 'u' .. ARGV[3] .. '|' .. ARGV[2])
+  redis.call('ZADD', KEYS[5], ARGV[4], a)
+  return 1
+end
+if holder(st) then
+  local untilMs, base = mark(st)
+  if untilMs then
+    redis.call('HSET', KEYS[2], a, base)
+    return 2
+  end
+end
+return 0
 `)
 
 // popExpiredScript: ARGV now, token, lease deadline. Claims every
