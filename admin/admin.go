@@ -30,7 +30,7 @@ var (
 	// ErrUnknownTarget: no target of that name (404).
 	ErrUnknownTarget = errors.New("unknown target")
 	// ErrUnknownIP: the target has no such IP (404).
-	ErrUnknownIP = errors.New("unknown IP")
+	ErrUnknownIP = pool.ErrUnknownIP
 	// ErrIPExists: the target already has that IP (409).
 	ErrIPExists = errors.New("IP already in the target")
 	// ErrLastIP: removing the IP would leave the target without any (409).
@@ -212,6 +212,8 @@ func (s *Server) routes() http.Handler {
 	api.HandleFunc("GET /api/events", s.getEvents)
 	api.HandleFunc("POST /api/targets/{target}/ips", s.addIP)
 	api.HandleFunc("DELETE /api/targets/{target}/ips/{ip}", s.removeIP)
+	api.HandleFunc("POST /api/targets/{target}/ips/{ip}/quarantine", s.quarantine)
+	api.HandleFunc("POST /api/targets/{target}/ips/{ip}/release", s.release)
 	api.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})

@@ -50,6 +50,9 @@ type IPView struct {
 	FailedRequests uint64 `json:"failedRequests"`
 	Provider       string `json:"provider"`
 	Region         string `json:"region"`
+	// QuarantinePendingUntil is set on an IP quarantined while in use: it
+	// goes into quarantine until then when its use ends.
+	QuarantinePendingUntil time.Time `json:"quarantinePendingUntil,omitzero"`
 	// Draining: removed from the target, finishing the use in flight.
 	Draining bool       `json:"draining"`
 	Probe    *ProbeView `json:"probe"` // null until the prober has probed it
@@ -110,7 +113,7 @@ func (s *Server) view(ctx context.Context, t *proxy.Target) TargetView {
 		ip := IPView{
 			Address: PublicAddr(st.Addr), State: st.State, ConsecutiveFailures: st.Failures,
 			Requests: c.Requests, FailedRequests: c.Failed, Provider: up.Provider, Region: up.Region,
-			Draining: member != nil && !member[st.Addr],
+			Draining: member != nil && !member[st.Addr], QuarantinePendingUntil: st.PendingQuarantine,
 		}
 		switch st.State {
 		case pool.StateQuarantined:

@@ -545,3 +545,125 @@ func TestAdminReadyzRedis(t *testing.T) {
 		return code == 200
 	})
 }
+
+// TestAdminQuarantineRelease quarantines an IP through the API, checks
+// traffic avoids it, releases it and checks traffic comes back to it.
+func TestAdminQuarantineRelease(t *testing.T) {
+	a := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
+	b := testenv.StartTinyproxy(t, "127.0.0.3", testenv.TinyproxyOptions{})
+	e := startAdminAgent(t, "", oneTarget(a.Addr, b.Addr))
+	qpath := "/api/targets/web/ips/" + a.Addr + "/quarantine"
+	rpath := "/api/targets/web/ips/" + a.Addr + "/release"
+
+	var q struct {
+		Quarantined, Pending bool
+		ReleaseAt            time.Time
+	}
+	json.Unmarshal([]byte(e.api("POST", qpath, "", 200)), &q)
+	if !q.Quarantined || q.Pending || q.ReleaseAt.Before(time.Now().Add(59*time.Minute)) {
+		t.Errorf("quarantine answer: %+v, want released in the target's quarantineTime (1h)", q)
+	}
+	ip, _ := findIP(e.target("web"), a.Addr)
+	if ip.State != pool.StateQuarantined || !ip.ReleaseAt.Equal(q.ReleaseAt) {
+		t.Errorf("quarantined IP listed as %+v", ip)
+	}
+	before := len(a.Requests(t))
+	for range 6 {
+		if code := e.fetch("/x"); code != 200 {
+			t.Fatalf("request: %d", code)
+		}
+	}
+	if got := len(a.Requests(t)); got != before {
+		t.Errorf("the quarantined IP carried %d requests", got-before)
+	}
+	if got := len(b.Requests(t)); got != 6 {
+		t.Errorf("b carried %d requests, want all 6", got)
+	}
+
+	if got := e.api("POST", rpath, "", 200); !strings.Contains(got, `"released": true`) {
+		t.Errorf("release: %s", got)
+	}
+	got := e.api("POST", rpath, "", 409)
+	if !strings.Contains(got, `"not_quarantined"`) || !strings.Contains(got, a.Addr) {
+		t.Errorf("second release: %s", got)
+	}
+	for range 4 {
+		if code := e.fetch("/x"); code != 200 {
+			t.Fatalf("request: %d", code)
+		}
+	}
+	if got := len(a.Requests(t)); got < before+2 {
+		t.Errorf("released IP carried %d requests, want back in rotation", got-before)
+	}
+
+	// A short quarantine ends by itself.
+	var short struct{ ReleaseAt time.Time }
+	json.Unmarshal([]byte(e.api("POST", qpath, `{"seconds": 0.3}`, 200)), &short)
+	if d := time.Until(short.ReleaseAt); d > 400*time.Millisecond || d < 0 {
+		t.Errorf("seconds 0.3: release in %s", d)
+	}
+	waitFor(t, "the short quarantine to end", func() bool {
+		ip, _ := findIP(e.target("web"), a.Addr)
+		return ip.State == pool.StateAvailable
+	})
+
+	// Quarantining an IP in use is pending until its use ends.
+	slow := make(chan int, 2)
+	go func() { slow <- e.fetch("/slow") }()
+	go func() { slow <- e.fetch("/slow") }()
+	waitFor(t, "both IPs in use", func() bool { return e.target("web").Counts[pool.StateInUse] == 2 })
+	json.Unmarshal([]byte(e.api("POST", qpath, `{"seconds": 3600}`, 200)), &q)
+	if !q.Pending {
+		t.Errorf("quarantine of an IP in use: not pending")
+	}
+	if ip, _ := findIP(e.target("web"), a.Addr); ip.State != pool.StateInUse || ip.QuarantinePendingUntil.IsZero() {
+		t.Errorf("IP in use after quarantine: %+v", ip)
+	}
+	for range 2 {
+		if code := <-slow; code != 200 {
+			t.Errorf("request on an IP quarantined in flight: %d", code)
+		}
+	}
+	waitFor(t, "the pending quarantine to start", func() bool {
+		ip, _ := findIP(e.target("web"), a.Addr)
+		return ip.State == pool.StateQuarantined
+	})
+
+	var events []admin.Event
+	var doc struct{ Events []admin.Event }
+	json.Unmarshal([]byte(e.api("GET", "/api/events", "", 200)), &doc)
+	events = doc.Events
+	var kinds []string
+	for _, ev := range events {
+		if ev.Address != a.Addr || ev.Target != "web" {
+			t.Errorf("event of another IP: %+v", ev)
+		}
+		kinds = append(kinds, ev.Kind)
+	}
+	// Newest first: quarantine (pending), released (timer), quarantined
+	// (0.3s), released (API), quarantined (API).
+	if want := "quarantined released quarantined released quarantined"; strings.Join(kinds, " ") != want {
+		t.Errorf("events: %v, want %s", kinds, want)
+	}
+
+	for _, c := range []struct {
+		path, body string
+		code       int
+		errCode    string
+	}{
+		{"/api/targets/web/ips/127.0.0.9:1/quarantine", "", 404, "unknown_ip"},
+		{"/api/targets/web/ips/127.0.0.9:1/release", "", 404, "unknown_ip"},
+		{"/api/targets/nope/ips/" + a.Addr + "/quarantine", "", 404, "unknown_target"},
+		{"/api/targets/web/ips/bogus/quarantine", "", 400, "bad_address"},
+		{qpath, `{"seconds": -1}`, 400, "bad_seconds"},
+		{qpath, `{"seconds": 1e12}`, 400, "bad_seconds"},
+		{qpath, `{"seconds": "10"}`, 400, "bad_json"},
+		{qpath, `{"secs": 10}`, 400, "bad_json"},
+		{"/api/targets/web/ips/" + b.Addr + "/release", "", 409, "not_quarantined"},
+	} {
+		code, body := e.call("POST", c.path, testAdminToken, c.body)
+		if code != c.code || !strings.Contains(body, `"`+c.errCode+`"`) {
+			t.Errorf("POST %s %s: %d %s, want %d %s", c.path, c.body, code, body, c.code, c.errCode)
+		}
+	}
+}
