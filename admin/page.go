@@ -49,6 +49,7 @@ var templates = template.Must(template.New("").Funcs(template.FuncMap{
 	"rate":          func(f float64) string { return fmt.Sprintf("%.2f", f) },
 	"ms":            func(f float64) string { return fmt.Sprintf("%.0f", f) },
 	"sparkline":     sparkline,
+	"states":        func() []pool.State { return States },
 	"mix":           mix,
 }).ParseFS(pageFS, "*.tmpl"))
 
