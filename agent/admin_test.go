@@ -509,11 +509,13 @@ func TestAdminBadInput(t *testing.T) {
 	}
 }
 
-// TestAdminReadyzRedis: /readyz pings Redis; with Redis down it answers 503
-// with the reason, and 200 again once Redis is back.
-func TestAdminReadyzRedis(t *testing.T) {
+// TestAdminRedis runs the API over backend: redis: quarantine, release,
+// add and remove go through Redis; /readyz pings it, and with Redis down it
+// answers 503 with the reason (changes too), and 200 again once it is back.
+func TestAdminRedis(t *testing.T) {
 	srv := testenv.StartRedis(t, testenv.RedisOptions{})
 	tp := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
+	tp2 := testenv.StartTinyproxy(t, "127.0.0.3", testenv.TinyproxyOptions{})
 	e := startAdminAgent(t, fmt.Sprintf("  backend: redis\n  redisUrl: %s\n  redisKeyPrefix: 'admin-test-%d:'", srv.URL(0), os.Getpid()), oneTarget(tp.Addr))
 	if code, body := e.call("GET", "/readyz", "", ""); code != 200 || !strings.Contains(body, `"backend": "redis"`) {
 		t.Fatalf("/readyz with redis up: %d %s", code, body)
@@ -521,6 +523,27 @@ func TestAdminReadyzRedis(t *testing.T) {
 	if code := e.fetch("/x"); code != 200 {
 		t.Fatalf("request: %d", code)
 	}
+	e.api("POST", "/api/targets/web/ips", fmt.Sprintf(`{"address": %q}`, tp2.Addr), 201)
+	e.api("POST", "/api/targets/web/ips/"+tp.Addr+"/quarantine", "", 200)
+	if ip, _ := findIP(e.target("web"), tp.Addr); ip.State != pool.StateQuarantined {
+		t.Errorf("quarantined over redis: %+v", ip)
+	}
+	for range 3 {
+		if code := e.fetch("/x"); code != 200 {
+			t.Fatalf("request: %d", code)
+		}
+	}
+	if got := len(tp2.Requests(t)); got != 3 {
+		t.Errorf("the added IP carried %d of 3 requests while the other was quarantined", got)
+	}
+	e.api("POST", "/api/targets/web/ips/"+tp.Addr+"/release", "", 200)
+	e.api("POST", "/api/targets/web/ips/"+tp.Addr+"/release", "", 409)
+	e.api("DELETE", "/api/targets/web/ips/"+tp2.Addr, "", 200)
+	waitFor(t, "the removed IP gone from redis", func() bool {
+		v := e.target("web")
+		return len(v.IPs) == 1 && v.IPs[0].Address == tp.Addr && v.IPs[0].State == pool.StateAvailable
+	})
+
 	srv.Stop()
 	code, body := e.call("GET", "/readyz", "", "")
 	var doc struct {
@@ -538,6 +561,9 @@ func TestAdminReadyzRedis(t *testing.T) {
 	v := e.target("web")
 	if v.Error == "" || len(v.IPs) != 0 {
 		t.Errorf("target with redis down: %+v", v)
+	}
+	if code, body := e.call("POST", "/api/targets/web/ips/"+tp.Addr+"/quarantine", testAdminToken, ""); code != 503 || !strings.Contains(body, "backend_unavailable") {
+		t.Errorf("quarantine with redis down: %d %s", code, body)
 	}
 	srv.Start()
 	waitFor(t, "/readyz 200 after redis is back", func() bool {
@@ -665,5 +691,111 @@ func TestAdminQuarantineRelease(t *testing.T) {
 		if code != c.code || !strings.Contains(body, `"`+c.errCode+`"`) {
 			t.Errorf("POST %s %s: %d %s, want %d %s", c.path, c.body, code, body, c.code, c.errCode)
 		}
+	}
+}
+
+// TestAdminShutdownAndOff: /readyz answers 503 while the agent drains
+// requests in flight on shutdown, then the admin listener closes; with
+// server.admin off there is no admin listener at all.
+func TestAdminShutdownAndOff(t *testing.T) {
+	tp := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(time.Second)
+		fmt.Fprint(w, "slow")
+	}))
+	defer origin.Close()
+	port := testenv.FreePort(t, "127.0.0.1")
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+server:
+  admin: true
+  adminHost: 127.0.0.1
+  adminPort: %d
+  adminToken: %s
+  shutdownTimeout: 5s
+%s`, port, testAdminToken, oneTarget(tp.Addr))), 0o600)
+	cfg, err := Load(cfgPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, _ := proxy.Listen(context.Background(), "127.0.0.1:0")
+	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+	adminAddr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+	testenv.WaitListening(t, adminAddr, 5*time.Second)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	slow := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+		req.Header.Set(proxy.HeaderTarget, origin.URL)
+		resp, err := client.Do(req)
+		if err != nil {
+			slow <- 0
+			return
+		}
+		resp.Body.Close()
+		slow <- resp.StatusCode
+	}()
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	var code int
+	var body string
+	waitFor(t, "/readyz 503 while shutting down", func() bool {
+		resp, err := client.Get("http://" + adminAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		code, body = resp.StatusCode, string(b)
+		return code == 503
+	})
+	if !strings.Contains(body, "shutting down") {
+		t.Errorf("/readyz while shutting down: %d %s", code, body)
+	}
+	if got := <-slow; got != 200 {
+		t.Errorf("request in flight at shutdown: %d", got)
+	}
+	if err := <-runErr; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if c, err := net.Dial("tcp", adminAddr); err == nil {
+		c.Close()
+		t.Errorf("admin listener open after Run returned")
+	}
+
+	// Off (the default): no listener on the admin port, even with a token.
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+server:
+  adminPort: %d
+  adminToken: %s
+%s`, port, testAdminToken, oneTarget(tp.Addr))), 0o600)
+	cfg, err = Load(cfgPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, _ = proxy.Listen(context.Background(), "127.0.0.1:0")
+	a, err = New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	go func() { runErr <- a.Run(ctx) }()
+	testenv.WaitListening(t, ln.Addr().String(), 5*time.Second)
+	if c, err := net.Dial("tcp", adminAddr); err == nil {
+		c.Close()
+		t.Errorf("admin listener open with server.admin off")
+	}
+	if a.AdminAddr() != nil {
+		t.Errorf("AdminAddr = %v with admin off", a.AdminAddr())
+	}
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Errorf("Run: %v", err)
 	}
 }
