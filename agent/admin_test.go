@@ -577,7 +577,8 @@ func TestAdminRedis(t *testing.T) {
 func TestAdminQuarantineRelease(t *testing.T) {
 	a := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
 	b := testenv.StartTinyproxy(t, "127.0.0.3", testenv.TinyproxyOptions{})
-	e := startAdminAgent(t, "", oneTarget(a.Addr, b.Addr))
+	metricsPort := testenv.FreePort(t, "127.0.0.1")
+	e := startAdminAgent(t, fmt.Sprintf("  metrics: true\n  metricsPort: %d", metricsPort), oneTarget(a.Addr, b.Addr))
 	qpath := "/api/targets/web/ips/" + a.Addr + "/quarantine"
 	rpath := "/api/targets/web/ips/" + a.Addr + "/release"
 
@@ -670,6 +671,17 @@ func TestAdminQuarantineRelease(t *testing.T) {
 	// (0.3s), released (API), quarantined (API).
 	if want := "quarantined released quarantined released quarantined"; strings.Join(kinds, " ") != want {
 		t.Errorf("events: %v, want %s", kinds, want)
+	}
+
+	// The metrics see the API's quarantines as the page does.
+	resp, err := e.client.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := fmt.Sprintf(`proxy_hopper_ip_quarantine_events_total{address=%q,provider="",region="",target="web"} 3`, a.Addr); !strings.Contains(string(mb), want) {
+		t.Errorf("/metrics lacks %s", want)
 	}
 
 	for _, c := range []struct {
