@@ -107,9 +107,9 @@ func (x *agentAdmin) start(ctx context.Context) error {
 		Backend:     a.backend,
 		BackendName: a.backendName(),
 		IPs:         x,
-		// Probes: wired once the prober exposes per-IP results.
-		Recorder: x.rec,
-		Logger:   a.log,
+		Probes:      x.probes(),
+		Recorder:    x.rec,
+		Logger:      a.log,
 	})
 	if err != nil {
 		return err
@@ -127,6 +127,22 @@ func (x *agentAdmin) start(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// probes gives the admin API the prober's last result per IP (nil when
+// server.probe is off).
+func (x *agentAdmin) probes() admin.ProbeSource {
+	p := x.a.prober
+	if p == nil {
+		return nil
+	}
+	return admin.ProbeFunc(func(addr string) (admin.ProbeResult, bool) {
+		st, ok := p.Status(addr)
+		if !ok {
+			return admin.ProbeResult{}, false
+		}
+		return admin.ProbeResult{OK: st.OK, Latency: st.Latency, At: st.At, Reason: st.Reason}, true
+	})
 }
 
 // stopping makes /readyz answer 503 while the agent shuts down.

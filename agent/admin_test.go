@@ -49,6 +49,11 @@ func startAdminAgent(t *testing.T, server, rest string) *adminEnv {
 	t.Cleanup(origin.Close)
 	port := testenv.FreePort(t, "127.0.0.1")
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	if !strings.Contains(server, "probe:") {
+		// The default probe URLs are on the internet: tests probe only
+		// their own origin.
+		server = "  probe: false\n" + server
+	}
 	body := fmt.Sprintf(`
 server:
   host: 127.0.0.1
@@ -725,6 +730,7 @@ server:
   adminPort: %d
   adminToken: %s
   shutdownTimeout: 5s
+  probe: false
 %s`, port, testAdminToken, oneTarget(tp.Addr))), 0o600)
 	cfg, err := Load(cfgPath, nil)
 	if err != nil {
@@ -786,6 +792,7 @@ server:
 server:
   adminPort: %d
   adminToken: %s
+  probe: false
 %s`, port, testAdminToken, oneTarget(tp.Addr))), 0o600)
 	cfg, err = Load(cfgPath, nil)
 	if err != nil {
@@ -809,5 +816,41 @@ server:
 	cancel()
 	if err := <-runErr; err != nil {
 		t.Errorf("Run: %v", err)
+	}
+}
+
+// TestAdminProbeStatus runs the prober against the test's own origin and
+// checks the API and the page show each IP's last probe.
+func TestAdminProbeStatus(t *testing.T) {
+	a := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
+	dead := net.JoinHostPort("127.0.0.3", fmt.Sprint(testenv.FreePort(t, "127.0.0.3"))) // refuses
+	probeOrigin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(20 * time.Millisecond)
+		fmt.Fprint(w, "probe ok")
+	}))
+	defer probeOrigin.Close()
+	e := startAdminAgent(t, fmt.Sprintf("  probe: true\n  probeUrls: [%q]\n  probeInterval: 30s\n  probeTimeout: 3s", probeOrigin.URL),
+		oneTarget(a.Addr, dead))
+	var v admin.TargetView
+	waitFor(t, "both IPs probed", func() bool {
+		v = e.target("web")
+		for _, ip := range v.IPs {
+			if ip.Probe == nil {
+				return false
+			}
+		}
+		return len(v.IPs) == 2
+	})
+	good, _ := findIP(v, a.Addr)
+	bad, _ := findIP(v, dead)
+	if p := good.Probe; !p.OK || p.Result != "ok" || p.LatencyMs < 20 || time.Since(p.At) > time.Minute {
+		t.Errorf("probe of the healthy IP: %+v", p)
+	}
+	if p := bad.Probe; p.OK || p.Result != "proxy_unreachable" {
+		t.Errorf("probe of the dead IP: %+v", p)
+	}
+	page := e.api("GET", "/", "", 200)
+	if !strings.Contains(page, "probe ok ") || !strings.Contains(page, "probe proxy_unreachable ") {
+		t.Errorf("page does not show the probes")
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
 	redisbackend "github.com/proxy-hopper/proxy-hopper/pool/redis"
+	"github.com/proxy-hopper/proxy-hopper/prober"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
@@ -41,6 +42,10 @@ type Agent struct {
 	tp      io.Closer     // local transparent mode, when on
 	mx      *agentMetrics // server.metrics, when on
 	adm     *agentAdmin   // server.admin, when on
+
+	prober     *prober.Prober     // server.probe, when on
+	proberStop context.CancelFunc // set by startProber
+	proberDone chan struct{}      // closed when the prober has stopped
 }
 
 // New validates cfg and builds every part without starting anything.
@@ -110,6 +115,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 		a.targets = append(a.targets, &proxy.Target{
 			Name: rt.Name, Regex: rt.Regex, Pool: p, Upstreams: ups, NumRetries: rt.NumRetries, TLS: rt.TLS, Identity: ids,
 		})
+	}
+	if a.prober, err = a.newProber(opts.Clock); err != nil {
+		return nil, fmt.Errorf("prober: %w", err)
 	}
 	authn, err := cfg.authenticator()
 	if err != nil {
@@ -186,6 +194,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.adm.stop()
 	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.targets), "backend", a.backendName())
 	a.tp = a.startLocalTransparent(ctx)
+	a.startProber(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
 	var serveErr error
@@ -200,6 +209,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("shutting down", "grace", grace)
 	a.adm.stopping() // /readyz: 503 from now on
 	a.stopLocalTransparent()
+	a.stopProber()    // probes in flight are cut, their IPs given back
 	a.backend.Close() // queued requests get 503 now
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()

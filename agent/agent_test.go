@@ -32,6 +32,7 @@ func TestRunGracefulShutdown(t *testing.T) {
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
 server:
   shutdownTimeout: 5s
+  probe: false
 targets:
   - name: one
     regex: '.*'

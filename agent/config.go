@@ -989,6 +989,7 @@ type poolInfo struct {
 func (c *Config) Resolve() ([]ResolvedTarget, error) {
 	var p problems
 	c.checkServer(&p)
+	c.checkProber(&p)
 	c.checkTransparent(&p)
 	c.checkAuth(&p)
 	c.checkAuthSources(&p)

@@ -35,6 +35,7 @@ server:
   metrics: true
   metricsPort: %d
   shutdownTimeout: 2s
+  probe: false
 proxyProviders:
   - name: local
     ipList: ["%s", "%s"]

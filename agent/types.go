@@ -62,6 +62,11 @@ type ServerConfig struct {
 	RedisKeyPrefix    string   `mapstructure:"redisKeyPrefix"`    // backend redis: keys are <prefix>{<target>}:<kind> (ph:)
 	RedisLeaseTTL     Duration `mapstructure:"redisLeaseTtl"`     // backend redis: an IP held by a dead agent is back after (30s)
 	AdminToken        string   `mapstructure:"adminToken"`        // bearer token of the admin API (required when admin is on)
+
+	// The prober feeding the pools (README "Prober"); all off by default.
+	ProbeFailuresUntilQuarantine int  `mapstructure:"probeFailuresUntilQuarantine"` // failed probes in a row that quarantine an IP in every target (0: never)
+	ProbeReleasesQuarantine      bool `mapstructure:"probeReleasesQuarantine"`      // a good probe releases a quarantined IP early
+	ProbeMaxPerHour              int  `mapstructure:"probeMaxPerHour"`              // probes of one IP in any hour (0: no cap)
 }
 
 // AuthConfig is parsed and validated now; enforced by the auth issue.

@@ -151,11 +151,12 @@ func (p *Pool) Acquire(ctx context.Context) (string, error) {
 }
 
 // Release returns addr after a use (of an IP from Acquire or TryTake).
-// Success resets its failure count; a
-// failure counts, and at the threshold quarantines it; Neutral does neither. Either way a
-// non-quarantined IP comes back after MinRequestInterval. If the backend
-// fails to count or to quarantine, the IP still comes back (an IP never
-// pushed back would be lost to the pool for good) and the error is returned.
+// Success resets its failure count; a failure counts, and at the threshold
+// quarantines it; Neutral does neither. Either way a non-quarantined IP
+// comes back after MinRequestInterval (an IP that Quarantine marked while
+// in use goes into quarantine instead). If the backend fails to count or
+// to quarantine, the IP still comes back (an IP never pushed back would be
+// lost to the pool for good) and the error is returned.
 func (p *Pool) Release(ctx context.Context, addr string, outcome Outcome) error {
 	if p.nheld.Load() > 0 {
 		if until, ok := p.unhold(addr); ok {

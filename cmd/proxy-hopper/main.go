@@ -141,6 +141,10 @@ func newServerFlags(fs *flag.FlagSet) *serverFlags {
 		sf.overrides["probeUrls"] = urls
 		return nil
 	})
+	str("probe-failures-until-quarantine", "probeFailuresUntilQuarantine", "failed probes in a row that quarantine an IP in every target (default 0: never)")
+	boolean("probe-releases-quarantine", "probeReleasesQuarantine", true, "a successful probe releases a quarantined IP early")
+	boolean("no-probe-releases-quarantine", "probeReleasesQuarantine", false, "probes never release a quarantined IP (default)")
+	str("probe-max-per-hour", "probeMaxPerHour", "probes of one IP in any hour (default 0: no cap)")
 	return sf
 }
 

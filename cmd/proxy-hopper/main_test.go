@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -107,9 +108,13 @@ targets:
 // code is 0.
 func TestRunServesAndStopsOnSIGTERM(t *testing.T) {
 	bin := buildBinary(t)
+	var probes atomic.Int32
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			time.Sleep(700 * time.Millisecond)
+		}
+		if r.URL.Path == "/probe" {
+			probes.Add(1)
 		}
 		fmt.Fprint(w, "hello from origin")
 	}))
@@ -120,12 +125,14 @@ func TestRunServesAndStopsOnSIGTERM(t *testing.T) {
 server:
   host: 127.0.0.1
   logFormat: json
+  probeUrls: ["%s/probe"]
+  probeInterval: 1s
 targets:
   - name: local
     regex: '127\.0\.0\.1'
     ipList: ["%s"]
     minRequestInterval: 0
-`, tp.Addr))
+`, origin.URL, tp.Addr))
 	var logs bytes.Buffer
 	cmd := exec.Command(bin, "run", "--config", cfg, "--port", fmt.Sprint(port), "--log-level", "DEBUG")
 	cmd.Stderr = &logs
@@ -149,6 +156,12 @@ targets:
 	}
 	if code, body, err := get("/hi"); err != nil || code != 200 || body != "hello from origin" {
 		t.Fatalf("request: %d %q %v\nlogs:\n%s", code, body, err, logs.String())
+	}
+	// The prober probes the IP while no request uses it (rounds every 1s,
+	// each probe within 100ms of the round's start: jitter is a tenth of
+	// the interval).
+	for deadline := time.Now().Add(5 * time.Second); probes.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
 	}
 	type result struct {
 		code int
@@ -176,6 +189,15 @@ targets:
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("agent did not exit after SIGTERM\nlogs:\n%s", logs.String())
+	}
+	// The prober ran and stopped with the agent.
+	if probes.Load() == 0 {
+		t.Errorf("the origin saw no probe\nlogs:\n%s", logs.String())
+	}
+	for _, msg := range []string{`"msg":"prober started"`, `"msg":"prober stopped"`} {
+		if !strings.Contains(logs.String(), msg) {
+			t.Errorf("logs lack %s\nlogs:\n%s", msg, logs.String())
+		}
 	}
 	if strings.Contains(logs.String(), "secret") {
 		t.Errorf("logs leak credentials")

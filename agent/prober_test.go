@@ -1,0 +1,265 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
+	"github.com/proxy-hopper/proxy-hopper/pool"
+	"github.com/proxy-hopper/proxy-hopper/prober"
+	"github.com/proxy-hopper/proxy-hopper/proxy"
+)
+
+// The prober keys proxy-hopper does not have: defaults, env, YAML, flags.
+func TestProberKeys(t *testing.T) {
+	type c struct {
+		name      string
+		env       map[string]string
+		yaml      string
+		overrides map[string]any
+		want      [3]any // probeFailuresUntilQuarantine, probeReleasesQuarantine, probeMaxPerHour
+	}
+	for _, tc := range []c{
+		{"defaults", nil, "", nil, [3]any{0, false, 0}},
+		{"env", map[string]string{
+			"PROXY_HOPPER_PROBE_FAILURES_UNTIL_QUARANTINE": "3", "PROXY_HOPPER_PROBE_RELEASES_QUARANTINE": "yes",
+			"PROXY_HOPPER_PROBE_MAX_PER_HOUR": "12",
+		}, "", nil, [3]any{3, true, 12}},
+		{"yaml over env", map[string]string{"PROXY_HOPPER_PROBE_MAX_PER_HOUR": "12"},
+			"probeFailuresUntilQuarantine: 2\n  probeReleasesQuarantine: true\n  probeMaxPerHour: 6", nil, [3]any{2, true, 6}},
+		{"snake_case yaml", nil, "probe_failures_until_quarantine: 4\n  probe_max_per_hour: 1", nil, [3]any{4, false, 1}},
+		{"flags over yaml", nil, "probeFailuresUntilQuarantine: 2\n  probeReleasesQuarantine: true",
+			map[string]any{"probeFailuresUntilQuarantine": "5", "probeReleasesQuarantine": false, "probeMaxPerHour": "30"}, [3]any{5, false, 30}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearEnv(t)
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			body := minimal
+			if tc.yaml != "" {
+				body = "server:\n  " + tc.yaml + "\n" + minimal
+			}
+			s := mustLoad(t, body, tc.overrides).Server
+			if got := [3]any{s.ProbeFailuresUntilQuarantine, s.ProbeReleasesQuarantine, s.ProbeMaxPerHour}; got != tc.want {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+	for key, env := range map[string]string{
+		"probeFailuresUntilQuarantine": "PROXY_HOPPER_PROBE_FAILURES_UNTIL_QUARANTINE",
+		"probeReleasesQuarantine":      "PROXY_HOPPER_PROBE_RELEASES_QUARANTINE",
+		"probeMaxPerHour":              "PROXY_HOPPER_PROBE_MAX_PER_HOUR",
+	} {
+		if got := EnvName(key); got != env {
+			t.Errorf("EnvName(%s) = %s, want %s", key, got, env)
+		}
+	}
+}
+
+func TestProberKeyErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		env       map[string]string
+		yaml      string
+		overrides map[string]any
+		want      []string
+	}{
+		{"negative", nil, "probeFailuresUntilQuarantine: -1\n  probeMaxPerHour: -2", nil, []string{
+			"server: probeFailuresUntilQuarantine must not be negative (0 turns it off), got -1",
+			"server: probeMaxPerHour must not be negative (0 is no cap), got -2",
+		}},
+		{"bad env", map[string]string{"PROXY_HOPPER_PROBE_MAX_PER_HOUR": "lots"}, "", nil, []string{
+			`server: probeMaxPerHour: want a whole number, got "lots" (from PROXY_HOPPER_PROBE_MAX_PER_HOUR)`,
+		}},
+		{"bad flag", nil, "", map[string]any{"probeFailuresUntilQuarantine": "three"}, []string{
+			`server: probeFailuresUntilQuarantine: want a whole number, got "three" (from command-line flag --probe-failures-until-quarantine)`,
+		}},
+		{"bad yaml bool", nil, "probeReleasesQuarantine: sometimes", nil, []string{
+			`server: probeReleasesQuarantine: want true or false, got "sometimes"`,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearEnv(t)
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			body := minimal
+			if tc.yaml != "" {
+				body = "server:\n  " + tc.yaml + "\n" + minimal
+			}
+			cfg, err := loadString(t, body, tc.overrides)
+			if err == nil {
+				_, err = cfg.Resolve()
+			}
+			if got := problemsOf(t, err); !slices.Equal(got, tc.want) {
+				t.Errorf("problems:\n%q\nwant\n%q", got, tc.want)
+			}
+		})
+	}
+}
+
+// The agent runs the prober with its config: probes through the real
+// upstreams, quarantines a dead IP in both targets that use it after
+// probeFailuresUntilQuarantine failed probes, releases a healthy IP an
+// operator quarantined, feeds the metrics, shows each IP's last probe, and
+// stops with the agent.
+func TestAgentProber(t *testing.T) {
+	clearEnv(t)
+	var probes atomic.Int32
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/probe" {
+			probes.Add(1)
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	defer origin.Close()
+	tp := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{BasicAuth: "prov:pw"})
+	dead := net.JoinHostPort("127.0.0.3", fmt.Sprint(testenv.FreePort(t, "127.0.0.3")))
+	metricsPort := testenv.FreePort(t, "127.0.0.1")
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+server:
+  host: 127.0.0.1
+  metrics: true
+  metricsPort: %d
+  shutdownTimeout: 2s
+  probeInterval: 200ms
+  probeTimeout: 2s
+  probeUrls: ["%s/probe"]
+  probeFailuresUntilQuarantine: 2
+  probeReleasesQuarantine: true
+proxyProviders:
+  - name: local
+    ipList: ["%s", "%s"]
+    regionTag: lab
+    auth: {type: basic, username: prov, password: pw}
+ipPools:
+  - name: both
+    ipRequests: [{provider: local, count: 2}]
+targets:
+  - name: one
+    regex: 'one\.example'
+    ipPool: both
+    minRequestInterval: 0
+    quarantineTime: 1h
+  - name: two
+    regex: 'two\.example'
+    ipPool: both
+    minRequestInterval: 0
+    quarantineTime: 2h
+`, metricsPort, origin.URL, tp.Addr, dead)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(cfgPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Prober() == nil {
+		t.Fatal("Prober() is nil with server.probe on")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	state := func(i int, addr string) pool.IPState {
+		s, err := a.Targets()[i].Pool.State(context.Background(), addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	wait("the dead IP quarantined in both targets", func() bool {
+		return state(0, dead).State == pool.StateQuarantined && state(1, dead).State == pool.StateQuarantined
+	})
+	if s0, s1 := state(0, dead), state(1, dead); s1.Until.Sub(s0.Until) < 59*time.Minute {
+		t.Errorf("quarantine ends %v and %v, want each target's quarantineTime (1h, 2h)", s0.Until, s1.Until)
+	}
+	st, ok := a.Prober().Status(dead)
+	if !ok || st.OK || st.Reason != prober.ReasonProxyUnreachable || st.Provider != "local" || st.Region != "lab" {
+		t.Errorf("status of the dead IP: %+v", st)
+	}
+	wait("a good probe of the healthy IP", func() bool { s, ok := a.Prober().Status(tp.Addr); return ok && s.OK })
+	if probes.Load() == 0 {
+		t.Error("the origin saw no probe (through tinyproxy with the provider's credentials)")
+	}
+	// An operator quarantines the healthy IP; a good probe releases it.
+	if err := a.Targets()[0].Pool.Quarantine(context.Background(), tp.Addr, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	wait("the healthy IP released by a probe", func() bool { return state(0, tp.Addr).State != pool.StateQuarantined })
+
+	resp, err := http.Get("http://" + net.JoinHostPort("127.0.0.1", fmt.Sprint(metricsPort)) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		fmt.Sprintf(`proxy_hopper_probe_failure_total{address=%q,provider="local",reason="proxy_unreachable",region="lab"}`, dead),
+		fmt.Sprintf(`proxy_hopper_ip_reachable{address=%q,provider="local",region="lab"} 0`, dead),
+		fmt.Sprintf(`proxy_hopper_ip_reachable{address=%q,provider="local",region="lab"} 1`, tp.Addr),
+		fmt.Sprintf(`proxy_hopper_probe_success_total{address=%q,provider="local",region="lab"}`, tp.Addr),
+		fmt.Sprintf(`proxy_hopper_ip_quarantine_events_total{address=%q,provider="local",region="lab",target="two"} 1`, dead),
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	cancel()
+	select {
+	case err := <-runErr:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+}
+
+// server.probe false, or no probe URLs: no prober.
+func TestAgentProberOff(t *testing.T) {
+	clearEnv(t)
+	for _, server := range []string{"server:\n  probe: false\n", "server:\n  probeUrls: []\n"} {
+		cfg := mustLoad(t, server+minimal, nil)
+		a, err := New(context.Background(), cfg, Options{Logger: discard()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Prober() != nil {
+			t.Errorf("%q: a prober", server)
+		}
+		a.closePools()
+		a.backend.Close()
+	}
+}
