@@ -13,6 +13,7 @@ import (
 
 	"github.com/proxy-hopper/proxy-hopper/admin"
 	"github.com/proxy-hopper/proxy-hopper/pool"
+	"github.com/proxy-hopper/proxy-hopper/prober"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
@@ -199,6 +200,7 @@ func (x *agentAdmin) AddIP(ctx context.Context, target, addr string) error {
 		return fmt.Errorf("add %s to target %s: %w", addr, target, err)
 	}
 	x.lists[target] = next
+	x.syncProber()
 	return nil
 }
 
@@ -230,7 +232,30 @@ func (x *agentAdmin) RemoveIP(ctx context.Context, target, addr string) error {
 	if t.Identity != nil {
 		t.Identity.Forget(addr)
 	}
+	x.syncProber()
 	return nil
+}
+
+// syncProber makes the prober probe the IP lists as edited: added IPs
+// from the next round on, removed ones no more. Caller holds x.mu.
+func (x *agentAdmin) syncProber() {
+	p := x.a.prober
+	if p == nil {
+		return
+	}
+	targets := make([]prober.Target, 0, len(x.a.targets))
+	for _, t := range x.a.targets {
+		ups := make(map[string]proxy.Upstream, len(x.lists[t.Name]))
+		for _, addr := range x.lists[t.Name] {
+			up, ok := t.Upstreams[addr]
+			if !ok {
+				up = proxy.Upstream{Addr: addr} // added through the API: no credentials
+			}
+			ups[addr] = up
+		}
+		targets = append(targets, prober.Target{Name: t.Name, Pool: t.Pool, Upstreams: ups})
+	}
+	p.SetTargets(targets)
 }
 
 // AdminAddr is where the admin API is served once Run has started (nil

@@ -829,7 +829,7 @@ func TestAdminProbeStatus(t *testing.T) {
 		fmt.Fprint(w, "probe ok")
 	}))
 	defer probeOrigin.Close()
-	e := startAdminAgent(t, fmt.Sprintf("  probe: true\n  probeUrls: [%q]\n  probeInterval: 30s\n  probeTimeout: 3s", probeOrigin.URL),
+	e := startAdminAgent(t, fmt.Sprintf("  probe: true\n  probeUrls: [%q]\n  probeInterval: 300ms\n  probeTimeout: 3s", probeOrigin.URL),
 		oneTarget(a.Addr, dead))
 	var v admin.TargetView
 	waitFor(t, "both IPs probed", func() bool {
@@ -852,5 +852,25 @@ func TestAdminProbeStatus(t *testing.T) {
 	page := e.api("GET", "/", "", 200)
 	if !strings.Contains(page, "probe ok ") || !strings.Contains(page, "probe proxy_unreachable ") {
 		t.Errorf("page does not show the probes")
+	}
+
+	// An IP added through the API is probed from the next round on; a
+	// removed one is not probed any more.
+	b := testenv.StartTinyproxy(t, "127.0.0.4", testenv.TinyproxyOptions{})
+	e.api("POST", "/api/targets/web/ips", fmt.Sprintf(`{"address": %q}`, b.Addr), 201)
+	waitFor(t, "the added IP probed", func() bool {
+		ip, ok := findIP(e.target("web"), b.Addr)
+		return ok && ip.Probe != nil && ip.Probe.OK
+	})
+	e.api("DELETE", "/api/targets/web/ips/"+a.Addr, "", 200)
+	waitFor(t, "the removed IP gone", func() bool { _, ok := findIP(e.target("web"), a.Addr); return !ok })
+	time.Sleep(50 * time.Millisecond) // a probe of a may have been in flight
+	n := len(a.Requests(t))
+	time.Sleep(time.Second) // three rounds
+	if got := len(a.Requests(t)); got != n {
+		t.Errorf("the removed IP was probed %d more times", got-n)
+	}
+	if got := len(b.Requests(t)); got < 2 {
+		t.Errorf("the added IP was probed %d times in a second, want every round", got)
 	}
 }
