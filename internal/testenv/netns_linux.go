@@ -13,6 +13,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Netns is a network namespace made for one test: loopback up, no route
@@ -90,6 +91,12 @@ func (n *Netns) AddAddrs(t testing.TB, addrs ...string) {
 		addr, err := netlink.ParseAddr(a)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if addr.IP.To4() == nil {
+			// No duplicate address detection: even on lo an IPv6 address
+			// is tentative (bind fails with EADDRNOTAVAIL) until the
+			// kernel's DAD work runs, which a loaded machine delays.
+			addr.Flags |= unix.IFA_F_NODAD
 		}
 		if err := nl.AddrAdd(l, addr); err != nil {
 			t.Fatalf("add %s to lo in %s: %v", a, n.Name, err)
