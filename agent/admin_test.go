@@ -90,7 +90,10 @@ server:
 	})
 	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
 	testenv.WaitListening(t, addr, 5*time.Second)
-	if got := a.AdminAddr(); got == nil || got.String() != addr {
+	// The port accepts as soon as Run has opened it, a moment before
+	// AdminAddr is set.
+	waitFor(t, "AdminAddr", func() bool { return a.AdminAddr() != nil })
+	if got := a.AdminAddr(); got.String() != addr {
 		t.Errorf("AdminAddr = %v, want %s", got, addr)
 	}
 	return &adminEnv{t: t, a: a, proxy: ln.Addr().String(), base: "http://" + addr, origin: origin,
