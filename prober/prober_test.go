@@ -578,3 +578,28 @@ func newRealPool(ctx context.Context, t *testing.T, addrs ...string) *pool.Pool 
 	t.Cleanup(func() { p.Close(); be.Close() })
 	return p
 }
+
+// SetTargets changes what the next rounds probe; statuses of IPs no
+// target uses any more go.
+func TestSetTargets(t *testing.T) {
+	e := newEnv(t)
+	o := newOrigin(t)
+	a := testenv.StartTinyproxy(t, "127.0.0.1", testenv.TinyproxyOptions{}).Addr
+	b := testenv.StartTinyproxy(t, "127.0.0.1", testenv.TinyproxyOptions{}).Addr
+	e.target("one", idle, up(a))
+	p := e.prober(prober.Options{URLs: []string{o.URL + "/p"}})
+	e.target("two", idle, up(b))
+	if rep := p.Round(e.ctx); !slices.Equal(rep.Probed, []string{a}) {
+		t.Fatalf("round %+v, want a", rep)
+	}
+	p.SetTargets(e.targets[1:])
+	if rep := p.Round(e.ctx); !slices.Equal(rep.Probed, []string{b}) {
+		t.Fatalf("round after SetTargets %+v, want b", rep)
+	}
+	if _, ok := p.Status(a); ok {
+		t.Error("a still has a status after its target went")
+	}
+	if s, ok := p.Status(b); !ok || !s.OK {
+		t.Errorf("b: %+v, %v", s, ok)
+	}
+}
