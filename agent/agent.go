@@ -49,6 +49,7 @@ type Agent struct {
 	tp      io.Closer                      // local transparent mode, when on
 	gw      atomic.Pointer[runningGateway] // gateway mode, when on
 	mx      *agentMetrics                  // server.metrics, when on
+	adm     *agentAdmin                    // server.admin, when on
 
 	prober     *prober.Prober     // server.probe, when on
 	proberStop context.CancelFunc // set by startProber
@@ -94,6 +95,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 	if a.mx, err = newAgentMetrics(a); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
+	a.adm = newAgentAdmin(a) // before the pools: their hooks feed its recorder
 	targets, err := a.buildTargets(ctx, cfg, resolved)
 	if err != nil {
 		return nil, err
@@ -119,7 +121,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 			Connect:  s.ConnectTimeout.D(),
 			Response: s.ProxyReadTimeout.D(),
 		},
-		Hooks:       a.mx.proxyHooks(opts.Hooks),
+		Hooks:       a.adm.proxyHooks(a.mx.proxyHooks(opts.Hooks)),
 		Transparent: proxy.TransparentOptions{Unmatched: cfg.Transparent.Unmatched},
 		Dialer:      transparentDialer(cfg),
 	})
@@ -173,6 +175,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	defer a.mx.stop()
+	if err := a.adm.start(ctx); err != nil {
+		a.ln.Close()
+		a.closePools()
+		a.backend.Close()
+		return fmt.Errorf("admin: %w", err)
+	}
+	defer a.adm.stop()
 	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.Targets()), "backend", a.backendName())
 	tp := a.startLocalTransparent(ctx)
 	a.reload.mu.Lock()
@@ -194,6 +203,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		grace = 30 * time.Second
 	}
 	a.log.Info("shutting down", "grace", grace)
+	a.adm.stopping() // /readyz: 503 from now on
 	a.stopLocalTransparent()
 	a.drainGateway()
 	a.stopProber()    // probes in flight are cut, their IPs given back

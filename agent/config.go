@@ -994,6 +994,7 @@ func (c *Config) Resolve() ([]ResolvedTarget, error) {
 	c.checkGateway(&p)
 	c.checkAuth(&p)
 	c.checkAuthSources(&p)
+	c.checkAdmin(&p)
 	providers := c.checkProviders(&p)
 	pools := c.checkPools(&p, providers)
 	targets := c.resolveTargets(&p, providers, pools)

@@ -126,6 +126,7 @@ func TestProxyHopperExamples(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
+			giveAdminToken(cfg)
 			targets, err := cfg.Resolve()
 			if err != nil {
 				t.Fatalf("Resolve: %v", err)
@@ -148,6 +149,15 @@ func TestProxyHopperExamples(t *testing.T) {
 	}
 }
 
+// giveAdminToken sets server.adminToken when an example turns on
+// proxy-hopper's admin API: its login is auth.admin, ours needs a token,
+// given here as a deployment would (PROXY_HOPPER_ADMIN_TOKEN).
+func giveAdminToken(cfg *Config) {
+	if cfg.Server.Admin {
+		cfg.Server.AdminToken = "compat-example-admin-token"
+	}
+}
+
 func TestProxyHopperExampleValues(t *testing.T) {
 	clearEnv(t)
 	resolve := func(t *testing.T, name string) (*Config, []ResolvedTarget) {
@@ -155,6 +165,7 @@ func TestProxyHopperExampleValues(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		giveAdminToken(cfg)
 		targets, err := cfg.Resolve()
 		if err != nil {
 			t.Fatal(err)

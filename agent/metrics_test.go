@@ -84,7 +84,10 @@ targets:
 	}()
 	metricsAddr := net.JoinHostPort("127.0.0.1", fmt.Sprint(metricsPort))
 	testenv.WaitListening(t, metricsAddr, 5*time.Second)
-	if got := a.MetricsAddr(); got == nil || got.String() != metricsAddr {
+	// The port accepts as soon as Run has opened it, a moment before
+	// MetricsAddr is set.
+	waitFor(t, "MetricsAddr", func() bool { return a.MetricsAddr() != nil })
+	if got := a.MetricsAddr(); got.String() != metricsAddr {
 		t.Errorf("MetricsAddr = %v, want %s", got, metricsAddr)
 	}
 

@@ -78,6 +78,7 @@ type targetRT struct {
 // reloadState is the agent's reload side; mu serialises reloads.
 type reloadState struct {
 	mu       sync.Mutex
+	cfg      *Config // the config in force (targets as the file says; admin IP edits aside)
 	rts      map[string]*targetRT
 	fileHash [sha256.Size]byte // of the config file last loaded by ReloadFile or the watcher start
 }
@@ -115,6 +116,7 @@ func (a *Agent) generationHooks(name string, ids *identity.Store, ups map[string
 		h.Released = func(addr string) { ids.Rotate(addr, identity.ReasonQuarantine) }
 	}
 	h = a.mx.poolHooks(name, ups, h)
+	h = a.adm.poolHooks(name, h)
 	return &h
 }
 
@@ -173,6 +175,7 @@ func (a *Agent) buildTargets(ctx context.Context, cfg *Config, resolved []Resolv
 	st := &a.reload
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	st.cfg = cfg
 	st.rts = make(map[string]*targetRT, len(resolved))
 	targets := make([]*proxy.Target, 0, len(resolved))
 	for _, rt := range resolved {
@@ -262,13 +265,58 @@ type planned struct {
 }
 
 func (a *Agent) apply(ctx context.Context, cfg *Config) (ReloadResult, error) {
-	st := &a.reload
-	var res ReloadResult
 	resolved, err := cfg.Resolve()
 	if err != nil {
-		return res, fmt.Errorf("config error: %w", err)
+		return ReloadResult{}, fmt.Errorf("config error: %w", err)
+	}
+	res, err := a.applyResolved(ctx, cfg, resolved)
+	if err == nil {
+		a.reload.cfg = cfg
 	}
 	res.RestartRequired = restartKeys(a.cfg, cfg)
+	return res, err
+}
+
+// editIPs changes one target's IP list at run time (the admin API) by the
+// same path as a reload of the config in force with that list changed:
+// added IPs take traffic at once, removed ones drain, the prober and
+// transparent mode follow. It lasts until the next reload or restart,
+// which read the file again.
+func (a *Agent) editIPs(ctx context.Context, target string, edit func([]ResolvedIP) ([]ResolvedIP, error)) (ReloadResult, error) {
+	st := &a.reload
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var resolved []ResolvedTarget
+	found := false
+	for _, t := range a.Targets() {
+		r := st.rts[t.Name]
+		if r == nil {
+			continue
+		}
+		rt := r.res
+		if t.Name == target {
+			ips, err := edit(slices.Clone(rt.IPs))
+			if err != nil {
+				return ReloadResult{}, err
+			}
+			rt.IPs, found = ips, true
+		}
+		resolved = append(resolved, rt)
+	}
+	if !found {
+		return ReloadResult{}, errUnknownTarget
+	}
+	return a.applyResolved(ctx, st.cfg, resolved)
+}
+
+var errUnknownTarget = errors.New("unknown target")
+
+// applyResolved applies resolved targets (their settings from cfg) to the
+// running agent, or leaves it as it was; the caller holds a.reload.mu.
+func (a *Agent) applyResolved(ctx context.Context, cfg *Config, resolved []ResolvedTarget) (ReloadResult, error) {
+	st := &a.reload
+	var res ReloadResult
+	var err error
 
 	// Plan: nothing running is touched yet.
 	plan := make([]*planned, 0, len(resolved))

@@ -7,9 +7,11 @@ export PATH="$PATH:/usr/local/go/bin"
 
 need=()
 # clang-19/llvm-19 (make generate), libbpf headers, bpftool, iproute2 and
-# util-linux (nsenter, unshare) for the transparent-mode eBPF tests.
+# util-linux (nsenter, unshare) for the transparent-mode eBPF tests;
+# chromium (headless) for the admin status page test.
 for pair in tinyproxy:tinyproxy curl:curl redis-server:redis-server \
-	clang-19:clang-19 llvm-strip-19:llvm-19 bpftool:bpftool ip:iproute2 nsenter:util-linux; do
+	clang-19:clang-19 llvm-strip-19:llvm-19 bpftool:bpftool ip:iproute2 nsenter:util-linux \
+	chromium:chromium; do
 	bin=${pair%%:*} pkg=${pair#*:}
 	command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -93,8 +93,9 @@ func (n *Netns) AddAddrs(t testing.TB, addrs ...string) {
 			t.Fatal(err)
 		}
 		if addr.IP.To4() == nil {
-			// No duplicate address detection: a tentative address cannot
-			// be bound for the second or so DAD takes.
+			// No duplicate address detection: even on lo an IPv6 address
+			// is tentative (bind fails with EADDRNOTAVAIL) until the
+			// kernel's DAD work runs, which a loaded machine delays.
 			addr.Flags |= unix.IFA_F_NODAD
 		}
 		if err := nl.AddrAdd(l, addr); err != nil {

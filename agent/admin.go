@@ -1,0 +1,233 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/admin"
+	"github.com/proxy-hopper/proxy-hopper/pool"
+	"github.com/proxy-hopper/proxy-hopper/proxy"
+)
+
+// agentAdmin is the agent's admin API and status page (server.admin): the
+// recorder fed by the proxy and pool hooks, the IP lists it edits, and the
+// server on adminHost:adminPort. A nil *agentAdmin (admin off) is valid and
+// does nothing.
+type agentAdmin struct {
+	a    *Agent
+	rec  *admin.Recorder
+	addr string
+	log  *slog.Logger
+	srv  atomic.Pointer[admin.Server] // set by start
+	done chan struct{}
+}
+
+var _ admin.IPEditor = (*agentAdmin)(nil)
+
+// newAgentAdmin prepares the admin side when server.admin is on. Call it
+// before the pools are built: their hooks feed its recorder.
+func newAgentAdmin(a *Agent) *agentAdmin {
+	s := a.cfg.Server
+	if !s.Admin {
+		return nil
+	}
+	return &agentAdmin{
+		a: a, rec: admin.NewRecorder(nil, 0), log: a.log.With("component", "admin"),
+		addr: net.JoinHostPort(s.AdminHost, strconv.Itoa(s.AdminPort)),
+	}
+}
+
+// poolHooks returns h with the recorder's quarantine events added.
+func (x *agentAdmin) poolHooks(target string, h pool.Hooks) pool.Hooks {
+	if x == nil {
+		return h
+	}
+	q, r := h.Quarantined, h.Released
+	h.Quarantined = func(addr string, until time.Time) {
+		if q != nil {
+			q(addr, until)
+		}
+		x.rec.Quarantined(target, addr, until)
+	}
+	h.Released = func(addr string) {
+		if r != nil {
+			r(addr)
+		}
+		x.rec.Released(target, addr)
+	}
+	return h
+}
+
+// proxyHooks returns h followed by the recorder's hooks.
+func (x *agentAdmin) proxyHooks(h proxy.Hooks) proxy.Hooks {
+	if x == nil {
+		return h
+	}
+	return proxy.Hooks{
+		Attempt: func(ev proxy.AttemptEvent) {
+			if h.Attempt != nil {
+				h.Attempt(ev)
+			}
+			x.rec.Attempt(ev)
+		},
+		Request: func(ev proxy.RequestEvent) {
+			if h.Request != nil {
+				h.Request(ev)
+			}
+			x.rec.Request(ev)
+		},
+	}
+}
+
+// start opens the admin endpoint and serves it in the background.
+func (x *agentAdmin) start(ctx context.Context) error {
+	if x == nil {
+		return nil
+	}
+	a := x.a
+	srv, err := admin.New(admin.Options{
+		Token:       a.cfg.Server.AdminToken,
+		Targets:     a.Targets,
+		Backend:     a.backend,
+		BackendName: a.backendName(),
+		IPs:         x,
+		Probes:      x.probes(),
+		Recorder:    x.rec,
+		Logger:      a.log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := srv.Listen(ctx, x.addr); err != nil {
+		return err
+	}
+	x.srv.Store(srv)
+	x.done = make(chan struct{})
+	x.log.Info("admin listening", "addr", srv.Addr().String())
+	go func() {
+		defer close(x.done)
+		if err := srv.Serve(); err != nil {
+			x.log.Error("admin endpoint stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// probes gives the admin API the prober's last result per IP (nil when
+// server.probe is off).
+func (x *agentAdmin) probes() admin.ProbeSource {
+	p := x.a.prober
+	if p == nil {
+		return nil
+	}
+	return admin.ProbeFunc(func(addr string) (admin.ProbeResult, bool) {
+		st, ok := p.Status(addr)
+		if !ok {
+			return admin.ProbeResult{}, false
+		}
+		return admin.ProbeResult{OK: st.OK, Latency: st.Latency, At: st.At, Reason: st.Reason}, true
+	})
+}
+
+// stopping makes /readyz answer 503 while the agent shuts down.
+func (x *agentAdmin) stopping() {
+	if x != nil && x.srv.Load() != nil {
+		x.srv.Load().Stopping()
+	}
+}
+
+// stop closes the admin endpoint, giving requests in progress a moment.
+func (x *agentAdmin) stop() {
+	if x == nil || x.srv.Load() == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = x.srv.Load().Shutdown(ctx)
+	<-x.done
+}
+
+// IPs implements admin.IPEditor: the target's IPs in force (an IP removed
+// while in use drains in the pool but is gone here).
+func (x *agentAdmin) IPs(target string) ([]string, bool) {
+	st := &x.a.reload
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	r, ok := st.rts[target]
+	if !ok {
+		return nil, false
+	}
+	out := make([]string, 0, len(r.res.IPs))
+	for _, ip := range r.res.IPs {
+		out = append(out, ip.Addr())
+	}
+	return out, true
+}
+
+// AddIP implements admin.IPEditor: the IP joins the pool as available and
+// takes traffic at once (a request waiting for an IP gets it). It has no
+// credentials, provider or region: those come from the config file, and
+// the next reload puts the file's list back.
+func (x *agentAdmin) AddIP(ctx context.Context, target, addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", addr, err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("address %q: bad port", addr)
+	}
+	_, err = x.a.editIPs(ctx, target, func(ips []ResolvedIP) ([]ResolvedIP, error) {
+		if slices.ContainsFunc(ips, func(ip ResolvedIP) bool { return ip.Addr() == addr }) {
+			return nil, admin.ErrIPExists
+		}
+		return append(ips, ResolvedIP{Host: host, Port: n}), nil
+	})
+	return x.editErr(err, "add", addr, target)
+}
+
+// RemoveIP implements admin.IPEditor: the IP leaves the pool; if it is in
+// use, that use finishes first (it drains), then it is gone. Removing the
+// last IP leaves the target with none: its requests wait up to
+// maxQueueWait, then get 503, until an IP is added.
+func (x *agentAdmin) RemoveIP(ctx context.Context, target, addr string) error {
+	_, err := x.a.editIPs(ctx, target, func(ips []ResolvedIP) ([]ResolvedIP, error) {
+		i := slices.IndexFunc(ips, func(ip ResolvedIP) bool { return ip.Addr() == addr })
+		if i < 0 {
+			return nil, admin.ErrUnknownIP
+		}
+		return slices.Delete(ips, i, i+1), nil
+	})
+	return x.editErr(err, "remove", addr, target)
+}
+
+func (x *agentAdmin) editErr(err error, verb, addr, target string) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errUnknownTarget):
+		return admin.ErrUnknownTarget
+	case errors.Is(err, admin.ErrIPExists), errors.Is(err, admin.ErrUnknownIP):
+		return err
+	}
+	return fmt.Errorf("%s %s, target %s: %w", verb, addr, target, err)
+}
+
+// AdminAddr is where the admin API is served once Run has started (nil
+// when server.admin is off or before Run).
+func (a *Agent) AdminAddr() net.Addr {
+	if a.adm == nil {
+		return nil
+	}
+	if srv := a.adm.srv.Load(); srv != nil {
+		return srv.Addr()
+	}
+	return nil
+}
