@@ -47,6 +47,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/proxy-hopper/proxy-hopper/bpf"
+	"github.com/proxy-hopper/proxy-hopper/internal/cputime"
 	"github.com/proxy-hopper/proxy-hopper/internal/miniproxy"
 )
 
@@ -354,81 +355,135 @@ redsocks { local_ip = 127.0.0.1; local_port = 12345; ip = 127.0.0.1; port = %s; 
 
 	abs := filepath.Join(dir, "abs.lua")
 	os.WriteFile(abs, []byte(fmt.Sprintf("wrk.path = %q\nwrk.headers[\"Host\"] = %q\n", "http://"+originIP+"/bench", originIP)), 0o600)
+	// hop is the process between wrk and the upstream (the agent, or
+	// redsocks): its CPU time per request is the relay's own cost.
 	type run struct {
 		cg   string
 		args []string
+		hop  int
 	}
 	wrkArgs := func(extra ...string) []string {
 		return append([]string{"-t", "2", "-c", strconv.Itoa(*conns), "-d", duration.String()}, extra...)
 	}
-	explicit := run{"", wrkArgs("-s", abs, "http://127.0.0.1:18080")}
-	transHTTP := run{cgEBPF, wrkArgs("http://" + originIP + "/bench")}
-	redsocks := run{cgRed, wrkArgs("https://" + originIP + "/bench")}
-	transTLS := run{cgEBPF, wrkArgs("https://" + originIP + "/bench")}
+	ap, rp := agent.Process.Pid, rs.Process.Pid
+	explicit := run{"", wrkArgs("-s", abs, "http://127.0.0.1:18080"), ap}
+	transHTTP := run{cgEBPF, wrkArgs("http://" + originIP + "/bench"), ap}
+	redsocks := run{cgRed, wrkArgs("https://" + originIP + "/bench"), rp}
+	transTLS := run{cgEBPF, wrkArgs("https://" + originIP + "/bench"), ap}
 
-	pair := func(name string, base, cand run) error {
-		var b, c []float64
+	pair := func(name, hopName string, base, cand run) error {
+		var b, c []wrkRun
 		for i := 0; i < *rounds; i++ {
 			for _, x := range []struct {
 				r   run
-				out *[]float64
+				out *[]wrkRun
 			}{{base, &b}, {cand, &c}} {
-				rps, err := wrk(x.r.cg, x.r.args)
+				r, err := wrkCPU(x.r.cg, x.r.args, x.r.hop)
 				if err != nil {
 					return err
 				}
-				*x.out = append(*x.out, rps)
+				*x.out = append(*x.out, r)
 			}
-			fmt.Fprintf(os.Stderr, "%s round %d: baseline %.0f rps, transparent %.0f rps\n", name, i+1, b[i], c[i])
+			fmt.Fprintf(os.Stderr, "%s round %d: baseline %.0f rps, transparent %.0f rps\n", name, i+1, b[i].rps, c[i].rps)
 		}
-		fmt.Printf("| %s | %.0f | %.0f | %.2f× |\n", name, median(b), median(c), median(c)/median(b))
+		m := func(rs []wrkRun, f func(wrkRun) float64) float64 {
+			v := make([]float64, len(rs))
+			for i, r := range rs {
+				v[i] = f(r)
+			}
+			return median(v)
+		}
+		rps := func(r wrkRun) float64 { return r.rps }
+		fmt.Printf("| %s | %.0f | %.0f | %.2f× |\n", name, m(b, rps), m(c, rps), m(c, rps)/m(b, rps))
+		us := func(f func(wrkRun) time.Duration) func(wrkRun) float64 {
+			return func(r wrkRun) float64 { return float64(f(r)) / 1e3 }
+		}
+		hop := us(func(r wrkRun) time.Duration { return r.hop })
+		rest := us(func(r wrkRun) time.Duration { return r.self + r.wrk })
+		fmt.Printf("| … CPU per request of the hop (%s) | %.1fµs | %.1fµs | %.2f× |\n", hopName, m(b, hop), m(c, hop), m(c, hop)/m(b, hop))
+		fmt.Printf("| … CPU per request of everything else (wrk, upstream, origin) | %.1fµs | %.1fµs | |\n", m(b, rest), m(c, rest))
 		return nil
 	}
 	// Warm-up: one second of each.
 	for _, r := range []run{explicit, transHTTP, redsocks, transTLS} {
 		args := slices.Clone(r.args)
 		args[5] = "1s"
-		if _, err := wrk(r.cg, args); err != nil {
+		if _, _, _, err := wrk(r.cg, args); err != nil {
 			return err
 		}
 	}
-	if err := pair("plain HTTP requests/s (baseline: explicit proxy mode, same agent and upstream)", explicit, transHTTP); err != nil {
+	if err := pair("plain HTTP requests/s (baseline: explicit proxy mode, same agent and upstream)", "agent / agent", explicit, transHTTP); err != nil {
 		return err
 	}
-	if err := pair("keep-alive HTTPS requests/s through a tunnel (baseline: redsocks + iptables REDIRECT, same upstream)", redsocks, transTLS); err != nil {
+	if err := pair("keep-alive HTTPS requests/s through a tunnel (baseline: redsocks + iptables REDIRECT, same upstream)", "redsocks / agent", redsocks, transTLS); err != nil {
 		return err
 	}
 	return nil
 }
 
-func wrk(cg string, args []string) (float64, error) {
+// wrkRun is one wrk run: requests/s, and CPU time per request of the hop
+// process, of this process (upstream proxy and origin) and of wrk.
+type wrkRun struct {
+	rps            float64
+	hop, self, wrk time.Duration
+}
+
+func wrkCPU(cg string, args []string, hop int) (wrkRun, error) {
+	self0, _ := cputime.Self()
+	hop0, _ := cputime.Proc(hop)
+	var r wrkRun
+	var wrkCPU time.Duration
+	var n int
+	var err error
+	r.rps, n, wrkCPU, err = wrk(cg, args)
+	if err != nil {
+		return r, err
+	}
+	self1, _ := cputime.Self()
+	hop1, _ := cputime.Proc(hop)
+	if n > 0 {
+		d := time.Duration(n)
+		r.hop, r.self, r.wrk = (hop1-hop0)/d, (self1-self0)/d, wrkCPU/d
+	}
+	return r, nil
+}
+
+// wrk runs wrk in cgroup cg and returns its requests/s, its request count
+// and the CPU time it used.
+func wrk(cg string, args []string) (float64, int, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "wrk", args...)
 	if cg != "" {
 		f, err := os.Open(cg)
 		if err != nil {
-			return 0, err
+			return 0, 0, 0, err
 		}
 		defer f.Close()
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd())}
 	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return 0, fmt.Errorf("wrk %v: %w\n%s", args, err, out)
+		return 0, 0, 0, fmt.Errorf("wrk %v: %w\n%s", args, err, out)
 	}
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	s := string(out)
 	if m := regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`).FindStringSubmatch(s); m != nil {
 		fmt.Fprintf(os.Stderr, "wrk %v: %s\n", args, m[0])
 	}
 	if m := regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`).FindStringSubmatch(s); m != nil {
-		return 0, fmt.Errorf("wrk %v: %s", args, m[0])
+		return 0, 0, 0, fmt.Errorf("wrk %v: %s", args, m[0])
 	}
 	m := regexp.MustCompile(`Requests/sec:\s+([\d.]+)`).FindStringSubmatch(s)
 	if m == nil {
-		return 0, fmt.Errorf("no Requests/sec in wrk output:\n%s", s)
+		return 0, 0, 0, fmt.Errorf("no Requests/sec in wrk output:\n%s", s)
 	}
-	return strconv.ParseFloat(m[1], 64)
+	rps, err := strconv.ParseFloat(m[1], 64)
+	n := 0
+	if m := regexp.MustCompile(`(\d+) requests in`).FindStringSubmatch(s); m != nil {
+		n, _ = strconv.Atoi(m[1])
+	}
+	return rps, n, cpu, err
 }
 
 func waitLog(path, want string, within time.Duration) error {
