@@ -1,16 +1,20 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
+	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
 // An IP removed through the admin API (the same path as a reload) leaves
@@ -57,5 +61,83 @@ func TestRemovedIPLeavesReachableGauge(t *testing.T) {
 	}
 	if _, ok := e.a.Prober().Status(dead); ok {
 		t.Errorf("the prober still has a status for the removed IP %s", dead)
+	}
+}
+
+// An admin IP edit that comes while the agent shuts down (the admin API
+// serves until the end, for /readyz), once the backend is closed, is
+// answered 503 shutting_down, as quarantine and release are, not 500.
+func TestAdminEditWhileShuttingDown(t *testing.T) {
+	tp := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(2 * time.Second)
+		fmt.Fprint(w, "slow")
+	}))
+	defer origin.Close()
+	port := testenv.FreePort(t, "127.0.0.1")
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+server:
+  admin: true
+  adminHost: 127.0.0.1
+  adminPort: %d
+  adminToken: %s
+  shutdownTimeout: 5s
+  probe: false
+%s`, port, testAdminToken, oneTarget(tp.Addr))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(cfgPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+	adminAddr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
+	testenv.WaitListening(t, adminAddr, 5*time.Second)
+	e := &adminEnv{t: t, a: a, base: "http://" + adminAddr,
+		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
+	slow := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+		req.Header.Set(proxy.HeaderTarget, origin.URL)
+		resp, err := e.client.Do(req)
+		if err != nil {
+			slow <- 0
+			return
+		}
+		resp.Body.Close()
+		slow <- resp.StatusCode
+	}()
+	waitFor(t, "the slow request in flight", func() bool { return a.srv.ActiveConns() > 0 })
+	cancel()
+	waitFor(t, "/readyz 503 while shutting down", func() bool { code, _ := e.call("GET", "/readyz", "", ""); return code == 503 })
+	// The backend closes right after (no transparent mode, gateway or
+	// prober to stop first); the slow request keeps the agent shutting
+	// down for 2 s.
+	time.Sleep(300 * time.Millisecond)
+	if code, body := e.call("POST", "/api/targets/web/ips", testAdminToken, `{"address": "127.0.0.9:3128"}`); code != 503 ||
+		!strings.Contains(body, "shutting_down") {
+		t.Errorf("add IP while shutting down: %d %s, want 503 shutting_down", code, body)
+	}
+	if code, body := e.call("DELETE", "/api/targets/web/ips/"+tp.Addr, testAdminToken, ""); code != 503 ||
+		!strings.Contains(body, "shutting_down") {
+		t.Errorf("remove IP while shutting down: %d %s, want 503 shutting_down", code, body)
+	}
+	if got := <-slow; got != 200 {
+		t.Errorf("request in flight at shutdown: %d", got)
+	}
+	if err := <-runErr; err != nil {
+		t.Errorf("Run: %v", err)
 	}
 }
