@@ -49,20 +49,10 @@ func (x *agentAdmin) poolHooks(target string, h pool.Hooks) pool.Hooks {
 	if x == nil {
 		return h
 	}
-	q, r := h.Quarantined, h.Released
-	h.Quarantined = func(addr string, until time.Time) {
-		if q != nil {
-			q(addr, until)
-		}
-		x.rec.Quarantined(target, addr, until)
-	}
-	h.Released = func(addr string) {
-		if r != nil {
-			r(addr)
-		}
-		x.rec.Released(target, addr)
-	}
-	return h
+	return h.Then(pool.Hooks{
+		Quarantined: func(addr string, until time.Time) { x.rec.Quarantined(target, addr, until) },
+		Released:    func(addr string) { x.rec.Released(target, addr) },
+	})
 }
 
 // proxyHooks returns h followed by the recorder's hooks.
@@ -70,20 +60,7 @@ func (x *agentAdmin) proxyHooks(h proxy.Hooks) proxy.Hooks {
 	if x == nil {
 		return h
 	}
-	return proxy.Hooks{
-		Attempt: func(ev proxy.AttemptEvent) {
-			if h.Attempt != nil {
-				h.Attempt(ev)
-			}
-			x.rec.Attempt(ev)
-		},
-		Request: func(ev proxy.RequestEvent) {
-			if h.Request != nil {
-				h.Request(ev)
-			}
-			x.rec.Request(ev)
-		},
-	}
+	return h.Then(proxy.Hooks{Attempt: x.rec.Attempt, Request: x.rec.Request})
 }
 
 // start opens the admin endpoint and serves it in the background.

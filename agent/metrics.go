@@ -70,16 +70,7 @@ func (x *agentMetrics) poolHooks(target string, ups map[string]proxy.Upstream, h
 	if x == nil {
 		return h
 	}
-	mh := x.m.PoolHooks(target, metrics.LabelsOf(ups))
-	if prev := h.Quarantined; prev != nil {
-		h.Quarantined = func(addr string, until time.Time) {
-			prev(addr, until)
-			mh.Quarantined(addr, until)
-		}
-	} else {
-		h.Quarantined = mh.Quarantined
-	}
-	return h
+	return h.Then(x.m.PoolHooks(target, metrics.LabelsOf(ups)))
 }
 
 // identityRotated returns the OnRotate callback of target's identity
@@ -96,23 +87,7 @@ func (x *agentMetrics) proxyHooks(h proxy.Hooks) proxy.Hooks {
 	if x == nil {
 		return h
 	}
-	if h.Attempt == nil && h.Request == nil {
-		return x.m.ProxyHooks()
-	}
-	return proxy.Hooks{
-		Attempt: func(ev proxy.AttemptEvent) {
-			if h.Attempt != nil {
-				h.Attempt(ev)
-			}
-			x.m.Attempt(ev)
-		},
-		Request: func(ev proxy.RequestEvent) {
-			if h.Request != nil {
-				h.Request(ev)
-			}
-			x.m.Request(ev)
-		},
-	}
+	return h.Then(x.m.ProxyHooks())
 }
 
 // start opens the metrics endpoint and serves it in the background.

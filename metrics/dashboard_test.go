@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestDashboard checks that the Grafana dashboard parses and queries only
@@ -32,6 +34,15 @@ func TestDashboard(t *testing.T) {
 	known := map[string]bool{}
 	for _, m := range regexp.MustCompile(`(?m)^# TYPE (\S+) `).FindAllStringSubmatch(string(golden), -1) {
 		known[m[1]] = true
+	}
+	// The gateway's BPF counters come from their own collector.
+	descs := make(chan *prometheus.Desc, 16)
+	NewBPFCollector(nil, nil).Describe(descs)
+	close(descs)
+	for d := range descs {
+		if m := regexp.MustCompile(`fqName: "([^"]+)"`).FindStringSubmatch(d.String()); m != nil {
+			known[m[1]] = true
+		}
 	}
 	name := regexp.MustCompile(`\bproxy_hopper_[a-z_]+`)
 	used := 0

@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -185,4 +186,23 @@ func TestControlErrors(t *testing.T) {
 		}
 	}
 	events().do(f)
+}
+
+// Hooks.Then calls both hooks in order and keeps a lone one as it is.
+func TestHooksThen(t *testing.T) {
+	var got []string
+	a := pool.Hooks{Quarantined: func(addr string, _ time.Time) { got = append(got, "a q "+addr) }}
+	b := pool.Hooks{
+		Quarantined: func(addr string, _ time.Time) { got = append(got, "b q "+addr) },
+		Released:    func(addr string) { got = append(got, "b r "+addr) },
+	}
+	h := a.Then(b)
+	h.Quarantined("x", time.Time{})
+	h.Released("y")
+	if want := []string{"a q x", "b q x", "b r y"}; !slices.Equal(got, want) {
+		t.Errorf("calls %q, want %q", got, want)
+	}
+	if h := (pool.Hooks{}).Then(pool.Hooks{}); h.Quarantined != nil || h.Released != nil {
+		t.Error("Then of empty hooks is not empty")
+	}
 }

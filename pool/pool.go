@@ -49,6 +49,22 @@ type Hooks struct {
 	Released func(addr string)
 }
 
+// Then returns hooks that call h's hooks, then next's (either may be nil).
+func (h Hooks) Then(next Hooks) Hooks {
+	out := h
+	if a, b := h.Quarantined, next.Quarantined; a == nil {
+		out.Quarantined = b
+	} else if b != nil {
+		out.Quarantined = func(addr string, until time.Time) { a(addr, until); b(addr, until) }
+	}
+	if a, b := h.Released, next.Released; a == nil {
+		out.Released = b
+	} else if b != nil {
+		out.Released = func(addr string) { a(addr); b(addr) }
+	}
+	return out
+}
+
 // Outcome is the result of one use of an IP.
 type Outcome uint8
 

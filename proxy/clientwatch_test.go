@@ -60,3 +60,22 @@ func TestQueuedRequestAbandonedOnHangUp(t *testing.T) {
 		t.Errorf("upstream saw %v, want only /stays", reqs)
 	}
 }
+
+// Hooks.Then calls both hooks in order and keeps a lone one as it is.
+func TestHooksThen(t *testing.T) {
+	var got []string
+	a := Hooks{Request: func(ev RequestEvent) { got = append(got, "a "+ev.Target) }}
+	b := Hooks{
+		Request: func(ev RequestEvent) { got = append(got, "b "+ev.Target) },
+		Attempt: func(ev AttemptEvent) { got = append(got, "b attempt "+ev.Target) },
+	}
+	h := a.Then(b)
+	h.Request(RequestEvent{Target: "t"})
+	h.Attempt(AttemptEvent{Target: "u"})
+	if want := []string{"a t", "b t", "b attempt u"}; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("calls %q, want %q", got, want)
+	}
+	if h := (Hooks{}).Then(Hooks{}); h.Request != nil || h.Attempt != nil {
+		t.Error("Then of empty hooks is not empty")
+	}
+}

@@ -70,6 +70,21 @@ type Hooks struct {
 	Request func(RequestEvent)
 }
 
+// Then returns hooks that call h's hooks, then next's (either may be nil).
+func (h Hooks) Then(next Hooks) Hooks {
+	return Hooks{Attempt: then(h.Attempt, next.Attempt), Request: then(h.Request, next.Request)}
+}
+
+func then[E any](a, b func(E)) func(E) {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	return func(e E) { a(e); b(e) }
+}
+
 // request is a client request after its listener-specific parsing: from
 // here on header, explicit and transparent requests share one path.
 type request struct {
