@@ -268,6 +268,8 @@ func (s *Server) editError(w http.ResponseWriter, target, addr string, err error
 		writeError(w, http.StatusConflict, "ip_exists", fmt.Sprintf("target %q already has IP %s", target, addr))
 	case errors.Is(err, pool.ErrBackendUnavailable):
 		writeError(w, http.StatusServiceUnavailable, "backend_unavailable", err.Error())
+	case errors.Is(err, pool.ErrClosed):
+		writeError(w, http.StatusServiceUnavailable, "shutting_down", "the agent is shutting down")
 	default:
 		s.log.Error("change IPs", "target", target, "address", addr, "err", err)
 		writeError(w, http.StatusInternalServerError, "internal", err.Error())

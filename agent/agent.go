@@ -206,7 +206,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.adm.stopping() // /readyz: 503 from now on
 	a.stopLocalTransparent()
 	a.drainGateway()
-	a.stopProber()    // probes in flight are cut, their IPs given back
+	a.stopProber()    // probes in flight are cut
 	a.backend.Close() // queued requests get 503 now
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()

@@ -19,6 +19,7 @@ type runningGateway interface {
 	metrics.CounterSource
 	Drain()
 	Close() error
+	excludeUpstreams([]netip.Prefix) // the upstream proxies changed
 }
 
 // startGateway starts gateway mode when configured. A kernel without a

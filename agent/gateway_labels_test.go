@@ -21,6 +21,8 @@ func (f fakeGateway) Counters() ([]metrics.IPCounter, []metrics.ClientCounter, e
 func (fakeGateway) Drain()       {}
 func (fakeGateway) Close() error { return nil }
 
+func (fakeGateway) excludeUpstreams([]netip.Prefix) {}
+
 // The BPF counters' upstream labels follow the routing table in force: a
 // reload that moves an IP to another target relabels its counters.
 func TestGatewayLabelsFollowTargets(t *testing.T) {

@@ -31,6 +31,14 @@ type gateway struct {
 	lns     []net.Listener // IPv4, then IPv6 when the host has it
 	wg      sync.WaitGroup
 	drained bool
+
+	// The exclusions that are not upstream proxies (configured, own
+	// addresses) and the upstream proxies' prefixes excluded now; mu
+	// guards them and closed against a reload racing with Close.
+	mu     sync.Mutex
+	base   map[netip.Prefix]bool
+	ups    []netip.Prefix
+	closed bool
 }
 
 // startGatewayMode sets gateway mode up. On error everything done so far
@@ -103,7 +111,12 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 		return nil, err
 	}
 	cfg.Exclude = append(cfg.Exclude, own...)
-	cfg.Exclude = append(cfg.Exclude, a.upstreamPrefixes(ctx)...)
+	g.base = map[netip.Prefix]bool{}
+	for _, p := range cfg.Exclude {
+		g.base[p] = true
+	}
+	g.ups = a.upstreamPrefixes(ctx)
+	cfg.Exclude = append(cfg.Exclude, g.ups...)
 	if err := objs.Configure(cfg); err != nil {
 		return nil, err
 	}
@@ -204,6 +217,39 @@ func (g *gateway) Counters() ([]metrics.IPCounter, []metrics.ClientCounter, erro
 	return out, cs, nil
 }
 
+// refreshGatewayUpstreams re-excludes the upstream proxies' addresses
+// from interception after a reload changed them. Caller holds a.reload.mu.
+func (a *Agent) refreshGatewayUpstreams(ctx context.Context) {
+	if g := a.gw.Load(); g != nil {
+		(*g).excludeUpstreams(a.upstreamPrefixes(ctx))
+	}
+}
+
+// excludeUpstreams makes ups the upstream proxies' prefixes left alone,
+// in place of those excluded so far (a reload changed them).
+func (g *gateway) excludeUpstreams(ups []netip.Prefix) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return
+	}
+	keep := map[netip.Prefix]bool{}
+	for _, p := range ups {
+		keep[p] = true
+	}
+	var del []netip.Prefix
+	for _, p := range g.ups {
+		if !keep[p] && !g.base[p] {
+			del = append(del, p)
+		}
+	}
+	if err := g.objs.UpdateExclude(ups, del); err != nil {
+		g.log.Error("update the upstream exclusions after a reload", "err", err)
+		return
+	}
+	g.ups = ups
+}
+
 // Drain stops taking new flows (they are routed as usual from now on)
 // while the flows being served keep reaching their sockets.
 func (g *gateway) Drain() {
@@ -223,6 +269,9 @@ func (g *gateway) Drain() {
 // Close removes everything gateway mode added, in reverse order, and
 // releases the BPF objects.
 func (g *gateway) Close() error {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
 	var errs []error
 	for i := len(g.closers) - 1; i >= 0; i-- {
 		errs = append(errs, g.closers[i].Close())

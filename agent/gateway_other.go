@@ -10,3 +10,5 @@ import (
 func (a *Agent) startGatewayMode(context.Context) (runningGateway, error) {
 	return nil, errors.New("gateway mode needs Linux")
 }
+
+func (a *Agent) refreshGatewayUpstreams(context.Context) {}

@@ -40,6 +40,7 @@ func (a *Agent) newProber(clock pool.Clock) (*prober.Prober, error) {
 		Dialer:                  transparentDialer(a.cfg),
 		Clock:                   clock,
 		OnProbe:                 a.mx.probe,
+		OnForget:                a.mx.forgetProbe,
 		Logger:                  a.log,
 		Debug:                   s.DebugProbes,
 	})
@@ -68,7 +69,7 @@ func (a *Agent) startProber(ctx context.Context) {
 }
 
 // stopProber stops the prober, cutting the probes in flight, and returns
-// once it has given back the IPs it held.
+// once its probes in flight have stopped.
 func (a *Agent) stopProber() {
 	if a.proberStop != nil {
 		a.proberStop()
@@ -87,4 +88,12 @@ func (x *agentMetrics) probe(s prober.Status) {
 	}
 	x.m.Probe(metrics.ProbeResult{Addr: s.Addr, IPLabels: metrics.IPLabels{Provider: s.Provider, Region: s.Region},
 		OK: s.OK, Reason: s.Reason, Duration: s.Latency})
+}
+
+// forgetProbe drops the probe gauge of an IP no target uses any more.
+func (x *agentMetrics) forgetProbe(addr string) {
+	if x == nil {
+		return
+	}
+	x.m.ForgetIP(addr)
 }

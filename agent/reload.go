@@ -469,6 +469,7 @@ func (a *Agent) applyResolved(ctx context.Context, cfg *Config, resolved []Resol
 	st.rts = next
 	if res.IPsAdded+res.IPsRemoved > 0 {
 		a.refreshTransparentUpstreams(actx)
+		a.refreshGatewayUpstreams(actx)
 	}
 	if a.prober != nil {
 		a.prober.SetTargets(a.proberTargets()) // from its next round on

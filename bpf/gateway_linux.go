@@ -229,6 +229,28 @@ func (g *Gateway) Configure(c GatewayConfig) error {
 	return nil
 }
 
+// UpdateExclude puts the prefixes add into the exclusions and takes the
+// prefixes del out (the upstream proxies changed with a reload). The
+// config value is left alone: a drained gateway stays drained.
+func (g *Gateway) UpdateExclude(add, del []netip.Prefix) error {
+	if g == nil || g.Exclude == nil {
+		return ErrNotLoaded
+	}
+	for _, p := range add {
+		k := gwLPM(p)
+		if err := g.Exclude.Put(&k, uint8(1)); err != nil {
+			return fmt.Errorf("put cidr %s: %w", p, err)
+		}
+	}
+	for _, p := range del {
+		k := gwLPM(p)
+		if err := g.Exclude.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete cidr %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
 // Drain makes ph_lan_ingress leave new flows alone (they are forwarded
 // as usual) while packets of flows the agent already serves still reach
 // their sockets.

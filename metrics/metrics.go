@@ -280,6 +280,12 @@ func (m *Metrics) Probe(r ProbeResult) {
 	up.Set(0)
 }
 
+// ForgetIP removes the ip_reachable series of addr, an IP no target uses
+// any more (the probe counters stay, as counters do).
+func (m *Metrics) ForgetIP(addr string) {
+	m.reachable.DeletePartialMatch(prometheus.Labels{"address": addr})
+}
+
 // cleanTag makes a client-supplied tag a safe label value: valid UTF-8,
 // at most MaxTagLen bytes. Tags that already are cost nothing.
 func cleanTag(tag string) string {

@@ -112,7 +112,11 @@ type Options struct {
 	Rand func() float64
 	// OnProbe is called after each probe with the IP's new status.
 	OnProbe func(Status)
-	Logger  *slog.Logger
+	// OnForget is called for each IP SetTargets drops (no target uses it
+	// any more): no OnProbe of it follows, unless a later SetTargets
+	// brings it back.
+	OnForget func(addr string)
+	Logger   *slog.Logger
 	// Debug logs every probe (server.debugProbes).
 	Debug bool
 }
@@ -156,8 +160,12 @@ type Prober struct {
 	opts Options
 	log  *slog.Logger
 
+	// report serialises recording a probe's result (and OnProbe) with
+	// SetTargets dropping IPs (and OnForget). Taken before mu.
+	report  sync.Mutex
 	mu      sync.Mutex
 	targets []Target
+	used    map[string]bool // addresses of targets
 	ips     map[string]*ipState
 }
 
@@ -225,6 +233,8 @@ func New(targets []Target, opts Options) (*Prober, error) {
 // round on (for a configuration reload). Statuses of IPs no target uses
 // any more are dropped.
 func (p *Prober) SetTargets(targets []Target) {
+	p.report.Lock()
+	defer p.report.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.targets = slices.Clone(targets)
@@ -234,9 +244,22 @@ func (p *Prober) SetTargets(targets []Target) {
 			used[addr] = true
 		}
 	}
+	var gone []string
+	for addr := range p.used {
+		if !used[addr] {
+			gone = append(gone, addr)
+		}
+	}
+	p.used = used
 	for addr := range p.ips {
 		if !used[addr] {
 			delete(p.ips, addr)
+		}
+	}
+	if p.opts.OnForget != nil {
+		slices.Sort(gone)
+		for _, addr := range gone {
+			p.opts.OnForget(addr)
 		}
 	}
 }
@@ -277,7 +300,7 @@ func compare(a, b string) int {
 }
 
 // Run probes a round at once, then one every Interval, until ctx ends. It
-// returns once the probes in flight have stopped and their IPs are back.
+// returns once the probes in flight have stopped.
 func (p *Prober) Run(ctx context.Context) error {
 	p.mu.Lock()
 	n := len(p.addresses())
@@ -418,13 +441,18 @@ func (p *Prober) probeIP(ctx context.Context, e ip) (skip string) {
 	if ctx.Err() != nil {
 		return "" // cut by shutdown: no verdict on the IP
 	}
-	st := p.finish(e.up, target, at, res)
+	p.report.Lock()
+	st, ok := p.finish(e.up, target, at, res)
+	if ok && p.opts.OnProbe != nil {
+		p.opts.OnProbe(st)
+	}
+	p.report.Unlock()
+	if !ok {
+		return SkipGone // dropped by SetTargets while its probe ran
+	}
 	if p.opts.Debug {
 		p.log.Debug("probe", "address", addr, "url", target, "ok", st.OK, "reason", st.Reason, "status", st.StatusCode,
 			"latency", st.Latency, "err", st.Error)
-	}
-	if p.opts.OnProbe != nil {
-		p.opts.OnProbe(st)
 	}
 	switch {
 	case !st.OK && p.opts.FailuresUntilQuarantine > 0 && st.ConsecutiveFailures >= p.opts.FailuresUntilQuarantine:
@@ -476,10 +504,14 @@ func (p *Prober) start(addr string) (string, time.Time) {
 	return target, now
 }
 
-// finish records a probe's result and returns the IP's new status.
-func (p *Prober) finish(up proxy.Upstream, target string, at time.Time, r result) Status {
+// finish records a probe's result and returns the IP's new status; false
+// (nothing recorded) if no target uses the IP any more.
+func (p *Prober) finish(up proxy.Upstream, target string, at time.Time, r result) (Status, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if !p.used[up.Addr] {
+		return Status{}, false
+	}
 	st := p.state(up.Addr)
 	s := &st.status
 	s.Addr, s.Provider, s.Region, s.At = up.Addr, up.Provider, up.Region, at
@@ -496,7 +528,7 @@ func (p *Prober) finish(up proxy.Upstream, target string, at time.Time, r result
 	if !s.OK && p.opts.FailuresUntilQuarantine > 0 && s.ConsecutiveFailures >= p.opts.FailuresUntilQuarantine {
 		st.reset = true // this one quarantines: counted again from the next
 	}
-	return *s
+	return *s, true
 }
 
 // quarantine takes e out of every pool where it is not quarantined yet,

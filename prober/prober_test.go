@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -605,5 +606,43 @@ func TestSetTargets(t *testing.T) {
 	}
 	if s, ok := p.Status(b); !ok || !s.OK {
 		t.Errorf("b: %+v, %v", s, ok)
+	}
+}
+
+// An IP dropped by SetTargets while its probe runs: OnForget tells, and
+// the probe's result is dropped (no status, no OnProbe, no verdict), so
+// nothing reports on an IP no target uses.
+func TestSetTargetsDuringProbe(t *testing.T) {
+	e := newEnv(t)
+	o := newOrigin(t)
+	a := testenv.StartTinyproxy(t, "127.0.0.1", testenv.TinyproxyOptions{}).Addr
+	e.target("one", idle, up(a))
+	var mu sync.Mutex
+	var events []string
+	p := e.prober(prober.Options{URLs: []string{o.URL + "/p"}, Timeout: 5 * time.Second,
+		OnProbe:  func(s prober.Status) { mu.Lock(); events = append(events, "probe "+s.Addr); mu.Unlock() },
+		OnForget: func(addr string) { mu.Lock(); events = append(events, "forget "+addr); mu.Unlock() },
+	})
+	entered, release := o.holdRequests()
+	done := make(chan prober.Report, 1)
+	go func() { done <- p.Round(e.ctx) }()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the probe did not reach the origin")
+	}
+	p.SetTargets(nil)
+	release()
+	rep := <-done
+	if len(rep.Probed) != 0 || rep.Skipped[a] != prober.SkipGone {
+		t.Errorf("round %+v, want %s skipped as gone", rep, a)
+	}
+	if _, ok := p.Status(a); ok {
+		t.Errorf("%s has a status after SetTargets dropped it", a)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"forget " + a}; !slices.Equal(events, want) {
+		t.Errorf("events %q, want %q", events, want)
 	}
 }

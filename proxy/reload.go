@@ -89,7 +89,9 @@ func (s *Server) settle(old, targets []*Target) {
 }
 
 // setLive limits the idle connections t keeps to the proxy addresses in
-// ups (nil: no limit) and closes the idle ones of other addresses.
+// ups (nil: no limit) and closes the idle ones of other addresses. A target
+// in force uses t: if an earlier table retired it (a reload rolled back),
+// it keeps connections again.
 func (t *transport) setLive(ups map[string]Upstream) {
 	var live map[string]bool
 	if ups != nil {
@@ -101,6 +103,7 @@ func (t *transport) setLive(ups map[string]Upstream) {
 	var drop []*upConn
 	t.mu.Lock()
 	t.live = live
+	t.retired = false
 	for k, list := range t.idle {
 		if !t.keeps(k) {
 			drop = append(drop, list...)
