@@ -183,11 +183,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer a.adm.stop()
 	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.Targets()), "backend", a.backendName())
-	tp := a.startLocalTransparent(ctx)
+	// Under the reload lock: a reload or admin IP edit meanwhile waits
+	// until both modes have taken the upstreams they must not intercept.
 	a.reload.mu.Lock()
-	a.tp = tp
-	a.reload.mu.Unlock()
+	a.tp = a.startLocalTransparent(ctx)
 	a.startGateway(ctx)
+	a.reload.mu.Unlock()
 	a.startProber(ctx)
 	stopReloads := a.startReloads(ctx)
 	errc := make(chan error, 1)

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command benchtransparent measures local transparent mode (issue #3)
 // against its baselines in one run and prints Markdown rows (root only).
 //
