@@ -60,10 +60,7 @@ type configValue = connect4PhConfig
 // Probe checks every kernel feature the data plane needs and names the
 // first one missing.
 func Probe() error {
-	checks := []struct {
-		name string
-		fn   func() error
-	}{
+	return firstMissing([]featureCheck{
 		{"program type cgroup_sock_addr", func() error { return features.HaveProgramType(ebpf.CGroupSockAddr) }},
 		{"program type sock_ops", func() error { return features.HaveProgramType(ebpf.SockOps) }},
 		{"program type sk_msg", func() error { return features.HaveProgramType(ebpf.SkMsg) }},
@@ -82,7 +79,17 @@ func Probe() error {
 		{"helper bpf_msg_redirect_hash in sk_msg", func() error {
 			return features.HaveProgramHelper(ebpf.SkMsg, asm.FnMsgRedirectHash)
 		}},
-	}
+	})
+}
+
+// featureCheck is one kernel feature a mode needs, and how to probe it.
+type featureCheck struct {
+	name string
+	fn   func() error
+}
+
+// firstMissing runs checks in order and names the first feature missing.
+func firstMissing(checks []featureCheck) error {
 	for _, c := range checks {
 		if err := c.fn(); err != nil {
 			return fmt.Errorf("kernel feature %s: %w", c.name, err)

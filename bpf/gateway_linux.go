@@ -57,10 +57,7 @@ type gwConfigValue = tclanPhGwConfig
 // ProbeGateway checks every kernel feature gateway mode needs and names
 // the first one missing.
 func ProbeGateway() error {
-	checks := []struct {
-		name string
-		fn   func() error
-	}{
+	return firstMissing([]featureCheck{
 		{"program type sched_cls", func() error { return features.HaveProgramType(ebpf.SchedCLS) }},
 		{"map type lru_percpu_hash", func() error { return features.HaveMapType(ebpf.LRUCPUHash) }},
 		{"map type lpm_trie", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
@@ -74,13 +71,7 @@ func ProbeGateway() error {
 		{"helper bpf_tcp_check_syncookie in sched_cls", func() error {
 			return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnTcpCheckSyncookie)
 		}},
-	}
-	for _, c := range checks {
-		if err := c.fn(); err != nil {
-			return fmt.Errorf("kernel feature %s: %w", c.name, err)
-		}
-	}
-	return nil
+	})
 }
 
 // LoadGateway creates gateway mode's maps and loads its programs against
