@@ -173,17 +173,26 @@ func load(existing map[string]*ebpf.Map) (_ *Objects, err error) {
 				r[name] = m
 			}
 		}
-		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: r})
-		if err != nil {
-			return nil, fmt.Errorf("load program %s: %w", p.name, err)
-		}
-		*p.dst = coll.DetachProgram(p.name)
-		coll.Close()
-		if *p.dst == nil {
-			return nil, fmt.Errorf("load program %s: not in its object", p.name)
+		if *p.dst, err = newProgram(spec, p.name, r); err != nil {
+			return nil, err
 		}
 	}
 	return o, nil
+}
+
+// newProgram loads program name of spec, with the maps in repl (by name)
+// in place of the object's own.
+func newProgram(spec *ebpf.CollectionSpec, name string, repl map[string]*ebpf.Map) (*ebpf.Program, error) {
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil {
+		return nil, fmt.Errorf("load program %s: %w", name, err)
+	}
+	defer coll.Close()
+	prog := coll.DetachProgram(name)
+	if prog == nil {
+		return nil, fmt.Errorf("load program %s: not in its object", name)
+	}
+	return prog, nil
 }
 
 // Close releases every program and map (attachments made through links

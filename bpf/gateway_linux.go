@@ -144,14 +144,8 @@ func LoadGateway(opts GatewayOptions) (_ *Gateway, err error) {
 				delete(spec.Programs, name)
 			}
 		}
-		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: r})
-		if err != nil {
-			return nil, fmt.Errorf("load program %s: %w", p.name, err)
-		}
-		*p.dst = coll.DetachProgram(p.name)
-		coll.Close()
-		if *p.dst == nil {
-			return nil, fmt.Errorf("load program %s: not in its object", p.name)
+		if *p.dst, err = newProgram(spec, p.name, r); err != nil {
+			return nil, err
 		}
 	}
 	return g, nil
