@@ -58,11 +58,22 @@ func run() error {
 	dur := flag.Duration("duration", 10*time.Second, "wrk duration of one loaded run")
 	conns := flag.Int("connections", 64, "wrk connections")
 	upstreams := flag.Int("upstreams", 64, "upstream proxies in the pool")
+	flag.BoolVar(&pin, "pin", false, "pin wrk, the upstream proxies and the origin to CPU 0, and the agent and the relay to CPU 1 (taskset; 2+ CPUs)")
 	relayListen := flag.String("relay-listen", "", "internal: run as the bare TCP relay on this address")
 	relayTo := flag.String("relay-to", "", "internal: where the bare TCP relay connects")
 	flag.Parse()
 	if *relayListen != "" {
 		return relay(*relayListen, *relayTo)
+	}
+	if pin {
+		if runtime.NumCPU() < 2 {
+			return fmt.Errorf("-pin needs 2 CPUs or more")
+		}
+		// Every thread of this process (origin and upstream proxies), and
+		// those it makes later, on CPU 0.
+		if out, err := exec.Command("taskset", "-a", "-cp", "0", strconv.Itoa(os.Getpid())).CombinedOutput(); err != nil {
+			return fmt.Errorf("taskset: %v: %s", err, out)
+		}
 	}
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return fmt.Errorf("wrk not found (apt-get install wrk)")
@@ -122,11 +133,8 @@ targets:
 		return err
 	}
 	agentLog, _ := os.Create(filepath.Join(dir, "agent.log"))
-	agent := exec.Command(*bin, "run", "--config", cfgPath)
+	agent := onCPU(context.Background(), "1", *bin, "run", "--config", cfgPath)
 	agent.Stdout, agent.Stderr = agentLog, agentLog
-	if v := os.Getenv("PH_BENCH_AGENT_GOMAXPROCS"); v != "" {
-		agent.Env = append(os.Environ(), "GOMAXPROCS="+v)
-	}
 	if err := agent.Start(); err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
@@ -150,7 +158,7 @@ targets:
 		return err
 	}
 	relayAddr := fmt.Sprintf("127.0.0.1:%d", relayPort)
-	relayCmd := exec.Command(self, "-relay-listen", relayAddr, "-relay-to", ups[0].Addr())
+	relayCmd := onCPU(context.Background(), "1", self, "-relay-listen", relayAddr, "-relay-to", ups[0].Addr())
 	relayCmd.Stderr = os.Stderr
 	if err := relayCmd.Start(); err != nil {
 		return fmt.Errorf("start relay: %w", err)
@@ -219,7 +227,11 @@ targets:
 	host, _ := os.Hostname()
 	fmt.Printf("Measured %s on %s (%d CPUs, %s, %s/%s) with `make bench` (`go run ./scripts/bench`):\n",
 		time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH)
-	fmt.Printf("wrk %s per run, %d rounds, direct and agent runs alternating; medians.\n\n", dur.String(), *rounds)
+	fmt.Printf("wrk %s per run, %d rounds, direct, agent and relay runs alternating; medians.\n", dur.String(), *rounds)
+	if pin {
+		fmt.Println("Pinned (-pin): wrk, the upstream proxies and the origin on CPU 0; the agent and the relay on CPU 1.")
+	}
+	fmt.Println()
 	fmt.Println("| measurement | baseline (direct to upstream) | through agent (header mode) | ratio / added |")
 	fmt.Println("|---|---|---|---|")
 	row := func(name string, d, a, rl []wrkResult) {
@@ -260,6 +272,18 @@ targets:
 		fmt.Printf("| %s | %.1f | %.2fM |\n", r.name, r.ns, 1e3/r.ns)
 	}
 	return nil
+}
+
+// pin: see the -pin flag.
+var pin bool
+
+// onCPU is the command name args, on the given CPU when -pin is set
+// (taskset execs the command: the PID is the command's).
+func onCPU(ctx context.Context, cpu, name string, args ...string) *exec.Cmd {
+	if !pin {
+		return exec.CommandContext(ctx, name, args...)
+	}
+	return exec.CommandContext(ctx, "taskset", append([]string{"-c", cpu, name}, args...)...)
 }
 
 // relay is the bare TCP relay: every accepted connection is joined to a new
@@ -349,7 +373,7 @@ func wrk(args []string, agentPID int) (wrkResult, error) {
 	defer cancel()
 	self0, _ := cputime.Self()
 	agent0, _ := cputime.Proc(agentPID)
-	cmd := exec.CommandContext(ctx, "wrk", args...)
+	cmd := onCPU(ctx, "0", "wrk", args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("wrk %v: %w\n%s", args, err, out)
