@@ -87,18 +87,7 @@ server:
 %s`, port, testAdminToken, oneTarget(tp.Addr))), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := Load(cfgPath, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, ln := newFileAgent(t, cfgPath)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	runErr := make(chan error, 1)

@@ -67,18 +67,7 @@ server:
 	if err := os.WriteFile(cfgPath, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := Load(cfgPath, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, ln := newFileAgent(t, cfgPath)
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
@@ -750,15 +739,7 @@ server:
   shutdownTimeout: 5s
   probe: false
 %s`, port, testAdminToken, oneTarget(tp.Addr))), 0o600)
-	cfg, err := Load(cfgPath, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, _ := proxy.Listen(context.Background(), "127.0.0.1:0")
-	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, ln := newFileAgent(t, cfgPath)
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
@@ -812,15 +793,7 @@ server:
   adminToken: %s
   probe: false
 %s`, port, testAdminToken, oneTarget(tp.Addr))), 0o600)
-	cfg, err = Load(cfgPath, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, _ = proxy.Listen(context.Background(), "127.0.0.1:0")
-	a, err = New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, ln = newFileAgent(t, cfgPath)
 	ctx, cancel = context.WithCancel(context.Background())
 	go func() { runErr <- a.Run(ctx) }()
 	testenv.WaitListening(t, ln.Addr().String(), 5*time.Second)

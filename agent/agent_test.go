@@ -40,18 +40,7 @@ targets:
     minRequestInterval: 0
     maxQueueWait: 20s
 `, tp.Addr)), 0o600)
-	cfg, err := Load(cfgPath, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, ln := newFileAgent(t, cfgPath)
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
@@ -102,4 +91,24 @@ targets:
 	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
 		t.Errorf("listener still accepting after Run returned")
 	}
+}
+
+// newFileAgent loads cfgPath and builds an agent on a fresh loopback
+// listener, as `run` would (without starting it).
+func newFileAgent(t *testing.T, cfgPath string) (*Agent, net.Listener) {
+	t.Helper()
+	cfg, err := Load(cfgPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	return a, ln
 }

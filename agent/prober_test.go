@@ -18,7 +18,6 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/prober"
-	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
 // The prober keys proxy-hopper does not have: defaults, env, YAML, flags.
@@ -162,18 +161,7 @@ targets:
 `, metricsPort, origin.URL, tp.Addr, dead)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := Load(cfgPath, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, _ := newFileAgent(t, cfgPath)
 	if a.Prober() == nil {
 		t.Fatal("Prober() is nil with server.probe on")
 	}
