@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/proxy-hopper/proxy-hopper/bpf"
 	"github.com/proxy-hopper/proxy-hopper/metrics"
-	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
 // gateway is the running gateway mode: the BPF objects, the TC
@@ -147,7 +145,14 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 	}
 	for _, ln := range g.lns {
 		g.wg.Add(1)
-		go g.accept(ln, a.srv)
+		go func() {
+			defer g.wg.Done()
+			// The listener's local address is the original destination.
+			serveAccepted(ln, a.srv, g.log, "gateway", func(c net.Conn) (netip.AddrPort, error) {
+				orig := c.LocalAddr().(*net.TCPAddr).AddrPort()
+				return netip.AddrPortFrom(orig.Addr().Unmap(), orig.Port()), nil
+			})
+		}()
 	}
 	log.Info("gateway mode on", "listen", port, "ipv6", len(g.lns) > 1, "interfaces", gc.Interfaces, "uplinks", gc.Uplinks,
 		"ports", gc.Ports, "table", gc.Table, "mark", fmt.Sprintf("%#x", gc.Mark), "attach", g.attachments())
@@ -178,26 +183,6 @@ func localPrefixes() ([]netip.Prefix, error) {
 		}
 	}
 	return out, nil
-}
-
-// accept serves each assigned connection through the shared transparent
-// path: the accepted socket's local address is the original destination.
-func (g *gateway) accept(ln net.Listener, srv *proxy.Server) {
-	defer g.wg.Done()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			g.log.Warn("accept gateway connection", "err", err)
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		orig := c.LocalAddr().(*net.TCPAddr).AddrPort()
-		orig = netip.AddrPortFrom(orig.Addr().Unmap(), orig.Port())
-		go srv.ServeTransparent(c, orig)
-	}
 }
 
 // Counters reads the counter maps for the metrics collector.

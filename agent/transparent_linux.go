@@ -178,7 +178,12 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 	}
 	for _, ln := range t.lns {
 		t.wg.Add(1)
-		go t.accept(ln, a.srv)
+		go func() {
+			defer t.wg.Done()
+			serveAccepted(ln, a.srv, t.log, "transparent", func(c net.Conn) (netip.AddrPort, error) {
+				return t.objs.TakeOrigin(c.RemoteAddr().(*net.TCPAddr).AddrPort())
+			})
+		}()
 	}
 	t.live = true
 	t.log.Info("transparent mode on", "listen", port, "cgroups", paths, "ports", lc.Ports, "sockmap", cfg.Sockmap, "pinned", lc.Pinned)
@@ -234,22 +239,23 @@ func (a *Agent) upstreamPrefixes(ctx context.Context) []netip.Prefix {
 	return out
 }
 
-func (t *transparent) accept(ln net.Listener, srv *proxy.Server) {
-	defer t.wg.Done()
+// serveAccepted hands every connection ln accepts to srv's transparent
+// path, with the original destination origOf finds for it; a connection
+// without one is closed. It returns when ln is closed.
+func serveAccepted(ln net.Listener, srv *proxy.Server, log *slog.Logger, what string, origOf func(net.Conn) (netip.AddrPort, error)) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			t.log.Warn("accept transparent connection", "err", err)
+			log.Warn("accept "+what+" connection", "err", err)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		ra := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-		orig, err := t.objs.TakeOrigin(ra)
+		orig, err := origOf(c)
 		if err != nil {
-			t.log.Debug("connection without an original destination", "client", ra.String(), "err", err)
+			log.Debug("connection without an original destination", "client", c.RemoteAddr().String(), "err", err)
 			c.Close()
 			continue
 		}
