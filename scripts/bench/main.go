@@ -25,11 +25,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/benchutil"
 	"github.com/proxy-hopper/proxy-hopper/internal/cputime"
 	"github.com/proxy-hopper/proxy-hopper/internal/miniproxy"
 )
@@ -353,20 +353,8 @@ func median[T any](xs []T, f func(T) float64) float64 {
 	for i, x := range xs {
 		v[i] = f(x)
 	}
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	return benchutil.Median(v)
 }
-
-var (
-	reRPS     = regexp.MustCompile(`Requests/sec:\s+([\d.]+)`)
-	reLat     = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$`)
-	reErrors  = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
-	reNon2xx  = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
-	reTotalRq = regexp.MustCompile(`(\d+) requests in`)
-)
 
 func wrk(args []string, agentPID int) (wrkResult, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -381,35 +369,11 @@ func wrk(args []string, agentPID int) (wrkResult, error) {
 	self1, _ := cputime.Self()
 	agent1, _ := cputime.Proc(agentPID)
 	wrkCPU := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-	s := string(out)
-	var r wrkResult
-	m := reRPS.FindStringSubmatch(s)
-	if m == nil {
-		return r, fmt.Errorf("no Requests/sec in wrk output:\n%s", s)
+	w, err := benchutil.ParseWrk(string(out))
+	if err != nil {
+		return wrkResult{}, err
 	}
-	r.rps, _ = strconv.ParseFloat(m[1], 64)
-	for _, m := range reLat.FindAllStringSubmatch(s, -1) {
-		v, _ := strconv.ParseFloat(m[2], 64)
-		unit := map[string]float64{"us": 1e3, "ms": 1e6, "s": 1e9}[m[3]]
-		d := time.Duration(v * unit)
-		if m[1] == "50" {
-			r.p50 = d
-		} else {
-			r.p99 = d
-		}
-	}
-	if m := reErrors.FindStringSubmatch(s); m != nil {
-		for _, x := range m[1:] {
-			n, _ := strconv.Atoi(x)
-			r.errors += n
-		}
-	}
-	if m := reNon2xx.FindStringSubmatch(s); m != nil {
-		r.non2xx, _ = strconv.Atoi(m[1])
-	}
-	if m := reTotalRq.FindStringSubmatch(s); m != nil {
-		r.requestsTotal, _ = strconv.Atoi(m[1])
-	}
+	r := wrkResult{rps: w.RPS, p50: w.P50, p99: w.P99, errors: w.SocketErrors, non2xx: w.Non2xx, requestsTotal: w.Requests}
 	if n := time.Duration(r.requestsTotal); n > 0 {
 		r.cpuWrk, r.cpuSelf, r.cpuAgent = wrkCPU/n, (self1-self0)/n, (agent1-agent0)/n
 	}

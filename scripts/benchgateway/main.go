@@ -36,7 +36,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -50,6 +49,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/proxy-hopper/proxy-hopper/bpf"
+	"github.com/proxy-hopper/proxy-hopper/internal/benchutil"
 	"github.com/proxy-hopper/proxy-hopper/internal/miniproxy"
 )
 
@@ -461,7 +461,7 @@ transparent:
 			}
 			fmt.Fprintf(os.Stderr, "%s round %d: baseline %.0f, candidate %.0f %s\n", name, i+1, b[i], c[i], unit)
 		}
-		rows = append(rows, fmt.Sprintf("| %s | %.0f | %.0f | %.2f× |", name, median(b), median(c), median(c)/median(b)))
+		rows = append(rows, fmt.Sprintf("| %s | %.0f | %.0f | %.2f× |", name, benchutil.Median(b), benchutil.Median(c), benchutil.Median(c)/benchutil.Median(b)))
 		return nil
 	}
 	wrkIn := func(args []string) func() (float64, error) {
@@ -636,18 +636,17 @@ func wrk(n *ns, args []string) (float64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("wrk %v: %w\n%s", args, err, out)
 	}
-	s := string(out)
-	if m := regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`).FindStringSubmatch(s); m != nil {
-		fmt.Fprintf(os.Stderr, "wrk %v: %s\n", args, m[0])
+	w, err := benchutil.ParseWrk(string(out))
+	if err != nil {
+		return 0, err
 	}
-	if m := regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`).FindStringSubmatch(s); m != nil {
-		return 0, fmt.Errorf("wrk %v: %s", args, m[0])
+	if w.SocketErrorsLine != "" {
+		fmt.Fprintf(os.Stderr, "wrk %v: %s\n", args, w.SocketErrorsLine)
 	}
-	m := regexp.MustCompile(`Requests/sec:\s+([\d.]+)`).FindStringSubmatch(s)
-	if m == nil {
-		return 0, fmt.Errorf("no Requests/sec in wrk output:\n%s", s)
+	if w.Non2xx > 0 {
+		return 0, fmt.Errorf("wrk %v: %d non-2xx or 3xx responses", args, w.Non2xx)
 	}
-	return strconv.ParseFloat(m[1], 64)
+	return w.RPS, nil
 }
 
 func waitLog(path, want string, within time.Duration) error {
@@ -661,16 +660,4 @@ func waitLog(path, want string, within time.Duration) error {
 	}
 	b, _ := os.ReadFile(path)
 	return fmt.Errorf("agent did not log %q:\n%s", want, b)
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	v = slices.Clone(v)
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }

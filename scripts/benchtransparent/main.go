@@ -49,6 +49,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/proxy-hopper/proxy-hopper/bpf"
+	"github.com/proxy-hopper/proxy-hopper/internal/benchutil"
 	"github.com/proxy-hopper/proxy-hopper/internal/cputime"
 	"github.com/proxy-hopper/proxy-hopper/internal/miniproxy"
 )
@@ -210,25 +211,13 @@ func sockmapBench() (string, error) {
 	}
 	var b strings.Builder
 	for _, size := range []string{"64KiB", "1024KiB"} {
-		t, s := median(mbs["tcp/"+size]), median(mbs["sockmap/"+size])
+		t, s := benchutil.Median(mbs["tcp/"+size]), benchutil.Median(mbs["sockmap/"+size])
 		if t == 0 || s == 0 {
 			return "", fmt.Errorf("bpf benchmark: no %s figures in\n%s", size, out)
 		}
 		fmt.Fprintf(&b, "| bulk client→agent over loopback, %s writes (MB/s; baseline: sockmap off) | %.0f | %.0f | %.2f× |\n", size, t, s, s/t)
 	}
 	return b.String(), nil
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	v = slices.Clone(v)
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
 // inner runs inside the namespace.
@@ -393,7 +382,7 @@ redsocks { local_ip = 127.0.0.1; local_port = 12345; ip = 127.0.0.1; port = %s; 
 			for i, r := range rs {
 				v[i] = f(r)
 			}
-			return median(v)
+			return benchutil.Median(v)
 		}
 		rps := func(r wrkRun) float64 { return r.rps }
 		fmt.Printf("| %s | %.0f | %.0f | %.2f× |\n", name, m(b, rps), m(c, rps), m(c, rps)/m(b, rps))
@@ -469,23 +458,17 @@ func wrk(cg string, args []string) (float64, int, time.Duration, error) {
 		return 0, 0, 0, fmt.Errorf("wrk %v: %w\n%s", args, err, out)
 	}
 	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-	s := string(out)
-	if m := regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`).FindStringSubmatch(s); m != nil {
-		fmt.Fprintf(os.Stderr, "wrk %v: %s\n", args, m[0])
+	w, err := benchutil.ParseWrk(string(out))
+	if err != nil {
+		return 0, 0, 0, err
 	}
-	if m := regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`).FindStringSubmatch(s); m != nil {
-		return 0, 0, 0, fmt.Errorf("wrk %v: %s", args, m[0])
+	if w.SocketErrorsLine != "" {
+		fmt.Fprintf(os.Stderr, "wrk %v: %s\n", args, w.SocketErrorsLine)
 	}
-	m := regexp.MustCompile(`Requests/sec:\s+([\d.]+)`).FindStringSubmatch(s)
-	if m == nil {
-		return 0, 0, 0, fmt.Errorf("no Requests/sec in wrk output:\n%s", s)
+	if w.Non2xx > 0 {
+		return 0, 0, 0, fmt.Errorf("wrk %v: %d non-2xx or 3xx responses", args, w.Non2xx)
 	}
-	rps, err := strconv.ParseFloat(m[1], 64)
-	n := 0
-	if m := regexp.MustCompile(`(\d+) requests in`).FindStringSubmatch(s); m != nil {
-		n, _ = strconv.Atoi(m[1])
-	}
-	return rps, n, cpu, err
+	return w.RPS, w.Requests, cpu, nil
 }
 
 func waitLog(path, want string, within time.Duration) error {
