@@ -648,6 +648,9 @@ func (e *e2eEnv) fastPath(t *testing.T, a *agentProc, on bool) {
 	if n := entries(t, maps["ph_sockhash"]); n != want {
 		t.Errorf("sockhash entries with an open connection = %d, want %d", n, want)
 	}
+	if n := entries(t, maps["ph_queued"]); n != want {
+		t.Errorf("ph_queued entries with an open connection = %d, want %d", n, want)
+	}
 	if n := entries(t, maps["ph_orig_addr"]); n != 0 {
 		t.Errorf("ph_orig_addr entries after accept = %d, want 0", n)
 	}
@@ -669,6 +672,7 @@ func (e *e2eEnv) fastPath(t *testing.T, a *agentProc, on bool) {
 	e.byteExact(t, 1, 1<<10, 1<<10) // still serving after the resets
 	waitEntries(t, maps["ph_sockhash"], 0)
 	waitEntries(t, maps["ph_orig_addr"], 0)
+	waitEntries(t, maps["ph_queued"], 0)
 }
 
 func TestTransparentLocal(t *testing.T) {

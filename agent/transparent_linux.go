@@ -111,22 +111,26 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 		p, _ := parseCIDR(s)
 		cfg.Exclude = append(cfg.Exclude, p)
 	}
+	if cfg.Sockmap {
+		// Attaching replaces the program an earlier pinned agent left on the
+		// pinned SOCKHASH. Pinned, it stays with the map; the counter of what
+		// its sockets read is the agent's own either way (without it the
+		// fast path sends to TCP whatever would pass the queue limit).
+		sk, err := objs.AttachSkMsg()
+		switch {
+		case err != nil:
+			t.log.Warn("sockmap fast path off", "err", err)
+			cfg.Sockmap = false
+		case lc.Pinned:
+			t.closers = append(t.closers, sk.Counter())
+		default:
+			t.closers = append(t.closers, sk)
+		}
+	}
 	t.bcfg = cfg
 	cfg.Exclude = append(slices.Clone(cfg.Exclude), a.upstreamPrefixes(ctx)...)
 	if err := objs.Configure(cfg); err != nil {
 		return nil, err
-	}
-
-	if cfg.Sockmap {
-		// Attaching replaces the program an earlier pinned agent left on the
-		// pinned SOCKHASH. Pinned, it stays with the map.
-		sk, err := objs.AttachSkMsg()
-		if err != nil {
-			return nil, err
-		}
-		if !lc.Pinned {
-			t.closers = append(t.closers, sk)
-		}
 	}
 	var paths []string
 	for _, cg := range lc.Cgroups {

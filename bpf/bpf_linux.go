@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -34,6 +35,10 @@ type Config struct {
 	Include    []netip.Prefix // when not empty, only these destinations
 	Exclude    []netip.Prefix // never these (wins over Include)
 	Sockmap    bool           // the sk_msg fast path between loopback ends
+	// QueueLimit is what the fast path may leave unread in one socket's
+	// receive queue before that direction of the connection falls back to
+	// TCP for good (bytes; 0: 4 MiB).
+	QueueLimit uint32
 }
 
 const (
@@ -46,9 +51,14 @@ const (
 // Objects are the loaded programs and their shared maps.
 type Objects struct {
 	Connect4, Connect6, SockOps, SkMsg *ebpf.Program
+	// RecvMsg counts what the fast path's sockets read (raw tracepoint
+	// sock_recv_length); nil when the kernel cannot load it (recvMsgErr).
+	RecvMsg    *ebpf.Program
+	recvMsgErr error
 
 	Config, Ports, Include, Exclude *ebpf.Map
 	OrigCookie, OrigAddr, SockHash  *ebpf.Map
+	Queued                          *ebpf.Map
 
 	pinnedFrom string // the pinned state the maps came from (LoadPinned)
 }
@@ -103,12 +113,13 @@ func firstMissing(checks []featureCheck) error {
 func Load() (*Objects, error) { return load(nil) }
 
 // mapNames are the shared maps, as pinned under PinDir/maps.
-var mapNames = []string{"ph_config", "ph_ports", "ph_include", "ph_exclude", "ph_orig_cookie", "ph_orig_addr", "ph_sockhash"}
+var mapNames = []string{"ph_config", "ph_ports", "ph_include", "ph_exclude", "ph_orig_cookie", "ph_orig_addr", "ph_sockhash", "ph_queued"}
 
 func (o *Objects) maps() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
 		"ph_config": &o.Config, "ph_ports": &o.Ports, "ph_include": &o.Include, "ph_exclude": &o.Exclude,
 		"ph_orig_cookie": &o.OrigCookie, "ph_orig_addr": &o.OrigAddr, "ph_sockhash": &o.SockHash,
+		"ph_queued": &o.Queued,
 	}
 }
 
@@ -160,6 +171,7 @@ func load(existing map[string]*ebpf.Map) (_ *Objects, err error) {
 		{"ph_connect6", loadConnect6, &o.Connect6},
 		{"ph_sockops", loadSockops, &o.SockOps},
 		{"ph_sk_msg", loadSkmsg, &o.SkMsg},
+		{"ph_recvmsg", loadRecvmsg, &o.RecvMsg},
 	}
 	for _, p := range progs {
 		spec, err := p.load()
@@ -174,6 +186,11 @@ func load(existing map[string]*ebpf.Map) (_ *Objects, err error) {
 			}
 		}
 		if *p.dst, err = newProgram(spec, p.name, r); err != nil {
+			if p.name == "ph_recvmsg" {
+				// Only the fast path needs it; the redirect works without.
+				o.recvMsgErr, err = err, nil
+				continue
+			}
 			return nil, err
 		}
 	}
@@ -202,12 +219,12 @@ func (o *Objects) Close() error {
 		return nil
 	}
 	var errs []error
-	for _, p := range []*ebpf.Program{o.Connect4, o.Connect6, o.SockOps, o.SkMsg} {
+	for _, p := range []*ebpf.Program{o.Connect4, o.Connect6, o.SockOps, o.SkMsg, o.RecvMsg} {
 		if p != nil {
 			errs = append(errs, p.Close())
 		}
 	}
-	for _, m := range []*ebpf.Map{o.Config, o.Ports, o.Include, o.Exclude, o.OrigCookie, o.OrigAddr, o.SockHash} {
+	for _, m := range []*ebpf.Map{o.Config, o.Ports, o.Include, o.Exclude, o.OrigCookie, o.OrigAddr, o.SockHash, o.Queued} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
@@ -253,7 +270,7 @@ func (o *Objects) Configure(c Config) error {
 			keepCIDRs[i][lpmBytes(k)] = true
 		}
 	}
-	v := configValue{Flags: flagEnabled, ListenPort: uint32(c.ListenPort), Mark: c.Mark}
+	v := configValue{Flags: flagEnabled, ListenPort: uint32(c.ListenPort), Mark: c.Mark, QueueLimit: c.QueueLimit}
 	if len(c.Ports) == 0 {
 		v.Flags |= flagAllPorts
 	}
@@ -375,27 +392,45 @@ func (o *Objects) AttachCgroup(path string) (_ []link.Link, err error) {
 	return links, nil
 }
 
-// SkMsgAttachment is the sk_msg program attached to the SOCKHASH.
+// SkMsgAttachment is the sk_msg program attached to the SOCKHASH, and the
+// recvmsg counter it needs.
 type SkMsgAttachment struct {
 	m    *ebpf.Map
 	prog *ebpf.Program
+	recv link.Link
 }
 
 // AttachSkMsg attaches the fast path to the SOCKHASH (cilium/ebpf has no
-// link type for sk_msg: this is BPF_PROG_ATTACH on the map).
+// link type for sk_msg: this is BPF_PROG_ATTACH on the map), after the
+// program that counts what its sockets read (raw tracepoint
+// sock_recv_length): without that count the fast path could not bound what
+// it queues, so it is not attached.
 func (o *Objects) AttachSkMsg() (*SkMsgAttachment, error) {
 	if o == nil || o.SkMsg == nil {
 		return nil, ErrNotLoaded
 	}
-	err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: o.SockHash.FD(), Program: o.SkMsg, Attach: ebpf.AttachSkMsgVerdict})
+	if o.RecvMsg == nil {
+		return nil, fmt.Errorf("kernel feature raw tracepoint sock_recv_length (needed to bound the fast path's queues): %w", o.recvMsgErr)
+	}
+	recv, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sock_recv_length", Program: o.RecvMsg})
 	if err != nil {
+		return nil, fmt.Errorf("kernel feature raw tracepoint sock_recv_length (needed to bound the fast path's queues): %w", err)
+	}
+	err = link.RawAttachProgram(link.RawAttachProgramOptions{Target: o.SockHash.FD(), Program: o.SkMsg, Attach: ebpf.AttachSkMsgVerdict})
+	if err != nil {
+		recv.Close()
 		return nil, fmt.Errorf("attach sk_msg to ph_sockhash: %w", err)
 	}
-	return &SkMsgAttachment{m: o.SockHash, prog: o.SkMsg}, nil
+	return &SkMsgAttachment{m: o.SockHash, prog: o.SkMsg, recv: recv}, nil
 }
+
+// Counter is the recvmsg counter's link alone (pinned mode leaves the
+// sk_msg program on the pinned SOCKHASH but not the counter).
+func (a *SkMsgAttachment) Counter() io.Closer { return a.recv }
 
 // Close detaches the fast path.
 func (a *SkMsgAttachment) Close() error {
+	defer a.recv.Close()
 	err := link.RawDetachProgram(link.RawDetachProgramOptions{Target: a.m.FD(), Program: a.prog, Attach: ebpf.AttachSkMsgVerdict})
 	if err != nil {
 		return fmt.Errorf("detach sk_msg from ph_sockhash: %w", err)

@@ -24,13 +24,21 @@ type connect6PhConfig struct {
 	Flags      uint32
 	ListenPort uint32
 	Mark       uint32
-	Pad        uint32
+	QueueLimit uint32
 }
 
 type connect6PhLpmKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Ip        [16]uint8
+}
+
+type connect6PhQueue struct {
+	_   structs.HostLayout
+	In  uint64
+	Out uint64
+	Tcp uint32
+	Pad uint32
 }
 
 type connect6PhTuple struct {
@@ -51,6 +59,7 @@ const (
 	connect6MapPhOrigAddr   = "ph_orig_addr"
 	connect6MapPhOrigCookie = "ph_orig_cookie"
 	connect6MapPhPorts      = "ph_ports"
+	connect6MapPhQueued     = "ph_queued"
 	connect6MapPhSockhash   = "ph_sockhash"
 	connect6ProgPhConnect6  = "ph_connect6"
 )
@@ -110,6 +119,7 @@ type connect6MapSpecs struct {
 	PhOrigAddr   *ebpf.MapSpec `ebpf:"ph_orig_addr"`
 	PhOrigCookie *ebpf.MapSpec `ebpf:"ph_orig_cookie"`
 	PhPorts      *ebpf.MapSpec `ebpf:"ph_ports"`
+	PhQueued     *ebpf.MapSpec `ebpf:"ph_queued"`
 	PhSockhash   *ebpf.MapSpec `ebpf:"ph_sockhash"`
 }
 
@@ -145,6 +155,7 @@ type connect6Maps struct {
 	PhOrigAddr   *ebpf.Map `ebpf:"ph_orig_addr"`
 	PhOrigCookie *ebpf.Map `ebpf:"ph_orig_cookie"`
 	PhPorts      *ebpf.Map `ebpf:"ph_ports"`
+	PhQueued     *ebpf.Map `ebpf:"ph_queued"`
 	PhSockhash   *ebpf.Map `ebpf:"ph_sockhash"`
 }
 
@@ -156,6 +167,7 @@ func (m *connect6Maps) Close() error {
 		m.PhOrigAddr,
 		m.PhOrigCookie,
 		m.PhPorts,
+		m.PhQueued,
 		m.PhSockhash,
 	)
 }

@@ -9,5 +9,6 @@ package bpf
 //go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -target bpfel -go-package bpf -output-stem connect6 connect6 connect6.c -- -I./include
 //go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -target bpfel -go-package bpf -output-stem sockops sockops sockops.c -- -I./include
 //go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -target bpfel -go-package bpf -output-stem skmsg skmsg skmsg.c -- -I./include
+//go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -target bpfel -go-package bpf -output-stem recvmsg recvmsg recvmsg.c -- -I./include
 //go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -target bpfel -go-package bpf -output-stem tclan tclan tc_lan.c -- -I./include
 //go:generate go tool bpf2go -cc ${BPF_CLANG} -cflags ${BPF_CFLAGS} -target bpfel -go-package bpf -output-stem tcuplink tcuplink tc_uplink.c -- -I./include

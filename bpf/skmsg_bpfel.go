@@ -24,13 +24,21 @@ type skmsgPhConfig struct {
 	Flags      uint32
 	ListenPort uint32
 	Mark       uint32
-	Pad        uint32
+	QueueLimit uint32
 }
 
 type skmsgPhLpmKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Ip        [16]uint8
+}
+
+type skmsgPhQueue struct {
+	_   structs.HostLayout
+	In  uint64
+	Out uint64
+	Tcp uint32
+	Pad uint32
 }
 
 type skmsgPhTuple struct {
@@ -51,6 +59,7 @@ const (
 	skmsgMapPhOrigAddr   = "ph_orig_addr"
 	skmsgMapPhOrigCookie = "ph_orig_cookie"
 	skmsgMapPhPorts      = "ph_ports"
+	skmsgMapPhQueued     = "ph_queued"
 	skmsgMapPhSockhash   = "ph_sockhash"
 	skmsgProgPhSkMsg     = "ph_sk_msg"
 )
@@ -110,6 +119,7 @@ type skmsgMapSpecs struct {
 	PhOrigAddr   *ebpf.MapSpec `ebpf:"ph_orig_addr"`
 	PhOrigCookie *ebpf.MapSpec `ebpf:"ph_orig_cookie"`
 	PhPorts      *ebpf.MapSpec `ebpf:"ph_ports"`
+	PhQueued     *ebpf.MapSpec `ebpf:"ph_queued"`
 	PhSockhash   *ebpf.MapSpec `ebpf:"ph_sockhash"`
 }
 
@@ -145,6 +155,7 @@ type skmsgMaps struct {
 	PhOrigAddr   *ebpf.Map `ebpf:"ph_orig_addr"`
 	PhOrigCookie *ebpf.Map `ebpf:"ph_orig_cookie"`
 	PhPorts      *ebpf.Map `ebpf:"ph_ports"`
+	PhQueued     *ebpf.Map `ebpf:"ph_queued"`
 	PhSockhash   *ebpf.Map `ebpf:"ph_sockhash"`
 }
 
@@ -156,6 +167,7 @@ func (m *skmsgMaps) Close() error {
 		m.PhOrigAddr,
 		m.PhOrigCookie,
 		m.PhPorts,
+		m.PhQueued,
 		m.PhSockhash,
 	)
 }

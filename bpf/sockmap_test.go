@@ -9,7 +9,11 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 )
 
 // loopbackPair makes a connected TCP pair on 127.0.0.1 (no MPTCP: such
@@ -40,11 +44,14 @@ func loopbackPair(tb testing.TB, o *Objects, fast bool) (client, server *net.TCP
 		return client, server
 	}
 	for _, conn := range []*net.TCPConn{client, server} {
-		la, ra := conn.LocalAddr().(*net.TCPAddr).AddrPort(), conn.RemoteAddr().(*net.TCPAddr).AddrPort()
-		k := connect4PhTuple{LocalIp: la.Addr().As16(), RemoteIp: ra.Addr().As16(), LocalPort: uint32(la.Port()), RemotePort: uint32(ra.Port())}
+		k := tupleOf(conn)
 		rc, err := conn.SyscallConn()
 		if err != nil {
 			tb.Fatal(err)
+		}
+		// As sockops does: the queue entry first, then the socket.
+		if err := o.Queued.Put(&k, &recvmsgPhQueue{}); err != nil {
+			tb.Fatalf("put ph_queued entry: %v", err)
 		}
 		var perr error
 		_ = rc.Control(func(fd uintptr) { perr = o.SockHash.Put(&k, uint64(fd)) })
@@ -119,9 +126,10 @@ func BenchmarkLoopbackThroughput(b *testing.B) {
 				name = "sockmap"
 			}
 			b.Run(fmt.Sprintf("%s/%dKiB", name, size>>10), func(b *testing.B) {
+				testenv.RequireRoot(b)
 				o, err := Load()
 				if err != nil {
-					b.Skip(err)
+					b.Fatal(err)
 				}
 				defer o.Close()
 				sk, err := o.AttachSkMsg()
@@ -148,4 +156,100 @@ func BenchmarkLoopbackThroughput(b *testing.B) {
 			})
 		}
 	}
+}
+
+// TestSockmapQueueBound: the kernel queues whatever the sk_msg program
+// redirects, with no limit, so a reader that stops would let its peer's
+// writes pile up in kernel memory. Past the queue limit that direction
+// takes TCP, whose flow control stops the writer, until the reader has
+// taken every byte; then the fast path again. No byte is lost or reordered
+// across either switch. Both directions, each with its reader stalled for
+// a while.
+func TestSockmapQueueBound(t *testing.T) {
+	o := loadForTest(t)
+	const limit = 1 << 20
+	if err := o.Configure(Config{ListenPort: 1, Sockmap: true, QueueLimit: limit}); err != nil {
+		t.Fatal(err)
+	}
+	sk, err := o.AttachSkMsg()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sk.Close()
+	c, s := loopbackPair(t, o, true)
+	for i, dir := range []struct {
+		name string
+		w, r *net.TCPConn
+	}{{"client→server", c, s}, {"server→client", s, c}} {
+		const size = 256 << 20
+		var written atomic.Int64
+		want := sha256.New()
+		wdone := make(chan error, 1)
+		go func() {
+			src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{byte(i)}), size), want)
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := io.ReadFull(src, buf)
+				if n > 0 {
+					m, werr := dir.w.Write(buf[:n])
+					written.Add(int64(m))
+					if werr != nil {
+						wdone <- werr
+						return
+					}
+				}
+				if err != nil {
+					wdone <- nil
+					return
+				}
+			}
+		}()
+		time.Sleep(time.Second)
+		stalled := written.Load()
+		// Without the bound the writer gets through all 256 MiB in well under
+		// a second here; with it, the limit plus TCP's buffers (a few MiB).
+		if stalled > 32<<20 {
+			t.Fatalf("%s: %d MiB written while the reader stalled (queue limit %d KiB)", dir.name, stalled>>20, limit>>10)
+		}
+		var q recvmsgPhQueue
+		rk := tupleOf(dir.r)
+		if err := o.Queued.Lookup(&rk, &q); err != nil {
+			t.Fatal(err)
+		}
+		if q.Tcp != 1 {
+			t.Fatalf("%s: reader's queue entry %+v: not switched to TCP", dir.name, q)
+		}
+		got := sha256.New()
+		if _, err := io.CopyN(struct{ io.Writer }{got}, struct{ io.Reader }{dir.r}, size); err != nil {
+			t.Fatalf("%s: read: %v", dir.name, err)
+		}
+		if err := <-wdone; err != nil {
+			t.Fatalf("%s: write: %v", dir.name, err)
+		}
+		if string(got.Sum(nil)) != string(want.Sum(nil)) {
+			t.Fatalf("%s: payload hashes differ", dir.name)
+		}
+		// The reader has taken every byte: the next write takes the fast
+		// path again.
+		if _, err := dir.w.Write([]byte("again")); err != nil {
+			t.Fatal(err)
+		}
+		five := make([]byte, 5)
+		if _, err := io.ReadFull(dir.r, five); err != nil || string(five) != "again" {
+			t.Fatalf("%s: after the switch back: %q, %v", dir.name, five, err)
+		}
+		var q2 recvmsgPhQueue
+		if err := o.Queued.Lookup(&rk, &q2); err != nil {
+			t.Fatal(err)
+		}
+		if q2.Tcp != 0 || q2.In != q2.Out {
+			t.Fatalf("%s: entry %+v after the reader caught up: want the fast path back", dir.name, q2)
+		}
+		t.Logf("%s: %.1f MiB written while the reader stalled; entry %+v", dir.name, float64(stalled)/(1<<20), q)
+	}
+}
+
+func tupleOf(c *net.TCPConn) connect4PhTuple {
+	la, ra := c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	return connect4PhTuple{LocalIp: la.Addr().As16(), RemoteIp: ra.Addr().As16(), LocalPort: uint32(la.Port()), RemotePort: uint32(ra.Port())}
 }

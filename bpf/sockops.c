@@ -30,6 +30,22 @@ static __always_inline void ph_tuple_of(struct bpf_sock_ops *skops, struct ph_tu
 	t->remote_port = bpf_ntohl(skops->remote_port);
 }
 
+/* ph_join puts a socket on the fast path: its queue entry first (none, no
+ * redirect to it), then the SOCKHASH, and a callback when it closes, to
+ * remove the entry. */
+static __always_inline void ph_join(struct bpf_sock_ops *skops, struct ph_tuple *t)
+{
+	struct ph_queue q = {};
+
+	if (bpf_map_update_elem(&ph_queued, t, &q, BPF_NOEXIST))
+		return;
+	if (bpf_sock_hash_update(skops, &ph_sockhash, t, BPF_NOEXIST)) {
+		bpf_map_delete_elem(&ph_queued, t);
+		return;
+	}
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
 SEC("sockops")
 int ph_sockops(struct bpf_sock_ops *skops)
 {
@@ -53,7 +69,7 @@ int ph_sockops(struct bpf_sock_ops *skops)
 		bpf_map_update_elem(&ph_orig_addr, &key, orig, BPF_ANY);
 		bpf_map_delete_elem(&ph_orig_cookie, &cookie);
 		if (cfg->flags & PH_F_SOCKMAP)
-			bpf_sock_hash_update(skops, &ph_sockhash, &t, BPF_NOEXIST);
+			ph_join(skops, &t);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		if (!(cfg->flags & PH_F_SOCKMAP) || skops->local_port != cfg->listen_port)
@@ -64,7 +80,13 @@ int ph_sockops(struct bpf_sock_ops *skops)
 		key.port = t.remote_port;
 		if (!bpf_map_lookup_elem(&ph_orig_addr, &key))
 			return 1;
-		bpf_sock_hash_update(skops, &ph_sockhash, &t, BPF_NOEXIST);
+		ph_join(skops, &t);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE) {
+			ph_tuple_of(skops, &t);
+			bpf_map_delete_elem(&ph_queued, &t);
+		}
 		break;
 	}
 	return 1;

@@ -24,13 +24,21 @@ type sockopsPhConfig struct {
 	Flags      uint32
 	ListenPort uint32
 	Mark       uint32
-	Pad        uint32
+	QueueLimit uint32
 }
 
 type sockopsPhLpmKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Ip        [16]uint8
+}
+
+type sockopsPhQueue struct {
+	_   structs.HostLayout
+	In  uint64
+	Out uint64
+	Tcp uint32
+	Pad uint32
 }
 
 type sockopsPhTuple struct {
@@ -51,6 +59,7 @@ const (
 	sockopsMapPhOrigAddr   = "ph_orig_addr"
 	sockopsMapPhOrigCookie = "ph_orig_cookie"
 	sockopsMapPhPorts      = "ph_ports"
+	sockopsMapPhQueued     = "ph_queued"
 	sockopsMapPhSockhash   = "ph_sockhash"
 	sockopsProgPhSockops   = "ph_sockops"
 )
@@ -110,6 +119,7 @@ type sockopsMapSpecs struct {
 	PhOrigAddr   *ebpf.MapSpec `ebpf:"ph_orig_addr"`
 	PhOrigCookie *ebpf.MapSpec `ebpf:"ph_orig_cookie"`
 	PhPorts      *ebpf.MapSpec `ebpf:"ph_ports"`
+	PhQueued     *ebpf.MapSpec `ebpf:"ph_queued"`
 	PhSockhash   *ebpf.MapSpec `ebpf:"ph_sockhash"`
 }
 
@@ -145,6 +155,7 @@ type sockopsMaps struct {
 	PhOrigAddr   *ebpf.Map `ebpf:"ph_orig_addr"`
 	PhOrigCookie *ebpf.Map `ebpf:"ph_orig_cookie"`
 	PhPorts      *ebpf.Map `ebpf:"ph_ports"`
+	PhQueued     *ebpf.Map `ebpf:"ph_queued"`
 	PhSockhash   *ebpf.Map `ebpf:"ph_sockhash"`
 }
 
@@ -156,6 +167,7 @@ func (m *sockopsMaps) Close() error {
 		m.PhOrigAddr,
 		m.PhOrigCookie,
 		m.PhPorts,
+		m.PhQueued,
 		m.PhSockhash,
 	)
 }

@@ -22,8 +22,14 @@ struct ph_config {
 	__u32 flags;
 	__u32 listen_port; /* host order */
 	__u32 mark;        /* sockets with this SO_MARK are never redirected */
-	__u32 _pad;
+	__u32 queue_limit; /* bytes; 0: PH_QUEUE_LIMIT */
 };
+
+/* What the sk_msg fast path may leave queued, unread, on one receiving
+ * socket. The kernel sets no bound on it (a redirect into a receive queue
+ * charges the socket's memory but never fails for size), so a reader that
+ * stops would let its peer's writes pile up in kernel memory. */
+#define PH_QUEUE_LIMIT (4u << 20)
 
 /* An IPv4 address is stored as ::ffff:a.b.c.d, so one key type serves both
  * families. Ports are host order. */
@@ -100,6 +106,27 @@ struct {
 	__type(key, struct ph_tuple);
 	__type(value, __u64);
 } ph_sockhash SEC(".maps");
+
+/* Per receiving socket of the fast path, by its own tuple: bytes the
+ * sk_msg program redirected into its receive queue, bytes read from that
+ * queue (the recvmsg fexit program), and whether its peer's data now takes
+ * the TCP path for good. Made by sockops before the socket joins the
+ * SOCKHASH, removed by sockops when the socket closes. No entry, no
+ * redirect: a socket whose data once took TCP never goes back to the
+ * redirect, which would overtake bytes still in its TCP receive queue. */
+struct ph_queue {
+	__u64 in;
+	__u64 out;
+	__u32 tcp;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ph_tuple);
+	__type(value, struct ph_queue);
+} ph_queued SEC(".maps");
 
 static __always_inline struct ph_config *ph_cfg(void)
 {

@@ -62,7 +62,10 @@ var (
 	duration = flag.Duration("duration", 5*time.Second, "wrk duration of one run")
 	conns    = flag.Int("connections", 64, "wrk connections")
 	sockmap  = flag.Bool("sockmap", true, "transparent.local.sockmap of the agent")
+	rows     = flag.String("rows", "http,tunnel,bulk", "which rows to measure (comma-separated: http, tunnel, bulk)")
 )
+
+func row(name string) bool { return slices.Contains(strings.Split(*rows, ","), name) }
 
 func main() {
 	flag.Parse()
@@ -96,9 +99,11 @@ func outer() (err error) {
 	if err != nil {
 		return err
 	}
-	sockRows, err := sockmapBench()
-	if err != nil {
-		return err
+	var sockRows string
+	if row("bulk") {
+		if sockRows, err = sockmapBench(); err != nil {
+			return err
+		}
 	}
 
 	root, err := bpf.Cgroup2Root()
@@ -403,8 +408,13 @@ redsocks { local_ip = 127.0.0.1; local_port = 12345; ip = 127.0.0.1; port = %s; 
 			return err
 		}
 	}
-	if err := pair("plain HTTP requests/s (baseline: explicit proxy mode, same agent and upstream)", "agent / agent", explicit, transHTTP); err != nil {
-		return err
+	if row("http") {
+		if err := pair("plain HTTP requests/s (baseline: explicit proxy mode, same agent and upstream)", "agent / agent", explicit, transHTTP); err != nil {
+			return err
+		}
+	}
+	if !row("tunnel") {
+		return nil
 	}
 	if err := pair("keep-alive HTTPS requests/s through a tunnel (baseline: redsocks + iptables REDIRECT, same upstream)", "redsocks / agent", redsocks, transTLS); err != nil {
 		return err
@@ -426,7 +436,17 @@ func wrkCPU(cg string, args []string, hop int) (wrkRun, error) {
 	var wrkCPU time.Duration
 	var n int
 	var err error
+	// PH_BENCH_PERF=dir: a 3 s `perf record -g` of the hop process during
+	// each run, into dir (for profiling; not part of the report).
+	var perf *exec.Cmd
+	if d := os.Getenv("PH_BENCH_PERF"); d != "" {
+		perf = exec.Command("perf", "record", "-g", "-o", fmt.Sprintf("%s/perf-%d-%d.data", d, hop, time.Now().UnixNano()), "-p", strconv.Itoa(hop), "--", "sleep", "3")
+		perf.Start()
+	}
 	r.rps, n, wrkCPU, err = wrk(cg, args)
+	if perf != nil {
+		perf.Wait()
+	}
 	if err != nil {
 		return r, err
 	}
