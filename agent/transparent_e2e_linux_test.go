@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -83,6 +84,8 @@ func transparentHelper() error {
 	switch os.Getenv("PH_TRANSPARENT_HELPER") {
 	case "loop":
 		return loopHelper(addr)
+	case "slow":
+		return slowReader(addr, ndown)
 	case "hold", "rst":
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -126,6 +129,31 @@ func transparentHelper() error {
 	}
 	return nil
 }
+
+// slowReader asks the origin for ndown bytes, reads nothing for 3 s, then
+// reads them all and prints their hash.
+func slowReader(addr string, ndown int64) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := fmt.Fprintf(c, "@FLOOD %d\n", ndown); err != nil {
+		return err
+	}
+	time.Sleep(3 * time.Second)
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("n=%d sha=%s\n", n, hex.EncodeToString(h.Sum(nil)))
+	return nil
+}
+
+// floodStalled is what the origin had written of its latest @FLOOD reply
+// 2 s in (while the slow reader does not read).
+var floodStalled atomic.Int64
 
 // loopHelper makes one plain-HTTP request per new connection to addr until
 // stdin closes, then prints "ok=N fail=M" and the first failure.
@@ -217,6 +245,25 @@ func serveBytes(ln net.Listener) {
 			case len(f) == 1 && f[0] == "@HOLD":
 				_, _ = io.WriteString(c, "ok\n")
 				_, _ = io.Copy(io.Discard, br)
+			case len(f) == 2 && f[0] == "@FLOOD":
+				n, _ := strconv.ParseInt(f[1], 10, 64)
+				var written atomic.Int64
+				stop := time.AfterFunc(2*time.Second, func() { floodStalled.Store(written.Load()) })
+				defer stop.Stop()
+				src, buf := io.LimitReader(payload(7), n), make([]byte, 64<<10)
+				for {
+					k, err := io.ReadFull(src, buf)
+					if k > 0 {
+						m, werr := c.Write(buf[:k])
+						written.Add(int64(m))
+						if werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
 			case len(f) == 2 && f[0] == "@RST":
 				n, _ := strconv.ParseInt(f[1], 10, 64)
 				_, _ = io.CopyN(io.Discard, br, n)
@@ -675,6 +722,28 @@ func (e *e2eEnv) fastPath(t *testing.T, a *agentProc, on bool) {
 	waitEntries(t, maps["ph_queued"], 0)
 }
 
+// slowClient: a client that stops reading a download through the agent
+// holds the origin back after a few MiB (the fast path's queue limit and the
+// TCP buffers of the hops), not after the whole reply, and then gets every
+// byte.
+func (e *e2eEnv) slowClient(t *testing.T) {
+	t.Helper()
+	const n = 512 << 20
+	floodStalled.Store(-1)
+	out := e.run(t, true, []string{"PH_TRANSPARENT_HELPER=slow", "PH_ADDR=" + originIP + ":9000", fmt.Sprintf("PH_DOWN=%d", n)}, os.Args[0])
+	if want := fmt.Sprintf("n=%d sha=%s\n", n, payloadSum(7, n)); out != want {
+		t.Fatalf("slow reader got %q, want %q", out, want)
+	}
+	stalled := floodStalled.Load()
+	if stalled < 0 { // the origin was done before its 2 s sample
+		t.Fatalf("the origin wrote all %d MiB within 2 s while the client did not read: the agent buffered it", n>>20)
+	}
+	t.Logf("the origin wrote %.1f MiB while the client did not read", float64(stalled)/(1<<20))
+	if stalled > 96<<20 {
+		t.Fatalf("the origin wrote %d MiB while the client did not read: the agent buffered it", stalled>>20)
+	}
+}
+
 func TestTransparentLocal(t *testing.T) {
 	start := time.Now()
 	e := newE2EEnv(t)
@@ -752,6 +821,7 @@ func TestTransparentLocal(t *testing.T) {
 		e.byteExact(t, 1, 32<<20, 32<<20)
 		e.byteExact(t, 16, 1<<20, 1<<20)
 		e.fastPath(t, a, true)
+		e.slowClient(t)
 	})
 	t.Run("CleanShutdownLeavesNothing", func(t *testing.T) {
 		if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
