@@ -4,6 +4,7 @@ package benchutil
 
 import (
 	"fmt"
+	"io"
 	"regexp"
 	"slices"
 	"strconv"
@@ -79,4 +80,22 @@ func Median(v []float64) float64 {
 		return v[len(v)/2]
 	}
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// CopyPlain copies src to dst with plain reads and writes (never splice(2),
+// which would skip data the sk_msg fast path put in a receive queue) until
+// either side fails or src ends.
+func CopyPlain(dst io.Writer, src io.Reader) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }

@@ -307,26 +307,11 @@ func relay(listen, to string) error {
 			}
 			defer u.Close()
 			go func() {
-				copyPlain(u, c)
+				benchutil.CopyPlain(u, c)
 				u.(*net.TCPConn).CloseWrite()
 			}()
-			copyPlain(c, u)
+			benchutil.CopyPlain(c, u)
 		}()
-	}
-}
-
-func copyPlain(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
 	}
 }
 

@@ -45,6 +45,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/benchutil"
 )
 
 var (
@@ -268,22 +270,8 @@ func (x *xp) unsplice(p *pair) {
 }
 
 func relayLoop(p *pair) {
-	pipe := func(dst, src net.Conn) {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			if n > 0 {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
-	go pipe(p.upstream, p.accepted)
-	go pipe(p.accepted, p.upstream)
+	go benchutil.CopyPlain(p.upstream, p.accepted)
+	go benchutil.CopyPlain(p.accepted, p.upstream)
 }
 
 func busyTicks() (busy uint64) {
@@ -330,20 +318,7 @@ func (x *xp) pingPong(splice bool) (result, error) {
 		if !splice {
 			relayLoop(p)
 		}
-		go func(s net.Conn) { // server: echo
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := s.Read(buf)
-				if n > 0 {
-					if _, err := s.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-				if err != nil {
-					return
-				}
-			}
-		}(p.server)
+		go benchutil.CopyPlain(p.server, p.server) // server: echo
 	}
 	var total atomic.Int64
 	var stop atomic.Bool
