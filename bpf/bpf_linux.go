@@ -36,8 +36,8 @@ type Config struct {
 	Exclude    []netip.Prefix // never these (wins over Include)
 	Sockmap    bool           // the sk_msg fast path between loopback ends
 	// QueueLimit is what the fast path may leave unread in one socket's
-	// receive queue before that direction of the connection falls back to
-	// TCP for good (bytes; 0: 4 MiB).
+	// receive queue; past it that direction of the connection takes TCP
+	// until the reader has taken every byte (bytes; 0: 4 MiB).
 	QueueLimit uint32
 }
 

@@ -3,8 +3,10 @@
 /* sk_msg: data sent on one end of a redirected loopback connection goes
  * straight into the receive queue of the other end, skipping the loopback
  * TCP stack. When the peer is not in the SOCKHASH it takes the normal path,
- * and so does everything sent to a peer that left more than the queue
- * limit unread: from then on TCP's own flow control holds the sender back. */
+ * and so does what is sent to a peer that would be left more than the
+ * queue limit unread (the kernel sets no bound of its own): TCP's flow
+ * control then holds the sender back, until the peer has read every byte
+ * and the redirect can resume without overtaking any. */
 #include "ph.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
