@@ -253,3 +253,82 @@ func tupleOf(c *net.TCPConn) connect4PhTuple {
 	la, ra := c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	return connect4PhTuple{LocalIp: la.Addr().As16(), RemoteIp: ra.Addr().As16(), LocalPort: uint32(la.Port()), RemotePort: uint32(ra.Port())}
 }
+
+// TestSockmapEarlySend: the client's side joins the fast path first, and
+// sockops makes the agent side's queue entry then too. What the client
+// sends before the agent's side has joined goes over TCP, counted, and the
+// redirect starts only once the reader has taken those bytes: later bytes
+// never overtake them.
+func TestSockmapEarlySend(t *testing.T) {
+	o := loadForTest(t)
+	if err := o.Configure(Config{ListenPort: 1, Sockmap: true}); err != nil {
+		t.Fatal(err)
+	}
+	sk, err := o.AttachSkMsg()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sk.Close()
+	c, s := loopbackPair(t, o, false)
+	ck, sk2 := tupleOf(c), tupleOf(s)
+	join := func(conn *net.TCPConn, k connect4PhTuple) {
+		rc, err := conn.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var perr error
+		_ = rc.Control(func(fd uintptr) { perr = o.SockHash.Put(&k, uint64(fd)) })
+		if perr != nil {
+			t.Fatal(perr)
+		}
+	}
+	// As sockops does on the client's ACTIVE_ESTABLISHED: both entries, the
+	// client into the SOCKHASH; the server side joins later.
+	for _, k := range []connect4PhTuple{ck, sk2} {
+		if err := o.Queued.Put(&k, &recvmsgPhQueue{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	join(c, ck)
+	const chunk = 1 << 20
+	want := sha256.New()
+	src := io.TeeReader(rand.NewChaCha8([32]byte{9}), want)
+	send := func() {
+		if _, err := io.CopyN(c, src, chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entry := func() recvmsgPhQueue {
+		var q recvmsgPhQueue
+		if err := o.Queued.Lookup(&sk2, &q); err != nil {
+			t.Fatal(err)
+		}
+		return q
+	}
+	send() // the server side is not in the SOCKHASH yet: TCP, counted
+	if q := entry(); q.Tcp != 1 || q.In != chunk {
+		t.Fatalf("after the early send: %+v, want TCP and %d bytes counted", q, chunk)
+	}
+	join(s, sk2) // PASSIVE_ESTABLISHED, late; the entry exists already
+	send()       // unread bytes on the TCP path: TCP again
+	if q := entry(); q.Tcp != 1 || q.In != 2*chunk {
+		t.Fatalf("after the second send: %+v, want TCP and %d bytes counted", q, 2*chunk)
+	}
+	got := sha256.New()
+	if _, err := io.CopyN(struct{ io.Writer }{got}, struct{ io.Reader }{s}, 2*chunk); err != nil {
+		t.Fatal(err)
+	}
+	if string(got.Sum(nil)) != string(want.Sum(nil)) {
+		t.Fatal("the server read the bytes out of order")
+	}
+	send() // the reader has caught up: the fast path
+	if q := entry(); q.Tcp != 0 {
+		t.Fatalf("after the reader caught up: %+v, want the fast path", q)
+	}
+	if _, err := io.CopyN(struct{ io.Writer }{got}, struct{ io.Reader }{s}, chunk); err != nil {
+		t.Fatal(err)
+	}
+	if string(got.Sum(nil)) != string(want.Sum(nil)) {
+		t.Fatal("payload hashes differ")
+	}
+}
