@@ -11,12 +11,21 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 
 #define MSG_PEEK 2
 
-static __always_inline __u32 ph_rd32(const void *p)
-{
-	__u32 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), p);
-	return v;
-}
+/* The head of struct sock_common, read with one probe: addresses, hash,
+ * ports and family sit at the same offsets since Linux 2.6. */
+struct ph_skc_head {
+	__u32 daddr;
+	__u32 rcv_saddr;
+	__u32 hash;
+	__u16 dport; /* network order */
+	__u16 num;   /* host order */
+	__u16 family;
+};
+
+_Static_assert(__builtin_offsetof(struct sock_common, skc_dport) == 12 &&
+		       __builtin_offsetof(struct sock_common, skc_num) == 14 &&
+		       __builtin_offsetof(struct sock_common, skc_family) == 16,
+	       "struct sock_common head moved");
 
 SEC("raw_tracepoint/sock_recv_length")
 int ph_recvmsg(struct bpf_raw_tracepoint_args *ctx)
@@ -25,9 +34,9 @@ int ph_recvmsg(struct bpf_raw_tracepoint_args *ctx)
 	int ret = (int)ctx->args[1];
 	int flags = (int)ctx->args[2];
 	struct ph_tuple t = {};
+	struct ph_skc_head h = {};
 	struct ph_queue *q;
-	__u16 family = 0, protocol = 0, num = 0, dport = 0;
-
+	__u16 protocol = 0;
 	void *psock = 0;
 
 	if (ret <= 0 || (flags & MSG_PEEK) || !sk)
@@ -40,11 +49,11 @@ int ph_recvmsg(struct bpf_raw_tracepoint_args *ctx)
 	bpf_probe_read_kernel(&protocol, sizeof(protocol), &sk->sk_protocol);
 	if (protocol != IPPROTO_TCP)
 		return 0;
-	bpf_probe_read_kernel(&family, sizeof(family), &sk->__sk_common.skc_family);
-	if (family == AF_INET) {
-		ph_set_v4(t.local_ip, ph_rd32(&sk->__sk_common.skc_rcv_saddr));
-		ph_set_v4(t.remote_ip, ph_rd32(&sk->__sk_common.skc_daddr));
-	} else if (family == AF_INET6) {
+	bpf_probe_read_kernel(&h, sizeof(h), &sk->__sk_common);
+	if (h.family == AF_INET) {
+		ph_set_v4(t.local_ip, h.rcv_saddr);
+		ph_set_v4(t.remote_ip, h.daddr);
+	} else if (h.family == AF_INET6) {
 		__u32 l[4], r[4];
 		bpf_probe_read_kernel(l, sizeof(l), &sk->__sk_common.skc_v6_rcv_saddr);
 		bpf_probe_read_kernel(r, sizeof(r), &sk->__sk_common.skc_v6_daddr);
@@ -53,10 +62,8 @@ int ph_recvmsg(struct bpf_raw_tracepoint_args *ctx)
 	} else {
 		return 0;
 	}
-	bpf_probe_read_kernel(&num, sizeof(num), &sk->__sk_common.skc_num);
-	bpf_probe_read_kernel(&dport, sizeof(dport), &sk->__sk_common.skc_dport);
-	t.local_port = num;
-	t.remote_port = bpf_ntohs(dport);
+	t.local_port = h.num;
+	t.remote_port = bpf_ntohs(h.dport);
 	q = bpf_map_lookup_elem(&ph_queued, &t);
 	if (q)
 		__sync_fetch_and_add(&q->out, ret);

@@ -21,9 +21,15 @@ import (
 // SOCKHASH with the sk_msg program attached, as sockops would.
 func loopbackPair(tb testing.TB, o *Objects, fast bool) (client, server *net.TCPConn) {
 	tb.Helper()
+	return loopbackPairOn(tb, o, fast, "127.0.0.1:0")
+}
+
+// loopbackPairOn is loopbackPair with the listener on addr.
+func loopbackPairOn(tb testing.TB, o *Objects, fast bool, addr string) (client, server *net.TCPConn) {
+	tb.Helper()
 	var lc net.ListenConfig
 	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -269,7 +275,13 @@ func TestSockmapEarlySend(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sk.Close()
-	c, s := loopbackPair(t, o, false)
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		t.Run(addr, func(t *testing.T) { earlySend(t, o, addr) })
+	}
+}
+
+func earlySend(t *testing.T, o *Objects, addr string) {
+	c, s := loopbackPairOn(t, o, false, addr)
 	ck, sk2 := tupleOf(c), tupleOf(s)
 	join := func(conn *net.TCPConn, k connect4PhTuple) {
 		rc, err := conn.SyscallConn()
