@@ -86,6 +86,8 @@ func transparentHelper() error {
 		return loopHelper(addr)
 	case "slow":
 		return slowReader(addr, ndown)
+	case "upflood":
+		return upFlood(addr, nup)
 	case "hold", "rst":
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -148,6 +150,51 @@ func slowReader(addr string, ndown int64) error {
 		return err
 	}
 	fmt.Printf("n=%d sha=%s\n", n, hex.EncodeToString(h.Sum(nil)))
+	return nil
+}
+
+// upFlood sends nup bytes in 1 MiB writes to an origin that reads nothing
+// for 2 s, prints how much it had written after 1.5 s, then the origin's
+// hash of what it got.
+func upFlood(addr string, nup int64) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := fmt.Fprintf(c, "@SLOWUP %d\n", nup); err != nil {
+		return err
+	}
+	var written atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		src, buf := io.LimitReader(payload(11), nup), make([]byte, 1<<20)
+		for {
+			k, err := io.ReadFull(src, buf)
+			if k > 0 {
+				m, werr := c.Write(buf[:k])
+				written.Add(int64(m))
+				if werr != nil {
+					done <- werr
+					return
+				}
+			}
+			if err != nil {
+				done <- nil
+				return
+			}
+		}
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	stalled := written.Load()
+	if err := <-done; err != nil {
+		return err
+	}
+	sum, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("read the origin's hash: %w", err)
+	}
+	fmt.Printf("stalled=%d sha=%s", stalled, sum)
 	return nil
 }
 
@@ -264,6 +311,14 @@ func serveBytes(ln net.Listener) {
 						return
 					}
 				}
+			case len(f) == 2 && f[0] == "@SLOWUP":
+				n, _ := strconv.ParseInt(f[1], 10, 64)
+				time.Sleep(2 * time.Second)
+				h := sha256.New()
+				if _, err := io.CopyN(h, br, n); err != nil {
+					return
+				}
+				_, _ = fmt.Fprintf(c, "%s\n", hex.EncodeToString(h.Sum(nil)))
 			case len(f) == 2 && f[0] == "@RST":
 				n, _ := strconv.ParseInt(f[1], 10, 64)
 				_, _ = io.CopyN(io.Discard, br, n)
@@ -690,13 +745,12 @@ func (e *e2eEnv) fastPath(t *testing.T, a *agentProc, on bool) {
 	}
 	want := 0
 	if on {
-		want = 2
+		want = 1
 	}
-	if n := entries(t, maps["ph_sockhash"]); n != want {
-		t.Errorf("sockhash entries with an open connection = %d, want %d", n, want)
-	}
-	if n := entries(t, maps["ph_queued"]); n != want {
-		t.Errorf("ph_queued entries with an open connection = %d, want %d", n, want)
+	for _, m := range []string{"ph_sockhash", "ph_agent_socks", "ph_queued"} {
+		if n := entries(t, maps[m]); n != want {
+			t.Errorf("%s entries with an open connection = %d, want %d", m, n, want)
+		}
 	}
 	if n := entries(t, maps["ph_orig_addr"]); n != 0 {
 		t.Errorf("ph_orig_addr entries after accept = %d, want 0", n)
@@ -717,9 +771,9 @@ func (e *e2eEnv) fastPath(t *testing.T, a *agentProc, on bool) {
 		t.Fatalf("reset by origin: %q", out)
 	}
 	e.byteExact(t, 1, 1<<10, 1<<10) // still serving after the resets
-	waitEntries(t, maps["ph_sockhash"], 0)
-	waitEntries(t, maps["ph_orig_addr"], 0)
-	waitEntries(t, maps["ph_queued"], 0)
+	for _, m := range []string{"ph_sockhash", "ph_agent_socks", "ph_orig_addr", "ph_queued"} {
+		waitEntries(t, maps[m], 0)
+	}
 }
 
 // slowClient: a client that stops reading a download through the agent
@@ -741,6 +795,29 @@ func (e *e2eEnv) slowClient(t *testing.T) {
 	t.Logf("the origin wrote %.1f MiB while the client did not read", float64(stalled)/(1<<20))
 	if stalled > 96<<20 {
 		t.Fatalf("the origin wrote %d MiB while the client did not read: the agent buffered it", stalled>>20)
+	}
+}
+
+// slowUpstream: a client uploading in 1 MiB writes through the agent to an
+// origin that stalls is held back after a few MiB (the fast path's queue
+// limit at the agent, then TCP's buffers along the path), not allowed to
+// pile its upload into the agent's receive queue; and every byte arrives in
+// order.
+func (e *e2eEnv) slowUpstream(t *testing.T) {
+	t.Helper()
+	const n = 512 << 20
+	out := e.run(t, true, []string{"PH_TRANSPARENT_HELPER=upflood", "PH_ADDR=" + originIP + ":9000", fmt.Sprintf("PH_UP=%d", n)}, os.Args[0])
+	var stalled int64
+	var sum string
+	if _, err := fmt.Sscanf(out, "stalled=%d sha=%s", &stalled, &sum); err != nil {
+		t.Fatalf("upload helper said %q: %v", out, err)
+	}
+	if want := payloadSum(11, n); sum != want {
+		t.Fatalf("the origin got a different upload: %s, want %s", sum, want)
+	}
+	t.Logf("the client wrote %.1f MiB while the origin did not read", float64(stalled)/(1<<20))
+	if stalled > 96<<20 {
+		t.Fatalf("the client wrote %d MiB while the origin did not read: the agent let it pile up", stalled>>20)
 	}
 }
 
@@ -822,6 +899,7 @@ func TestTransparentLocal(t *testing.T) {
 		e.byteExact(t, 16, 1<<20, 1<<20)
 		e.fastPath(t, a, true)
 		e.slowClient(t)
+		e.slowUpstream(t)
 	})
 	t.Run("CleanShutdownLeavesNothing", func(t *testing.T) {
 		if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -111,6 +111,32 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 		p, _ := parseCIDR(s)
 		cfg.Exclude = append(cfg.Exclude, p)
 	}
+	var paths []string
+	for _, cg := range lc.Cgroups {
+		path, err := bpf.CgroupPath(cg)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("transparent.local.cgroups: %w", err)
+		}
+		paths = append(paths, path)
+	}
+	var sockopsOnly []string
+	if cfg.Sockmap {
+		// The agent's accepted sockets (the fast path's redirect targets)
+		// join from sockops, which runs for the listener's cgroup: the
+		// agent's own. Without them nothing is fast.
+		if own, err := ownCgroup(); err != nil || own == "" {
+			t.log.Warn("sockmap fast path off: the agent's cgroup is unknown", "err", err)
+			cfg.Sockmap = false
+		} else if root, _ := bpf.Cgroup2Root(); own == root {
+			t.log.Warn("sockmap fast path off: the agent runs in the root cgroup, where it attaches nothing")
+			cfg.Sockmap = false
+		} else if !under(own, paths) {
+			sockopsOnly = append(sockopsOnly, own)
+		}
+	}
 	if cfg.Sockmap {
 		// Attaching replaces the program an earlier pinned agent left on the
 		// pinned SOCKHASH. Pinned, it stays with the map; the counter of what
@@ -131,29 +157,6 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 	cfg.Exclude = append(slices.Clone(cfg.Exclude), a.upstreamPrefixes(ctx)...)
 	if err := objs.Configure(cfg); err != nil {
 		return nil, err
-	}
-	var paths []string
-	for _, cg := range lc.Cgroups {
-		path, err := bpf.CgroupPath(cg)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := os.Stat(path); err != nil {
-			return nil, fmt.Errorf("transparent.local.cgroups: %w", err)
-		}
-		paths = append(paths, path)
-	}
-	var sockopsOnly []string
-	if cfg.Sockmap {
-		// The agent's accepted sockets join the fast path from sockops, which
-		// runs for the listener's cgroup: the agent's own.
-		if own, err := ownCgroup(); err != nil || own == "" {
-			t.log.Warn("sockmap fast path only on the client side: agent cgroup unknown", "err", err)
-		} else if root, _ := bpf.Cgroup2Root(); own == root {
-			t.log.Warn("sockmap fast path only on the client side: the agent runs in the root cgroup")
-		} else if !under(own, paths) {
-			sockopsOnly = append(sockopsOnly, own)
-		}
 	}
 	if lc.Pinned {
 		ch, err := objs.InstallPinned(lc.PinDir, paths, sockopsOnly)

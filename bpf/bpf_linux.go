@@ -35,9 +35,9 @@ type Config struct {
 	Include    []netip.Prefix // when not empty, only these destinations
 	Exclude    []netip.Prefix // never these (wins over Include)
 	Sockmap    bool           // the sk_msg fast path between loopback ends
-	// QueueLimit is what the fast path may leave unread in one socket's
-	// receive queue; past it that direction of the connection takes TCP
-	// until the reader has taken every byte (bytes; 0: 4 MiB).
+	// QueueLimit is what the fast path may leave unread at the agent's end
+	// of a connection; past it the client's data takes TCP until the agent
+	// has read every byte (bytes; 0: 4 MiB).
 	QueueLimit uint32
 }
 
@@ -58,7 +58,7 @@ type Objects struct {
 
 	Config, Ports, Include, Exclude *ebpf.Map
 	OrigCookie, OrigAddr, SockHash  *ebpf.Map
-	Queued                          *ebpf.Map
+	AgentSocks, Queued              *ebpf.Map
 
 	pinnedFrom string // the pinned state the maps came from (LoadPinned)
 }
@@ -113,13 +113,13 @@ func firstMissing(checks []featureCheck) error {
 func Load() (*Objects, error) { return load(nil) }
 
 // mapNames are the shared maps, as pinned under PinDir/maps.
-var mapNames = []string{"ph_config", "ph_ports", "ph_include", "ph_exclude", "ph_orig_cookie", "ph_orig_addr", "ph_sockhash", "ph_queued"}
+var mapNames = []string{"ph_config", "ph_ports", "ph_include", "ph_exclude", "ph_orig_cookie", "ph_orig_addr", "ph_sockhash", "ph_agent_socks", "ph_queued"}
 
 func (o *Objects) maps() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
 		"ph_config": &o.Config, "ph_ports": &o.Ports, "ph_include": &o.Include, "ph_exclude": &o.Exclude,
 		"ph_orig_cookie": &o.OrigCookie, "ph_orig_addr": &o.OrigAddr, "ph_sockhash": &o.SockHash,
-		"ph_queued": &o.Queued,
+		"ph_agent_socks": &o.AgentSocks, "ph_queued": &o.Queued,
 	}
 }
 
@@ -224,7 +224,7 @@ func (o *Objects) Close() error {
 			errs = append(errs, p.Close())
 		}
 	}
-	for _, m := range []*ebpf.Map{o.Config, o.Ports, o.Include, o.Exclude, o.OrigCookie, o.OrigAddr, o.SockHash, o.Queued} {
+	for _, m := range []*ebpf.Map{o.Config, o.Ports, o.Include, o.Exclude, o.OrigCookie, o.OrigAddr, o.SockHash, o.AgentSocks, o.Queued} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

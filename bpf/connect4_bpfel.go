@@ -34,11 +34,11 @@ type connect4PhLpmKey struct {
 }
 
 type connect4PhQueue struct {
-	_   structs.HostLayout
-	In  uint64
-	Out uint64
-	Tcp uint32
-	Pad uint32
+	_         structs.HostLayout
+	In        uint64
+	Out       uint64
+	CopiedSeq uint32
+	Tcp       uint32
 }
 
 type connect4PhTuple struct {
@@ -53,6 +53,7 @@ type connect4PhTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	connect4MapPhAgentSocks = "ph_agent_socks"
 	connect4MapPhConfig     = "ph_config"
 	connect4MapPhExclude    = "ph_exclude"
 	connect4MapPhInclude    = "ph_include"
@@ -113,6 +114,7 @@ type connect4ProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connect4MapSpecs struct {
+	PhAgentSocks *ebpf.MapSpec `ebpf:"ph_agent_socks"`
 	PhConfig     *ebpf.MapSpec `ebpf:"ph_config"`
 	PhExclude    *ebpf.MapSpec `ebpf:"ph_exclude"`
 	PhInclude    *ebpf.MapSpec `ebpf:"ph_include"`
@@ -149,6 +151,7 @@ func (o *connect4Objects) Close() error {
 //
 // It can be passed to loadConnect4Objects or ebpf.CollectionSpec.LoadAndAssign.
 type connect4Maps struct {
+	PhAgentSocks *ebpf.Map `ebpf:"ph_agent_socks"`
 	PhConfig     *ebpf.Map `ebpf:"ph_config"`
 	PhExclude    *ebpf.Map `ebpf:"ph_exclude"`
 	PhInclude    *ebpf.Map `ebpf:"ph_include"`
@@ -161,6 +164,7 @@ type connect4Maps struct {
 
 func (m *connect4Maps) Close() error {
 	return _Connect4Close(
+		m.PhAgentSocks,
 		m.PhConfig,
 		m.PhExclude,
 		m.PhInclude,

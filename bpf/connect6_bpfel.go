@@ -34,11 +34,11 @@ type connect6PhLpmKey struct {
 }
 
 type connect6PhQueue struct {
-	_   structs.HostLayout
-	In  uint64
-	Out uint64
-	Tcp uint32
-	Pad uint32
+	_         structs.HostLayout
+	In        uint64
+	Out       uint64
+	CopiedSeq uint32
+	Tcp       uint32
 }
 
 type connect6PhTuple struct {
@@ -53,6 +53,7 @@ type connect6PhTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	connect6MapPhAgentSocks = "ph_agent_socks"
 	connect6MapPhConfig     = "ph_config"
 	connect6MapPhExclude    = "ph_exclude"
 	connect6MapPhInclude    = "ph_include"
@@ -113,6 +114,7 @@ type connect6ProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connect6MapSpecs struct {
+	PhAgentSocks *ebpf.MapSpec `ebpf:"ph_agent_socks"`
 	PhConfig     *ebpf.MapSpec `ebpf:"ph_config"`
 	PhExclude    *ebpf.MapSpec `ebpf:"ph_exclude"`
 	PhInclude    *ebpf.MapSpec `ebpf:"ph_include"`
@@ -149,6 +151,7 @@ func (o *connect6Objects) Close() error {
 //
 // It can be passed to loadConnect6Objects or ebpf.CollectionSpec.LoadAndAssign.
 type connect6Maps struct {
+	PhAgentSocks *ebpf.Map `ebpf:"ph_agent_socks"`
 	PhConfig     *ebpf.Map `ebpf:"ph_config"`
 	PhExclude    *ebpf.Map `ebpf:"ph_exclude"`
 	PhInclude    *ebpf.Map `ebpf:"ph_include"`
@@ -161,6 +164,7 @@ type connect6Maps struct {
 
 func (m *connect6Maps) Close() error {
 	return _Connect6Close(
+		m.PhAgentSocks,
 		m.PhConfig,
 		m.PhExclude,
 		m.PhInclude,

@@ -1,15 +1,18 @@
 //go:build ignore
 
 /* raw tracepoint sock_recv_length (every recvmsg that reaches a socket's
- * protocol, read(2) included): counts the bytes a socket of the fast path
- * reads, so that the sk_msg program can bound what it leaves queued there
- * (ph_queued). A raw tracepoint, not an fexit: this kernel kind has no BPF
+ * protocol, read(2) included; Linux 6.3 and later): for the agent's ends of
+ * the fast path (ph_queued), counts what a read took from the redirect's
+ * queue and records copied_seq, how far the agent has read the TCP stream,
+ * so that the sk_msg program can bound the one and know when the other has
+ * caught up. A raw tracepoint, not an fexit: this kernel kind has no BPF
  * trampolines and no kprobes. */
 #include "ph.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
 #define MSG_PEEK 2
+#define MSG_ERRQUEUE 0x2000
 
 /* The head of struct sock_common, read with one probe: addresses, hash,
  * ports and family sit at the same offsets since Linux 2.6. */
@@ -37,9 +40,10 @@ int ph_recvmsg(struct bpf_raw_tracepoint_args *ctx)
 	struct ph_skc_head h = {};
 	struct ph_queue *q;
 	__u16 protocol = 0;
+	__u32 seq = 0;
 	void *psock = 0;
 
-	if (ret <= 0 || (flags & MSG_PEEK) || !sk)
+	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !sk)
 		return 0;
 	/* This runs for every read on the host: one load to leave at once
 	 * unless the socket is in a sockmap (its psock is sk_user_data). */
@@ -65,7 +69,14 @@ int ph_recvmsg(struct bpf_raw_tracepoint_args *ctx)
 	t.local_port = h.num;
 	t.remote_port = bpf_ntohs(h.dport);
 	q = bpf_map_lookup_elem(&ph_queued, &t);
-	if (q)
+	if (!q)
+		return 0;
+	/* One read takes from the redirect's queue or from TCP, never both
+	 * (tcp_bpf_recvmsg); a TCP read moves copied_seq. */
+	bpf_probe_read_kernel(&seq, sizeof(seq), &((struct tcp_sock *)sk)->copied_seq);
+	if (seq == q->copied_seq)
 		__sync_fetch_and_add(&q->out, ret);
+	else
+		q->copied_seq = seq;
 	return 0;
 }

@@ -34,11 +34,11 @@ type recvmsgPhLpmKey struct {
 }
 
 type recvmsgPhQueue struct {
-	_   structs.HostLayout
-	In  uint64
-	Out uint64
-	Tcp uint32
-	Pad uint32
+	_         structs.HostLayout
+	In        uint64
+	Out       uint64
+	CopiedSeq uint32
+	Tcp       uint32
 }
 
 type recvmsgPhTuple struct {
@@ -53,6 +53,7 @@ type recvmsgPhTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	recvmsgMapPhAgentSocks = "ph_agent_socks"
 	recvmsgMapPhConfig     = "ph_config"
 	recvmsgMapPhExclude    = "ph_exclude"
 	recvmsgMapPhInclude    = "ph_include"
@@ -113,6 +114,7 @@ type recvmsgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type recvmsgMapSpecs struct {
+	PhAgentSocks *ebpf.MapSpec `ebpf:"ph_agent_socks"`
 	PhConfig     *ebpf.MapSpec `ebpf:"ph_config"`
 	PhExclude    *ebpf.MapSpec `ebpf:"ph_exclude"`
 	PhInclude    *ebpf.MapSpec `ebpf:"ph_include"`
@@ -149,6 +151,7 @@ func (o *recvmsgObjects) Close() error {
 //
 // It can be passed to loadRecvmsgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type recvmsgMaps struct {
+	PhAgentSocks *ebpf.Map `ebpf:"ph_agent_socks"`
 	PhConfig     *ebpf.Map `ebpf:"ph_config"`
 	PhExclude    *ebpf.Map `ebpf:"ph_exclude"`
 	PhInclude    *ebpf.Map `ebpf:"ph_include"`
@@ -161,6 +164,7 @@ type recvmsgMaps struct {
 
 func (m *recvmsgMaps) Close() error {
 	return _RecvmsgClose(
+		m.PhAgentSocks,
 		m.PhConfig,
 		m.PhExclude,
 		m.PhInclude,

@@ -1,12 +1,10 @@
 //go:build ignore
 
-/* sk_msg: data sent on one end of a redirected loopback connection goes
- * straight into the receive queue of the other end, skipping the loopback
- * TCP stack. When the peer is not in the SOCKHASH it takes the normal path,
- * and so does what is sent to a peer that would be left more than the
- * queue limit unread (the kernel sets no bound of its own): TCP's flow
- * control then holds the sender back, until the peer has read every byte
- * and the redirect can resume without overtaking any. */
+/* sk_msg, on the client's end of each redirected loopback connection: the
+ * client's data goes straight into the receive queue of the agent's end,
+ * skipping the loopback TCP stack, as long as the agent keeps up (see
+ * ph_queued). Otherwise, or when the agent's end is not in ph_agent_socks,
+ * it takes the normal TCP path. */
 #include "ph.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
@@ -17,6 +15,7 @@ int ph_sk_msg(struct sk_msg_md *msg)
 	struct ph_config *cfg = ph_cfg();
 	struct ph_tuple peer = {};
 	struct ph_queue *q;
+	struct tcp_sock *tp;
 	__s64 queued;
 	__u64 limit = PH_QUEUE_LIMIT;
 	__u64 size = msg->size; /* read once: the verifier rejects a ctx pointer kept across branches */
@@ -42,30 +41,29 @@ int ph_sk_msg(struct sk_msg_md *msg)
 	q = bpf_map_lookup_elem(&ph_queued, &peer);
 	if (!q)
 		return SK_PASS;
+	if (q->tcp) {
+		/* Back to the redirect only once the agent has read every byte
+		 * this client gave TCP. */
+		tp = bpf_skc_to_tcp_sock(msg->sk);
+		if (!tp || tp->write_seq != q->copied_seq)
+			return SK_PASS;
+		q->tcp = 0;
+	}
 	if (cfg && cfg->queue_limit)
 		limit = cfg->queue_limit;
 	queued = (__s64)(q->in - q->out);
 	if (queued < 0)
 		queued = 0;
-	if (q->tcp) {
-		/* Back to the redirect only once the reader has taken every byte
-		 * sent so far, by either path: nothing left in its TCP receive
-		 * queue for redirected bytes to overtake. */
-		if (queued > 0) {
-			__sync_fetch_and_add(&q->in, size);
-			return SK_PASS;
-		}
-		q->tcp = 0;
-	}
 	if ((__u64)queued + size > limit) {
 		q->tcp = 1;
-		__sync_fetch_and_add(&q->in, size);
 		return SK_PASS;
 	}
-	/* The bytes reach the queue after this program returns: the reader
+	if (bpf_msg_redirect_hash(msg, &ph_agent_socks, &peer, BPF_F_INGRESS) != SK_PASS) {
+		q->tcp = 1; /* the agent's end is not (or no longer) there: TCP */
+		return SK_PASS;
+	}
+	/* The bytes reach the queue after this program returns: the agent
 	 * cannot count them out before they are counted in. */
-	if (bpf_msg_redirect_hash(msg, &ph_sockhash, &peer, BPF_F_INGRESS) != SK_PASS)
-		q->tcp = 1; /* the peer left the SOCKHASH: TCP it is */
 	__sync_fetch_and_add(&q->in, size);
 	return SK_PASS;
 }

@@ -34,11 +34,11 @@ type skmsgPhLpmKey struct {
 }
 
 type skmsgPhQueue struct {
-	_   structs.HostLayout
-	In  uint64
-	Out uint64
-	Tcp uint32
-	Pad uint32
+	_         structs.HostLayout
+	In        uint64
+	Out       uint64
+	CopiedSeq uint32
+	Tcp       uint32
 }
 
 type skmsgPhTuple struct {
@@ -53,6 +53,7 @@ type skmsgPhTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	skmsgMapPhAgentSocks = "ph_agent_socks"
 	skmsgMapPhConfig     = "ph_config"
 	skmsgMapPhExclude    = "ph_exclude"
 	skmsgMapPhInclude    = "ph_include"
@@ -113,6 +114,7 @@ type skmsgProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type skmsgMapSpecs struct {
+	PhAgentSocks *ebpf.MapSpec `ebpf:"ph_agent_socks"`
 	PhConfig     *ebpf.MapSpec `ebpf:"ph_config"`
 	PhExclude    *ebpf.MapSpec `ebpf:"ph_exclude"`
 	PhInclude    *ebpf.MapSpec `ebpf:"ph_include"`
@@ -149,6 +151,7 @@ func (o *skmsgObjects) Close() error {
 //
 // It can be passed to loadSkmsgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type skmsgMaps struct {
+	PhAgentSocks *ebpf.Map `ebpf:"ph_agent_socks"`
 	PhConfig     *ebpf.Map `ebpf:"ph_config"`
 	PhExclude    *ebpf.Map `ebpf:"ph_exclude"`
 	PhInclude    *ebpf.Map `ebpf:"ph_include"`
@@ -161,6 +164,7 @@ type skmsgMaps struct {
 
 func (m *skmsgMaps) Close() error {
 	return _SkmsgClose(
+		m.PhAgentSocks,
 		m.PhConfig,
 		m.PhExclude,
 		m.PhInclude,

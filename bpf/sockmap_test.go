@@ -9,16 +9,20 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 )
 
 // loopbackPair makes a connected TCP pair on 127.0.0.1 (no MPTCP: such
-// sockets cannot join a SOCKHASH) and, when fast, puts both ends into the
-// SOCKHASH with the sk_msg program attached, as sockops would.
+// sockets cannot join a SOCKHASH) and, when fast, puts it on the fast path
+// as sockops would: the client's end into ph_sockhash, the server's (the
+// agent's) into ph_agent_socks, with its queue entry.
 func loopbackPair(tb testing.TB, o *Objects, fast bool) (client, server *net.TCPConn) {
 	tb.Helper()
 	return loopbackPairOn(tb, o, fast, "127.0.0.1:0")
@@ -49,23 +53,48 @@ func loopbackPairOn(tb testing.TB, o *Objects, fast bool, addr string) (client, 
 	if !fast {
 		return client, server
 	}
-	for _, conn := range []*net.TCPConn{client, server} {
-		k := tupleOf(conn)
-		rc, err := conn.SyscallConn()
-		if err != nil {
-			tb.Fatal(err)
-		}
-		// As sockops does: the queue entry first, then the socket.
-		if err := o.Queued.Put(&k, &recvmsgPhQueue{}); err != nil {
-			tb.Fatalf("put ph_queued entry: %v", err)
-		}
-		var perr error
-		_ = rc.Control(func(fd uintptr) { perr = o.SockHash.Put(&k, uint64(fd)) })
-		if perr != nil {
-			tb.Fatalf("put socket into ph_sockhash: %v", perr)
-		}
+	// sockops records where the server's end starts reading (the client's
+	// snd_nxt); from here that is unknown, so the entry starts on TCP and
+	// one byte over TCP, read by the server, sets it.
+	sk := tupleOf(server)
+	if err := o.Queued.Put(&sk, &recvmsgPhQueue{Tcp: 1}); err != nil {
+		tb.Fatalf("put ph_queued entry: %v", err)
+	}
+	join(tb, o.SockHash, client)
+	join(tb, o.AgentSocks, server)
+	if _, err := client.Write([]byte{0}); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := io.ReadFull(server, make([]byte, 1)); err != nil {
+		tb.Fatal(err)
 	}
 	return client, server
+}
+
+// join puts conn into the SOCKHASH m under its own tuple.
+func join(tb testing.TB, m *ebpf.Map, conn *net.TCPConn) {
+	tb.Helper()
+	k := tupleOf(conn)
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var perr error
+	_ = rc.Control(func(fd uintptr) { perr = m.Put(&k, uint64(fd)) })
+	if perr != nil {
+		tb.Fatalf("put socket into a SOCKHASH: %v", perr)
+	}
+}
+
+// queueOf is the queue entry of the server's end of a pair.
+func queueOf(t *testing.T, o *Objects, server *net.TCPConn) recvmsgPhQueue {
+	t.Helper()
+	var q recvmsgPhQueue
+	k := tupleOf(server)
+	if err := o.Queued.Lookup(&k, &q); err != nil {
+		t.Fatal(err)
+	}
+	return q
 }
 
 // plainCopy reads with read(2) only: splice would skip redirected data.
@@ -82,8 +111,11 @@ func TestSockmapByteExact(t *testing.T) {
 	defer sk.Close()
 	for _, fast := range []bool{false, true} {
 		c, s := loopbackPair(t, o, fast)
-		if n, _ := MapEntries(o.SockHash); fast && n != 2 {
-			t.Fatalf("sockhash entries = %d, want 2", n)
+		if n, _ := MapEntries(o.SockHash); fast && n != 1 {
+			t.Fatalf("ph_sockhash entries = %d, want 1", n)
+		}
+		if n, _ := MapEntries(o.AgentSocks); fast && n != 1 {
+			t.Fatalf("ph_agent_socks entries = %d, want 1", n)
 		}
 		const size = 64 << 20
 		want := sha256.New()
@@ -104,6 +136,11 @@ func TestSockmapByteExact(t *testing.T) {
 		if string(got.Sum(nil)) != string(want.Sum(nil)) {
 			t.Fatalf("fast=%v: payload hashes differ", fast)
 		}
+		if fast {
+			if q := queueOf(t, o, s); q.In == 0 || q.Out != q.In {
+				t.Fatalf("queue entry %+v: want bytes redirected, and every one read", q)
+			}
+		}
 		// The other direction still works after the half-close.
 		if _, err := s.Write([]byte("bye")); err != nil {
 			t.Fatal(err)
@@ -116,8 +153,10 @@ func TestSockmapByteExact(t *testing.T) {
 		s.Close()
 		c.Close()
 	}
-	if n, _ := MapEntries(o.SockHash); n != 0 {
-		t.Fatalf("sockhash entries after close = %d, want 0", n)
+	for _, m := range []*ebpf.Map{o.SockHash, o.AgentSocks} {
+		if n, _ := MapEntries(m); n != 0 {
+			t.Fatalf("SOCKHASH entries after close = %d, want 0", n)
+		}
 	}
 }
 
@@ -164,13 +203,19 @@ func BenchmarkLoopbackThroughput(b *testing.B) {
 	}
 }
 
+func tupleOf(c *net.TCPConn) connect4PhTuple {
+	la, ra := c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	return connect4PhTuple{LocalIp: la.Addr().As16(), RemoteIp: ra.Addr().As16(), LocalPort: uint32(la.Port()), RemotePort: uint32(ra.Port())}
+}
+
 // TestSockmapQueueBound: the kernel queues whatever the sk_msg program
-// redirects, with no limit, so a reader that stops would let its peer's
-// writes pile up in kernel memory. Past the queue limit that direction
-// takes TCP, whose flow control stops the writer, until the reader has
-// taken every byte; then the fast path again. No byte is lost or reordered
-// across either switch. Both directions, each with its reader stalled for
-// a while.
+// redirects, with no limit, so an agent that stops reading would let the
+// client's writes pile up in kernel memory. Past the queue limit the
+// client's data takes TCP, whose flow control stops the writer, until the
+// agent has read every byte the client gave TCP; then the fast path again.
+// No byte is lost or reordered across either switch, whatever the write
+// size: large non-blocking writes are cut short by a full send buffer, and
+// the kernel then sends the next ones over TCP without running the program.
 func TestSockmapQueueBound(t *testing.T) {
 	o := loadForTest(t)
 	const limit = 1 << 20
@@ -182,89 +227,119 @@ func TestSockmapQueueBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sk.Close()
-	c, s := loopbackPair(t, o, true)
-	for i, dir := range []struct {
-		name string
-		w, r *net.TCPConn
-	}{{"client→server", c, s}, {"server→client", s, c}} {
-		const size = 256 << 20
-		var written atomic.Int64
-		want := sha256.New()
-		wdone := make(chan error, 1)
-		go func() {
-			src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{byte(i)}), size), want)
-			buf := make([]byte, 64<<10)
-			for {
-				n, err := io.ReadFull(src, buf)
-				if n > 0 {
-					m, werr := dir.w.Write(buf[:n])
-					written.Add(int64(m))
-					if werr != nil {
-						wdone <- werr
+	for i, wsize := range []int{64 << 10, 1 << 20, 4 << 20} {
+		t.Run(fmt.Sprintf("writes of %d KiB", wsize>>10), func(t *testing.T) {
+			c, s := loopbackPair(t, o, true)
+			const size = 256 << 20
+			var written atomic.Int64
+			want := sha256.New()
+			wdone := make(chan error, 1)
+			go func() {
+				src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{byte(i)}), size), want)
+				buf := make([]byte, wsize)
+				for {
+					n, err := io.ReadFull(src, buf)
+					if n > 0 {
+						m, werr := c.Write(buf[:n])
+						written.Add(int64(m))
+						if werr != nil {
+							wdone <- werr
+							return
+						}
+					}
+					if err != nil {
+						wdone <- nil
 						return
 					}
 				}
+			}()
+			// The agent stalls: without the bound the writer gets through
+			// all 256 MiB in well under a second here; with it, the limit
+			// plus TCP's buffers (a few MiB) and one write.
+			deadline := time.Now().Add(5 * time.Second)
+			for queueOf(t, o, s).Tcp != 1 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(500 * time.Millisecond)
+			stalled := written.Load()
+			if q := queueOf(t, o, s); q.Tcp != 1 || stalled > 32<<20 {
+				t.Fatalf("%.1f MiB written while the agent stalled, entry %+v: want TCP and a few MiB", float64(stalled)/(1<<20), q)
+			}
+			// Then it reads in small pieces, pausing now and then, so the
+			// path switches back and forth.
+			got := sha256.New()
+			buf := make([]byte, 32<<10)
+			var read int64
+			for read < size {
+				n, err := s.Read(buf)
+				got.Write(buf[:n])
+				read += int64(n)
 				if err != nil {
-					wdone <- nil
-					return
+					t.Fatalf("read at %d: %v", read, err)
+				}
+				if read%(8<<20) < int64(n) {
+					time.Sleep(20 * time.Millisecond)
 				}
 			}
-		}()
-		time.Sleep(time.Second)
-		stalled := written.Load()
-		// Without the bound the writer gets through all 256 MiB in well under
-		// a second here; with it, the limit plus TCP's buffers (a few MiB).
-		if stalled > 32<<20 {
-			t.Fatalf("%s: %d MiB written while the reader stalled (queue limit %d KiB)", dir.name, stalled>>20, limit>>10)
-		}
-		var q recvmsgPhQueue
-		rk := tupleOf(dir.r)
-		if err := o.Queued.Lookup(&rk, &q); err != nil {
-			t.Fatal(err)
-		}
-		if q.Tcp != 1 {
-			t.Fatalf("%s: reader's queue entry %+v: not switched to TCP", dir.name, q)
-		}
-		got := sha256.New()
-		if _, err := io.CopyN(struct{ io.Writer }{got}, struct{ io.Reader }{dir.r}, size); err != nil {
-			t.Fatalf("%s: read: %v", dir.name, err)
-		}
-		if err := <-wdone; err != nil {
-			t.Fatalf("%s: write: %v", dir.name, err)
-		}
-		if string(got.Sum(nil)) != string(want.Sum(nil)) {
-			t.Fatalf("%s: payload hashes differ", dir.name)
-		}
-		// The reader has taken every byte: the next write takes the fast
-		// path again.
-		if _, err := dir.w.Write([]byte("again")); err != nil {
-			t.Fatal(err)
-		}
-		five := make([]byte, 5)
-		if _, err := io.ReadFull(dir.r, five); err != nil || string(five) != "again" {
-			t.Fatalf("%s: after the switch back: %q, %v", dir.name, five, err)
-		}
-		var q2 recvmsgPhQueue
-		if err := o.Queued.Lookup(&rk, &q2); err != nil {
-			t.Fatal(err)
-		}
-		if q2.Tcp != 0 || q2.In != q2.Out {
-			t.Fatalf("%s: entry %+v after the reader caught up: want the fast path back", dir.name, q2)
-		}
-		t.Logf("%s: %.1f MiB written while the reader stalled; entry %+v", dir.name, float64(stalled)/(1<<20), q)
+			if err := <-wdone; err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			if string(got.Sum(nil)) != string(want.Sum(nil)) {
+				t.Fatal("payload hashes differ")
+			}
+			// Every byte read: the next write takes the fast path.
+			if _, err := c.Write([]byte("again")); err != nil {
+				t.Fatal(err)
+			}
+			five := make([]byte, 5)
+			if _, err := io.ReadFull(s, five); err != nil || string(five) != "again" {
+				t.Fatalf("after the switch back: %q, %v", five, err)
+			}
+			if q := queueOf(t, o, s); q.Tcp != 0 || q.In != q.Out {
+				t.Fatalf("entry %+v after the agent caught up: want the fast path back", q)
+			}
+			t.Logf("%.1f MiB written while the agent stalled", float64(stalled)/(1<<20))
+		})
 	}
 }
 
-func tupleOf(c *net.TCPConn) connect4PhTuple {
-	la, ra := c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
-	return connect4PhTuple{LocalIp: la.Addr().As16(), RemoteIp: ra.Addr().As16(), LocalPort: uint32(la.Port()), RemotePort: uint32(ra.Port())}
+// TestSockmapClientSplice: the fast path never redirects into a client's
+// socket, so a client that reads with splice(2) (Go's io.Copy into a file
+// does), which sees only the TCP receive queue, gets every byte.
+func TestSockmapClientSplice(t *testing.T) {
+	o := loadForTest(t)
+	sk, err := o.AttachSkMsg()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sk.Close()
+	c, s := loopbackPair(t, o, true)
+	const size = 16 << 20
+	want := sha256.New()
+	go func() {
+		_, _ = plainCopy(s, io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{3}), size), want))
+		s.CloseWrite()
+	}()
+	f, err := os.CreateTemp(t.TempDir(), "splice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if n, err := io.Copy(f, c); err != nil || n != size { // *os.File.ReadFrom: splice
+		t.Fatalf("copied %d bytes, %v; want %d", n, err, size)
+	}
+	got := sha256.New()
+	f.Seek(0, io.SeekStart)
+	io.Copy(got, f)
+	if string(got.Sum(nil)) != string(want.Sum(nil)) {
+		t.Fatal("payload hashes differ")
+	}
 }
 
-// TestSockmapEarlySend: the client's side joins the fast path first, and
-// sockops makes the agent side's queue entry then too. What the client
-// sends before the agent's side has joined goes over TCP, counted, and the
-// redirect starts only once the reader has taken those bytes: later bytes
-// never overtake them.
+// TestSockmapEarlySend: sockops makes the agent end's queue entry when the
+// client's end is established, before the agent's end has joined. What the
+// client sends until then goes over TCP, and the redirect starts only once
+// the agent has read those bytes: later bytes never overtake them.
 func TestSockmapEarlySend(t *testing.T) {
 	o := loadForTest(t)
 	if err := o.Configure(Config{ListenPort: 1, Sockmap: true}); err != nil {
@@ -282,26 +357,13 @@ func TestSockmapEarlySend(t *testing.T) {
 
 func earlySend(t *testing.T, o *Objects, addr string) {
 	c, s := loopbackPairOn(t, o, false, addr)
-	ck, sk2 := tupleOf(c), tupleOf(s)
-	join := func(conn *net.TCPConn, k connect4PhTuple) {
-		rc, err := conn.SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var perr error
-		_ = rc.Control(func(fd uintptr) { perr = o.SockHash.Put(&k, uint64(fd)) })
-		if perr != nil {
-			t.Fatal(perr)
-		}
+	sk2 := tupleOf(s)
+	// The client's end is established: its entry for the agent's end (the
+	// start of the stream unknown here: 0) and the client into ph_sockhash.
+	if err := o.Queued.Put(&sk2, &recvmsgPhQueue{}); err != nil {
+		t.Fatal(err)
 	}
-	// As sockops does on the client's ACTIVE_ESTABLISHED: both entries, the
-	// client into the SOCKHASH; the server side joins later.
-	for _, k := range []connect4PhTuple{ck, sk2} {
-		if err := o.Queued.Put(&k, &recvmsgPhQueue{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	join(c, ck)
+	join(t, o.SockHash, c)
 	const chunk = 1 << 20
 	want := sha256.New()
 	src := io.TeeReader(rand.NewChaCha8([32]byte{9}), want)
@@ -310,32 +372,25 @@ func earlySend(t *testing.T, o *Objects, addr string) {
 			t.Fatal(err)
 		}
 	}
-	entry := func() recvmsgPhQueue {
-		var q recvmsgPhQueue
-		if err := o.Queued.Lookup(&sk2, &q); err != nil {
-			t.Fatal(err)
-		}
-		return q
+	send() // the agent's end has not joined: TCP
+	if q := queueOf(t, o, s); q.Tcp != 1 || q.In != 0 {
+		t.Fatalf("after the early send: %+v, want TCP", q)
 	}
-	send() // the server side is not in the SOCKHASH yet: TCP, counted
-	if q := entry(); q.Tcp != 1 || q.In != chunk {
-		t.Fatalf("after the early send: %+v, want TCP and %d bytes counted", q, chunk)
-	}
-	join(s, sk2) // PASSIVE_ESTABLISHED, late; the entry exists already
-	send()       // unread bytes on the TCP path: TCP again
-	if q := entry(); q.Tcp != 1 || q.In != 2*chunk {
-		t.Fatalf("after the second send: %+v, want TCP and %d bytes counted", q, 2*chunk)
+	join(t, o.AgentSocks, s) // PASSIVE_ESTABLISHED, late
+	send()                   // bytes unread on the TCP path: TCP again
+	if q := queueOf(t, o, s); q.Tcp != 1 || q.In != 0 {
+		t.Fatalf("after the second send: %+v, want TCP", q)
 	}
 	got := sha256.New()
 	if _, err := io.CopyN(struct{ io.Writer }{got}, struct{ io.Reader }{s}, 2*chunk); err != nil {
 		t.Fatal(err)
 	}
 	if string(got.Sum(nil)) != string(want.Sum(nil)) {
-		t.Fatal("the server read the bytes out of order")
+		t.Fatal("the agent read the bytes out of order")
 	}
-	send() // the reader has caught up: the fast path
-	if q := entry(); q.Tcp != 0 {
-		t.Fatalf("after the reader caught up: %+v, want the fast path", q)
+	send() // the agent has read every byte: the fast path
+	if q := queueOf(t, o, s); q.Tcp != 0 || q.In != chunk {
+		t.Fatalf("after the agent caught up: %+v, want the fast path", q)
 	}
 	if _, err := io.CopyN(struct{ io.Writer }{got}, struct{ io.Reader }{s}, chunk); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,8 @@
 /* sockops: when a redirected client connection is established, file its
  * original destination under the client's {local ip, port} (the accepted
  * socket's remote address, which the agent knows) and, with the fast path
- * on, put both ends into the SOCKHASH that the sk_msg program uses. */
+ * on, put the client's end into ph_sockhash and the agent's end into
+ * ph_agent_socks, with the agent end's queue entry (ph_queued). */
 #include "ph.h"
 
 char __license[] SEC("license") = "Dual MIT/GPL";
@@ -30,17 +31,6 @@ static __always_inline void ph_tuple_of(struct bpf_sock_ops *skops, struct ph_tu
 	t->remote_port = bpf_ntohl(skops->remote_port);
 }
 
-#define PH_EEXIST 17
-
-/* ph_entry makes t's queue entry unless it exists already. */
-static __always_inline int ph_entry(struct ph_tuple *t)
-{
-	struct ph_queue q = {};
-	long err = bpf_map_update_elem(&ph_queued, t, &q, BPF_NOEXIST);
-
-	return err == 0 || err == -PH_EEXIST ? 0 : -1;
-}
-
 static __always_inline void ph_swap(struct ph_tuple *p, const struct ph_tuple *t)
 {
 	__builtin_memcpy(p->local_ip, t->remote_ip, 16);
@@ -49,31 +39,37 @@ static __always_inline void ph_swap(struct ph_tuple *p, const struct ph_tuple *t
 	p->remote_port = t->local_port;
 }
 
-/* ph_join puts a socket on the fast path: its queue entry first (none, no
- * redirect to it), then the SOCKHASH, and a callback when it closes, to
- * remove the entries. The client's side, which is established first, also
- * makes the entry of the agent's side: what the client sends before the
- * agent's side has joined then goes over TCP *counted*, and the redirect to
- * the agent's side starts only once the agent has read those bytes. */
-static __always_inline void ph_join(struct bpf_sock_ops *skops, struct ph_tuple *t, int client)
+/* The client's end joins the fast path (ph_sockhash, where the sk_msg
+ * program runs on its sends) once its agent's end has a fresh queue entry:
+ * whatever the client sends before the agent's end has joined
+ * ph_agent_socks then goes over TCP under the entry's rules. Both ends get a
+ * callback when they close, to remove the entry. */
+static __always_inline void ph_join_client(struct bpf_sock_ops *skops, struct ph_tuple *t)
 {
-	struct ph_tuple peer = {};
+	struct ph_tuple agent = {};
+	struct ph_queue q = {};
 
-	if (ph_entry(t))
+	ph_swap(&agent, t);
+	/* Where the agent's end will start reading the TCP stream: right after
+	 * the client's SYN. */
+	q.copied_seq = skops->snd_nxt;
+	if (bpf_map_update_elem(&ph_queued, &agent, &q, BPF_ANY))
 		return;
-	if (client) {
-		ph_swap(&peer, t);
-		if (ph_entry(&peer)) {
-			bpf_map_delete_elem(&ph_queued, t);
-			return;
-		}
-	}
 	if (bpf_sock_hash_update(skops, &ph_sockhash, t, BPF_NOEXIST)) {
-		bpf_map_delete_elem(&ph_queued, t);
-		if (client)
-			bpf_map_delete_elem(&ph_queued, &peer);
+		bpf_map_delete_elem(&ph_queued, &agent);
 		return;
 	}
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* The agent's end becomes a redirect target; its entry (made with the
+ * client's end) keeps what it has counted. */
+static __always_inline void ph_join_agent(struct bpf_sock_ops *skops, struct ph_tuple *t)
+{
+	if (!bpf_map_lookup_elem(&ph_queued, t))
+		return;
+	if (bpf_sock_hash_update(skops, &ph_agent_socks, t, BPF_NOEXIST))
+		return;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
@@ -100,7 +96,7 @@ int ph_sockops(struct bpf_sock_ops *skops)
 		bpf_map_update_elem(&ph_orig_addr, &key, orig, BPF_ANY);
 		bpf_map_delete_elem(&ph_orig_cookie, &cookie);
 		if (cfg->flags & PH_F_SOCKMAP)
-			ph_join(skops, &t, 1);
+			ph_join_client(skops, &t);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		if (!(cfg->flags & PH_F_SOCKMAP) || skops->local_port != cfg->listen_port)
@@ -111,12 +107,11 @@ int ph_sockops(struct bpf_sock_ops *skops)
 		key.port = t.remote_port;
 		if (!bpf_map_lookup_elem(&ph_orig_addr, &key))
 			return 1;
-		ph_join(skops, &t, 0);
+		ph_join_agent(skops, &t);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		/* A closed socket sends no more: the entry of its peer, which
-		 * only its sends use, goes too (the agent's side may never have
-		 * joined, when sockops does not run for the agent's cgroup). */
+		/* The entry is the agent end's: removed when either end closes
+		 * (a closed client sends no more). */
 		if (skops->args[1] == BPF_TCP_CLOSE) {
 			struct ph_tuple p = {};
 

@@ -34,11 +34,11 @@ type sockopsPhLpmKey struct {
 }
 
 type sockopsPhQueue struct {
-	_   structs.HostLayout
-	In  uint64
-	Out uint64
-	Tcp uint32
-	Pad uint32
+	_         structs.HostLayout
+	In        uint64
+	Out       uint64
+	CopiedSeq uint32
+	Tcp       uint32
 }
 
 type sockopsPhTuple struct {
@@ -53,6 +53,7 @@ type sockopsPhTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	sockopsMapPhAgentSocks = "ph_agent_socks"
 	sockopsMapPhConfig     = "ph_config"
 	sockopsMapPhExclude    = "ph_exclude"
 	sockopsMapPhInclude    = "ph_include"
@@ -113,6 +114,7 @@ type sockopsProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockopsMapSpecs struct {
+	PhAgentSocks *ebpf.MapSpec `ebpf:"ph_agent_socks"`
 	PhConfig     *ebpf.MapSpec `ebpf:"ph_config"`
 	PhExclude    *ebpf.MapSpec `ebpf:"ph_exclude"`
 	PhInclude    *ebpf.MapSpec `ebpf:"ph_include"`
@@ -149,6 +151,7 @@ func (o *sockopsObjects) Close() error {
 //
 // It can be passed to loadSockopsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockopsMaps struct {
+	PhAgentSocks *ebpf.Map `ebpf:"ph_agent_socks"`
 	PhConfig     *ebpf.Map `ebpf:"ph_config"`
 	PhExclude    *ebpf.Map `ebpf:"ph_exclude"`
 	PhInclude    *ebpf.Map `ebpf:"ph_include"`
@@ -161,6 +164,7 @@ type sockopsMaps struct {
 
 func (m *sockopsMaps) Close() error {
 	return _SockopsClose(
+		m.PhAgentSocks,
 		m.PhConfig,
 		m.PhExclude,
 		m.PhInclude,

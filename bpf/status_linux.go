@@ -60,11 +60,13 @@ func StatusOf(dir string) (atts []Attachment, pins []string, err error) {
 // holds: its connects then go to their destinations) and removes PinDir.
 func DetachAll() (int, error) { return Detach(DetachOptions{}) }
 
-// DetachMatching detaches the proxy-hopper links that match.
+// DetachMatching detaches the proxy-hopper cgroup and TCX links that
+// match. Other links (the fast path's recv counter, a raw tracepoint) cannot
+// be detached; they go with the agent that holds them.
 func DetachMatching(match func(Attachment) bool) (int, error) {
 	n := 0
 	err := eachLink(func(l link.Link, a Attachment) error {
-		if !match(a) {
+		if (a.CgroupID == 0 && a.Ifindex == 0) || !match(a) {
 			return nil
 		}
 		if err := l.Detach(); err != nil {

@@ -25,10 +25,8 @@ struct ph_config {
 	__u32 queue_limit; /* bytes; 0: PH_QUEUE_LIMIT */
 };
 
-/* What the sk_msg fast path may leave queued, unread, on one receiving
- * socket. The kernel sets no bound on it (a redirect into a receive queue
- * charges the socket's memory but never fails for size), so a reader that
- * stops would let its peer's writes pile up in kernel memory. */
+/* What the sk_msg fast path may leave unread at the agent's end of one
+ * connection (ph_queued). */
 #define PH_QUEUE_LIMIT (4u << 20)
 
 /* An IPv4 address is stored as ::ffff:a.b.c.d, so one key type serves both
@@ -99,7 +97,13 @@ struct {
 	__type(value, struct ph_addr);
 } ph_orig_addr SEC(".maps");
 
-/* Both ends of each redirected loopback connection, for the sk_msg fast path. */
+/* The sk_msg fast path runs one way, client → agent: the client's end of
+ * each redirected loopback connection sits here, with the sk_msg program
+ * attached, and its data goes straight into the receive queue of the
+ * agent's end (ph_agent_socks). Only the agent's ends receive redirected
+ * data: the agent reads them with plain reads, while a client might read
+ * with splice(2) or zero-copy receive, which see only the TCP receive queue
+ * (redirected bytes would be lost to them). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 65536);
@@ -107,22 +111,39 @@ struct {
 	__type(value, __u64);
 } ph_sockhash SEC(".maps");
 
-/* Per receiving socket of the fast path, by its own tuple: bytes the
- * sk_msg program redirected into its receive queue, bytes read from that
- * queue (the recvmsg fexit program), and whether its peer's data now takes
- * the TCP path for good. Made by sockops before the socket joins the
- * SOCKHASH, removed by sockops when the socket closes. No entry, no
- * redirect: a socket whose data once took TCP never goes back to the
- * redirect, which would overtake bytes still in its TCP receive queue. */
+/* The agent's ends, by their own tuple: redirect targets only (no program
+ * on this map, so the agent's own sends take plain TCP). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ph_tuple);
+	__type(value, __u64);
+} ph_agent_socks SEC(".maps");
+
+/* Per agent end, by its own tuple. The kernel sets no bound on what a
+ * redirect queues at a receiver (it charges the socket's memory but never
+ * makes the writer wait), so the sk_msg program counts what it redirected
+ * (in) and the recv counter counts what the agent read from that queue
+ * (out); past the queue limit the client's data takes TCP, whose flow
+ * control holds the client back. It comes back to the redirect only once
+ * the agent has read every byte the client gave TCP: the client's write_seq
+ * equals the agent end's copied_seq (recorded after each read), so no
+ * redirected byte can overtake one still in the TCP receive queue.
+ * Sequence numbers, not counts, decide that: the kernel may send a client's
+ * bytes over TCP without running the program (after a partial send it
+ * reuses the last verdict). Made by sockops when the client's end is
+ * established (so what the client sends before the agent's end has joined
+ * is held to the same rule), removed when either end closes. No entry, no
+ * redirect; an LRU map, since losing an entry only means TCP. */
 struct ph_queue {
 	__u64 in;
 	__u64 out;
+	__u32 copied_seq;
 	__u32 tcp;
-	__u32 _pad;
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct ph_tuple);
 	__type(value, struct ph_queue);
