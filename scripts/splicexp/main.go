@@ -7,9 +7,10 @@
 //
 //	go run ./scripts/splicexp [-conns 32 -duration 5s -rounds 3]
 //
-// Layout, as in transparent mode: client ⇄ relay over loopback with the
-// sk_msg fast path (both ends in a SOCKHASH, data redirected into the peer's
-// receive queue), relay ⇄ server over plain loopback TCP. The client sends
+// Layout, as transparent mode had it before its fast path went one way and
+// got a queue bound: client ⇄ relay over loopback with the sk_msg fast path
+// both ways (both ends in a SOCKHASH, data redirected into the peer's
+// receive queue, no bound), relay ⇄ server over plain loopback TCP. The client sends
 // 100 bytes and waits for the server's 100-byte answer, over and over.
 //
 //   - relay:  the relay copies both ways with plain reads and writes (the
