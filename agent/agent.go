@@ -47,6 +47,7 @@ type Agent struct {
 	srv     *proxy.Server
 	ln      net.Listener
 	tp      io.Closer                      // local transparent mode, when on
+	tpDrain io.Closer                      // stopped transparent mode, released after the drain
 	gw      atomic.Pointer[runningGateway] // gateway mode, when on
 	mx      *agentMetrics                  // server.metrics, when on
 	adm     *agentAdmin                    // server.admin, when on
@@ -212,6 +213,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	shutErr := a.srv.Shutdown(sctx)
+	a.releaseLocalTransparent()
 	a.stopGateway()
 	a.closePools()
 	if serveErr != nil && !errors.Is(serveErr, proxy.ErrServerClosed) {

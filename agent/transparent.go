@@ -31,8 +31,30 @@ func (a *Agent) stopLocalTransparent() {
 	if tp == nil {
 		return
 	}
-	if err := tp.Close(); err != nil {
+	s, ok := tp.(interface{ Stop() error })
+	if !ok {
+		if err := tp.Close(); err != nil {
+			a.log.Warn("detach transparent mode", "err", err)
+		}
+		return
+	}
+	if err := s.Stop(); err != nil {
 		a.log.Warn("detach transparent mode", "err", err)
+	}
+	a.tpDrain = tp
+}
+
+// releaseLocalTransparent releases what stopLocalTransparent left for the
+// connections being drained (the fast path's maps: freeing them would drop
+// the bytes still queued at the agent's sockets).
+func (a *Agent) releaseLocalTransparent() {
+	tp := a.tpDrain
+	a.tpDrain = nil
+	if tp == nil {
+		return
+	}
+	if err := tp.Close(); err != nil {
+		a.log.Warn("release transparent mode", "err", err)
 	}
 }
 

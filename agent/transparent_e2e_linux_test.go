@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -752,6 +754,16 @@ func (e *e2eEnv) fastPath(t *testing.T, a *agentProc, on bool) {
 			t.Errorf("%s entries with an open connection = %d, want %d", m, n, want)
 		}
 	}
+	if on { // the helper's first line went over the fast path, and was read
+		var k, v []byte
+		it := maps["ph_queued"].Iterate()
+		for it.Next(&k, &v) {
+			in, out := binary.LittleEndian.Uint64(v[0:8]), binary.LittleEndian.Uint64(v[8:16])
+			if in == 0 || out != in {
+				t.Errorf("ph_queued entry in=%d out=%d: want bytes redirected, and every one read", in, out)
+			}
+		}
+	}
 	if n := entries(t, maps["ph_orig_addr"]); n != 0 {
 		t.Errorf("ph_orig_addr entries after accept = %d, want 0", n)
 	}
@@ -902,8 +914,27 @@ func TestTransparentLocal(t *testing.T) {
 		e.slowUpstream(t)
 	})
 	t.Run("CleanShutdownLeavesNothing", func(t *testing.T) {
+		// An upload in flight, with bytes queued at the agent's socket by
+		// the fast path (the origin stalls), survives the shutdown: the
+		// fast path's maps stay until the connections are drained.
+		const n = 64 << 20
+		up := e.ns.Command(os.Args[0])
+		up.Env = []string{"PH_TRANSPARENT_HELPER=upflood", "PH_ADDR=" + originIP + ":9000", fmt.Sprintf("PH_UP=%d", n)}
+		up.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: e.clientCgFD}
+		var upOut bytes.Buffer
+		up.Stdout = &upOut
+		if err := up.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(700 * time.Millisecond)
 		if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
+		}
+		if err := up.Wait(); err != nil {
+			t.Fatalf("upload across the shutdown: %v\n%s", err, upOut.String())
+		}
+		if want := "sha=" + payloadSum(11, n) + "\n"; !strings.HasSuffix(upOut.String(), want) {
+			t.Fatalf("upload across the shutdown: %q, want the origin's hash %s", upOut.String(), want)
 		}
 		select {
 		case err := <-a.done:

@@ -51,7 +51,9 @@ type transparent struct {
 	live    bool // fully started
 	objs    *bpf.Objects
 	closers []io.Closer // in attach order; closed in reverse
-	bcfg    bpf.Config  // as configured, without the upstreams' prefixes
+	fast    io.Closer   // the fast path (or, pinned, its recv counter): released last
+	stopped bool
+	bcfg    bpf.Config // as configured, without the upstreams' prefixes
 	lns     []net.Listener
 	wg      sync.WaitGroup
 }
@@ -148,9 +150,9 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 			t.log.Warn("sockmap fast path off", "err", err)
 			cfg.Sockmap = false
 		case lc.Pinned:
-			t.closers = append(t.closers, sk.Counter())
+			t.fast = sk.Counter()
 		default:
-			t.closers = append(t.closers, sk)
+			t.fast = sk
 		}
 	}
 	t.bcfg = cfg
@@ -270,13 +272,19 @@ func serveAccepted(ln net.Listener, srv *proxy.Server, log *slog.Logger, what st
 	}
 }
 
-// Close detaches everything in reverse order, stops the listeners and
-// releases the BPF objects. Connections being served are left to the
-// proxy server's shutdown.
+// Stop detaches what steers new connections here (in reverse order) and
+// stops the listeners. Connections being served are left to the proxy
+// server's shutdown, and the fast path stays for them: freeing its maps
+// would drop the bytes still queued at the agent's sockets. Close releases
+// it.
 //
 // Pinned, nothing is detached: connects from the cgroups keep going to the
 // listener's port, and are refused until the next agent takes over.
-func (t *transparent) Close() error {
+func (t *transparent) Stop() error {
+	if t.stopped {
+		return nil
+	}
+	t.stopped = true
 	if t.pinned && t.live {
 		t.log.Info("pinned redirect stays: connects from the cgroups are refused until the next agent starts (`proxy-hopper bpf detach` removes it)")
 	}
@@ -289,6 +297,17 @@ func (t *transparent) Close() error {
 		errs = append(errs, ln.Close())
 	}
 	t.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Close stops (if Stop was not called) and releases the fast path and the
+// BPF objects.
+func (t *transparent) Close() error {
+	errs := []error{t.Stop()}
+	if t.fast != nil {
+		errs = append(errs, t.fast.Close())
+		t.fast = nil
+	}
 	errs = append(errs, t.objs.Close())
 	return errors.Join(errs...)
 }

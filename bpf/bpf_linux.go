@@ -2,6 +2,8 @@ package bpf
 
 import (
 	"bufio"
+	crand "crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -52,9 +54,12 @@ const (
 type Objects struct {
 	Connect4, Connect6, SockOps, SkMsg *ebpf.Program
 	// RecvMsg counts what the fast path's sockets read (raw tracepoint
-	// sock_recv_length); nil when the kernel cannot load it (recvMsgErr).
-	RecvMsg    *ebpf.Program
-	recvMsgErr error
+	// sock_recv_length); nil, like SkMsg, when the kernel cannot load it
+	// (fastErr). It counts only while ph_config names counterID.
+	RecvMsg   *ebpf.Program
+	fastErr   error
+	counterID uint32
+	counting  bool // the counter is attached: Configure names it
 
 	Config, Ports, Include, Exclude *ebpf.Map
 	OrigCookie, OrigAddr, SockHash  *ebpf.Map
@@ -130,7 +135,7 @@ func load(existing map[string]*ebpf.Map) (_ *Objects, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("load connect4 spec: %w", err)
 	}
-	o := &Objects{}
+	o := &Objects{counterID: newCounterID()}
 	defer func() {
 		if err != nil {
 			o.Close()
@@ -185,10 +190,15 @@ func load(existing map[string]*ebpf.Map) (_ *Objects, err error) {
 				r[name] = m
 			}
 		}
+		if v := spec.Variables["ph_counter_id"]; p.name == "ph_recvmsg" && v != nil {
+			if err := v.Set(o.counterID); err != nil {
+				return nil, fmt.Errorf("load %s: %w", p.name, err)
+			}
+		}
 		if *p.dst, err = newProgram(spec, p.name, r); err != nil {
-			if p.name == "ph_recvmsg" {
-				// Only the fast path needs it; the redirect works without.
-				o.recvMsgErr, err = err, nil
+			if p.name == "ph_sk_msg" || p.name == "ph_recvmsg" {
+				// Only the fast path needs them; the redirect works without.
+				o.fastErr, err = errors.Join(o.fastErr, err), nil
 				continue
 			}
 			return nil, err
@@ -271,6 +281,9 @@ func (o *Objects) Configure(c Config) error {
 		}
 	}
 	v := configValue{Flags: flagEnabled, ListenPort: uint32(c.ListenPort), Mark: c.Mark, QueueLimit: c.QueueLimit}
+	if c.Sockmap && o.counting {
+		v.CounterId = o.counterID
+	}
 	if len(c.Ports) == 0 {
 		v.Flags |= flagAllPorts
 	}
@@ -397,20 +410,22 @@ func (o *Objects) AttachCgroup(path string) (_ []link.Link, err error) {
 type SkMsgAttachment struct {
 	m    *ebpf.Map
 	prog *ebpf.Program
-	recv link.Link
+	recv *counterLink
 }
 
 // AttachSkMsg attaches the fast path to the SOCKHASH (cilium/ebpf has no
 // link type for sk_msg: this is BPF_PROG_ATTACH on the map), after the
-// program that counts what its sockets read (raw tracepoint
+// program that counts what the agent's sockets read (raw tracepoint
 // sock_recv_length): without that count the fast path could not bound what
-// it queues, so it is not attached.
+// it queues, so it is not attached. The next Configure with Sockmap names
+// this counter in ph_config; the sk_msg program redirects nothing while no
+// counter is named.
 func (o *Objects) AttachSkMsg() (*SkMsgAttachment, error) {
-	if o == nil || o.SkMsg == nil {
+	if o == nil || o.Config == nil {
 		return nil, ErrNotLoaded
 	}
-	if o.RecvMsg == nil {
-		return nil, fmt.Errorf("kernel feature raw tracepoint sock_recv_length (needed to bound the fast path's queues): %w", o.recvMsgErr)
+	if o.SkMsg == nil || o.RecvMsg == nil {
+		return nil, fmt.Errorf("load the fast path's programs (the recv counter needs the raw tracepoint sock_recv_length, Linux 6.3+): %w", o.fastErr)
 	}
 	recv, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sock_recv_length", Program: o.RecvMsg})
 	if err != nil {
@@ -421,21 +436,52 @@ func (o *Objects) AttachSkMsg() (*SkMsgAttachment, error) {
 		recv.Close()
 		return nil, fmt.Errorf("attach sk_msg to ph_sockhash: %w", err)
 	}
-	return &SkMsgAttachment{m: o.SockHash, prog: o.SkMsg, recv: recv}, nil
+	o.counting = true
+	return &SkMsgAttachment{m: o.SockHash, prog: o.SkMsg, recv: &counterLink{o: o, l: recv}}, nil
 }
 
-// Counter is the recvmsg counter's link alone (pinned mode leaves the
-// sk_msg program on the pinned SOCKHASH but not the counter).
+// counterLink is the recv counter's link; closing it first takes its name
+// out of ph_config (unless another agent's counter is named there by now),
+// so that the fast path stops redirecting rather than queue uncounted.
+type counterLink struct {
+	o *Objects
+	l link.Link
+}
+
+func (c *counterLink) Close() error {
+	var errs []error
+	var v configValue
+	if err := c.o.Config.Lookup(uint32(0), &v); err == nil && v.CounterId == c.o.counterID {
+		v.CounterId = 0
+		errs = append(errs, c.o.Config.Put(uint32(0), &v))
+	}
+	c.o.counting = false
+	return errors.Join(append(errs, c.l.Close())...)
+}
+
+// Counter is the recvmsg counter alone (pinned mode leaves the sk_msg
+// program on the pinned SOCKHASH but not the counter).
 func (a *SkMsgAttachment) Counter() io.Closer { return a.recv }
 
 // Close detaches the fast path.
 func (a *SkMsgAttachment) Close() error {
-	defer a.recv.Close()
+	errs := []error{a.recv.Close()}
 	err := link.RawDetachProgram(link.RawDetachProgramOptions{Target: a.m.FD(), Program: a.prog, Attach: ebpf.AttachSkMsgVerdict})
 	if err != nil {
-		return fmt.Errorf("detach sk_msg from ph_sockhash: %w", err)
+		errs = append(errs, fmt.Errorf("detach sk_msg from ph_sockhash: %w", err))
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// newCounterID is a random non-zero id for this process's recv counter.
+func newCounterID() uint32 {
+	var b [4]byte
+	for {
+		_, _ = crand.Read(b[:])
+		if id := binary.LittleEndian.Uint32(b[:]); id != 0 {
+			return id
+		}
+	}
 }
 
 // Cgroup2Root returns where the cgroup2 hierarchy is mounted

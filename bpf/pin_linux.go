@@ -39,7 +39,7 @@ func LoadPinned(dir string) (*Objects, error) {
 			for _, m := range existing {
 				m.Close()
 			}
-			return nil, fmt.Errorf("open pinned map %s (pinned by another version? `proxy-hopper bpf detach` removes the pinned state): %w", name, err)
+			return nil, fmt.Errorf("open pinned map %s (pinned by another version? `proxy-hopper bpf detach` removes the pinned state): %v", name, err)
 		}
 		existing[name] = m
 	}

@@ -11,6 +11,11 @@
 
 char __license[] SEC("license") = "Dual MIT/GPL";
 
+/* Set at load time; the counter counts only while ph_config names it, so
+ * that two agents' counters (a pinned install upgraded with overlap) never
+ * count a read twice. */
+volatile const __u32 ph_counter_id = 0;
+
 #define MSG_PEEK 2
 #define MSG_ERRQUEUE 0x2000
 
@@ -42,6 +47,7 @@ int ph_recvmsg(struct bpf_raw_tracepoint_args *ctx)
 	__u16 protocol = 0;
 	__u32 seq = 0;
 	void *psock = 0;
+	struct ph_config *cfg;
 
 	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !sk)
 		return 0;
@@ -52,6 +58,9 @@ int ph_recvmsg(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	bpf_probe_read_kernel(&protocol, sizeof(protocol), &sk->sk_protocol);
 	if (protocol != IPPROTO_TCP)
+		return 0;
+	cfg = ph_cfg();
+	if (!cfg || cfg->counter_id != ph_counter_id)
 		return 0;
 	bpf_probe_read_kernel(&h, sizeof(h), &sk->__sk_common);
 	if (h.family == AF_INET) {

@@ -25,6 +25,8 @@ type recvmsgPhConfig struct {
 	ListenPort uint32
 	Mark       uint32
 	QueueLimit uint32
+	CounterId  uint32
+	Pad        uint32
 }
 
 type recvmsgPhLpmKey struct {
@@ -63,6 +65,7 @@ const (
 	recvmsgMapPhQueued     = "ph_queued"
 	recvmsgMapPhSockhash   = "ph_sockhash"
 	recvmsgProgPhRecvmsg   = "ph_recvmsg"
+	recvmsgVarPhCounterId  = "ph_counter_id"
 )
 
 // loadRecvmsg returns the embedded CollectionSpec for recvmsg.
@@ -129,6 +132,7 @@ type recvmsgMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type recvmsgVariableSpecs struct {
+	PhCounterId *ebpf.VariableSpec `ebpf:"ph_counter_id"`
 }
 
 // recvmsgObjects contains all objects after they have been loaded into the kernel.
@@ -180,6 +184,7 @@ func (m *recvmsgMaps) Close() error {
 //
 // It can be passed to loadRecvmsgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type recvmsgVariables struct {
+	PhCounterId *ebpf.Variable `ebpf:"ph_counter_id"`
 }
 
 // recvmsgPrograms contains all programs after they have been loaded into the kernel.

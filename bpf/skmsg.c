@@ -15,6 +15,7 @@ int ph_sk_msg(struct sk_msg_md *msg)
 	struct ph_config *cfg = ph_cfg();
 	struct ph_tuple peer = {};
 	struct ph_queue *q;
+	struct bpf_sock *sk;
 	struct tcp_sock *tp;
 	__s64 queued;
 	__u64 limit = PH_QUEUE_LIMIT;
@@ -41,15 +42,26 @@ int ph_sk_msg(struct sk_msg_md *msg)
 	q = bpf_map_lookup_elem(&ph_queued, &peer);
 	if (!q)
 		return SK_PASS;
+	sk = msg->sk;
+	tp = sk ? bpf_skc_to_tcp_sock(sk) : 0;
+	/* TCP, for good or for now: with no recv counter running (the queue
+	 * could not be bounded); after the client's shutdown(SHUT_WR) (TCP
+	 * refuses the write, a redirect would not); for a socket with
+	 * SO_ZEROCOPY (only TCP sends its completions). */
+	if (!cfg || !cfg->counter_id || !tp ||
+	    (sk->state != BPF_TCP_ESTABLISHED && sk->state != BPF_TCP_CLOSE_WAIT) ||
+	    (tp->inet_conn.icsk_inet.sk.__sk_common.skc_flags & (1UL << SOCK_ZEROCOPY))) {
+		q->tcp = 1;
+		return SK_PASS;
+	}
 	if (q->tcp) {
 		/* Back to the redirect only once the agent has read every byte
 		 * this client gave TCP. */
-		tp = bpf_skc_to_tcp_sock(msg->sk);
-		if (!tp || tp->write_seq != q->copied_seq)
+		if (tp->write_seq != q->copied_seq)
 			return SK_PASS;
 		q->tcp = 0;
 	}
-	if (cfg && cfg->queue_limit)
+	if (cfg->queue_limit)
 		limit = cfg->queue_limit;
 	queued = (__s64)(q->in - q->out);
 	if (queued < 0)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 )
@@ -71,6 +72,20 @@ func loopbackPairOn(tb testing.TB, o *Objects, fast bool, addr string) (client, 
 	return client, server
 }
 
+// fastPathOn attaches the fast path and names its recv counter in the
+// config, as the agent does (limit 0: the default queue limit).
+func fastPathOn(tb testing.TB, o *Objects, limit uint32) {
+	tb.Helper()
+	sk, err := o.AttachSkMsg()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { sk.Close() })
+	if err := o.Configure(Config{ListenPort: 1, Sockmap: true, QueueLimit: limit}); err != nil {
+		tb.Fatal(err)
+	}
+}
+
 // join puts conn into the SOCKHASH m under its own tuple.
 func join(tb testing.TB, m *ebpf.Map, conn *net.TCPConn) {
 	tb.Helper()
@@ -104,11 +119,7 @@ func plainCopy(dst io.Writer, src io.Reader) (int64, error) {
 
 func TestSockmapByteExact(t *testing.T) {
 	o := loadForTest(t)
-	sk, err := o.AttachSkMsg()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sk.Close()
+	fastPathOn(t, o, 0)
 	for _, fast := range []bool{false, true} {
 		c, s := loopbackPair(t, o, fast)
 		if n, _ := MapEntries(o.SockHash); fast && n != 1 {
@@ -177,11 +188,7 @@ func BenchmarkLoopbackThroughput(b *testing.B) {
 					b.Fatal(err)
 				}
 				defer o.Close()
-				sk, err := o.AttachSkMsg()
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer sk.Close()
+				fastPathOn(b, o, 0)
 				c, s := loopbackPair(b, o, fast)
 				done := make(chan struct{})
 				go func() {
@@ -219,14 +226,7 @@ func tupleOf(c *net.TCPConn) connect4PhTuple {
 func TestSockmapQueueBound(t *testing.T) {
 	o := loadForTest(t)
 	const limit = 1 << 20
-	if err := o.Configure(Config{ListenPort: 1, Sockmap: true, QueueLimit: limit}); err != nil {
-		t.Fatal(err)
-	}
-	sk, err := o.AttachSkMsg()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sk.Close()
+	fastPathOn(t, o, limit)
 	for i, wsize := range []int{64 << 10, 1 << 20, 4 << 20} {
 		t.Run(fmt.Sprintf("writes of %d KiB", wsize>>10), func(t *testing.T) {
 			c, s := loopbackPair(t, o, true)
@@ -308,11 +308,7 @@ func TestSockmapQueueBound(t *testing.T) {
 // does), which sees only the TCP receive queue, gets every byte.
 func TestSockmapClientSplice(t *testing.T) {
 	o := loadForTest(t)
-	sk, err := o.AttachSkMsg()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sk.Close()
+	fastPathOn(t, o, 0)
 	c, s := loopbackPair(t, o, true)
 	const size = 16 << 20
 	want := sha256.New()
@@ -342,14 +338,7 @@ func TestSockmapClientSplice(t *testing.T) {
 // the agent has read those bytes: later bytes never overtake them.
 func TestSockmapEarlySend(t *testing.T) {
 	o := loadForTest(t)
-	if err := o.Configure(Config{ListenPort: 1, Sockmap: true}); err != nil {
-		t.Fatal(err)
-	}
-	sk, err := o.AttachSkMsg()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sk.Close()
+	fastPathOn(t, o, 0)
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
 		t.Run(addr, func(t *testing.T) { earlySend(t, o, addr) })
 	}
@@ -397,5 +386,105 @@ func earlySend(t *testing.T, o *Objects, addr string) {
 	}
 	if string(got.Sum(nil)) != string(want.Sum(nil)) {
 		t.Fatal("payload hashes differ")
+	}
+}
+
+// TestSockmapTwoCounters: two agents' counters on the same maps (a pinned
+// install upgraded with overlap) do not count a read twice: only the one
+// ph_config names counts, and once it is gone nothing is redirected.
+func TestSockmapTwoCounters(t *testing.T) {
+	o1 := loadForTest(t)
+	fastPathOn(t, o1, 1<<20)
+	shared := map[string]*ebpf.Map{}
+	for name, m := range o1.maps() {
+		c, err := (*m).Clone()
+		if err != nil {
+			t.Fatal(err)
+		}
+		shared[name] = c
+	}
+	o2, err := load(shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o2.Close()
+	sk2, err := o2.AttachSkMsg()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o2.Configure(Config{ListenPort: 1, Sockmap: true, QueueLimit: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	c, s := loopbackPair(t, o1, true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.CopyN(io.Discard, struct{ io.Reader }{s}, 32<<20)
+		done <- err
+	}()
+	buf := make([]byte, 64<<10)
+	for range 512 {
+		if _, err := c.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if q := queueOf(t, o1, s); q.In == 0 || q.Out != q.In {
+		t.Fatalf("entry %+v with two counters: want each read counted once", q)
+	}
+	// The named counter goes: no counter counts, so nothing is redirected.
+	if err := sk2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	in := queueOf(t, o1, s).In
+	if _, err := c.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(s, buf); err != nil {
+		t.Fatal(err)
+	}
+	if q := queueOf(t, o1, s); q.Tcp != 1 || q.In != in {
+		t.Fatalf("entry %+v with no counter named: want TCP", q)
+	}
+}
+
+// TestSockmapClientSemantics: what TCP refuses or reports stays TCP's: a
+// write after shutdown(SHUT_WR) fails, and a socket with SO_ZEROCOPY takes
+// TCP (which sends its completion notifications).
+func TestSockmapClientSemantics(t *testing.T) {
+	o := loadForTest(t)
+	fastPathOn(t, o, 0)
+	c, s := loopbackPair(t, o, true)
+	if _, err := c.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	if q := queueOf(t, o, s); q.Tcp != 0 || q.In != 3 {
+		t.Fatalf("entry %+v: want the fast path", q)
+	}
+	c.CloseWrite()
+	if _, err := c.Write([]byte("AFTER")); err == nil {
+		t.Fatal("a write after shutdown(SHUT_WR) succeeded")
+	}
+	got, err := io.ReadAll(struct{ io.Reader }{s})
+	if err != nil || string(got) != "abc" {
+		t.Fatalf("the agent read %q, %v; want \"abc\" then EOF", got, err)
+	}
+
+	c, s = loopbackPair(t, o, true)
+	rc, _ := c.SyscallConn()
+	var serr error
+	_ = rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ZEROCOPY, 1) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	if _, err := c.Write([]byte("zc")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(s, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if q := queueOf(t, o, s); q.Tcp != 1 || q.In != 0 {
+		t.Fatalf("entry %+v for a SO_ZEROCOPY socket: want TCP", q)
 	}
 }

@@ -25,6 +25,8 @@ type sockopsPhConfig struct {
 	ListenPort uint32
 	Mark       uint32
 	QueueLimit uint32
+	CounterId  uint32
+	Pad        uint32
 }
 
 type sockopsPhLpmKey struct {

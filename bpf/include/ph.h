@@ -23,6 +23,8 @@ struct ph_config {
 	__u32 listen_port; /* host order */
 	__u32 mark;        /* sockets with this SO_MARK are never redirected */
 	__u32 queue_limit; /* bytes; 0: PH_QUEUE_LIMIT */
+	__u32 counter_id;  /* the recv counter that counts (0: none: no redirect) */
+	__u32 _pad;
 };
 
 /* What the sk_msg fast path may leave unread at the agent's end of one
