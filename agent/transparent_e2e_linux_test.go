@@ -169,24 +169,7 @@ func upFlood(addr string, nup int64) error {
 	}
 	var written atomic.Int64
 	done := make(chan error, 1)
-	go func() {
-		src, buf := io.LimitReader(payload(11), nup), make([]byte, 1<<20)
-		for {
-			k, err := io.ReadFull(src, buf)
-			if k > 0 {
-				m, werr := c.Write(buf[:k])
-				written.Add(int64(m))
-				if werr != nil {
-					done <- werr
-					return
-				}
-			}
-			if err != nil {
-				done <- nil
-				return
-			}
-		}
-	}()
+	go func() { done <- testenv.WriteCounted(c, io.LimitReader(payload(11), nup), 1<<20, &written) }()
 	time.Sleep(1500 * time.Millisecond)
 	stalled := written.Load()
 	if err := <-done; err != nil {
@@ -299,20 +282,7 @@ func serveBytes(ln net.Listener) {
 				var written atomic.Int64
 				stop := time.AfterFunc(2*time.Second, func() { floodStalled.Store(written.Load()) })
 				defer stop.Stop()
-				src, buf := io.LimitReader(payload(7), n), make([]byte, 64<<10)
-				for {
-					k, err := io.ReadFull(src, buf)
-					if k > 0 {
-						m, werr := c.Write(buf[:k])
-						written.Add(int64(m))
-						if werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
+				_ = testenv.WriteCounted(c, io.LimitReader(payload(7), n), 64<<10, &written)
 			case len(f) == 2 && f[0] == "@SLOWUP":
 				n, _ := strconv.ParseInt(f[1], 10, 64)
 				time.Sleep(2 * time.Second)

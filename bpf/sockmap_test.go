@@ -236,22 +236,7 @@ func TestSockmapQueueBound(t *testing.T) {
 			wdone := make(chan error, 1)
 			go func() {
 				src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{byte(i)}), size), want)
-				buf := make([]byte, wsize)
-				for {
-					n, err := io.ReadFull(src, buf)
-					if n > 0 {
-						m, werr := c.Write(buf[:n])
-						written.Add(int64(m))
-						if werr != nil {
-							wdone <- werr
-							return
-						}
-					}
-					if err != nil {
-						wdone <- nil
-						return
-					}
-				}
+				wdone <- testenv.WriteCounted(c, src, wsize, &written)
 			}()
 			// The agent stalls: without the bound the writer gets through
 			// all 256 MiB in well under a second here; with it, the limit

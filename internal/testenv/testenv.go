@@ -6,11 +6,13 @@ package testenv
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -169,4 +171,27 @@ func (tp *Tinyproxy) Requests(t testing.TB) []string {
 func (tp *Tinyproxy) Stop() {
 	_ = tp.cmd.Process.Kill()
 	_ = tp.cmd.Wait()
+}
+
+// WriteCounted writes everything src holds to w in writes of chunk bytes,
+// adding each write's count to written as it goes (for tests that watch
+// how far a writer gets while its reader stalls).
+func WriteCounted(w io.Writer, src io.Reader, chunk int, written *atomic.Int64) error {
+	buf := make([]byte, chunk)
+	for {
+		k, err := io.ReadFull(src, buf)
+		if k > 0 {
+			m, werr := w.Write(buf[:k])
+			written.Add(int64(m))
+			if werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
