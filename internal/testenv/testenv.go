@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,7 +93,27 @@ type TinyproxyOptions struct {
 // StartTinyproxy runs tinyproxy on ip (a loopback address such as
 // 127.0.0.2, or an address inside the test's network namespace) and stops
 // it when the test ends.
+//
+// On the host's loopback the port comes from FreePort, which another test
+// running in parallel may be handed too: the second tinyproxy then fails to
+// bind, and the test would talk to the first one (and see its connections
+// reset when that test ends). So the listener must be this tinyproxy's own;
+// if not, it starts again on another port.
 func StartTinyproxy(t testing.TB, ip string, o TinyproxyOptions) *Tinyproxy {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		tp, owned := startTinyproxy(t, ip, o)
+		if owned || o.Netns != nil || o.Port != 0 {
+			return tp
+		}
+		tp.Stop()
+		if attempt == 5 {
+			t.Fatalf("tinyproxy on %s: the port was taken by another listener 5 times", ip)
+		}
+	}
+}
+
+func startTinyproxy(t testing.TB, ip string, o TinyproxyOptions) (*Tinyproxy, bool) {
 	t.Helper()
 	bin := LookPath(t, "tinyproxy")
 	dir := t.TempDir()
@@ -137,10 +158,45 @@ DisableViaHeader Yes
 	})
 	if o.Netns != nil {
 		o.Netns.WaitListening(t, tp.Addr, 5*time.Second)
-	} else {
-		WaitListening(t, tp.Addr, 5*time.Second)
+		return tp, true
 	}
-	return tp
+	WaitListening(t, tp.Addr, 5*time.Second)
+	return tp, listensIn(tp.cmd.Process.Pid, ip, port)
+}
+
+// listensIn reports whether process pid holds the TCP listener on ip:port
+// (an IPv4 address), from /proc/net/tcp and the process's descriptors.
+func listensIn(pid int, ip string, port int) bool {
+	a, err := netip.ParseAddr(ip)
+	if err != nil || !a.Is4() {
+		return true // not checked
+	}
+	b := a.As4()
+	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", b[3], b[2], b[1], b[0], port)
+	raw, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return true
+	}
+	inode := ""
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 9 && f[1] == want && f[3] == "0A" {
+			inode = f[9]
+		}
+	}
+	if inode == "" {
+		return false
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return false
+	}
+	for _, fd := range fds {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && l == "socket:["+inode+"]" {
+			return true
+		}
+	}
+	return false
 }
 
 // Requests returns the request lines tinyproxy logged, in order.
