@@ -45,12 +45,43 @@ func LookPath(t testing.TB, name string) string {
 // FreePort returns a port that is free on ip right now.
 func FreePort(t testing.TB, ip string) int {
 	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatalf("find free port on %s: %v", ip, err)
+	// The port is free when the kernel hands it out, but a test running in
+	// parallel (another package is another process) may be handed it too
+	// before either binds it: each port handed out is also reserved for a
+	// few minutes in a directory all test processes share.
+	dir := filepath.Join(os.TempDir(), "ph-test-ports")
+	_ = os.MkdirAll(dir, 0o755)
+	for range 100 {
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatalf("find free port on %s: %v", ip, err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if reservePort(filepath.Join(dir, fmt.Sprintf("%s-%d", ip, port))) {
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("find free port on %s: every port handed out was reserved by another test", ip)
+	return 0
+}
+
+// reservePort creates the reservation file path, or takes it over when it
+// is older than the reservation time.
+func reservePort(path string) bool {
+	for range 2 {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if err == nil {
+			f.Close()
+			return true
+		}
+		st, serr := os.Stat(path)
+		if serr != nil || time.Since(st.ModTime()) < 3*time.Minute {
+			return false
+		}
+		_ = os.Remove(path)
+	}
+	return false
 }
 
 // WaitListening waits until addr accepts TCP connections.

@@ -2,8 +2,11 @@ package testenv
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // TestTinyproxyOwnsItsPort: a tinyproxy started on a port another one
@@ -22,5 +25,24 @@ func TestTinyproxyOwnsItsPort(t *testing.T) {
 	b := StartTinyproxy(t, "127.0.0.2", TinyproxyOptions{})
 	if b.Addr == a.Addr {
 		t.Fatal("two tinyproxies on one address")
+	}
+}
+
+// TestReservePort: a port handed out is reserved for other test processes
+// until the reservation is old.
+func TestReservePort(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "127.0.0.1-1234")
+	if !reservePort(p) {
+		t.Fatal("a fresh reservation failed")
+	}
+	if reservePort(p) {
+		t.Fatal("a port reserved a moment ago was handed out again")
+	}
+	old := time.Now().Add(-10 * time.Minute)
+	if err := os.Chtimes(p, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if !reservePort(p) {
+		t.Fatal("an old reservation was not taken over")
 	}
 }
