@@ -3,8 +3,11 @@
 package benchutil
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -98,4 +101,32 @@ func CopyPlain(dst io.Writer, src io.Reader) {
 			return
 		}
 	}
+}
+
+// WaitLog waits until the file at path contains want (an agent's log line
+// saying it is up).
+func WaitLog(path, want string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		b, _ := os.ReadFile(path)
+		if bytes.Contains(b, []byte(want)) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(path)
+	return fmt.Errorf("agent did not log %q:\n%s", want, b)
+}
+
+// WaitListening waits until addr accepts TCP connections.
+func WaitListening(addr string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not listening after %s", addr, within)
 }

@@ -143,7 +143,7 @@ targets:
 		agent.Wait()
 	}()
 	agentAddr := fmt.Sprintf("127.0.0.1:%d", agentPort)
-	if err := waitListening(agentAddr, 10*time.Second); err != nil {
+	if err := benchutil.WaitListening(agentAddr, 10*time.Second); err != nil {
 		return err
 	}
 
@@ -167,7 +167,7 @@ targets:
 		relayCmd.Process.Kill()
 		relayCmd.Wait()
 	}()
-	if err := waitListening(relayAddr, 10*time.Second); err != nil {
+	if err := benchutil.WaitListening(relayAddr, 10*time.Second); err != nil {
 		return err
 	}
 
@@ -419,16 +419,4 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func waitListening(addr string, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return fmt.Errorf("%s not listening after %s", addr, within)
 }

@@ -434,7 +434,7 @@ transparent:
 		}
 	}
 	defer stopAgent()
-	if err := waitLog(agentLog, "gateway mode on", 10*time.Second); err != nil {
+	if err := benchutil.WaitLog(agentLog, "gateway mode on", 10*time.Second); err != nil {
 		return err
 	}
 
@@ -647,17 +647,4 @@ func wrk(n *ns, args []string) (float64, error) {
 		return 0, fmt.Errorf("wrk %v: %d non-2xx or 3xx responses", args, w.Non2xx)
 	}
 	return w.RPS, nil
-}
-
-func waitLog(path, want string, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		b, _ := os.ReadFile(path)
-		if bytes.Contains(b, []byte(want)) {
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	b, _ := os.ReadFile(path)
-	return fmt.Errorf("agent did not log %q:\n%s", want, b)
 }

@@ -318,7 +318,7 @@ transparent:
 		agent.Process.Signal(syscall.SIGTERM)
 		agent.Wait()
 	}()
-	if err := waitLog(agentLog, "transparent mode on", 10*time.Second); err != nil {
+	if err := benchutil.WaitLog(agentLog, "transparent mode on", 10*time.Second); err != nil {
 		return err
 	}
 
@@ -489,31 +489,6 @@ func wrk(cg string, args []string) (float64, int, time.Duration, error) {
 		return 0, 0, 0, fmt.Errorf("wrk %v: %d non-2xx or 3xx responses", args, w.Non2xx)
 	}
 	return w.RPS, w.Requests, cpu, nil
-}
-
-func waitLog(path, want string, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		b, _ := os.ReadFile(path)
-		if bytes.Contains(b, []byte(want)) {
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	b, _ := os.ReadFile(path)
-	return fmt.Errorf("agent did not log %q:\n%s", want, b)
-}
-
-func waitListening(addr string, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return fmt.Errorf("%s not listening after %s", addr, within)
 }
 
 // waitTCPListen waits until /proc/net/tcp shows a listener on port.
