@@ -24,19 +24,22 @@ lint:
 	$(GO) vet ./...
 
 # Runs every test, including the fuzz seed corpora (plain `go test` runs
-# them); FUZZTIME=30s also fuzzes each target for that long.
+# them); FUZZTIME=30s also fuzzes each target for that long. The tests run
+# in a private network namespace with only loopback up (scripts/isolated.sh):
+# nothing they start can send a packet off this machine, and
+# TestNetworkIsolated fails if that ever stops being true.
 test: deps lint
 	$(MAKE) --no-print-directory generate
 	git diff --exit-code -- bpf/
-	$(GO) test -race -count=1 -timeout 15m ./...
-	@if [ "$(FUZZTIME)" != "0" ]; then ./scripts/fuzz.sh $(FUZZTIME); fi
+	PH_REQUIRE_ISOLATION=1 ./scripts/isolated.sh $(GO) test -race -count=1 -timeout 15m ./...
+	@if [ "$(FUZZTIME)" != "0" ]; then ./scripts/isolated.sh ./scripts/fuzz.sh $(FUZZTIME); fi
 
 # Regenerates the committed bpf2go output (bpf/*_bpfel.{go,o}) from bpf/*.c.
 generate:
 	cd bpf && BPF_CLANG=$(CLANG) BPF_CFLAGS="$(BPF_CFLAGS)" $(GO) generate ./
 
 fuzz:
-	./scripts/fuzz.sh $(or $(FUZZTIME:0=),30s)
+	./scripts/isolated.sh ./scripts/fuzz.sh $(or $(FUZZTIME:0=),30s)
 
 demo:
 	$(GO) run ./cmd/proxy-hopper demo

@@ -49,12 +49,7 @@ func startAdminAgent(t *testing.T, server, rest string) *adminEnv {
 	t.Cleanup(origin.Close)
 	port := testenv.FreePort(t, "127.0.0.1")
 	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	if !strings.Contains(server, "probe:") {
-		// The default probe URLs are on the internet: tests probe only
-		// their own origin.
-		server = "  probe: false\n" + server
-	}
-	body := fmt.Sprintf(`
+	body := testenv.AgentConfig(fmt.Sprintf(`
 server:
   host: 127.0.0.1
   shutdownTimeout: 3s
@@ -63,7 +58,7 @@ server:
   adminPort: %d
   adminToken: %s
 %s
-%s`, port, testAdminToken, server, rest)
+%s`, port, testAdminToken, server, rest))
 	if err := os.WriteFile(cfgPath, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,9 @@
 # installs redsocks and iptables for it when missing, then
 # scripts/benchgateway (gateway mode, issue #4: four network namespaces of
 # its own, ~90 s).
+# Each harness re-executes itself in a private network namespace with only
+# loopback up (scripts/isolated.sh), so no benchmark packet leaves the
+# machine; the installs above and below happen before, outside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"

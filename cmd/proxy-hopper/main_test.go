@@ -31,13 +31,10 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
+// writeConfig writes a test config (no prober unless it names its URLs).
 func writeConfig(t *testing.T, body string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return testenv.WriteAgentConfig(t, body)
 }
 
 func exitCode(err error) int {

@@ -72,6 +72,10 @@ var (
 
 func main() {
 	flag.Parse()
+	if err := benchutil.Isolate(); err != nil {
+		fmt.Fprintln(os.Stderr, "benchgateway:", err)
+		os.Exit(1)
+	}
 	var err error
 	switch os.Getenv("PH_BENCH_ROLE") {
 	case "upstream":

@@ -69,6 +69,10 @@ func row(name string) bool { return slices.Contains(strings.Split(*rows, ","), n
 
 func main() {
 	flag.Parse()
+	if err := benchutil.Isolate(); err != nil {
+		fmt.Fprintln(os.Stderr, "benchtransparent:", err)
+		os.Exit(1)
+	}
 	var err error
 	if os.Getenv("PH_BENCH_INNER") == "1" {
 		err = inner()

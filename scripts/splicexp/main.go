@@ -65,6 +65,10 @@ type xp struct {
 
 func main() {
 	flag.Parse()
+	if err := benchutil.Isolate(); err != nil {
+		fmt.Fprintln(os.Stderr, "splicexp:", err)
+		os.Exit(1)
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "splicexp:", err)
 		os.Exit(1)
