@@ -8,7 +8,7 @@ FUZZTIME ?= 0
 CLANG   ?= clang-19
 BPF_CFLAGS ?= -O2 -g -Wall -Werror
 
-.PHONY: all build test demo bench lint fuzz deps clean generate
+.PHONY: all build test demo bench soak lint fuzz deps clean generate
 
 all: build
 
@@ -46,6 +46,11 @@ demo:
 
 bench: deps
 	./scripts/bench.sh
+
+# Hostile clients and upstreams against a running agent while good clients
+# use it (scripts/soak; isolated from the network like the tests).
+soak: build
+	$(GO) run ./scripts/soak -bin $(BIN) $(SOAK_ARGS)
 
 clean:
 	rm -rf bin
