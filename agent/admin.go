@@ -78,6 +78,7 @@ func (x *agentAdmin) start(ctx context.Context) error {
 		Probes:      x.probes(),
 		Recorder:    x.rec,
 		Logger:      a.log,
+		SessionTTL:  time.Duration(a.cfg.Server.AdminSessionTTL),
 	})
 	if err != nil {
 		return err

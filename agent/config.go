@@ -71,6 +71,8 @@ func DefaultServerConfig() ServerConfig {
 		AdminPort:     8081,
 		AdminHost:     "0.0.0.0",
 
+		AdminSessionTTL: Duration(12 * time.Hour),
+
 		ConnectTimeout:    Duration(10 * time.Second),
 		IdleTimeout:       Duration(120 * time.Second),
 		HeaderTimeout:     Duration(10 * time.Second),

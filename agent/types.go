@@ -63,6 +63,9 @@ type ServerConfig struct {
 	RedisLeaseTTL     Duration `mapstructure:"redisLeaseTtl"`     // backend redis: an IP held by a dead agent is back after (30s)
 	WatchConfig       bool     `mapstructure:"watchConfig"`       // reload when the config file changes (false); SIGHUP always reloads
 	AdminToken        string   `mapstructure:"adminToken"`        // bearer token of the admin API (required when admin is on)
+	AdminSessionTTL   Duration `mapstructure:"adminSessionTtl"`   // status page login lasts (12h)
+	MetricsHost       string   `mapstructure:"metricsHost"`       // /metrics bind address (empty: host)
+	MetricsToken      string   `mapstructure:"metricsToken"`      // /metrics needs it (Bearer, or Basic password) when set
 
 	// The prober feeding the pools (README "Prober"); all off by default.
 	ProbeFailuresUntilQuarantine int  `mapstructure:"probeFailuresUntilQuarantine"` // failed probes in a row that quarantine an IP in every target (0: never)
