@@ -78,6 +78,10 @@ type AuthConfig struct {
 	Enabled          bool                  `mapstructure:"enabled"`
 	JWTSecret        string                `mapstructure:"jwtSecret"`
 	JWTExpiryMinutes int                   `mapstructure:"jwtExpiryMinutes"`
+	JWTIssuer        string                `mapstructure:"jwtIssuer"`      // a JWT's iss must be this (unset: not checked)
+	JWTAudience      string                `mapstructure:"jwtAudience"`    // a JWT's aud must hold this (unset: a JWT with an aud is refused)
+	JWTMaxLifetime   Duration              `mapstructure:"jwtMaxLifetime"` // exp at most this beyond now and iat (24h)
+	DefaultRole      string                `mapstructure:"defaultRole"`    // role of a JWT without a role claim (viewer; none: refused)
 	APIKeys          []APIKeyConfig        `mapstructure:"apiKeys"`
 	Roles            map[string]RoleConfig `mapstructure:"roles"`
 	Admin            *AdminUserConfig      `mapstructure:"admin"`
