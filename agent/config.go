@@ -1621,7 +1621,6 @@ func (c *Config) Summary(targets []ResolvedTarget) string {
 	return b.String()
 }
 
-
 // pyRepr quotes s as Python's repr() does, which is how proxy-hopper
 // prints names and regexes: 'a\\.b'.
 func pyRepr(s string) string {
