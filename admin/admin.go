@@ -106,6 +106,10 @@ type Options struct {
 	CheckTimeout time.Duration
 	// SessionTTL is how long a browser session lasts (DefaultSessionTTL).
 	SessionTTL time.Duration
+	// SecureCookie marks the session cookie Secure on every request, for
+	// an admin listener behind a TLS-terminating proxy (without it the
+	// cookie is Secure when the request itself came over TLS).
+	SecureCookie bool
 	// MaxSessions bounds the live sessions (DefaultMaxSession).
 	MaxSessions int
 	// Failures limits and logs wrong tokens per source; nil: a limiter

@@ -203,13 +203,13 @@ func (s *Server) requireToken(h http.Handler) http.Handler {
 }
 
 // startSession makes a session and sets its cookie: HttpOnly,
-// SameSite=Strict, Secure when the request came over TLS, expiring with
+// SameSite=Strict, Secure over TLS (or with SecureCookie), expiring with
 // the session.
 func (s *Server) startSession(w http.ResponseWriter, r *http.Request) {
 	id, exp := s.sessions.create()
 	http.SetCookie(w, &http.Cookie{
 		Name: CookieName, Value: id, Path: "/", Expires: exp, MaxAge: int(s.opts.SessionTTL.Seconds()),
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil || s.opts.SecureCookie,
 	})
 	s.log.Info("admin session started", "source", authfail.Source(r.RemoteAddr).String(), "expires", exp.UTC().Format(time.RFC3339))
 }
@@ -259,6 +259,6 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 		s.sessions.remove(c.Value)
 	}
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
-		SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
+		SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil || s.opts.SecureCookie})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }

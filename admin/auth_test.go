@@ -171,11 +171,15 @@ func TestAdminTokenGuessingLimited(t *testing.T) {
 
 // TestAdminSessions: each login gets its own random session id, never the
 // token; logout ends it on the server (a copy of the cookie stops
-// working); a session expires after sessionTtl; Secure over TLS only.
+// working); a session expires after sessionTtl; Secure over TLS, or
+// always with SecureCookie.
 func TestAdminSessions(t *testing.T) {
-	for _, tls := range []bool{false, true} {
-		t.Run(fmt.Sprintf("tls=%v", tls), func(t *testing.T) {
-			e := newAuthEnv(t, tls, func(o *admin.Options) { o.SessionTTL = time.Hour })
+	for _, tc := range []struct{ tls, secureOpt, wantSecure bool }{
+		{false, false, false}, {true, false, true}, {false, true, true},
+	} {
+		tls := tc.tls
+		t.Run(fmt.Sprintf("tls=%v,secureCookie=%v", tc.tls, tc.secureOpt), func(t *testing.T) {
+			e := newAuthEnv(t, tls, func(o *admin.Options) { o.SessionTTL, o.SecureCookie = time.Hour, tc.secureOpt })
 			u, _ := url.Parse(e.srv.URL)
 			cookie := func(c *http.Client) *http.Cookie {
 				resp := login(t, c, e.srv.URL, token)
@@ -195,8 +199,8 @@ func TestAdminSessions(t *testing.T) {
 			if ca.Value == cb.Value || len(ca.Value) < 22 || strings.Contains(ca.Value, token) {
 				t.Fatalf("session ids %q and %q: want distinct random ids", ca.Value, cb.Value)
 			}
-			if !ca.HttpOnly || ca.SameSite != http.SameSiteStrictMode || ca.Secure != tls || ca.MaxAge != 3600 {
-				t.Fatalf("cookie attributes: %+v (tls=%v)", ca, tls)
+			if !ca.HttpOnly || ca.SameSite != http.SameSiteStrictMode || ca.Secure != tc.wantSecure || ca.MaxAge != 3600 {
+				t.Fatalf("cookie attributes: %+v (%+v)", ca, tc)
 			}
 			get := func(c *http.Client) int {
 				resp, _ := do(t, c, "GET", e.srv.URL+"/api/targets", "", nil, "")

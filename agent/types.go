@@ -64,6 +64,7 @@ type ServerConfig struct {
 	WatchConfig       bool     `mapstructure:"watchConfig"`       // reload when the config file changes (false); SIGHUP always reloads
 	AdminToken        string   `mapstructure:"adminToken"`        // bearer token of the admin API (required when admin is on)
 	AdminSessionTTL   Duration `mapstructure:"adminSessionTtl"`   // status page login lasts (12h)
+	AdminSecureCookie bool     `mapstructure:"adminSecureCookie"` // session cookie always Secure (behind a TLS proxy)
 	MetricsHost       string   `mapstructure:"metricsHost"`       // /metrics bind address (empty: host)
 	MetricsToken      string   `mapstructure:"metricsToken"`      // /metrics needs it (Bearer, or Basic password) when set
 
