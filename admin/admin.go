@@ -5,9 +5,10 @@
 // at / that redraws itself from the API every couple of seconds.
 //
 // Every endpoint but /healthz and /readyz needs the admin token: an
-// `Authorization: Bearer <token>` header, or for the browser the session
-// cookie set by the login form (or by opening /?token=<token> once). The
-// cookie is accepted for reading only; changes need the header.
+// `Authorization: Bearer <token>` header, or for the browser a session
+// cookie (a random id with a server-side expiry) set by the login form or
+// a one-time login link. The cookie is accepted for reading only; changes
+// need the header. Wrong tokens are limited per source address (429).
 package admin
 
 import (
@@ -21,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/authfail"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
@@ -102,13 +104,26 @@ type Options struct {
 	RefreshInterval time.Duration
 	// CheckTimeout bounds each /readyz check (default 2s).
 	CheckTimeout time.Duration
+	// SessionTTL is how long a browser session lasts (DefaultSessionTTL).
+	SessionTTL time.Duration
+	// SecureCookie marks the session cookie Secure on every request, for
+	// an admin listener behind a TLS-terminating proxy (without it the
+	// cookie is Secure when the request itself came over TLS).
+	SecureCookie bool
+	// MaxSessions bounds the live sessions (DefaultMaxSession).
+	MaxSessions int
+	// Failures limits and logs wrong tokens per source; nil: a limiter
+	// with authfail's defaults.
+	Failures *authfail.Limiter
 }
 
 // Server is the admin endpoint of one agent.
 type Server struct {
 	opts     Options
 	log      *slog.Logger
-	session  string // cookie value proving the token was given
+	sessions *sessionStore // browser sessions
+	links    *sessionStore // one-time login links
+	fails    *authfail.Limiter
 	handler  http.Handler
 	stopping atomic.Bool
 
@@ -142,7 +157,21 @@ func New(opts Options) (*Server, error) {
 	if opts.BackendName == "" {
 		opts.BackendName = "memory"
 	}
-	s := &Server{opts: opts, log: opts.Logger.With("component", "admin"), session: sessionValue(opts.Token)}
+	if opts.SessionTTL <= 0 {
+		opts.SessionTTL = DefaultSessionTTL
+	}
+	if opts.MaxSessions <= 0 {
+		opts.MaxSessions = DefaultMaxSession
+	}
+	log := opts.Logger.With("component", "admin")
+	if opts.Failures == nil {
+		opts.Failures = authfail.New(authfail.Options{What: "admin token", Log: log, Now: opts.Now})
+	}
+	s := &Server{
+		opts: opts, log: log, fails: opts.Failures,
+		sessions: newSessionStore(opts.SessionTTL, opts.MaxSessions, opts.Now),
+		links:    newSessionStore(loginLinkTTL, maxLoginLinks, opts.Now),
+	}
 	s.handler = s.routes()
 	return s, nil
 }
@@ -212,6 +241,7 @@ func (s *Server) routes() http.Handler {
 	api.HandleFunc("DELETE /api/targets/{target}/ips/{ip}", s.removeIP)
 	api.HandleFunc("POST /api/targets/{target}/ips/{ip}/quarantine", s.quarantine)
 	api.HandleFunc("POST /api/targets/{target}/ips/{ip}/release", s.release)
+	api.HandleFunc("POST /api/login-link", s.newLoginLink)
 	api.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})
@@ -221,6 +251,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("GET /{$}", s.page)
 	mux.HandleFunc("POST /login", s.login)
+	mux.HandleFunc("GET /login", s.loginLink)
 	mux.HandleFunc("POST /logout", s.logout)
 	mux.Handle("/api/", s.requireToken(api))
 	return securityHeaders(mux)
@@ -243,13 +274,33 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 }
 
 // readyz: the backend answers and every pool can be read. A target with
-// no IPs (all removed) is not a reason: the other targets serve.
+// no IPs (all removed) is not a reason: the other targets serve. Without
+// the admin token the answer says only which check failed; the details
+// (the backend's error with its address, the target) need the token.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	notReady := func(reason string) {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": reason, "backend": s.opts.BackendName})
+	detailed := false
+	if tok, ok := bearer(r); ok {
+		switch res, wait := s.checkToken(r, tok, "readyz"); res {
+		case tokenLimited:
+			tooMany(w, wait)
+			return
+		case tokenWrong:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="proxy-hopper admin", error="invalid_token"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "wrong admin token")
+			return
+		}
+		detailed = true
+	}
+	notReady := func(reason, detail string) {
+		body := map[string]any{"ready": false, "reason": reason, "backend": s.opts.BackendName}
+		if detailed {
+			body["detail"] = detail
+		}
+		s.log.Debug("not ready", "reason", reason, "detail", detail)
+		writeJSON(w, http.StatusServiceUnavailable, body)
 	}
 	if s.stopping.Load() {
-		notReady("shutting down")
+		notReady("shutting down", "")
 		return
 	}
 	if p, ok := s.opts.Backend.(Pinger); ok {
@@ -257,7 +308,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		err := p.Ping(ctx)
 		cancel()
 		if err != nil {
-			notReady(fmt.Sprintf("backend %s unreachable: %v", s.opts.BackendName, err))
+			notReady("backend unreachable", fmt.Sprintf("backend %s unreachable: %v", s.opts.BackendName, err))
 			return
 		}
 	}
@@ -267,7 +318,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		_, err := t.Pool.Snapshot(ctx)
 		cancel()
 		if err != nil {
-			notReady(fmt.Sprintf("target %s: read pool: %v", t.Name, err))
+			notReady("pool unreadable", fmt.Sprintf("target %s: read pool: %v", t.Name, err))
 			return
 		}
 	}

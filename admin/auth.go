@@ -1,24 +1,106 @@
 package admin
 
 import (
-	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
+	"encoding/base64"
+	"fmt"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/authfail"
 )
 
 // CookieName is the status page's session cookie.
 const CookieName = "ph_admin"
 
-// sessionValue is what the session cookie holds: an HMAC of a fixed label
-// keyed by the token, so the browser never stores the token itself and a
-// new token ends every session.
-func sessionValue(token string) string {
-	m := hmac.New(sha256.New, []byte(token))
-	m.Write([]byte("proxy-hopper admin session v1"))
-	return hex.EncodeToString(m.Sum(nil))
+// Defaults of the session store.
+const (
+	DefaultSessionTTL = 12 * time.Hour
+	DefaultMaxSession = 1000
+	loginLinkTTL      = time.Minute
+	maxLoginLinks     = 100
+)
+
+// sessionStore holds random session ids (by their sha256, so a lookup's
+// timing says nothing about a valid id) with their expiry. It is bounded:
+// when full, the expired ones go, then the one that would expire first.
+type sessionStore struct {
+	mu  sync.Mutex
+	m   map[[sha256.Size]byte]time.Time
+	max int
+	ttl time.Duration
+	now func() time.Time
+}
+
+func newSessionStore(ttl time.Duration, maxN int, now func() time.Time) *sessionStore {
+	return &sessionStore{m: map[[sha256.Size]byte]time.Time{}, max: maxN, ttl: ttl, now: now}
+}
+
+// create makes a new id (256 random bits) valid for the store's ttl.
+func (s *sessionStore) create() (id string, expires time.Time) {
+	var b [32]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	id = base64.RawURLEncoding.EncodeToString(b[:])
+	now := s.now()
+	expires = now.Add(s.ttl)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.m) >= s.max {
+		var first [sha256.Size]byte
+		var firstExp time.Time
+		for k, exp := range s.m {
+			if !now.Before(exp) {
+				delete(s.m, k)
+				continue
+			}
+			if firstExp.IsZero() || exp.Before(firstExp) {
+				first, firstExp = k, exp
+			}
+		}
+		if len(s.m) >= s.max {
+			delete(s.m, first)
+		}
+	}
+	s.m[sha256.Sum256([]byte(id))] = expires
+	return id, expires
+}
+
+// valid reports whether id is a live session; consume also ends it.
+func (s *sessionStore) valid(id string, consume bool) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	k := sha256.Sum256([]byte(id))
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	exp, ok := s.m[k]
+	if !ok {
+		return false
+	}
+	if consume || !now.Before(exp) {
+		delete(s.m, k)
+	}
+	return now.Before(exp)
+}
+
+func (s *sessionStore) remove(id string) {
+	k := sha256.Sum256([]byte(id))
+	s.mu.Lock()
+	delete(s.m, k)
+	s.mu.Unlock()
+}
+
+func (s *sessionStore) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
 }
 
 // equal compares secrets in constant time (hashing first hides the length).
@@ -27,7 +109,8 @@ func equal(a, b string) bool {
 	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
 }
 
-// bearer returns the token of an Authorization: Bearer header.
+// bearer returns the token of an Authorization: Bearer header (the scheme
+// is case-insensitive, RFC 7235).
 func bearer(r *http.Request) (string, bool) {
 	h := r.Header.Get("Authorization")
 	scheme, tok, ok := strings.Cut(h, " ")
@@ -37,63 +120,145 @@ func bearer(r *http.Request) (string, bool) {
 	return strings.TrimSpace(tok), true
 }
 
-func (s *Server) tokenOK(tok string) bool { return equal(tok, s.opts.Token) }
+// tokenCheck is the outcome of checking a token a client sent.
+type tokenCheck int
+
+const (
+	tokenOK tokenCheck = iota
+	tokenWrong
+	tokenLimited // the source has used up its failures: not checked
+)
+
+// checkToken checks tok from r's source under the failure limit, logging
+// failures; for tokenLimited it returns how long until the next attempt.
+func (s *Server) checkToken(r *http.Request, tok, via string) (tokenCheck, time.Duration) {
+	src := authfail.Source(r.RemoteAddr)
+	if wait, ok := s.fails.Take(src); !ok {
+		s.fails.Refused(src)
+		return tokenLimited, wait
+	}
+	if equal(tok, s.opts.Token) {
+		s.fails.Succeeded(src)
+		return tokenOK, 0
+	}
+	s.fails.Failed(src, "wrong token ("+via+")")
+	return tokenWrong, 0
+}
+
+// tooMany answers 429 with Retry-After.
+func tooMany(w http.ResponseWriter, wait time.Duration) {
+	w.Header().Set("Retry-After", retryAfter(wait))
+	writeError(w, http.StatusTooManyRequests, "too_many_failures",
+		"too many failed admin token attempts from this address; retry after "+retryAfter(wait)+"s")
+}
+
+func retryAfter(wait time.Duration) string {
+	return strconv.Itoa(int(math.Ceil(wait.Seconds())))
+}
+
+func (s *Server) sessionOf(r *http.Request) (string, bool) {
+	c, err := r.Cookie(CookieName)
+	if err != nil {
+		return "", false
+	}
+	return c.Value, s.sessions.valid(c.Value, false)
+}
 
 func (s *Server) cookieOK(r *http.Request) bool {
-	c, err := r.Cookie(CookieName)
-	return err == nil && equal(c.Value, s.session)
+	_, ok := s.sessionOf(r)
+	return ok
 }
 
 // requireToken lets a request through with the right bearer token, or with
-// the session cookie when it only reads (GET, HEAD): a cookie is sent by
+// a live session cookie when it only reads (GET, HEAD): a cookie is sent by
 // the browser on its own, so it must not be enough to change anything.
+// Wrong tokens count against the source; past the limit it gets 429.
 func (s *Server) requireToken(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, hasHeader := bearer(r)
-		switch {
-		case hasHeader && s.tokenOK(tok):
-			h.ServeHTTP(w, r)
+		if hasHeader {
+			switch res, wait := s.checkToken(r, tok, "header"); res {
+			case tokenOK:
+				h.ServeHTTP(w, r)
+			case tokenLimited:
+				tooMany(w, wait)
+			default:
+				w.Header().Set("WWW-Authenticate", `Bearer realm="proxy-hopper admin", error="invalid_token"`)
+				writeError(w, http.StatusUnauthorized, "unauthorized", "wrong admin token")
+			}
 			return
-		case !hasHeader && (r.Method == http.MethodGet || r.Method == http.MethodHead) && s.cookieOK(r):
+		}
+		readOnly := r.Method == http.MethodGet || r.Method == http.MethodHead
+		if readOnly && s.cookieOK(r) {
 			h.ServeHTTP(w, r)
 			return
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="proxy-hopper admin"`)
-		switch {
-		case hasHeader:
-			writeError(w, http.StatusUnauthorized, "unauthorized", "wrong admin token")
-		case s.cookieOK(r):
+		if s.cookieOK(r) {
 			writeError(w, http.StatusUnauthorized, "unauthorized", "changes need the Authorization: Bearer <admin token> header; the page's session cookie only reads")
-		default:
-			writeError(w, http.StatusUnauthorized, "unauthorized", "missing admin token: send Authorization: Bearer <admin token>")
+			return
 		}
+		writeError(w, http.StatusUnauthorized, "unauthorized", "missing admin token: send Authorization: Bearer <admin token>")
 	})
 }
 
-func (s *Server) setSession(w http.ResponseWriter, r *http.Request) {
+// startSession makes a session and sets its cookie: HttpOnly,
+// SameSite=Strict, Secure over TLS (or with SecureCookie), expiring with
+// the session.
+func (s *Server) startSession(w http.ResponseWriter, r *http.Request) {
+	id, exp := s.sessions.create()
 	http.SetCookie(w, &http.Cookie{
-		Name: CookieName, Value: s.session, Path: "/",
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		Name: CookieName, Value: id, Path: "/", Expires: exp, MaxAge: int(s.opts.SessionTTL.Seconds()),
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil || s.opts.SecureCookie,
 	})
+	s.log.Info("admin session started", "source", authfail.Source(r.RemoteAddr).String(), "expires", exp.UTC().Format(time.RFC3339))
 }
 
-// login takes the token from the page's form and sets the session cookie.
+// login takes the token from the page's form and starts a session.
 func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	if err := r.ParseForm(); err != nil {
 		s.loginPage(w, http.StatusBadRequest, "The login form could not be read.")
 		return
 	}
-	if !s.tokenOK(r.PostForm.Get("token")) {
+	switch res, wait := s.checkToken(r, r.PostForm.Get("token"), "login form"); res {
+	case tokenLimited:
+		w.Header().Set("Retry-After", retryAfter(wait))
+		s.loginPage(w, http.StatusTooManyRequests, fmt.Sprintf("Too many failed logins from this address; try again in %ss.", retryAfter(wait)))
+		return
+	case tokenWrong:
 		s.loginPage(w, http.StatusUnauthorized, "Wrong admin token.")
 		return
 	}
-	s.setSession(w, r)
+	s.startSession(w, r)
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 
-// logout ends the browser session.
+// loginLink redeems a one-time link made by POST /api/login-link: it
+// starts a session and redirects to the page. The link holds no token.
+func (s *Server) loginLink(w http.ResponseWriter, r *http.Request) {
+	if !s.links.valid(r.URL.Query().Get("ticket"), true) {
+		s.loginPage(w, http.StatusUnauthorized, "This login link is invalid, used or expired.")
+		return
+	}
+	s.startSession(w, r)
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// newLoginLink (POST /api/login-link: the bearer token, as every change) makes a link that
+// logs a browser in once within a minute, for scripts and bookmarks that
+// used /?token=.
+func (s *Server) newLoginLink(w http.ResponseWriter, r *http.Request) {
+	id, exp := s.links.create()
+	writeJSON(w, http.StatusCreated, map[string]any{"path": "/login?ticket=" + id, "expiresAt": exp.UTC()})
+}
+
+// logout ends the browser's session on the server and drops its cookie.
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
-	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	if c, err := r.Cookie(CookieName); err == nil {
+		s.sessions.remove(c.Value)
+	}
+	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
+		SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil || s.opts.SecureCookie})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }

@@ -128,21 +128,28 @@ func (s *Server) render(w http.ResponseWriter, status int, name string, data any
 	_, _ = w.Write(buf.Bytes())
 }
 
-// page is the status page: / with the session cookie (or a bearer token).
-// /?token=<token> sets the cookie and redirects to /, so a browser can be
-// pointed at the page once with the token; otherwise it shows the login form.
+// page is the status page: / with a live session cookie (or a bearer
+// token); otherwise it shows the login form. A token in the URL
+// (/?token=) is refused unread: URLs end up in history, logs and Referer.
 func (s *Server) page(w http.ResponseWriter, r *http.Request) {
-	if q := r.URL.Query(); q.Has("token") {
-		if !s.tokenOK(q.Get("token")) {
-			s.loginPage(w, http.StatusUnauthorized, "Wrong admin token.")
-			return
-		}
-		s.setSession(w, r)
-		http.Redirect(w, r, "/", http.StatusSeeOther)
+	if r.URL.Query().Has("token") {
+		s.loginPage(w, http.StatusBadRequest, "A token in the URL is not accepted: log in with this form, "+
+			"or make a one-time link with POST /api/login-link.")
 		return
 	}
-	tok, hasHeader := bearer(r)
-	if !(hasHeader && s.tokenOK(tok)) && !s.cookieOK(r) {
+	authed := s.cookieOK(r)
+	if tok, hasHeader := bearer(r); hasHeader && !authed {
+		switch res, wait := s.checkToken(r, tok, "header"); res {
+		case tokenLimited:
+			w.Header().Set("Retry-After", retryAfter(wait))
+			s.loginPage(w, http.StatusTooManyRequests, "Too many failed attempts from this address.")
+			return
+		case tokenOK:
+			authed = true
+		}
+	}
+	if !authed {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="proxy-hopper admin"`)
 		s.loginPage(w, http.StatusUnauthorized, "")
 		return
 	}

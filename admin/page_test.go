@@ -2,6 +2,7 @@ package admin_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -154,7 +155,7 @@ func TestPageEscapes(t *testing.T) {
 func TestPageEscapesInBrowser(t *testing.T) {
 	_, srv := oddServer(t)
 	start := time.Now()
-	doc := testenv.DumpDOM(t, srv.URL+"/?token="+token, 3*time.Second)
+	doc := testenv.DumpDOM(t, srv.URL+loginLink(t, srv), 3*time.Second)
 	t.Logf("chromium took %s", time.Since(start).Round(time.Millisecond))
 	dom := testenv.ParseDOM(t, doc)
 	body := dom.All(testenv.Where("body"))
@@ -166,4 +167,21 @@ func TestPageEscapesInBrowser(t *testing.T) {
 		t.Fatalf("the page's script never redrew it (data-refreshes=%q):\n%.3000s", n, doc)
 	}
 	checkEscaped(t, doc)
+}
+
+// loginLink makes a one-time login link with the token (POST /api/login-link).
+func loginLink(t *testing.T, srv *httptest.Server) string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", srv.URL+"/api/login-link", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var link struct{ Path string }
+	if err := json.NewDecoder(resp.Body).Decode(&link); err != nil || resp.StatusCode != 201 || !strings.HasPrefix(link.Path, "/login?ticket=") {
+		t.Fatalf("POST /api/login-link: %d %v %+v", resp.StatusCode, err, link)
+	}
+	return link.Path
 }

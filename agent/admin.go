@@ -70,14 +70,16 @@ func (x *agentAdmin) start(ctx context.Context) error {
 	}
 	a := x.a
 	srv, err := admin.New(admin.Options{
-		Token:       a.cfg.Server.AdminToken,
-		Targets:     a.Targets,
-		Backend:     a.backend,
-		BackendName: a.backendName(),
-		IPs:         x,
-		Probes:      x.probes(),
-		Recorder:    x.rec,
-		Logger:      a.log,
+		Token:        a.cfg.Server.AdminToken,
+		Targets:      a.Targets,
+		Backend:      a.backend,
+		BackendName:  a.backendName(),
+		IPs:          x,
+		Probes:       x.probes(),
+		Recorder:     x.rec,
+		Logger:       a.log,
+		SessionTTL:   time.Duration(a.cfg.Server.AdminSessionTTL),
+		SecureCookie: a.cfg.Server.AdminSecureCookie,
 	})
 	if err != nil {
 		return err

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"encoding/json"
-	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,7 +14,7 @@ import (
 
 // TestStatusPageInChromium drives traffic through a running agent,
 // quarantines an IP through the API, then loads the status page in
-// headless Chromium (the page logs in with ?token=, then its script
+// headless Chromium (the page logs in with a one-time login link, then its script
 // redraws from /api/status) and checks what the DOM shows.
 func TestStatusPageInChromium(t *testing.T) {
 	testenv.Chromium(t)
@@ -46,7 +45,9 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 
 	start := time.Now()
-	doc := testenv.DumpDOM(t, e.base+"/?token="+url.QueryEscape(testAdminToken), 5*time.Second)
+	var link struct{ Path string }
+	json.Unmarshal([]byte(e.api("POST", "/api/login-link", "", 201)), &link)
+	doc := testenv.DumpDOM(t, e.base+link.Path, 5*time.Second)
 	t.Logf("chromium took %s", time.Since(start).Round(time.Millisecond))
 	dom := testenv.ParseDOM(t, doc)
 	fail := func(format string, args ...any) {

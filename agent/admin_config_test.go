@@ -3,6 +3,7 @@ package agent
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestAdminConfig(t *testing.T) {
@@ -15,7 +16,7 @@ func TestAdminConfig(t *testing.T) {
 		check   func(t *testing.T, s ServerConfig)
 	}{
 		{name: "off by default", check: func(t *testing.T, s ServerConfig) {
-			if s.Admin || s.AdminPort != 8081 || s.AdminHost != "0.0.0.0" || s.AdminToken != "" {
+			if s.Admin || s.AdminPort != 8081 || s.AdminHost != "0.0.0.0" || s.AdminToken != "" || s.AdminSessionTTL != Duration(12*time.Hour) {
 				t.Errorf("defaults: admin=%v port=%d host=%q token=%q", s.Admin, s.AdminPort, s.AdminHost, s.AdminToken)
 			}
 		}},
@@ -28,6 +29,20 @@ func TestAdminConfig(t *testing.T) {
 			wantErr: "server: adminToken is required when admin is on (set server.adminToken or PROXY_HOPPER_ADMIN_TOKEN)"},
 		{name: "short token", server: "admin: true\n  adminToken: short",
 			wantErr: "server: adminToken must be at least 16 characters, got 5"},
+		{name: "one repeated character", server: "admin: true\n  adminToken: aaaaaaaaaaaaaaaa",
+			wantErr: "server: adminToken must have at least 6 different characters, got 1"},
+		{name: "a short pattern repeated", server: "admin: true\n  adminToken: abcabcabcabcabcabcabc",
+			wantErr: "server: adminToken must have at least 6 different characters, got 3"},
+		{name: "weak metrics token", server: "metrics: true\n  metricsToken: '1111111111111111'",
+			wantErr: "server: metricsToken must have at least 6 different characters, got 1"},
+		{name: "metrics token", server: "metrics: true\n  metricsToken: 0123456789abcdef\n  metricsHost: 127.0.0.1",
+			check: func(t *testing.T, s ServerConfig) {
+				if s.MetricsToken != "0123456789abcdef" || s.MetricsHost != "127.0.0.1" {
+					t.Errorf("got metricsToken=%q metricsHost=%q", s.MetricsToken, s.MetricsHost)
+				}
+			}},
+		{name: "session ttl", server: "admin: true\n  adminToken: 0123456789abcdef\n  adminSessionTtl: 30s",
+			wantErr: "server: adminSessionTtl must be at least 1m, got 30s"},
 		{name: "token with a space", server: "admin: true\n  adminToken: 'abcdefgh ijklmnopq'",
 			wantErr: "server: adminToken must not contain spaces or control characters"},
 		{name: "bad port", server: "admin: true\n  adminToken: 0123456789abcdef\n  adminPort: 70000",

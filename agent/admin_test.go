@@ -222,25 +222,25 @@ func TestAdminAuth(t *testing.T) {
 		t.Errorf("PUT /api/targets: %d, want 405 or 404", code)
 	}
 
-	// The page: login form without a token, a session cookie from
-	// /?token= or the form, and that cookie only reads.
+	// The page: login form without a token, a session cookie from the
+	// form, and that cookie only reads. A token in the URL is refused.
 	code, body := e.call("GET", "/", "", "")
 	if code != 401 || !strings.Contains(body, `action="/login"`) {
 		t.Errorf("page without token: %d %.200s", code, body)
 	}
-	if code, body := e.call("GET", "/?token=wrong", "", ""); code != 401 || !strings.Contains(body, "Wrong admin token") {
-		t.Errorf("page with wrong token: %d %.200s", code, body)
+	if code, body := e.call("GET", "/?token="+url.QueryEscape(testAdminToken), "", ""); code != 400 || !strings.Contains(body, "not accepted") {
+		t.Errorf("page with the token in the URL: %d %.200s, want 400", code, body)
 	}
 	jar, _ := cookiejar.New(nil)
 	browser := &http.Client{Jar: jar, Timeout: 10 * time.Second, Transport: &http.Transport{}}
-	resp, err := browser.Get(e.base + "/?token=" + url.QueryEscape(testAdminToken))
+	resp, err := browser.PostForm(e.base+"/login", url.Values{"token": {testAdminToken}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || resp.Request.URL.RawQuery != "" || !strings.Contains(string(b), `data-target="web"`) {
-		t.Fatalf("page via ?token=: %d at %s: %.300s", resp.StatusCode, resp.Request.URL, b)
+	if resp.StatusCode != 200 || resp.Request.URL.Path != "/" || !strings.Contains(string(b), `data-target="web"`) {
+		t.Fatalf("page after the login form: %d at %s: %.300s", resp.StatusCode, resp.Request.URL, b)
 	}
 	for _, c := range jar.Cookies(resp.Request.URL) {
 		if strings.Contains(c.Value, testAdminToken) {
@@ -552,14 +552,20 @@ func TestAdminRedis(t *testing.T) {
 	})
 
 	srv.Stop()
+	// Without the token /readyz says which check failed; with it, why.
 	code, body := e.call("GET", "/readyz", "", "")
 	var doc struct {
-		Ready  bool
-		Reason string
+		Ready          bool
+		Reason, Detail string
 	}
 	json.Unmarshal([]byte(body), &doc)
-	if code != 503 || doc.Ready || !strings.Contains(doc.Reason, "backend redis unreachable") {
+	if code != 503 || doc.Ready || doc.Reason != "backend unreachable" || doc.Detail != "" {
 		t.Errorf("/readyz with redis down: %d %s", code, body)
+	}
+	code, body = e.call("GET", "/readyz", testAdminToken, "")
+	json.Unmarshal([]byte(body), &doc)
+	if code != 503 || !strings.Contains(doc.Detail, "backend redis unreachable") {
+		t.Errorf("/readyz with redis down, with the token: %d %s", code, body)
 	}
 	if code, _ := e.call("GET", "/healthz", "", ""); code != 200 {
 		t.Errorf("/healthz with redis down: %d", code)

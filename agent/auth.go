@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
 )
@@ -18,7 +19,8 @@ func (c *Config) checkAuthSources(p *problems) {
 // authenticator builds the boundary check from the auth block.
 func (c *Config) authenticator() (*auth.Authenticator, error) {
 	a := c.Auth
-	cfg := auth.Config{Enabled: a.Enabled, JWTSecret: a.JWTSecret, Roles: map[string]auth.Role{}}
+	cfg := auth.Config{Enabled: a.Enabled, JWTSecret: a.JWTSecret, Roles: map[string]auth.Role{},
+		JWTIssuer: a.JWTIssuer, JWTAudience: a.JWTAudience, JWTMaxLifetime: time.Duration(a.JWTMaxLifetime), DefaultRole: a.DefaultRole}
 	for _, k := range a.APIKeys {
 		cfg.APIKeys = append(cfg.APIKeys, auth.APIKey{Name: k.Name, Key: k.Key, KeyHash: k.KeyHash, Targets: k.Targets})
 	}

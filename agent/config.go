@@ -26,6 +26,7 @@ import (
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -70,6 +71,8 @@ func DefaultServerConfig() ServerConfig {
 		ProbeURLs:     []string{"http://1.1.1.1", "http://www.google.com"},
 		AdminPort:     8081,
 		AdminHost:     "0.0.0.0",
+
+		AdminSessionTTL: Duration(12 * time.Hour),
 
 		ConnectTimeout:    Duration(10 * time.Second),
 		IdleTimeout:       Duration(120 * time.Second),
@@ -142,7 +145,7 @@ func fromDocument(doc any, overrides map[string]any, env envVars) (*Config, erro
 
 	authMap, _ := root["auth"].(map[string]any)
 	authMap, fromEnv := applyAuthEnv(authMap, env)
-	cfg.Auth = AuthConfig{JWTExpiryMinutes: 60}
+	cfg.Auth = AuthConfig{JWTExpiryMinutes: 60, JWTMaxLifetime: Duration(auth.DefaultJWTMaxLifetime), DefaultRole: auth.DefaultRole}
 	decodeSection(authMap, &cfg.Auth, "auth", fromEnv, &p)
 	cfg.Auth.setDefaults()
 
@@ -913,6 +916,10 @@ var authEnv = []struct{ path, env string }{
 	{"enabled", "PROXY_HOPPER_AUTH_ENABLED"},
 	{"jwtSecret", "PROXY_HOPPER_AUTH_JWT_SECRET"},
 	{"jwtExpiryMinutes", "PROXY_HOPPER_AUTH_JWT_EXPIRY_MINUTES"},
+	{"jwtIssuer", "PROXY_HOPPER_AUTH_JWT_ISSUER"},
+	{"jwtAudience", "PROXY_HOPPER_AUTH_JWT_AUDIENCE"},
+	{"jwtMaxLifetime", "PROXY_HOPPER_AUTH_JWT_MAX_LIFETIME"},
+	{"defaultRole", "PROXY_HOPPER_AUTH_DEFAULT_ROLE"},
 	{"admin.passwordHash", "PROXY_HOPPER_AUTH_ADMIN_PASSWORD_HASH"},
 	{"oidc.issuer", "PROXY_HOPPER_AUTH_OIDC_ISSUER"},
 	{"oidc.audience", "PROXY_HOPPER_AUTH_OIDC_AUDIENCE"},
@@ -1078,6 +1085,14 @@ func (c *Config) checkAuth(p *problems) {
 	a := &c.Auth
 	if a.JWTExpiryMinutes < 1 {
 		p.add("auth: jwtExpiryMinutes must be at least 1, got %d", a.JWTExpiryMinutes)
+	}
+	if a.JWTMaxLifetime < Duration(time.Minute) {
+		p.add("auth: jwtMaxLifetime must be at least 1m, got %s", time.Duration(a.JWTMaxLifetime))
+	}
+	if _, builtin := auth.BuiltinRole(a.DefaultRole); !builtin && a.DefaultRole != "none" {
+		if _, custom := a.Roles[a.DefaultRole]; !custom {
+			p.add("auth: defaultRole: %q is not a role (want admin, operator, viewer, a role of auth.roles, or none)", a.DefaultRole)
+		}
 	}
 	for i, k := range a.APIKeys {
 		label := fmt.Sprintf("auth: apiKeys[%d]", i)

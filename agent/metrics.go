@@ -17,15 +17,16 @@ import (
 
 // agentMetrics is the agent's Prometheus side (server.metrics): its own
 // registry, the hook-fed metrics, the pool collector and the /metrics
-// endpoint on server.metricsPort. A nil *agentMetrics (metrics off) is
+// endpoint on server.metricsHost:metricsPort. A nil *agentMetrics (metrics off) is
 // valid and does nothing.
 type agentMetrics struct {
-	reg  *prometheus.Registry
-	m    *metrics.Metrics
-	addr string
-	log  *slog.Logger
-	srv  atomic.Pointer[metrics.Server] // set by start
-	done chan struct{}
+	reg   *prometheus.Registry
+	m     *metrics.Metrics
+	addr  string
+	token string // server.metricsToken: /metrics needs it when set
+	log   *slog.Logger
+	srv   atomic.Pointer[metrics.Server] // set by start
+	done  chan struct{}
 }
 
 // newAgentMetrics builds the metrics of a when server.metrics is on. Call
@@ -58,9 +59,13 @@ func newAgentMetrics(a *Agent) (*agentMetrics, error) {
 	if err := a.registerGatewayCollector(reg); err != nil {
 		return nil, err
 	}
+	host := s.MetricsHost
+	if host == "" {
+		host = s.Host
+	}
 	return &agentMetrics{
-		reg: reg, m: m, log: a.log.With("component", "metrics"),
-		addr: net.JoinHostPort(s.Host, strconv.Itoa(s.MetricsPort)),
+		reg: reg, m: m, log: a.log.With("component", "metrics"), token: s.MetricsToken,
+		addr: net.JoinHostPort(host, strconv.Itoa(s.MetricsPort)),
 	}, nil
 }
 
@@ -98,6 +103,9 @@ func (x *agentMetrics) start(ctx context.Context) error {
 	srv, err := metrics.Listen(ctx, x.addr, x.reg, x.log)
 	if err != nil {
 		return err
+	}
+	if x.token != "" {
+		srv.RequireToken(x.token, nil, x.log)
 	}
 	x.done = make(chan struct{})
 	x.srv.Store(srv)

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -181,4 +182,80 @@ func grepLines(s, prefix string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestMetricsHostAndToken: server.metricsHost picks the bind address
+// (not server.host), and with server.metricsToken set /metrics answers
+// 401 with WWW-Authenticate (no target or upstream address in it) unless
+// the token comes as a Bearer token or a Basic password; wrong tokens from
+// one source are limited (429).
+func TestMetricsHostAndToken(t *testing.T) {
+	const tok = "metrics-token-0123456789"
+	port := testenv.FreePort(t, "127.0.0.5")
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+server:
+  host: 127.0.0.1
+  metrics: true
+  metricsHost: 127.0.0.5
+  metricsPort: %d
+  metricsToken: %s
+  shutdownTimeout: 2s
+  probe: false
+targets:
+  - name: web
+    regex: 'example\.invalid'
+    ipList: ["127.0.0.9:3128"]
+`, port, tok)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := newFileAgent(t, cfgPath)
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	addr := net.JoinHostPort("127.0.0.5", fmt.Sprint(port))
+	testenv.WaitListening(t, addr, 5*time.Second)
+	if c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(port)), time.Second); err == nil {
+		c.Close()
+		t.Fatal("metrics listen on server.host too")
+	}
+	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
+	scrape := func(auth string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(b)
+	}
+	resp, body := scrape("")
+	if resp.StatusCode != 401 || len(resp.Header.Values("WWW-Authenticate")) == 0 || strings.Contains(body, "127.0.0.9") || strings.Contains(body, "web") {
+		t.Fatalf("no token: %d %v %q", resp.StatusCode, resp.Header.Values("WWW-Authenticate"), body)
+	}
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte("prometheus:"+tok))
+	for _, auth := range []string{"Bearer " + tok, "bearer " + tok, basic} {
+		if resp, body := scrape(auth); resp.StatusCode != 200 || !strings.Contains(body, `address="127.0.0.9:3128"`) {
+			t.Fatalf("%.10s…: %d %.300s", auth, resp.StatusCode, body)
+		}
+	}
+	for i := range 10 {
+		if resp, _ := scrape(fmt.Sprintf("Bearer wrong-%d", i)); resp.StatusCode != 401 {
+			t.Fatalf("wrong token %d: %d", i, resp.StatusCode)
+		}
+	}
+	if resp, _ := scrape("Bearer " + tok); resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("after 10 wrong tokens: %d, want 429 with Retry-After", resp.StatusCode)
+	}
 }

@@ -63,6 +63,10 @@ type ServerConfig struct {
 	RedisLeaseTTL     Duration `mapstructure:"redisLeaseTtl"`     // backend redis: an IP held by a dead agent is back after (30s)
 	WatchConfig       bool     `mapstructure:"watchConfig"`       // reload when the config file changes (false); SIGHUP always reloads
 	AdminToken        string   `mapstructure:"adminToken"`        // bearer token of the admin API (required when admin is on)
+	AdminSessionTTL   Duration `mapstructure:"adminSessionTtl"`   // status page login lasts (12h)
+	AdminSecureCookie bool     `mapstructure:"adminSecureCookie"` // session cookie always Secure (behind a TLS proxy)
+	MetricsHost       string   `mapstructure:"metricsHost"`       // /metrics bind address (empty: host)
+	MetricsToken      string   `mapstructure:"metricsToken"`      // /metrics needs it (Bearer, or Basic password) when set
 
 	// The prober feeding the pools (README "Prober"); all off by default.
 	ProbeFailuresUntilQuarantine int  `mapstructure:"probeFailuresUntilQuarantine"` // failed probes in a row that quarantine an IP in every target (0: never)
@@ -75,6 +79,10 @@ type AuthConfig struct {
 	Enabled          bool                  `mapstructure:"enabled"`
 	JWTSecret        string                `mapstructure:"jwtSecret"`
 	JWTExpiryMinutes int                   `mapstructure:"jwtExpiryMinutes"`
+	JWTIssuer        string                `mapstructure:"jwtIssuer"`      // a JWT's iss must be this (unset: not checked)
+	JWTAudience      string                `mapstructure:"jwtAudience"`    // a JWT's aud must hold this (unset: a JWT with an aud is refused)
+	JWTMaxLifetime   Duration              `mapstructure:"jwtMaxLifetime"` // exp at most this beyond now and iat (24h)
+	DefaultRole      string                `mapstructure:"defaultRole"`    // role of a JWT without a role claim (viewer; none: refused)
 	APIKeys          []APIKeyConfig        `mapstructure:"apiKeys"`
 	Roles            map[string]RoleConfig `mapstructure:"roles"`
 	Admin            *AdminUserConfig      `mapstructure:"admin"`

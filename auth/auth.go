@@ -5,6 +5,7 @@
 package auth
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -13,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"strings"
@@ -59,12 +61,33 @@ type SourceRule struct {
 	Targets []string
 }
 
+// DefaultJWTMaxLifetime is the longest a JWT may live when
+// Config.JWTMaxLifetime is not set.
+const DefaultJWTMaxLifetime = 24 * time.Hour
+
+// DefaultRole is the role of a JWT without a role claim when
+// Config.DefaultRole is not set, as in proxy-hopper.
+const DefaultRole = "viewer"
+
 // Config is the typed auth block.
 type Config struct {
 	Enabled   bool
 	APIKeys   []APIKey
 	JWTSecret string
-	Roles     map[string]Role
+	// JWTIssuer, when set, must be the token's iss claim.
+	JWTIssuer string
+	// JWTAudience, when set, must be the token's aud claim (or one of
+	// its values). When not set, a token that has an aud is refused: it
+	// was made for another service.
+	JWTAudience string
+	// JWTMaxLifetime is the longest a token may live: its exp may not be
+	// further than this beyond now, nor beyond its iat (default
+	// DefaultJWTMaxLifetime).
+	JWTMaxLifetime time.Duration
+	// DefaultRole is the role of a JWT without a role claim (default
+	// DefaultRole). A name that is no role (e.g. "none") denies them.
+	DefaultRole string
+	Roles       map[string]Role
 	// Sources apply to transparent clients, which cannot send headers.
 	// Empty means every source may use every target.
 	Sources []SourceRule
@@ -78,6 +101,12 @@ var builtinRoles = map[string]Role{
 	"viewer":   {Permissions: []string{"read"}, Targets: []string{"*"}},
 }
 
+// BuiltinRole returns the built-in role of that name.
+func BuiltinRole(name string) (Role, bool) {
+	r, ok := builtinRoles[name]
+	return r, ok
+}
+
 type key struct {
 	name    string
 	hash    [sha256.Size]byte
@@ -86,19 +115,30 @@ type key struct {
 
 // Authenticator checks tokens. It is immutable and safe for concurrent use.
 type Authenticator struct {
-	enabled bool
-	keys    []key
-	secret  []byte
-	roles   map[string]Role
-	sources []SourceRule
-	now     func() time.Time
+	enabled     bool
+	keys        []key
+	secret      []byte
+	issuer      string
+	audience    string
+	maxLifetime time.Duration
+	defaultRole string
+	roles       map[string]Role
+	sources     []SourceRule
+	now         func() time.Time
 }
 
 // New validates cfg.
 func New(cfg Config) (*Authenticator, error) {
-	a := &Authenticator{enabled: cfg.Enabled, secret: []byte(cfg.JWTSecret), roles: map[string]Role{}, sources: cfg.Sources, now: cfg.Now}
+	a := &Authenticator{enabled: cfg.Enabled, secret: []byte(cfg.JWTSecret), roles: map[string]Role{}, sources: cfg.Sources, now: cfg.Now,
+		issuer: cfg.JWTIssuer, audience: cfg.JWTAudience, maxLifetime: cfg.JWTMaxLifetime, defaultRole: cfg.DefaultRole}
 	if a.now == nil {
 		a.now = time.Now
+	}
+	if a.maxLifetime <= 0 {
+		a.maxLifetime = DefaultJWTMaxLifetime
+	}
+	if a.defaultRole == "" {
+		a.defaultRole = DefaultRole
 	}
 	for n, r := range builtinRoles {
 		a.roles[n] = r
@@ -160,8 +200,8 @@ func (a *Authenticator) Authenticate(token string) (*Principal, error) {
 		return nil, err
 	}
 	role := claims.Role
-	if role == "" {
-		role = "viewer"
+	if !claims.hasRole {
+		role = a.defaultRole
 	}
 	p := &Principal{Kind: "jwt", Name: claims.Sub, Role: role}
 	if r, ok := a.roles[role]; ok {
@@ -213,15 +253,22 @@ func (a *Authenticator) AllowSource(src netip.Addr, target string) error {
 	return fmt.Errorf("%w: source %s is not in auth.transparent.allowCidrs", ErrForbidden, src)
 }
 
+// claims are the registered and proxy-hopper claims of a JWT.
 type claims struct {
-	Sub  string   `json:"sub"`
-	Role string   `json:"role"`
-	Exp  *float64 `json:"exp"`
-	Nbf  *float64 `json:"nbf"`
+	Sub     string
+	Role    string
+	hasRole bool
 }
 
+// invalid is ErrInvalid with why, for the log (never the token).
+func invalid(why string) error { return fmt.Errorf("%w (%s)", ErrInvalid, why) }
+
 // verifyJWT checks a compact HS256 JWT signed with the configured secret
-// and returns its claims. Tokens without an expiry are refused.
+// and returns its claims. Claim names are matched exactly (JSON's own
+// rule; encoding/json would match "ROLE" to role), a name given twice in
+// the header or the payload is refused (which one wins differs between
+// parsers), exp is required and may not be further away than the
+// maximum lifetime, and iss and aud are checked.
 func (a *Authenticator) verifyJWT(tok string) (*claims, error) {
 	if len(a.secret) == 0 {
 		return nil, ErrInvalid
@@ -234,11 +281,13 @@ func (a *Authenticator) verifyJWT(tok string) (*claims, error) {
 	if err != nil {
 		return nil, ErrInvalid
 	}
-	var hdr struct {
-		Alg string `json:"alg"`
+	hdr, err := objectFields(hb)
+	if err != nil {
+		return nil, invalid("header: " + err.Error())
 	}
-	if json.Unmarshal(hb, &hdr) != nil || hdr.Alg != "HS256" {
-		return nil, ErrInvalid
+	var alg string
+	if json.Unmarshal(hdr["alg"], &alg) != nil || alg != "HS256" {
+		return nil, invalid("alg is not HS256")
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
 	if err != nil {
@@ -253,18 +302,130 @@ func (a *Authenticator) verifyJWT(tok string) (*claims, error) {
 	if err != nil {
 		return nil, ErrInvalid
 	}
+	f, err := objectFields(pb)
+	if err != nil {
+		return nil, invalid("payload: " + err.Error())
+	}
 	var c claims
-	if json.Unmarshal(pb, &c) != nil {
-		return nil, ErrInvalid
+	if raw, ok := f["sub"]; ok && json.Unmarshal(raw, &c.Sub) != nil {
+		return nil, invalid("sub is not a string")
+	}
+	if raw, ok := f["role"]; ok {
+		if json.Unmarshal(raw, &c.Role) != nil {
+			return nil, invalid("role is not a string")
+		}
+		c.hasRole = true
 	}
 	now := float64(a.now().Unix())
-	if c.Exp == nil || now >= *c.Exp {
+	exp, ok, err := numClaim(f, "exp")
+	switch {
+	case err != nil:
+		return nil, err
+	case !ok:
+		return nil, invalid("no exp")
+	case now >= exp:
 		return nil, errExpired
+	case exp-now > a.maxLifetime.Seconds():
+		return nil, invalid("exp beyond the maximum lifetime")
 	}
-	if c.Nbf != nil && now < *c.Nbf {
-		return nil, ErrInvalid
+	if nbf, ok, err := numClaim(f, "nbf"); err != nil {
+		return nil, err
+	} else if ok && now < nbf {
+		return nil, invalid("not valid yet (nbf)")
+	}
+	if iat, ok, err := numClaim(f, "iat"); err != nil {
+		return nil, err
+	} else if ok && exp-iat > a.maxLifetime.Seconds() {
+		return nil, invalid("exp beyond the maximum lifetime after iat")
+	}
+	if err := a.checkIssuer(f); err != nil {
+		return nil, err
+	}
+	if err := a.checkAudience(f); err != nil {
+		return nil, err
 	}
 	return &c, nil
+}
+
+// numClaim reads a NumericDate claim: ok false when absent.
+func numClaim(f map[string]json.RawMessage, name string) (v float64, ok bool, err error) {
+	raw, ok := f[name]
+	if !ok {
+		return 0, false, nil
+	}
+	if json.Unmarshal(raw, &v) != nil {
+		return 0, false, invalid(name + " is not a number")
+	}
+	return v, true, nil
+}
+
+func (a *Authenticator) checkIssuer(f map[string]json.RawMessage) error {
+	if a.issuer == "" {
+		return nil
+	}
+	var iss string
+	if raw, ok := f["iss"]; !ok || json.Unmarshal(raw, &iss) != nil || iss != a.issuer {
+		return invalid("wrong or no iss")
+	}
+	return nil
+}
+
+// checkAudience: with an audience configured, aud (a string or a list of
+// strings) must hold it; without, a token that names any aud is refused,
+// as PyJWT (proxy-hopper's library) does.
+func (a *Authenticator) checkAudience(f map[string]json.RawMessage) error {
+	raw, ok := f["aud"]
+	var auds []string
+	if ok {
+		var one string
+		if json.Unmarshal(raw, &one) == nil {
+			auds = []string{one}
+		} else if json.Unmarshal(raw, &auds) != nil {
+			return invalid("aud is not a string or a list of strings")
+		}
+	}
+	if a.audience == "" {
+		if len(auds) > 0 {
+			return invalid("aud present but auth.jwtAudience is not set")
+		}
+		return nil
+	}
+	if !slices.Contains(auds, a.audience) {
+		return invalid("wrong or no aud")
+	}
+	return nil
+}
+
+// objectFields splits a JSON object into its members, refusing a name
+// that appears twice and anything that is not one object.
+func objectFields(b []byte) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	out := map[string]json.RawMessage{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, errors.New("not a JSON object")
+		}
+		name, _ := t.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, errors.New("not a JSON object")
+		}
+		if _, dup := out[name]; dup {
+			return nil, errors.New("a name given twice")
+		}
+		out[name] = v
+	}
+	if t, err := dec.Token(); err != nil || t != json.Delim('}') {
+		return nil, errors.New("not a JSON object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("data after the JSON object")
+	}
+	return out, nil
 }
 
 // SignJWT makes an HS256 token (for tests and tooling).

@@ -1,8 +1,11 @@
 package auth
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -94,4 +97,105 @@ func TestAllowSource(t *testing.T) {
 func algNone(tok string) string {
 	_, rest, _ := strings.Cut(tok, ".")
 	return base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none"}`)) + "." + rest
+}
+
+// signRaw signs a payload given as raw JSON (SignJWT would re-encode it).
+func signRaw(secret, header, payload string) string {
+	h := base64.RawURLEncoding.EncodeToString([]byte(header))
+	p := base64.RawURLEncoding.EncodeToString([]byte(payload))
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(h + "." + p))
+	return h + "." + p + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// TestJWTClaims: lifetime capped, exact claim names, duplicates refused,
+// iss and aud checked.
+func TestJWTClaims(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	clock := func() time.Time { return now }
+	exp := now.Unix() + 60
+	hs := `{"alg":"HS256","typ":"JWT"}`
+	plain, err := New(Config{Enabled: true, JWTSecret: "s", Now: clock,
+		Roles: map[string]Role{"api-reader": {Permissions: []string{"read"}, Targets: []string{"api"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	strict, err := New(Config{Enabled: true, JWTSecret: "s", Now: clock, JWTIssuer: "https://idp.invalid/",
+		JWTAudience: "proxy-hopper", JWTMaxLifetime: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		a      *Authenticator
+		token  string
+		reason string
+		role   string
+	}{
+		{"exp 1e300", plain, signRaw("s", hs, `{"role":"viewer","exp":1e300}`), ReasonInvalid, ""},
+		{"exp 25h away", plain, SignJWT("s", map[string]any{"exp": now.Unix() + 25*3600}), ReasonInvalid, ""},
+		{"exp 23h away", plain, SignJWT("s", map[string]any{"exp": now.Unix() + 23*3600}), "", "viewer"},
+		{"issued 2 days before exp", plain, SignJWT("s", map[string]any{"exp": exp, "iat": now.Unix() - 48*3600}), ReasonInvalid, ""},
+		{"exp not a number", plain, signRaw("s", hs, `{"exp":"soon"}`), ReasonInvalid, ""},
+		{"no exp", plain, signRaw("s", hs, `{"role":"admin"}`), ReasonInvalid, ""},
+		{"role twice", plain, signRaw("s", hs, fmt.Sprintf(`{"role":"api-reader","exp":%d,"role":"admin"}`, exp)), ReasonInvalid, ""},
+		{"exp twice", plain, signRaw("s", hs, fmt.Sprintf(`{"exp":%d,"exp":1e300}`, exp)), ReasonInvalid, ""},
+		{"alg twice", plain, signRaw("s", `{"alg":"none","alg":"HS256"}`, fmt.Sprintf(`{"exp":%d}`, exp)), ReasonInvalid, ""},
+		{"ROLE is not role", plain, signRaw("s", hs, fmt.Sprintf(`{"ROLE":"api-reader","exp":%d}`, exp)), "", "viewer"},
+		{"Exp is not exp", plain, signRaw("s", hs, fmt.Sprintf(`{"Exp":%d}`, exp)), ReasonInvalid, ""},
+		{"role not a string", plain, signRaw("s", hs, fmt.Sprintf(`{"role":["admin"],"exp":%d}`, exp)), ReasonInvalid, ""},
+		{"trailing data", plain, signRaw("s", hs, fmt.Sprintf(`{"exp":%d}{}`, exp)), ReasonInvalid, ""},
+		{"aud without jwtAudience", plain, SignJWT("s", map[string]any{"exp": exp, "aud": "other"}), ReasonInvalid, ""},
+		{"custom role", plain, SignJWT("s", map[string]any{"exp": exp, "role": "api-reader"}), "", "api-reader"},
+		{"no iss", strict, SignJWT("s", map[string]any{"exp": exp, "aud": "proxy-hopper"}), ReasonInvalid, ""},
+		{"wrong iss", strict, SignJWT("s", map[string]any{"exp": exp, "aud": "proxy-hopper", "iss": "https://evil.invalid/"}), ReasonInvalid, ""},
+		{"no aud", strict, SignJWT("s", map[string]any{"exp": exp, "iss": "https://idp.invalid/"}), ReasonInvalid, ""},
+		{"wrong aud", strict, SignJWT("s", map[string]any{"exp": exp, "iss": "https://idp.invalid/", "aud": "other"}), ReasonInvalid, ""},
+		{"iss and aud", strict, SignJWT("s", map[string]any{"exp": exp, "iss": "https://idp.invalid/", "aud": "proxy-hopper"}), "", "viewer"},
+		{"aud list", strict, SignJWT("s", map[string]any{"exp": exp, "iss": "https://idp.invalid/", "aud": []string{"x", "proxy-hopper"}}), "", "viewer"},
+		{"over the configured lifetime", strict, SignJWT("s", map[string]any{"exp": now.Unix() + 2*3600, "iss": "https://idp.invalid/", "aud": "proxy-hopper"}), ReasonInvalid, ""},
+	} {
+		p, err := c.a.Authenticate(c.token)
+		if got := Reason(err); got != c.reason {
+			t.Errorf("%s: reason %q (%v), want %q", c.name, got, err, c.reason)
+			continue
+		}
+		if err == nil && p.Role != c.role {
+			t.Errorf("%s: role %q, want %q", c.name, p.Role, c.role)
+		}
+	}
+}
+
+// TestJWTDefaultRole: a token without a role claim gets viewer (every
+// target, as proxy-hopper), or the configured default role; a default
+// that is no role (none) refuses it.
+func TestJWTDefaultRole(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	tok := SignJWT("s", map[string]any{"sub": "ci", "exp": now.Unix() + 60})
+	roles := map[string]Role{"api-reader": {Permissions: []string{"read"}, Targets: []string{"api"}}}
+	for _, c := range []struct {
+		def       string
+		api, web  bool
+		wantRole  string
+		wantInErr string
+	}{
+		{"", true, true, "viewer", ""},
+		{"api-reader", true, false, "api-reader", "cannot access target 'web'"},
+		{"none", false, false, "none", "does not have proxy access"},
+	} {
+		a, err := New(Config{Enabled: true, JWTSecret: "s", Now: func() time.Time { return now }, DefaultRole: c.def, Roles: roles})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := a.Authenticate(tok)
+		if err != nil || p.Role != c.wantRole || p.Name != "ci" {
+			t.Fatalf("default %q: %+v %v", c.def, p, err)
+		}
+		if (p.Allows("api") == nil) != c.api || (p.Allows("web") == nil) != c.web {
+			t.Errorf("default %q: api %v, web %v", c.def, p.Allows("api"), p.Allows("web"))
+		}
+		if c.wantInErr != "" && !strings.Contains(p.Allows("web").Error(), c.wantInErr) {
+			t.Errorf("default %q: %v, want %q", c.def, p.Allows("web"), c.wantInErr)
+		}
+	}
 }

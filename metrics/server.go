@@ -2,16 +2,24 @@ package metrics
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/authfail"
 )
 
 // NewRegistry returns a fresh registry holding the Go runtime and process
@@ -65,6 +73,76 @@ func Listen(ctx context.Context, addr string, reg *prometheus.Registry, log *slo
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
 	}, nil
+}
+
+// RequireToken makes every request need token, as `Authorization: Bearer
+// <token>` or as the password of Basic auth (any user name), which is
+// what Prometheus' `authorization` and `basic_auth` send. Wrong tokens
+// count against their source in fails (nil: a limiter with authfail's
+// defaults logging to log); past the limit a source gets 429. Call it
+// before Serve.
+func (s *Server) RequireToken(token string, fails *authfail.Limiter, log *slog.Logger) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if fails == nil {
+		fails = authfail.New(authfail.Options{What: "metrics token", Log: log})
+	}
+	s.srv.Handler = requireToken(s.srv.Handler, token, fails)
+}
+
+func requireToken(h http.Handler, token string, fails *authfail.Limiter) http.Handler {
+	want := sha256.Sum256([]byte(token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, present := credential(r)
+		if !present {
+			w.Header().Add("WWW-Authenticate", `Bearer realm="proxy-hopper metrics"`)
+			w.Header().Add("WWW-Authenticate", `Basic realm="proxy-hopper metrics"`)
+			http.Error(w, "metrics need the token: Authorization: Bearer <server.metricsToken>", http.StatusUnauthorized)
+			return
+		}
+		src := authfail.Source(r.RemoteAddr)
+		wait, ok := fails.Take(src)
+		if !ok {
+			fails.Refused(src)
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			http.Error(w, "too many failed metrics token attempts from this address", http.StatusTooManyRequests)
+			return
+		}
+		sum := sha256.Sum256([]byte(got))
+		if subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+			fails.Failed(src, "wrong token")
+			w.Header().Add("WWW-Authenticate", `Bearer realm="proxy-hopper metrics", error="invalid_token"`)
+			w.Header().Add("WWW-Authenticate", `Basic realm="proxy-hopper metrics"`)
+			http.Error(w, "wrong metrics token", http.StatusUnauthorized)
+			return
+		}
+		fails.Succeeded(src)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// credential is the token of an Authorization header: the Bearer token or
+// the Basic password (schemes are case-insensitive, RFC 7235).
+func credential(r *http.Request) (string, bool) {
+	v := r.Header.Get("Authorization")
+	if v == "" {
+		return "", false
+	}
+	scheme, rest, _ := strings.Cut(v, " ")
+	rest = strings.TrimSpace(rest)
+	switch {
+	case strings.EqualFold(scheme, "Bearer"):
+		return rest, true
+	case strings.EqualFold(scheme, "Basic"):
+		raw, err := base64.StdEncoding.DecodeString(rest)
+		if err != nil {
+			return "", true
+		}
+		_, pass, _ := strings.Cut(string(raw), ":")
+		return pass, true
+	}
+	return "", true
 }
 
 // Addr is where the endpoint listens.

@@ -71,6 +71,9 @@ func TestAuthMatrix(t *testing.T) {
 		{"garbage bearer", e, "Bearer !!not base64 or a key!!", 401},
 		{"not a bearer", e, "Basic a2V5LWFsbA==", 401},
 		{"valid key", e, "Bearer key-all", 200},
+		{"scheme in lower case", e, "bearer key-all", 200},
+		{"scheme in upper case", e, "BEARER key-all", 200},
+		{"JWT with exp far away", e, "Bearer " + jwt("admin", now.Add(1000*time.Hour), secret), 401},
 		{"wildcard key", e, "Bearer key-all", 200},
 		{"named target allowed", e, "Bearer key-named", 200},
 		{"named target denied", e, "Bearer key-other", 403},
@@ -100,6 +103,9 @@ func TestAuthMatrix(t *testing.T) {
 			resp, body := do(t, tc.env.headerClient(), req)
 			if resp.StatusCode != tc.want {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.want, body)
+			}
+			if ch := resp.Header.Get("WWW-Authenticate"); (tc.want == 401) != strings.HasPrefix(ch, `Bearer realm="proxy-hopper"`) {
+				t.Errorf("status %d with WWW-Authenticate %q", resp.StatusCode, ch)
 			}
 			reached := len(o.requests()) > before
 			if reached != (tc.want == 200) {

@@ -15,13 +15,13 @@ import (
 const HeaderAuth = "X-Proxy-Hopper-Auth"
 
 // tokenOf extracts the client's credential: X-Proxy-Hopper-Auth: Bearer
-// <token>, or for proxy-form requests (absolute-form, CONNECT) also
+// <token> (the scheme in any case, RFC 7235), or for proxy-form requests (absolute-form, CONNECT) also
 // Proxy-Authorization: Basic with the key as the password (any user name),
 // so that curl -U and http://user:key@agent URLs work. A header that is
 // present but not of that form yields a value that can never authenticate.
 func tokenOf(h *RequestHead, proxyForm bool) string {
 	if v := h.Fields.Get(HeaderAuth); v != "" {
-		if tok, ok := strings.CutPrefix(v, "Bearer "); ok {
+		if scheme, tok, ok := strings.Cut(v, " "); ok && strings.EqualFold(scheme, "Bearer") {
 			return strings.TrimSpace(tok)
 		}
 		return "\x00invalid"
@@ -58,9 +58,9 @@ func authStatus(err error, proxyForm bool) int {
 	return http.StatusUnauthorized
 }
 
-// refuseAuth answers an unauthenticated (401, or 407 with
-// Proxy-Authenticate for proxy-form requests) or forbidden (403) client and
-// logs the reason, never the token.
+// refuseAuth answers an unauthenticated (401 with WWW-Authenticate, or 407
+// with Proxy-Authenticate for proxy-form requests) or forbidden (403)
+// client and logs the reason, never the token.
 func (s *Server) refuseAuth(cc *clientConn, h *RequestHead, proxyForm bool, err error) {
 	status := authStatus(err, proxyForm)
 	reason := auth.Reason(err)
@@ -72,6 +72,13 @@ func (s *Server) refuseAuth(cc *clientConn, h *RequestHead, proxyForm bool, err 
 		code, detail = "forbidden", strings.TrimPrefix(err.Error(), auth.ErrForbidden.Error()+": ")
 	case errors.Is(err, auth.ErrInvalid):
 		detail = "Invalid or expired token"
+	}
+	if status == http.StatusUnauthorized {
+		challenge := `Bearer realm="proxy-hopper"`
+		if errors.Is(err, auth.ErrInvalid) {
+			challenge += `, error="invalid_token"`
+		}
+		extra = append(extra, Field{Name: "WWW-Authenticate", Value: challenge})
 	}
 	if status == http.StatusProxyAuthRequired {
 		extra = append(extra, Field{Name: "Proxy-Authenticate", Value: `Basic realm="proxy-hopper"`})

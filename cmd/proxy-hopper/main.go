@@ -223,6 +223,9 @@ func validate(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprint(stdout, cfg.Summary(targets))
+	for _, n := range cfg.AuthNotes() {
+		fmt.Fprintln(stderr, "note: "+n)
+	}
 	return nil
 }
 

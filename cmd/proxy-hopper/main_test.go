@@ -200,3 +200,26 @@ targets:
 		t.Errorf("logs leak credentials")
 	}
 }
+
+// TestValidateSaysDefaultRole: with auth on, validate tells on stderr what
+// a JWT without a role claim reaches; stdout stays proxy-hopper's summary.
+func TestValidateSaysDefaultRole(t *testing.T) {
+	cfg := writeConfig(t, `
+auth:
+  enabled: true
+  jwtSecret: a-long-random-secret
+  defaultRole: none
+targets:
+  - name: api
+    regex: 'api\.example\.com'
+    ipList: ["127.0.0.2:3128"]
+`)
+	var stdout, stderr bytes.Buffer
+	if err := validate([]string{"--config", cfg}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stderr.String(), "note: a JWT without a role claim gets role 'none' (auth.defaultRole): no target") ||
+		strings.Contains(stdout.String(), "note:") {
+		t.Fatalf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	}
+}

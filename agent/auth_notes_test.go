@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestAuthNotes: validate says what a JWT without a role claim reaches
+// (auth.defaultRole) and warns about an open /metrics; a defaultRole that
+// is no role (other than none) is refused.
+func TestAuthNotes(t *testing.T) {
+	clearEnv(t)
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string
+		wantErr    string
+	}{
+		{name: "auth off", yaml: "", want: nil},
+		{name: "default viewer", yaml: "auth:\n  enabled: true\n  jwtSecret: s3cret-s3cret\n",
+			want: []string{"a JWT without a role claim gets role 'viewer' (auth.defaultRole): every target"}},
+		{name: "custom role", yaml: "auth:\n  enabled: true\n  jwtSecret: s3cret-s3cret\n  defaultRole: reader\n  roles:\n    reader: {permissions: [read], targets: [t]}\n",
+			want: []string{"gets role 'reader' (auth.defaultRole): targets t"}},
+		{name: "none", yaml: "auth:\n  enabled: true\n  jwtSecret: s3cret-s3cret\n  defaultRole: none\n",
+			want: []string{"gets role 'none' (auth.defaultRole): no target"}},
+		{name: "no secret", yaml: "auth:\n  enabled: true\n", want: []string{"JWTs are not accepted"}},
+		{name: "typo", yaml: "auth:\n  enabled: true\n  defaultRole: veiwer\n", wantErr: `auth: defaultRole: "veiwer" is not a role`},
+		{name: "open metrics", yaml: "server:\n  metrics: true\n  metricsHost: 127.0.0.1\n",
+			want: []string{"/metrics on 127.0.0.1:9090 has no server.metricsToken"}},
+		{name: "metrics with a token", yaml: "server:\n  metrics: true\n  metricsToken: 0123456789abcdef\n", want: nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Load(writeConfig(t, tc.yaml+minimal), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = cfg.Resolve()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Resolve: %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			notes := cfg.AuthNotes()
+			if len(notes) != len(tc.want) {
+				t.Fatalf("notes %q, want %q", notes, tc.want)
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(notes[i], w) {
+					t.Errorf("note %q, want %q", notes[i], w)
+				}
+			}
+		})
+	}
+}
+
+// TestJWTConfig: the new auth keys reach the authenticator from the YAML
+// and the environment.
+func TestJWTConfig(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("PROXY_HOPPER_AUTH_JWT_AUDIENCE", "from-env")
+	cfg, err := Load(writeConfig(t, "auth:\n  enabled: true\n  jwtSecret: s\n  jwtIssuer: https://idp.invalid/\n  jwtMaxLifetime: 2h\n"+minimal), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := cfg.Auth
+	if a.JWTIssuer != "https://idp.invalid/" || a.JWTAudience != "from-env" || a.JWTMaxLifetime.String() != "2h0m0s" || a.DefaultRole != "viewer" {
+		t.Fatalf("auth config: %+v", a)
+	}
+	cfg, err = Load(writeConfig(t, "auth:\n  jwtMaxLifetime: 10s\n"+minimal), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cfg.Resolve(); err == nil || !strings.Contains(err.Error(), "auth: jwtMaxLifetime must be at least 1m") {
+		t.Fatalf("Resolve: %v", err)
+	}
+}
