@@ -18,6 +18,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
 )
@@ -429,11 +430,31 @@ func hasSchemePrefix(t string) bool {
 	return i > 0 && !strings.Contains(t[:i], "/")
 }
 
-// maxTagLen bounds X-Proxy-Hopper-Tag, which becomes a metric label.
-const maxTagLen = 64
+// MaxTagLen bounds X-Proxy-Hopper-Tag, which becomes a metric label:
+// longer tags are cut to their first 64 characters, as proxy-hopper does.
+const MaxTagLen = 64
 
 func tagOf(h *RequestHead) string {
-	return truncate(h.Fields.Get(HeaderTag), maxTagLen)
+	return CleanTag(h.Fields.Get(HeaderTag))
+}
+
+// CleanTag makes a client's tag a safe label value: valid UTF-8 (a run of
+// invalid bytes becomes U+FFFD), cut to its first MaxTagLen characters.
+func CleanTag(tag string) string {
+	if len(tag) <= MaxTagLen && utf8.ValidString(tag) {
+		return tag
+	}
+	// MaxTagLen characters take at most 4 bytes each: the rest is cut
+	// unread (a tag with invalid bytes may then keep fewer characters).
+	tag = strings.ToValidUTF8(truncate(tag, 4*MaxTagLen), "\uFFFD")
+	n := 0
+	for i := range tag {
+		if n == MaxTagLen {
+			return tag[:i]
+		}
+		n++
+	}
+	return tag
 }
 
 // controlHeaders are the X-Proxy-Hopper-* names with a meaning of their own;
