@@ -21,6 +21,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
+	"github.com/proxy-hopper/proxy-hopper/internal/logrl"
 )
 
 // Header names of the client protocol.
@@ -53,6 +54,12 @@ type Options struct {
 	// data plane uses its Control hook to keep the agent's own sockets out
 	// of the redirect.
 	Dialer *net.Dialer
+	// RequestLogBurst and RequestLogInterval bound the INFO lines of failed
+	// and refused requests: at most RequestLogBurst per outcome (refusal
+	// reason) in each RequestLogInterval; the rest are counted and
+	// summarised in one line (10 per minute).
+	RequestLogBurst    int
+	RequestLogInterval time.Duration
 }
 
 func (o *Options) defaults() {
@@ -108,6 +115,8 @@ type Server struct {
 	wg        sync.WaitGroup
 
 	bufs sync.Pool
+
+	reqLog *logrl.Limiter // lines of failed and refused requests
 }
 
 // New returns a server routing to targets, in order: the first target
@@ -120,6 +129,7 @@ func New(targets []*Target, opts Options) *Server {
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*clientConn]struct{}{},
 	}
+	s.reqLog = logrl.New(s.log, logrl.Options{Burst: opts.RequestLogBurst, Interval: opts.RequestLogInterval, KeyAttr: "reason"})
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
 	s.SetTargets(targets)

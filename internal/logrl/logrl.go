@@ -90,16 +90,23 @@ type summary struct {
 // current interval; then the line is only counted. A line the logger
 // would not write anyway is not counted either.
 func (l *Limiter) Log(ctx context.Context, level slog.Level, key, msg string, args ...any) {
+	if l.Allow(ctx, level, key, msg) {
+		l.log.Log(ctx, level, msg, args...)
+	}
+}
+
+// Allow reports whether a line msg of key at level may be written now,
+// counting it as Log does; the caller writes it. It spares building the
+// line's attributes when it would be dropped.
+func (l *Limiter) Allow(ctx context.Context, level slog.Level, key, msg string) bool {
 	if !l.log.Enabled(ctx, level) {
-		return
+		return false
 	}
 	ok, due := l.admit(key, level, msg)
 	if due != nil {
 		l.write(ctx, due)
 	}
-	if ok {
-		l.log.Log(ctx, level, msg, args...)
-	}
+	return ok
 }
 
 func (l *Limiter) admit(key string, level slog.Level, msg string) (bool, *summary) {
