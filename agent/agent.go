@@ -125,6 +125,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 		Hooks:       a.adm.proxyHooks(a.mx.proxyHooks(opts.Hooks)),
 		Transparent: proxy.TransparentOptions{Unmatched: cfg.Transparent.Unmatched},
 		Dialer:      transparentDialer(cfg),
+
+		RequestLogBurst:    s.RequestLogBurst,
+		RequestLogInterval: s.RequestLogInterval.D(),
 	})
 	ok = true
 	return a, nil

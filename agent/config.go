@@ -83,6 +83,10 @@ func DefaultServerConfig() ServerConfig {
 		TunnelIdleTimeout: Duration(10 * time.Minute),
 		RedisKeyPrefix:    "ph:",
 		RedisLeaseTTL:     Duration(30 * time.Second),
+
+		MetricsTagLimit:    100,
+		RequestLogBurst:    10,
+		RequestLogInterval: Duration(time.Minute),
 	}
 }
 
@@ -1076,6 +1080,15 @@ func (c *Config) checkServer(p *problems) {
 	}
 	if s.RetryBufferSize <= 0 {
 		p.add("server: retryBufferSize must be more than 0")
+	}
+	if s.MetricsTagLimit < 0 || s.MetricsTagLimit > 10000 {
+		p.add("server: metricsTagLimit must be from 0 to 10000, got %d", s.MetricsTagLimit)
+	}
+	if s.RequestLogBurst < 1 {
+		p.add("server: requestLogBurst must be at least 1, got %d", s.RequestLogBurst)
+	}
+	if s.RequestLogInterval < Duration(time.Second) {
+		p.add("server: requestLogInterval must be at least 1s, got %s", time.Duration(s.RequestLogInterval))
 	}
 }
 

@@ -267,6 +267,7 @@ func TestDefaults(t *testing.T) {
 		ShutdownTimeout: Duration(30 * time.Second), TunnelIdleTimeout: Duration(10 * time.Minute),
 		RedisKeyPrefix: "ph:", RedisLeaseTTL: Duration(30 * time.Second),
 		AdminSessionTTL: Duration(12 * time.Hour),
+		MetricsTagLimit: 100, RequestLogBurst: 10, RequestLogInterval: Duration(time.Minute),
 	}
 	if !reflect.DeepEqual(cfg.Server, want) {
 		t.Errorf("server =\n%+v\nwant\n%+v", cfg.Server, want)
@@ -816,6 +817,12 @@ func TestValidationErrors(t *testing.T) {
 				"server: probeUrls[0]: not an http:// or https:// URL",
 				"server: connectTimeout must be more than 0",
 				"server: maxBodySize must be more than 0",
+			}},
+		{"metrics and log bounds", "server:\n  metricsTagLimit: -1\n  requestLogBurst: 0\n  requestLogInterval: 10ms\n" + minimal,
+			[]string{
+				"server: metricsTagLimit must be from 0 to 10000, got -1",
+				"server: requestLogBurst must be at least 1, got 0",
+				"server: requestLogInterval must be at least 1s, got 10ms",
 			}},
 		{"auth", "auth:\n  jwtExpiryMinutes: 0\n  apiKeys: [{key: k}, {name: n}, {name: b, key: k, keyHash: h}]\n  admin: {role: admin}\n  oidc: {audience: x}\n  roles: {r: {permissions: [read, fly]}}\n" + minimal,
 			[]string{

@@ -37,7 +37,7 @@ func newAgentMetrics(a *Agent) (*agentMetrics, error) {
 		return nil, nil
 	}
 	reg := metrics.NewRegistry()
-	m, err := metrics.New(reg)
+	m, err := metrics.NewWithOptions(reg, metrics.Options{TagLimit: s.MetricsTagLimit})
 	if err != nil {
 		return nil, err
 	}

@@ -72,6 +72,11 @@ type ServerConfig struct {
 	ProbeFailuresUntilQuarantine int  `mapstructure:"probeFailuresUntilQuarantine"` // failed probes in a row that quarantine an IP in every target (0: never)
 	ProbeReleasesQuarantine      bool `mapstructure:"probeReleasesQuarantine"`      // a good probe releases a quarantined IP early
 	ProbeMaxPerHour              int  `mapstructure:"probeMaxPerHour"`              // probes of one IP in any hour (0: no cap)
+
+	// Bounds on what clients can put into metrics and the log (README "Metrics").
+	MetricsTagLimit    int      `mapstructure:"metricsTagLimit"`    // distinct tags per target in metrics, then "other" (100)
+	RequestLogBurst    int      `mapstructure:"requestLogBurst"`    // INFO lines of failed or refused requests per outcome (refusal reason) in each requestLogInterval (10)
+	RequestLogInterval Duration `mapstructure:"requestLogInterval"` // the rest are counted and summarised in one line per interval (1m)
 }
 
 // AuthConfig is parsed and validated now; enforced by the auth issue.

@@ -7,8 +7,8 @@ package metrics
 import (
 	"strconv"
 	"strings"
+	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -21,10 +21,6 @@ const namespace = "proxy_hopper"
 // UnmatchedTarget is the target label of requests no target matched, as
 // proxy-hopper names it.
 const UnmatchedTarget = "unmatched"
-
-// MaxTagLen bounds the tag label (it comes from a client header); longer
-// tags are cut, as proxy-hopper does, to keep cardinality in check.
-const MaxTagLen = 64
 
 // Buckets of proxy-hopper's histograms.
 var (
@@ -57,10 +53,18 @@ type Metrics struct {
 	reachable     *prometheus.GaugeVec     // address, provider, region
 
 	status [600]string // status code label values, so hooks do not format them
+
+	opts      Options
+	perTarget sync.Map // target name → *targetLabels
 }
 
-// New creates the metrics and registers them with reg.
+// New creates the metrics with DefaultOptions and registers them with reg.
 func New(reg prometheus.Registerer) (*Metrics, error) {
+	return NewWithOptions(reg, DefaultOptions())
+}
+
+// NewWithOptions creates the metrics and registers them with reg.
+func NewWithOptions(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
 	}
@@ -102,6 +106,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			"Duration of background probes, failed ones included.", ProbeDurationBuckets, "address", "provider", "region"),
 		reachable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "ip_reachable",
 			Help: "Whether the IP passed its last background probe (1) or not (0)."}, []string{"address", "provider", "region"}),
+		opts: opts,
 	}
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
@@ -124,13 +129,22 @@ func (m *Metrics) ProxyHooks() proxy.Hooks {
 	return proxy.Hooks{Attempt: m.Attempt, Request: m.Request}
 }
 
-// Request records one finished client request or tunnel.
+// Request records one finished client request or tunnel. Only admitted
+// requests (a target matched, auth let them through) keep their tag, at
+// most Options.TagLimit distinct ones per target; see labels.go.
 func (m *Metrics) Request(ev proxy.RequestEvent) {
 	target := ev.Target
 	if ev.Outcome == proxy.OutcomeNoMatch {
 		target = UnmatchedTarget
 	}
-	tag := cleanTag(ev.Tag)
+	var labels *targetLabels
+	tag := ""
+	if ev.Target != "" {
+		labels = m.labelsOf(ev.Target)
+		if ev.AuthReason == "" {
+			tag = labels.tag(proxy.CleanTag(ev.Tag), m.opts.TagLimit)
+		}
+	}
 	m.requests.WithLabelValues(target, ev.Outcome, tag).Inc()
 	if ev.AuthReason != "" {
 		m.authFailures.WithLabelValues(ev.AuthReason).Inc()
@@ -139,7 +153,7 @@ func (m *Metrics) Request(ev proxy.RequestEvent) {
 		return // refused before a target was chosen
 	}
 	if ev.Status > 0 && ev.Status < len(m.status) {
-		m.responses.WithLabelValues(ev.Target, m.status[ev.Status], tag).Inc()
+		m.responses.WithLabelValues(ev.Target, m.statusLabel(labels, ev.Status), tag).Inc()
 	}
 	if ev.Retries > 0 {
 		m.retries.WithLabelValues(ev.Target).Add(float64(ev.Retries))
@@ -284,20 +298,4 @@ func (m *Metrics) Probe(r ProbeResult) {
 // any more (the probe counters stay, as counters do).
 func (m *Metrics) ForgetIP(addr string) {
 	m.reachable.DeletePartialMatch(prometheus.Labels{"address": addr})
-}
-
-// cleanTag makes a client-supplied tag a safe label value: valid UTF-8,
-// at most MaxTagLen bytes. Tags that already are cost nothing.
-func cleanTag(tag string) string {
-	if !utf8.ValidString(tag) {
-		tag = strings.ToValidUTF8(tag, "\uFFFD")
-	}
-	if len(tag) <= MaxTagLen {
-		return tag
-	}
-	n := MaxTagLen
-	for n > 0 && !utf8.RuneStart(tag[n]) {
-		n--
-	}
-	return tag[:n]
 }

@@ -60,11 +60,11 @@ func authStatus(err error, proxyForm bool) int {
 
 // refuseAuth answers an unauthenticated (401 with WWW-Authenticate, or 407
 // with Proxy-Authenticate for proxy-form requests) or forbidden (403)
-// client and logs the reason, never the token.
+// client with the reason. The caller's request line logs it (rate-limited,
+// see logRequest), never the token.
 func (s *Server) refuseAuth(cc *clientConn, h *RequestHead, proxyForm bool, err error) {
 	status := authStatus(err, proxyForm)
 	reason := auth.Reason(err)
-	s.log.Info("request refused", "reason", reason, "client", cc.c.RemoteAddr().String(), "status", status)
 	var extra []Field
 	code, detail := "unauthorized", "Authentication required — set "+HeaderAuth+": Bearer <token>"
 	switch {

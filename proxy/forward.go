@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -222,15 +221,11 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 		if s.opts.Hooks.Request != nil {
 			s.opts.Hooks.Request(ev)
 		}
-		lvl := slog.LevelDebug
-		if outcome != OutcomeSuccess {
-			lvl = slog.LevelInfo
-		}
-		if !s.log.Enabled(context.Background(), lvl) {
-			return
-		}
-		s.log.Log(context.Background(), lvl, "request", "mode", req.mode, "method", head.Method, "url", redactURL(req.url), "target", ev.Target,
-			"tag", req.tag, "status", status, "outcome", outcome, "retries", ev.Retries, "duration", ev.Duration)
+		s.logRequest(&ev, "request", func() []any {
+			return []any{"mode", req.mode, "method", head.Method, "url", redactURL(req.url), "target", ev.Target,
+				"tag", req.tag, "status", status, "outcome", outcome, "retries", ev.Retries, "duration", ev.Duration,
+				"client", cc.c.RemoteAddr().String()}
+		})
 	}
 	keep = keep && !s.draining.Load()
 	framing, size, err := RequestFraming(head.Fields)

@@ -18,8 +18,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
+	"github.com/proxy-hopper/proxy-hopper/internal/logrl"
 )
 
 // Header names of the client protocol.
@@ -52,6 +54,12 @@ type Options struct {
 	// data plane uses its Control hook to keep the agent's own sockets out
 	// of the redirect.
 	Dialer *net.Dialer
+	// RequestLogBurst and RequestLogInterval bound the INFO lines of failed
+	// and refused requests: at most RequestLogBurst per outcome (refusal
+	// reason) in each RequestLogInterval; the rest are counted and
+	// summarised in one line (10 per minute).
+	RequestLogBurst    int
+	RequestLogInterval time.Duration
 }
 
 func (o *Options) defaults() {
@@ -107,6 +115,8 @@ type Server struct {
 	wg        sync.WaitGroup
 
 	bufs sync.Pool
+
+	reqLog *logrl.Limiter // lines of failed and refused requests
 }
 
 // New returns a server routing to targets, in order: the first target
@@ -119,6 +129,7 @@ func New(targets []*Target, opts Options) *Server {
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*clientConn]struct{}{},
 	}
+	s.reqLog = logrl.New(s.log, logrl.Options{Burst: opts.RequestLogBurst, Interval: opts.RequestLogInterval, KeyAttr: "reason"})
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
 	s.SetTargets(targets)
@@ -429,11 +440,31 @@ func hasSchemePrefix(t string) bool {
 	return i > 0 && !strings.Contains(t[:i], "/")
 }
 
-// maxTagLen bounds X-Proxy-Hopper-Tag, which becomes a metric label.
-const maxTagLen = 64
+// MaxTagLen bounds X-Proxy-Hopper-Tag, which becomes a metric label:
+// longer tags are cut to their first 64 characters, as proxy-hopper does.
+const MaxTagLen = 64
 
 func tagOf(h *RequestHead) string {
-	return truncate(h.Fields.Get(HeaderTag), maxTagLen)
+	return CleanTag(h.Fields.Get(HeaderTag))
+}
+
+// CleanTag makes a client's tag a safe label value: valid UTF-8 (a run of
+// invalid bytes becomes U+FFFD), cut to its first MaxTagLen characters.
+func CleanTag(tag string) string {
+	if len(tag) <= MaxTagLen && utf8.ValidString(tag) {
+		return tag
+	}
+	// MaxTagLen characters take at most 4 bytes each: the rest is cut
+	// unread (a tag with invalid bytes may then keep fewer characters).
+	tag = strings.ToValidUTF8(truncate(tag, 4*MaxTagLen), "\uFFFD")
+	n := 0
+	for i := range tag {
+		if n == MaxTagLen {
+			return tag[:i]
+		}
+		n++
+	}
+	return tag
 }
 
 // controlHeaders are the X-Proxy-Hopper-* names with a meaning of their own;

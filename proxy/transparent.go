@@ -94,7 +94,10 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 		if s.opts.Hooks.Request != nil {
 			s.opts.Hooks.Request(ev)
 		}
-		s.log.Debug("transparent tunnel", "key", key, "orig", orig.String(), "target", ev.Target, "outcome", outcome, "retries", ev.Retries)
+		s.logRequest(&ev, "transparent tunnel", func() []any {
+			return []any{"key", key, "orig", orig.String(), "target", ev.Target, "outcome", outcome, "retries", ev.Retries,
+				"client", cc.c.RemoteAddr().String()}
+		})
 	}
 	t := s.match(key)
 	if t == nil {
@@ -104,7 +107,6 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 	}
 	ev.Target = t.Name
 	if err := s.opts.Auth.AllowSource(remoteAddr(cc.c), t.Name); err != nil {
-		s.log.Info("transparent connection refused", "reason", auth.Reason(err), "client", cc.c.RemoteAddr().String(), "target", t.Name)
 		resetClose(cc.c)
 		ev.AuthReason = auth.Reason(err)
 		finish(OutcomeForbidden)

@@ -28,8 +28,10 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 		if s.opts.Hooks.Request != nil {
 			s.opts.Hooks.Request(ev)
 		}
-		s.log.Debug("tunnel", "authority", head.Target, "target", ev.Target, "status", status,
-			"outcome", outcome, "retries", ev.Retries, "duration", ev.Duration)
+		s.logRequest(&ev, "tunnel", func() []any {
+			return []any{"authority", head.Target, "target", ev.Target, "status", status,
+				"outcome", outcome, "retries", ev.Retries, "duration", ev.Duration, "client", cc.c.RemoteAddr().String()}
+		})
 	}
 	host, port, err := net.SplitHostPort(head.Target)
 	if n, perr := strconv.Atoi(port); err != nil || perr != nil || host == "" || n < 1 || n > 65535 {
