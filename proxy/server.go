@@ -153,10 +153,10 @@ func (s *Server) dialer() *net.Dialer {
 	return &net.Dialer{KeepAlive: 30 * time.Second}
 }
 
-// match returns the first target whose regex matches key.
+// match returns the first target that takes key (see Target.matches).
 func (s *Server) match(key string) *Target {
 	for _, t := range *s.targets.Load() {
-		if t.Regex.MatchString(key) {
+		if t.matches(key) {
 			return t
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,13 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 		return
 	}
 	hostport := net.JoinHostPort(host, port)
+	// The authority is what target regexes see: a host name, IPv4 or
+	// bracketed IPv6 literal, nothing that could carry a second host.
+	if err := checkHostPort(&url.URL{Host: hostport}); err != nil {
+		_ = writeJSON(cc.bw, http.StatusBadRequest, head.Minor, false, clientError("CONNECT: "+err.Error()))
+		finish(OutcomeBadRequest, 400)
+		return
+	}
 	var principal *auth.Principal
 	if s.opts.Auth.Enabled() {
 		if principal, err = s.opts.Auth.Authenticate(tokenOf(head, true)); err != nil {

@@ -190,7 +190,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	cfg, _, err := loadConfig(path, sf.overrides)
+	cfg, targets, err := loadConfig(path, sf.overrides)
 	if err != nil {
 		return err
 	}
@@ -199,6 +199,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return &exitError{code: 2, err: err}
 	}
 	defer closer.Close()
+	for _, w := range agent.RegexWarnings(targets) {
+		log.Warn("config: " + w)
+	}
 	a, err := agent.New(ctx, cfg, agent.Options{Logger: log, ConfigPath: path, Overrides: sf.overrides})
 	if err != nil {
 		return err
@@ -223,6 +226,9 @@ func validate(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprint(stdout, cfg.Summary(targets))
+	for _, w := range agent.RegexWarnings(targets) {
+		fmt.Fprintln(stderr, "warning: "+w)
+	}
 	return nil
 }
 
