@@ -83,6 +83,8 @@ func DefaultServerConfig() ServerConfig {
 		TunnelIdleTimeout: Duration(10 * time.Minute),
 		RedisKeyPrefix:    "ph:",
 		RedisLeaseTTL:     Duration(30 * time.Second),
+		DenyDestinations:  DefaultDenyDestinations(),
+		AllowDestinations: []string{},
 	}
 }
 
@@ -1115,6 +1117,8 @@ func (c *Config) checkServer(p *problems) {
 	if s.RetryBufferSize <= 0 {
 		p.add("server: retryBufferSize must be more than 0")
 	}
+	parseDestinations(p, "denyDestinations", s.DenyDestinations)
+	parseDestinations(p, "allowDestinations", s.AllowDestinations)
 }
 
 var permissions = map[string]bool{"read": true, "write": true, "admin": true}

@@ -68,6 +68,12 @@ type ServerConfig struct {
 	ProbeFailuresUntilQuarantine int  `mapstructure:"probeFailuresUntilQuarantine"` // failed probes in a row that quarantine an IP in every target (0: never)
 	ProbeReleasesQuarantine      bool `mapstructure:"probeReleasesQuarantine"`      // a good probe releases a quarantined IP early
 	ProbeMaxPerHour              int  `mapstructure:"probeMaxPerHour"`              // probes of one IP in any hour (0: no cap)
+
+	// Destinations no client may reach through the agent (README
+	// "Destination deny-list"): CIDRs, IPs or host names (with their
+	// subdomains). allowDestinations carves exceptions out of the deny-list.
+	DenyDestinations  []string `mapstructure:"denyDestinations"`  // loopback, link-local, cloud metadata, localhost
+	AllowDestinations []string `mapstructure:"allowDestinations"` // none
 }
 
 // AuthConfig is parsed and validated now; enforced by the auth issue.

@@ -273,6 +273,14 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 			return false
 		}
 	}
+	if reason := s.opts.Destinations.refuse(req.url.Hostname(), urlPort(req.url, req.url.Scheme)); reason != "" {
+		if t != nil {
+			ev.Target = t.Name
+		}
+		s.deniedDestination(cc, head, false, reason)
+		finish(OutcomeForbidden, http.StatusForbidden)
+		return false
+	}
 	if t == nil {
 		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, keep && framing == NoBody,
 			errorBody("no_target", "No target configured for URL: "+redactURL(req.url), req, nil, 0, 0, nil))

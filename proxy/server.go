@@ -47,6 +47,9 @@ type Options struct {
 	// Auth checks clients before any IP is acquired; nil or disabled lets
 	// everyone through.
 	Auth *auth.Authenticator
+	// Destinations refuses destinations in every mode before any IP is
+	// acquired (403, or a reset for transparent tunnels); nil refuses none.
+	Destinations *DestinationPolicy
 	// Dialer makes every outgoing connection (upstream proxies, direct
 	// transparent connections); nil means a plain net.Dialer. The eBPF
 	// data plane uses its Control hook to keep the agent's own sockets out

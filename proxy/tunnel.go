@@ -33,7 +33,8 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 			"outcome", outcome, "retries", ev.Retries, "duration", ev.Duration)
 	}
 	host, port, err := net.SplitHostPort(head.Target)
-	if n, perr := strconv.Atoi(port); err != nil || perr != nil || host == "" || n < 1 || n > 65535 {
+	n, perr := strconv.Atoi(port)
+	if err != nil || perr != nil || host == "" || n < 1 || n > 65535 {
 		_ = writeJSON(cc.bw, http.StatusBadRequest, head.Minor, false, clientError("CONNECT needs host:port"))
 		finish(OutcomeBadRequest, 400)
 		return
@@ -63,6 +64,14 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 			finish(OutcomeForbidden, http.StatusForbidden)
 			return
 		}
+	}
+	if reason := s.opts.Destinations.refuse(host, n); reason != "" {
+		if t != nil {
+			ev.Target = t.Name
+		}
+		s.deniedDestination(cc, head, false, reason)
+		finish(OutcomeForbidden, http.StatusForbidden)
+		return
 	}
 	if t == nil {
 		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false,
