@@ -112,6 +112,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 	s := cfg.Server
 	a.srv = proxy.New(targets, proxy.Options{
 		Auth:              authn,
+		Destinations:      cfg.destinationPolicy(opts.Listener),
 		Logger:            log,
 		MaxBodyBytes:      int64(s.MaxBodySize),
 		RetryBufferBytes:  int64(s.RetryBufferSize),

@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"net"
@@ -19,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode"
 
@@ -87,6 +90,8 @@ func DefaultServerConfig() ServerConfig {
 		MetricsTagLimit:    100,
 		RequestLogBurst:    10,
 		RequestLogInterval: Duration(time.Minute),
+		DenyDestinations:   DefaultDenyDestinations(),
+		AllowDestinations:  []string{},
 	}
 }
 
@@ -109,7 +114,13 @@ func DefaultTargetConfig() TargetConfig {
 // values of the wrong type are reported together as a *ValidationError.
 // Load does not check values; Resolve does.
 func Load(path string, overrides map[string]any) (*Config, error) {
-	data, err := os.ReadFile(path)
+	return LoadContext(context.Background(), path, overrides)
+}
+
+// LoadContext is Load with a context that ends a read of the file still
+// under way (a FIFO or pipe whose writer is slow).
+func LoadContext(ctx context.Context, path string, overrides map[string]any) (*Config, error) {
+	data, err := readFileLimited(ctx, path, MaxConfigBytes)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
@@ -125,6 +136,42 @@ func Load(path string, overrides map[string]any) (*Config, error) {
 		cfg.baseDir = filepath.Dir(abs)
 	}
 	return cfg, nil
+}
+
+// MaxConfigBytes bounds the config file and each file it names (caFile):
+// a larger one is refused without being read further.
+const MaxConfigBytes = 4 << 20
+
+// configReadTimeout bounds the whole read of a file that can make a reader
+// wait (a FIFO or pipe).
+const configReadTimeout = 10 * time.Second
+
+// readFileLimited reads at most max bytes of path and fails if it holds
+// more. It opens the file non-blocking, so a FIFO without a writer reads as
+// empty instead of hanging in open, and a FIFO or pipe that is slow to
+// write is cut after configReadTimeout or when ctx ends (regular files and
+// devices such as /dev/zero never wait: the size bound ends them).
+func readFileLimited(ctx context.Context, path string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	_ = f.SetReadDeadline(time.Now().Add(configReadTimeout)) // pollable files only
+	stop := context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil:
+		return nil, fmt.Errorf("read %s: %w", path, ctx.Err())
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return nil, fmt.Errorf("read %s: not complete after %s", path, configReadTimeout)
+	case err != nil:
+		return nil, err
+	case int64(len(data)) > max:
+		return nil, fmt.Errorf("%s is larger than the %d MiB limit", path, max>>20)
+	}
+	return data, nil
 }
 
 // fromDocument builds a Config from a parsed YAML document: normalize
@@ -1090,6 +1137,8 @@ func (c *Config) checkServer(p *problems) {
 	if s.RequestLogInterval < Duration(time.Second) {
 		p.add("server: requestLogInterval must be at least 1s, got %s", time.Duration(s.RequestLogInterval))
 	}
+	parseDestinations(p, "denyDestinations", s.DenyDestinations)
+	parseDestinations(p, "allowDestinations", s.AllowDestinations)
 }
 
 var permissions = map[string]bool{"read": true, "write": true, "admin": true}
@@ -1385,7 +1434,7 @@ func (c *Config) targetTLS(p *problems, label string, t *TargetConfig) *tls.Conf
 	if !filepath.IsAbs(path) && c.baseDir != "" {
 		path = filepath.Join(c.baseDir, path)
 	}
-	data, err := os.ReadFile(path)
+	data, err := readFileLimited(context.Background(), path, MaxConfigBytes)
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {

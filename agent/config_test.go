@@ -268,6 +268,9 @@ func TestDefaults(t *testing.T) {
 		RedisKeyPrefix: "ph:", RedisLeaseTTL: Duration(30 * time.Second),
 		AdminSessionTTL: Duration(12 * time.Hour),
 		MetricsTagLimit: 100, RequestLogBurst: 10, RequestLogInterval: Duration(time.Minute),
+		DenyDestinations: []string{"0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "100.100.100.200", "168.63.129.16",
+			"::/128", "::1/128", "fe80::/10", "fd00:ec2::254", "localhost", "metadata.google.internal"},
+		AllowDestinations: []string{},
 	}
 	if !reflect.DeepEqual(cfg.Server, want) {
 		t.Errorf("server =\n%+v\nwant\n%+v", cfg.Server, want)

@@ -208,12 +208,12 @@ func (a *Agent) ReloadFile(ctx context.Context) (ReloadResult, error) {
 	if path == "" {
 		return ReloadResult{}, errors.New("reload: the agent was not started from a config file")
 	}
-	if h, err := hashFile(path); err == nil {
+	if h, err := hashFile(ctx, path); err == nil {
 		a.reload.mu.Lock()
 		a.reload.fileHash = h
 		a.reload.mu.Unlock()
 	}
-	cfg, err := Load(path, a.opts.Overrides)
+	cfg, err := LoadContext(ctx, path, a.opts.Overrides)
 	if err != nil {
 		err = fmt.Errorf("config error: %w", err)
 		a.reloadDone(nil, err)
@@ -552,8 +552,8 @@ func diffKeys(key string, a, b reflect.Value, out *[]string) {
 	}
 }
 
-func hashFile(path string) ([sha256.Size]byte, error) {
-	data, err := os.ReadFile(path)
+func hashFile(ctx context.Context, path string) ([sha256.Size]byte, error) {
+	data, err := readFileLimited(ctx, path, MaxConfigBytes)
 	if err != nil {
 		return [sha256.Size]byte{}, err
 	}
@@ -622,7 +622,7 @@ func (a *Agent) newConfigWatcher(path string) (*configWatcher, error) {
 		w.Close()
 		return nil, fmt.Errorf("watch %s: %w", filepath.Dir(abs), err)
 	}
-	if h, err := hashFile(abs); err == nil {
+	if h, err := hashFile(context.Background(), abs); err == nil {
 		a.reload.mu.Lock()
 		a.reload.fileHash = h
 		a.reload.mu.Unlock()
@@ -650,7 +650,7 @@ func (cw *configWatcher) run(ctx context.Context) {
 			}
 			cw.a.log.Warn("config watcher", "path", cw.path, "err", err)
 		case <-timer.C:
-			h, err := hashFile(cw.path)
+			h, err := hashFile(ctx, cw.path)
 			if err != nil {
 				continue // mid-replace: the next event brings it back
 			}

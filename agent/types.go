@@ -77,6 +77,11 @@ type ServerConfig struct {
 	MetricsTagLimit    int      `mapstructure:"metricsTagLimit"`    // distinct tags per target in metrics, then "other" (100)
 	RequestLogBurst    int      `mapstructure:"requestLogBurst"`    // INFO lines of failed or refused requests per outcome (refusal reason) in each requestLogInterval (10)
 	RequestLogInterval Duration `mapstructure:"requestLogInterval"` // the rest are counted and summarised in one line per interval (1m)
+	// Destinations no client may reach through the agent (README
+	// "Destination deny-list"): CIDRs, IPs or host names (with their
+	// subdomains). allowDestinations carves exceptions out of the deny-list.
+	DenyDestinations  []string `mapstructure:"denyDestinations"`  // loopback, link-local, cloud metadata, localhost
+	AllowDestinations []string `mapstructure:"allowDestinations"` // none
 }
 
 // AuthConfig is parsed and validated now; enforced by the auth issue.

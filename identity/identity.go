@@ -6,14 +6,14 @@
 // The package knows nothing of the pool or the HTTP proxy. The proxy drives
 // it, per request through IP addr of a target with a Store:
 //
-//	id := store.Get(addr)
-//	if wu, ok := id.WarmupURL(u); ok {
-//		// GET wu through addr with id.Apply(nil, wu); on any response:
-//		id.Learn(wu, resp.Header); id.MarkWarmedUp(); store.OnResponse(addr, resp.StatusCode)
+//	ss := store.Get(addr).Session(principal)
+//	if wu, ok := ss.WarmupURL(u); ok {
+//		// GET wu through addr with ss.Apply(nil, wu); on any response:
+//		ss.Learn(wu, resp.Header); ss.MarkWarmedUp(); store.OnResponse(addr, resp.StatusCode)
 //	}
-//	fields := id.Apply(clientFields, u) // the outgoing header list, in order
+//	fields := ss.Apply(clientFields, u) // the outgoing header list, in order
 //	// send, read the response head
-//	id.Learn(u, resp.Header)
+//	ss.Learn(u, resp.Header)
 //	store.OnResponse(addr, resp.StatusCode)
 //
 // and the pool's quarantine-release hook calls store.Rotate(addr,
@@ -43,10 +43,14 @@
 //
 // # Cookies
 //
-// Each identity has its own RFC 6265 jar (domain, path, expiry, Secure,
-// host-only; net/http/cookiejar with the public suffix list). Cookies learnt
-// through one IP never go out through another, and a rotation starts with
-// an empty jar. The client's own Cookie header is merged with the jar's
+// Each identity has its own RFC 6265 jars (domain, path, expiry, Secure,
+// host-only; net/http/cookiejar with the public suffix list), one per
+// principal: the caller's opaque name for who sends the request (with auth
+// on, the key or JWT subject; "" when auth is off). Cookies learnt through
+// one IP never go out through another, cookies learnt for one principal
+// never go out for another, and a rotation starts with empty jars. An
+// identity keeps the jars of maxSessions principals, dropping the least
+// recently used one beyond that. The client's own Cookie header is merged with the jar's
 // cookies for the URL into one Cookie header: the client's cookies first, as
 // sent, then the jar's, in RFC 6265 order; where both have a cookie of the
 // same name the client's wins and the jar's is left out.
@@ -70,6 +74,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/publicsuffix"
 )
 
 // ErrUnknownProfile is returned by Config.Validate for a profile name that
@@ -77,11 +83,13 @@ import (
 var ErrUnknownProfile = errors.New("unknown profile")
 
 // Cookie limits per identity, RFC 6265 section 6.1's minimums: a
-// misbehaving origin cannot grow a jar without bound.
+// misbehaving origin cannot grow a jar without bound. maxCookies counts
+// the cookies of all the identity's jars together.
 const (
 	maxCookieBytes    = 4096 // name + value
 	maxCookiesPerResp = 50
 	maxCookies        = 3000
+	maxSessions       = 64 // principals with a jar, per identity
 )
 
 // Config is a target's identity policy, the identity: block of proxy-hopper.
@@ -156,14 +164,68 @@ type Identity struct {
 	profile Profile
 	created time.Time
 	cfg     *atomic.Pointer[Config] // the store's live policy
-	jar     *cookiejar.Jar
 
-	requests    atomic.Int64
+	requests atomic.Int64
+
+	mu       sync.Mutex
+	sessions map[string]*Session // by principal, at most maxSessions
+	cookies  int                 // cookies stored in all sessions, for maxCookies
+	tick     uint64              // last session use, for eviction
+}
+
+// Session is an identity as one principal uses it: the IP's persona with
+// the principal's own cookie jar and warm-up. It is safe for concurrent use.
+type Session struct {
+	id          *Identity
+	jar         *cookiejar.Jar
 	needsWarmup atomic.Bool
 
-	mu      sync.Mutex
+	// Guarded by id.mu.
 	cookies map[string]struct{} // keys of cookies stored, for maxCookies
+	used    uint64
+	evicted bool
 }
+
+// Session returns principal's session of the identity, creating it (empty
+// jar, warm-up pending) on first use. principal is opaque to the identity;
+// "" is as good a name as any.
+func (id *Identity) Session(principal string) *Session {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	id.tick++
+	if ss, ok := id.sessions[principal]; ok {
+		ss.used = id.tick
+		return ss
+	}
+	if len(id.sessions) >= maxSessions {
+		var oldest string
+		var at uint64
+		for p, ss := range id.sessions {
+			if at == 0 || ss.used < at {
+				oldest, at = p, ss.used
+			}
+		}
+		ss := id.sessions[oldest]
+		id.cookies -= len(ss.cookies)
+		ss.evicted = true
+		delete(id.sessions, oldest)
+	}
+	jar, _ := cookiejar.New(&cookiejar.Options{PublicSuffixList: publicsuffix.List}) // never fails
+	ss := &Session{id: id, jar: jar, cookies: map[string]struct{}{}, used: id.tick}
+	ss.needsWarmup.Store(true)
+	id.sessions[principal] = ss
+	return ss
+}
+
+// Sessions returns the number of principals with a session.
+func (id *Identity) Sessions() int {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return len(id.sessions)
+}
+
+// Identity returns the identity the session belongs to.
+func (ss *Session) Identity() *Identity { return ss.id }
 
 // ID returns the identity's random identifier, for logs.
 func (id *Identity) ID() string { return id.id }
@@ -180,21 +242,38 @@ func (id *Identity) Created() time.Time { return id.created }
 // Requests returns how many responses the store has counted for it.
 func (id *Identity) Requests() int { return int(id.requests.Load()) }
 
-// Cookies returns the jar's cookies for u (name and value only), in the
-// order they would be sent. Nil when cookies are off.
-func (id *Identity) Cookies(u *url.URL) []*http.Cookie {
-	if !id.cfg.Load().Cookies || u == nil {
-		return nil
-	}
-	return id.jar.Cookies(u)
+// Cookies, WarmupPath, WarmupURL, MarkWarmedUp, Apply and Learn of an
+// Identity are those of its session for principal "" (auth off).
+
+func (id *Identity) Cookies(u *url.URL) []*http.Cookie { return id.Session("").Cookies(u) }
+
+func (id *Identity) WarmupPath() (string, bool) { return id.Session("").WarmupPath() }
+
+func (id *Identity) WarmupURL(u *url.URL) (*url.URL, bool) { return id.Session("").WarmupURL(u) }
+
+func (id *Identity) MarkWarmedUp() { id.Session("").MarkWarmedUp() }
+
+func (id *Identity) Apply(client []Header, u *url.URL) []Header {
+	return id.Session("").Apply(client, u)
 }
 
-// WarmupPath returns the warm-up path when the identity still needs its
+func (id *Identity) Learn(u *url.URL, respHeader http.Header) { id.Session("").Learn(u, respHeader) }
+
+// Cookies returns the jar's cookies for u (name and value only), in the
+// order they would be sent. Nil when cookies are off.
+func (ss *Session) Cookies(u *url.URL) []*http.Cookie {
+	if !ss.id.cfg.Load().Cookies || u == nil {
+		return nil
+	}
+	return ss.jar.Cookies(u)
+}
+
+// WarmupPath returns the warm-up path when the session still needs its
 // warm-up: identities and warm-up are enabled and MarkWarmedUp has not been
-// called since the identity was created.
-func (id *Identity) WarmupPath() (string, bool) {
-	cfg := id.cfg.Load()
-	if !cfg.Enabled || !cfg.Warmup.Enabled || !id.needsWarmup.Load() {
+// called since the session was created.
+func (ss *Session) WarmupPath() (string, bool) {
+	cfg := ss.id.cfg.Load()
+	if !cfg.Enabled || !cfg.Warmup.Enabled || !ss.needsWarmup.Load() {
 		return "", false
 	}
 	if cfg.Warmup.Path == "" {
@@ -205,8 +284,8 @@ func (id *Identity) WarmupPath() (string, bool) {
 
 // WarmupURL returns the warm-up URL for a request to u: the warm-up path on
 // u's scheme and host. ok is false when no warm-up is needed.
-func (id *Identity) WarmupURL(u *url.URL) (wu *url.URL, ok bool) {
-	p, ok := id.WarmupPath()
+func (ss *Session) WarmupURL(u *url.URL) (wu *url.URL, ok bool) {
+	p, ok := ss.WarmupPath()
 	if !ok || u == nil {
 		return nil, false
 	}
@@ -220,7 +299,7 @@ func (id *Identity) WarmupURL(u *url.URL) (wu *url.URL, ok bool) {
 // MarkWarmedUp records that the warm-up got a response (any status), so no
 // further warm-up is asked for. Leave it uncalled after a transport error
 // and the next request tries again.
-func (id *Identity) MarkWarmedUp() { id.needsWarmup.Store(false) }
+func (ss *Session) MarkWarmedUp() { ss.needsWarmup.Store(false) }
 
 // Apply returns the header list to send to u through this identity, in the
 // profile's browser order: the identity's fingerprint headers (see the
@@ -229,7 +308,8 @@ func (id *Identity) MarkWarmedUp() { id.needsWarmup.Store(false) }
 // jar's. client is not modified; pass nil for a request of the proxy's own,
 // such as the warm-up. Apply does not add Host, Connection or framing
 // headers, and passes the client's through: the caller handles those.
-func (id *Identity) Apply(client []Header, u *url.URL) []Header {
+func (ss *Session) Apply(client []Header, u *url.URL) []Header {
+	id := ss.id
 	cfg := id.cfg.Load()
 	if !cfg.Enabled {
 		return append([]Header(nil), client...)
@@ -251,7 +331,7 @@ func (id *Identity) Apply(client []Header, u *url.URL) []Header {
 	}
 	var cookie string
 	if cfg.Cookies {
-		cookie = mergeCookies(cookies, id.jar.Cookies(u))
+		cookie = mergeCookies(cookies, ss.jar.Cookies(u))
 	}
 
 	out := make([]Header, 0, len(own)+len(kept)+1)
@@ -301,9 +381,10 @@ func (id *Identity) Apply(client []Header, u *url.URL) []Header {
 }
 
 // Learn stores the cookies a response from u sets (its Set-Cookie headers)
-// in this identity's jar, and no other. Cookies over the per-identity limits
-// are dropped.
-func (id *Identity) Learn(u *url.URL, respHeader http.Header) {
+// in this session's jar, and no other. Cookies over the per-identity limits
+// are dropped, and so is everything learnt by a session evicted meanwhile.
+func (ss *Session) Learn(u *url.URL, respHeader http.Header) {
+	id := ss.id
 	cfg := id.cfg.Load()
 	if !cfg.Enabled || !cfg.Cookies || u == nil || len(respHeader.Values("Set-Cookie")) == 0 {
 		return
@@ -314,6 +395,10 @@ func (id *Identity) Learn(u *url.URL, respHeader http.Header) {
 	}
 	keep := parsed[:0]
 	id.mu.Lock()
+	if ss.evicted {
+		id.mu.Unlock()
+		return
+	}
 	for _, c := range parsed {
 		if len(c.Name)+len(c.Value) > maxCookieBytes {
 			continue
@@ -323,16 +408,17 @@ func (id *Identity) Learn(u *url.URL, respHeader http.Header) {
 			domain = u.Hostname()
 		}
 		key := strings.ToLower(domain) + "\x00" + c.Path + "\x00" + c.Name
-		if _, seen := id.cookies[key]; !seen {
-			if len(id.cookies) >= maxCookies {
+		if _, seen := ss.cookies[key]; !seen {
+			if id.cookies >= maxCookies {
 				continue
 			}
-			id.cookies[key] = struct{}{}
+			ss.cookies[key] = struct{}{}
+			id.cookies++
 		}
 		keep = append(keep, c)
 	}
 	id.mu.Unlock()
-	id.jar.SetCookies(u, keep)
+	ss.jar.SetCookies(u, keep)
 }
 
 // ordered reports whether name has a place in the profile's order.

@@ -486,3 +486,60 @@ func TestUpdatePreserve(t *testing.T) {
 		t.Errorf("User-Agent %q after enabling preserveClientHeaders", ua)
 	}
 }
+
+// Each principal has its own jar and warm-up on an identity; the jars are
+// bounded in number (least recently used dropped) and share the cookie cap.
+func TestSessionsPerPrincipal(t *testing.T) {
+	u := mustURL(t, "https://www.example.com/")
+	cfg := enabled()
+	cfg.Warmup = Warmup{Enabled: true, Path: "/"}
+	f := newFixture(t, cfg, 5)
+	id := f.Get("10.0.0.1")
+	a, b := id.Session("key:a"), id.Session("key:b")
+	a.Learn(u, setCookie("sid=A"))
+	a.MarkWarmedUp()
+	if got := b.Cookies(u); len(got) != 0 {
+		t.Errorf("principal b has a's cookies %v", cookieNames(got))
+	}
+	if c, _ := lookup(b.Apply(nil, u), "Cookie"); c != "" {
+		t.Errorf("principal b sends %q", c)
+	}
+	if _, ok := b.WarmupURL(u); !ok {
+		t.Errorf("principal b's fresh jar is not warmed up on its own")
+	}
+	if got := cookieNames(id.Session("key:a").Cookies(u)); !slices.Equal(got, []string{"sid=A"}) {
+		t.Errorf("principal a's cookies %v", got)
+	}
+	if ua, _ := lookup(b.Apply(nil, u), "User-Agent"); ua == "" || !slices.Contains(id.Profile().Headers(), Header{"User-Agent", ua}) {
+		t.Errorf("session persona %q is not the IP's", ua)
+	}
+	// Bounded: maxSessions jars; the least recently used goes first.
+	for i := range maxSessions {
+		id.Session(fmt.Sprintf("p%d", i)).Learn(u, setCookie("x=1"))
+		id.Session("key:a") // keep a recently used
+	}
+	if n := id.Sessions(); n != maxSessions {
+		t.Errorf("%d sessions, want %d", n, maxSessions)
+	}
+	if got := id.Session("key:a").Cookies(u); len(got) != 1 {
+		t.Errorf("recently used session evicted")
+	}
+	if got := id.Session("key:b").Cookies(u); len(got) != 0 {
+		t.Errorf("evicted session came back with %v", cookieNames(got))
+	}
+	// The cookie cap counts every jar of the identity together.
+	for i := range maxCookies/maxCookiesPerResp + 1 {
+		var set []string
+		for j := range maxCookiesPerResp {
+			set = append(set, fmt.Sprintf("c%d_%d=1", i, j))
+		}
+		id.Session(fmt.Sprintf("q%d", i%2)).Learn(u, setCookie(set...))
+	}
+	total := 0
+	for i := range 2 {
+		total += len(id.Session(fmt.Sprintf("q%d", i)).Cookies(u))
+	}
+	if total > maxCookies {
+		t.Errorf("%d cookies over the identity's jars, cap %d", total, maxCookies)
+	}
+}

@@ -4,12 +4,9 @@ import (
 	crand "crypto/rand"
 	"fmt"
 	"math/rand/v2"
-	"net/http/cookiejar"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/net/publicsuffix"
 )
 
 // Rotation reasons, as passed to Store.Rotate and Options.OnRotate.
@@ -167,18 +164,14 @@ func (s *Store) Len() int {
 // it replaces, avoided when the profile is picked at random. s.mu is held.
 func (s *Store) newIdentity(addr, prev string) *Identity {
 	cfg := s.cfg.Load()
-	jar, _ := cookiejar.New(&cookiejar.Options{PublicSuffixList: publicsuffix.List}) // never fails
-	id := &Identity{
-		id:      fmt.Sprintf("%016x", s.rng.Uint64()),
-		addr:    addr,
-		profile: s.pickProfile(cfg.Profile, prev),
-		created: s.clock.Now(),
-		cfg:     &s.cfg,
-		jar:     jar,
-		cookies: map[string]struct{}{},
+	return &Identity{
+		id:       fmt.Sprintf("%016x", s.rng.Uint64()),
+		addr:     addr,
+		profile:  s.pickProfile(cfg.Profile, prev),
+		created:  s.clock.Now(),
+		cfg:      &s.cfg,
+		sessions: map[string]*Session{},
 	}
-	id.needsWarmup.Store(true)
-	return id
 }
 
 // pickProfile returns the pinned profile, or a random one other than prev

@@ -93,6 +93,9 @@ type request struct {
 	mode     string
 	tag      string
 	retries  int // -1: the target's numRetries
+	// principal names who sends the request, for per-principal cookie
+	// jars: "" when auth is off or does not apply (transparent).
+	principal string
 	// overrides are X-Proxy-Hopper-<Name> headers: sent as <Name>, replacing
 	// the client's own <Name>.
 	overrides Fields
@@ -248,6 +251,7 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 			finish(OutcomeAuthFailed, authStatus(err, req.mode == "proxy"))
 			return false
 		}
+		req.principal = principalKey(principal)
 	}
 	t := s.match(req.matchKey)
 	if t != nil && s.opts.Auth.Enabled() {
@@ -263,6 +267,14 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 			finish(OutcomeForbidden, http.StatusForbidden)
 			return false
 		}
+	}
+	if reason := s.opts.Destinations.refuse(req.url.Hostname(), urlPort(req.url, req.url.Scheme)); reason != "" {
+		if t != nil {
+			ev.Target = t.Name
+		}
+		s.deniedDestination(cc, head, false, reason)
+		finish(OutcomeForbidden, http.StatusForbidden)
+		return false
 	}
 	if t == nil {
 		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, keep && framing == NoBody,
@@ -358,10 +370,10 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		}
 		up := t.upstream(ip)
 		aStart := time.Now()
-		var id *identity.Identity
+		var id *identity.Session
 		if t.Identity != nil {
-			s.warmup(ctx, t, up, t.Identity.Get(ip), req.url)
-			id = t.Identity.Get(ip) // a 429 to the warm-up rotates it
+			s.warmup(ctx, t, up, t.Identity.Get(ip).Session(req.principal), req.url)
+			id = t.Identity.Get(ip).Session(req.principal) // a 429 to the warm-up rotates it
 			req.fields = identityFields(req, id)
 		}
 		resp, uc, err := t.tr.roundTrip(ctx, up, req, body)

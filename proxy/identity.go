@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/identity"
 )
 
@@ -15,7 +16,7 @@ import (
 // headers, merged by the identity (its headers, in its browser's order,
 // and its cookies), then the X-Proxy-Hopper-<Name> overrides, which win
 // and keep the place of the field they replace.
-func identityFields(req *request, id *identity.Identity) Fields {
+func identityFields(req *request, id *identity.Session) Fields {
 	h := req.head
 	conn := tokens(h.Fields.Values("Connection"))
 	client := make([]identity.Header, 0, len(h.Fields))
@@ -49,11 +50,11 @@ func identityFields(req *request, id *identity.Identity) Fields {
 	return out
 }
 
-// warmup sends, once per fresh identity, a GET of the configured warm-up
+// warmup sends, once per fresh identity session, a GET of the configured warm-up
 // path on the request's host through the same IP, so that the identity
 // collects the cookies a browser would have before its real request. Its
 // failure is not the request's: the next request through the IP tries again.
-func (s *Server) warmup(ctx context.Context, t *Target, up Upstream, id *identity.Identity, u *url.URL) {
+func (s *Server) warmup(ctx context.Context, t *Target, up Upstream, id *identity.Session, u *url.URL) {
 	wu, ok := id.WarmupURL(u)
 	if !ok {
 		return
@@ -77,4 +78,14 @@ func (s *Server) warmup(ctx context.Context, t *Target, up Upstream, id *identit
 	if t.Identity.OnResponse(up.Addr, resp.StatusCode) {
 		s.log.Debug("identity rotated by its warm-up", "target", t.Name, "address", up.Addr, "status", resp.StatusCode)
 	}
+}
+
+// principalKey names an authenticated principal for its cookie jars: kind
+// and name (API key name, JWT subject), so that a key and a JWT subject of
+// the same name never share a jar.
+func principalKey(p *auth.Principal) string {
+	if p == nil {
+		return ""
+	}
+	return p.Kind + ":" + p.Name
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/identity"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
@@ -212,4 +213,48 @@ func TestIdentityHeaderOrder(t *testing.T) {
 	if i != len(want) {
 		t.Errorf("wire order %v does not follow the profile's %v", got, want)
 	}
+}
+
+// With auth on, each principal has its own cookie jar on an IP: a session
+// cookie key A received is never sent on key B's request through the same
+// (only) IP, and A keeps its own; the identity (profile) stays the IP's.
+func TestIdentityCookiesStayWithTheirPrincipal(t *testing.T) {
+	o := cookieOrigin(t)
+	cfg := identity.DefaultConfig()
+	cfg.Enabled = true
+	store := newStore(t, cfg)
+	authn := mustAuth(t, auth.Config{Enabled: true, APIKeys: []auth.APIKey{
+		{Name: "ci", Key: "key-ci", Targets: []string{"*"}},
+		{Name: "scraper", Key: "key-scraper", Targets: []string{"*"}},
+	}})
+	e := newEnv(t, envOptions{upstreams: 1, identity: store, opts: Options{Auth: authn},
+		cfg: pool.Config{MinRequestInterval: 0}})
+	get := func(key, path string) string {
+		resp, body := e.headerGet(t, o.URL, path, map[string]string{HeaderAuth: "Bearer " + key})
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s %s: %d %s", key, path, resp.StatusCode, body)
+		}
+		return body
+	}
+	get("key-ci", "/login") // ci's jar gets sid=1
+	if body := get("key-scraper", "/echo"); strings.Contains(body, "sid=") {
+		t.Fatalf("key scraper was sent key ci's cookie: %q", body)
+	}
+	get("key-scraper", "/login") // scraper's own: sid=2
+	ci, scraper := get("key-ci", "/echo"), get("key-scraper", "/echo")
+	if !strings.Contains(ci, "cookie=sid=1 ") || !strings.Contains(scraper, "cookie=sid=2 ") {
+		t.Fatalf("jars mixed or lost: ci %q, scraper %q", ci, scraper)
+	}
+	// One IP, one persona: both principals are sent its User-Agent.
+	if uaOf(ci) != uaOf(scraper) || uaOf(ci) == "" {
+		t.Errorf("principals got different personas on one IP: %q vs %q", ci, scraper)
+	}
+	if n := store.Get(e.upstream[0].Addr).Sessions(); n != 2 {
+		t.Errorf("%d sessions on the IP, want 2", n)
+	}
+}
+
+func uaOf(body string) string {
+	_, ua, _ := strings.Cut(body, " ua=")
+	return ua
 }

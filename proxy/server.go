@@ -49,6 +49,9 @@ type Options struct {
 	// Auth checks clients before any IP is acquired; nil or disabled lets
 	// everyone through.
 	Auth *auth.Authenticator
+	// Destinations refuses destinations in every mode before any IP is
+	// acquired (403, or a reset for transparent tunnels); nil refuses none.
+	Destinations *DestinationPolicy
 	// Dialer makes every outgoing connection (upstream proxies, direct
 	// transparent connections); nil means a plain net.Dialer. The eBPF
 	// data plane uses its Control hook to keep the agent's own sockets out
@@ -164,10 +167,10 @@ func (s *Server) dialer() *net.Dialer {
 	return &net.Dialer{KeepAlive: 30 * time.Second}
 }
 
-// match returns the first target whose regex matches key.
+// match returns the first target that takes key (see Target.matches).
 func (s *Server) match(key string) *Target {
 	for _, t := range *s.targets.Load() {
-		if t.Regex.MatchString(key) {
+		if t.matches(key) {
 			return t
 		}
 	}

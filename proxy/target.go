@@ -133,3 +133,49 @@ func hostPort(u *url.URL) string {
 	}
 	return net.JoinHostPort(u.Hostname(), "80")
 }
+
+// placeholderAuthority stands in for a URL's host and port when matching
+// tells a match the host takes part in from one the path makes on its own.
+// .invalid never resolves (RFC 6761).
+const placeholderAuthority = "proxy-hopper.invalid"
+
+// matches reports whether the target takes key: a URL
+// (scheme://authority/path?query: header, explicit and transparent HTTP
+// requests) or an authority (host:port: CONNECT and TLS tunnels, matched
+// as it is).
+//
+// A URL is matched without its query (and fragment), so nothing after '?'
+// can make a target match. A match the path makes on its own does not
+// count either: when the regex also matches the URL with its authority
+// replaced by a placeholder, the target takes the URL only if the regex
+// matches scheme://authority/ without the path as well, or matches any
+// authority (a catch-all such as .* or ^https://). So a regex naming a
+// host can only be reached through that host: appending ?api.example.com
+// or /api.example.com to a URL of another host matches nothing, whether
+// the regex is anchored or not. A regex that selects by path alone,
+// whatever the host, therefore never matches: name the hosts in it.
+func (t *Target) matches(key string) bool {
+	re := t.Regex
+	i := strings.Index(key, "://")
+	if i < 0 {
+		return re.MatchString(key)
+	}
+	scheme, rest := key[:i+3], key[i+3:]
+	if j := strings.IndexAny(rest, "?#"); j >= 0 {
+		rest = rest[:j]
+	}
+	authority, path := rest, ""
+	if j := strings.IndexByte(rest, '/'); j >= 0 {
+		authority, path = rest[:j], rest[j:]
+	}
+	if !re.MatchString(scheme + rest) {
+		return false
+	}
+	if path == "" || path == "/" || re.MatchString(scheme+authority+"/") {
+		return true
+	}
+	if !re.MatchString(scheme + placeholderAuthority + path) {
+		return true // the host takes part in the match
+	}
+	return re.MatchString(scheme + placeholderAuthority + "/")
+}

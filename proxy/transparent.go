@@ -106,6 +106,15 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 		return
 	}
 	ev.Target = t.Name
+	if host, port, err := net.SplitHostPort(key); err == nil {
+		n, _ := strconv.Atoi(port)
+		if reason := s.opts.Destinations.refuse(host, n); reason != "" {
+			s.log.Info("transparent connection refused", "reason", reason, "client", cc.c.RemoteAddr().String(), "target", t.Name)
+			resetClose(cc.c)
+			finish(OutcomeForbidden)
+			return
+		}
+	}
 	if err := s.opts.Auth.AllowSource(remoteAddr(cc.c), t.Name); err != nil {
 		resetClose(cc.c)
 		ev.AuthReason = auth.Reason(err)

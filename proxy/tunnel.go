@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -34,12 +35,20 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 		})
 	}
 	host, port, err := net.SplitHostPort(head.Target)
-	if n, perr := strconv.Atoi(port); err != nil || perr != nil || host == "" || n < 1 || n > 65535 {
+	n, perr := strconv.Atoi(port)
+	if err != nil || perr != nil || host == "" || n < 1 || n > 65535 {
 		_ = writeJSON(cc.bw, http.StatusBadRequest, head.Minor, false, clientError("CONNECT needs host:port"))
 		finish(OutcomeBadRequest, 400)
 		return
 	}
 	hostport := net.JoinHostPort(host, port)
+	// The authority is what target regexes see: a host name, IPv4 or
+	// bracketed IPv6 literal, nothing that could carry a second host.
+	if err := checkHostPort(&url.URL{Host: hostport}); err != nil {
+		_ = writeJSON(cc.bw, http.StatusBadRequest, head.Minor, false, clientError("CONNECT: "+err.Error()))
+		finish(OutcomeBadRequest, 400)
+		return
+	}
 	var principal *auth.Principal
 	if s.opts.Auth.Enabled() {
 		if principal, err = s.opts.Auth.Authenticate(tokenOf(head, true)); err != nil {
@@ -57,6 +66,14 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 			finish(OutcomeForbidden, http.StatusForbidden)
 			return
 		}
+	}
+	if reason := s.opts.Destinations.refuse(host, n); reason != "" {
+		if t != nil {
+			ev.Target = t.Name
+		}
+		s.deniedDestination(cc, head, false, reason)
+		finish(OutcomeForbidden, http.StatusForbidden)
+		return
 	}
 	if t == nil {
 		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false,

@@ -160,8 +160,8 @@ func configPath(p string) (string, error) {
 }
 
 // loadConfig loads and validates; validation problems exit with 2.
-func loadConfig(path string, overrides map[string]any) (*agent.Config, []agent.ResolvedTarget, error) {
-	cfg, err := agent.Load(path, overrides)
+func loadConfig(ctx context.Context, path string, overrides map[string]any) (*agent.Config, []agent.ResolvedTarget, error) {
+	cfg, err := agent.LoadContext(ctx, path, overrides)
 	if err != nil {
 		return nil, nil, &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
 	}
@@ -190,7 +190,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	cfg, _, err := loadConfig(path, sf.overrides)
+	cfg, targets, err := loadConfig(ctx, path, sf.overrides)
 	if err != nil {
 		return err
 	}
@@ -199,6 +199,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return &exitError{code: 2, err: err}
 	}
 	defer closer.Close()
+	for _, w := range agent.RegexWarnings(targets) {
+		log.Warn("config: " + w)
+	}
 	a, err := agent.New(ctx, cfg, agent.Options{Logger: log, ConfigPath: path, Overrides: sf.overrides})
 	if err != nil {
 		return err
@@ -218,11 +221,14 @@ func validate(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, targets, err := loadConfig(path, nil)
+	cfg, targets, err := loadConfig(context.Background(), path, nil)
 	if err != nil {
 		return err
 	}
 	fmt.Fprint(stdout, cfg.Summary(targets))
+	for _, w := range agent.RegexWarnings(targets) {
+		fmt.Fprintln(stderr, "warning: "+w)
+	}
 	for _, n := range cfg.AuthNotes() {
 		fmt.Fprintln(stderr, "note: "+n)
 	}

@@ -71,6 +71,21 @@ targets:
 			t.Errorf("validate output lacks %q:\n%s", want, out)
 		}
 	}
+	// The unanchored regex is open to other hosts containing the name: a
+	// warning (on stderr), not an error; the catch-all gets none.
+	var stdout, stderr strings.Builder
+	c := exec.Command(bin, "validate", "--config", good)
+	c.Stdout, c.Stderr = &stdout, &stderr
+	if err := c.Run(); err != nil {
+		t.Fatalf("validate good config: %v", err)
+	}
+	if w := stderr.String(); !strings.Contains(w, "warning: target 'api': regex 'api\\\\.example\\\\.com' is not anchored") ||
+		strings.Contains(w, "'rest'") || strings.Count(w, "warning:") != 1 {
+		t.Errorf("validate warnings:\n%s", w)
+	}
+	if strings.Contains(stdout.String(), "warning") {
+		t.Errorf("warnings on stdout:\n%s", stdout.String())
+	}
 
 	bad := writeConfig(t, `
 targets:

@@ -226,3 +226,79 @@ func TestRunWatchConfigFlag(t *testing.T) {
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	_ = cmd.Wait()
 }
+
+// TestSIGTERMDuringSlowReload: the config file is swapped for a FIFO whose
+// writer trickles bytes and never finishes, then SIGHUP starts a reload
+// that reads it. SIGTERM still stops the agent at once (exit 0): shutdown
+// does not wait for the reload's read.
+func TestSIGTERMDuringSlowReload(t *testing.T) {
+	bin := buildBinary(t)
+	cfg := writeConfig(t, `
+server:
+  host: 127.0.0.1
+  probe: false
+targets:
+  - name: local
+    regex: '.*'
+    ipList: ["127.0.0.2:3128"]
+`)
+	port := testenv.FreePort(t, "127.0.0.1")
+	logs := &lockedBuf{}
+	cmd := exec.Command(bin, "run", "--config", cfg, "--port", fmt.Sprint(port))
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	testenv.WaitListening(t, fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second)
+
+	if err := os.Remove(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(cfg, os.O_RDWR, 0) // the writer stays
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				if _, err := w.WriteString("#\n"); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "SIGHUP: reloading") {
+		if time.Now().After(deadline) {
+			t.Fatalf("SIGHUP not seen\nlogs:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // the reload is reading the FIFO
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v\nlogs:\n%s", err, logs.String())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("agent did not exit within 5s of SIGTERM during a reload\nlogs:\n%s", logs.String())
+	}
+}

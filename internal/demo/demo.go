@@ -298,6 +298,7 @@ server:
   probe: false
   admin: false
   shutdownTimeout: 2s
+  allowDestinations: [127.0.0.0/8]   # the demo's origins are local
 
 targets:
   - name: %s
