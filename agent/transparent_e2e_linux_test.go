@@ -474,7 +474,7 @@ func (e *e2eEnv) startAgent(t *testing.T, sockmap bool, extra ...string) *agentP
   port: %d
   logLevel: DEBUG
   probe: false
-  shutdownTimeout: 2s
+  shutdownTimeout: 10s
 targets:
   - name: origin
     regex: '^(http://198\.18\.0\.1[02](:80)?/|origin\.test:443$|198\.18\.0\.10:9000$)'
