@@ -169,9 +169,22 @@ func (s *Server) dialer() *net.Dialer {
 
 // match returns the first target that takes key (see Target.matches).
 func (s *Server) match(key string) *Target {
-	for _, t := range *s.targets.Load() {
+	targets := *s.targets.Load()
+	for _, t := range targets {
 		if t.matches(key) {
 			return t
+		}
+	}
+	// proxy-hopper searched the whole URL, query included: say so when
+	// that alone would have matched, so the change is never silent.
+	if strings.Contains(key, "://") {
+		for _, t := range targets {
+			if t.Regex.MatchString(key) {
+				s.reqLog.Log(context.Background(), slog.LevelWarn, "path_or_query_match",
+					"no target matched: a target's regex matches this URL only through its path or query, which never selects a target (README: Differences from the Python proxy-hopper)",
+					"target", t.Name)
+				break
+			}
 		}
 	}
 	return nil
