@@ -76,6 +76,10 @@ type upConn struct {
 	idleSince   time.Time
 	readTimeout time.Duration
 	nread       int64 // bytes read since the current request was sent
+	// headLeft, while limitHead is set, is how many more bytes may be read
+	// before the response head must have ended.
+	headLeft  int
+	limitHead bool
 	// The read and write deadlines roll forward with progress; they stay
 	// set while the connection is idle (nothing reads or writes it then).
 	readDL, writeDL rollingDeadline
@@ -83,11 +87,63 @@ type upConn struct {
 
 // Read extends the read deadline as it goes, so a stalled upstream times
 // out while a slow but moving download does not.
+// While a response head is read it also enforces the head's size limit.
 func (c *upConn) Read(p []byte) (int, error) {
+	if c.limitHead {
+		if c.headLeft <= 0 {
+			return 0, errRespHeadTooLarge
+		}
+		if len(p) > c.headLeft {
+			p = p[:c.headLeft]
+		}
+	}
 	c.readDL.arm(c.Conn.SetReadDeadline, c.readTimeout)
 	n, err := c.Conn.Read(p)
 	c.nread += int64(n)
+	if c.limitHead {
+		c.headLeft -= n
+	}
 	return n, err
+}
+
+// errRespHeadTooLarge is a response head (CONNECT reply, proxy answer or
+// origin answer) over the size or field limit.
+var errRespHeadTooLarge = errors.New("response head too large")
+
+// maxRespHeadFields bounds the header fields of a response head, as
+// ReadRequestHead does for requests.
+const maxRespHeadFields = 1000
+
+// headLimiter reads from r until left bytes have been read, then fails
+// with errRespHeadTooLarge: it bounds what a response head reader (which
+// has no limit of its own) can consume.
+type headLimiter struct {
+	r    io.Reader
+	left int
+}
+
+func (l *headLimiter) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, errRespHeadTooLarge
+	}
+	if len(p) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= n
+	return n, err
+}
+
+// checkRespFields fails when h has more than maxRespHeadFields values.
+func checkRespFields(h http.Header) error {
+	n := 0
+	for _, v := range h {
+		n += len(v)
+	}
+	if n > maxRespHeadFields {
+		return errRespHeadTooLarge
+	}
+	return nil
 }
 
 // Timeouts bound every upstream stage.
@@ -104,6 +160,7 @@ type transport struct {
 	timeouts Timeouts
 	dialer   *net.Dialer
 	maxIdle  int
+	maxHead  int // bytes of a response head (CONNECT reply, answer)
 
 	mu      sync.Mutex
 	idle    map[connKey][]*upConn
@@ -111,8 +168,8 @@ type transport struct {
 	retired bool            // no target uses t any more: keep nothing
 }
 
-func newTransport(tlsConf *tls.Config, t Timeouts, d *net.Dialer) *transport {
-	return &transport{tls: tlsConf, timeouts: t, dialer: d, maxIdle: 16, idle: map[connKey][]*upConn{}}
+func newTransport(tlsConf *tls.Config, t Timeouts, d *net.Dialer, maxHead int) *transport {
+	return &transport{tls: tlsConf, timeouts: t, dialer: d, maxIdle: 16, maxHead: maxHead, idle: map[connKey][]*upConn{}}
 }
 
 // get returns an idle connection for key, or nil.
@@ -197,13 +254,23 @@ func (t *transport) tunnel(ctx context.Context, up Upstream, hostport string) (n
 		c.Close()
 		return nil, nil, failed(reasonOf("connect", err), err)
 	}
-	br := bufio.NewReaderSize(c, 4096)
+	// The reply's head is bounded like a request head; a proxy that sends
+	// more is at fault (the attempt counts against its IP).
+	br := bufio.NewReaderSize(&headLimiter{r: c, left: t.maxHead}, 4096)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err == nil {
+		err = checkRespFields(resp.Header)
+	}
+	if errors.Is(err, errRespHeadTooLarge) {
+		c.Close()
+		return nil, nil, failed("connect_head_too_large",
+			fmt.Errorf("upstream proxy's CONNECT reply exceeds %d bytes or %d fields: %w", t.maxHead, maxRespHeadFields, err))
+	}
 	if err != nil {
 		c.Close()
 		return nil, nil, failed(reasonOf("connect", err), err)
 	}
-	resp.Body.Close()
+	// A refusal's body is not read: the connection is closed instead.
 	if resp.StatusCode != http.StatusOK {
 		c.Close()
 		return nil, nil, failed("connect_status_"+strconv.Itoa(resp.StatusCode),
