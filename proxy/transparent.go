@@ -38,9 +38,8 @@ type TransparentOptions struct {
 // (including protocols where the server speaks first) is tunnelled to orig.
 // It returns when the connection is done.
 func (s *Server) ServeTransparent(c net.Conn, orig netip.AddrPort) {
-	cc := s.track(c, maxTLSRecord+512)
+	cc := s.track(c)
 	if cc == nil {
-		c.Close()
 		return
 	}
 	defer s.untrack(cc)
@@ -50,6 +49,8 @@ func (s *Server) ServeTransparent(c net.Conn, orig netip.AddrPort) {
 	if sniff <= 0 {
 		sniff = 500 * time.Millisecond
 	}
+	// Buffers at once: the sniff is short, and a tunnel gives them back.
+	cc.attachBufs()
 	_ = c.SetReadDeadline(time.Now().Add(sniff))
 	first, err := cc.br.Peek(1)
 	switch {
@@ -125,7 +126,7 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 		}
 		return
 	}
-	ev.BytesUp, ev.BytesDown = relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
+	ev.BytesUp, ev.BytesDown = relay(cc.c, cc.detach(), tun.raw, tun.pre, s.opts.TunnelIdleTimeout, &s.bufs)
 	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
 	finish(OutcomeSuccess)
 }
@@ -145,7 +146,7 @@ func (s *Server) unmatched(cc *clientConn, orig netip.AddrPort) {
 		resetClose(cc.c)
 		return
 	}
-	relay(cc.c, cc.br, oc, nil, s.opts.TunnelIdleTimeout)
+	relay(cc.c, cc.detach(), oc, nil, s.opts.TunnelIdleTimeout, &s.bufs)
 }
 
 // resetClose makes the coming Close send a TCP reset.

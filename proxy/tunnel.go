@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -86,7 +84,7 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
 	if err := cc.bw.Flush(); err == nil {
 		_ = cc.c.SetDeadline(time.Time{})
-		ev.BytesUp, ev.BytesDown = relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
+		ev.BytesUp, ev.BytesDown = relay(cc.c, cc.detach(), tun.raw, tun.pre, s.opts.TunnelIdleTimeout, &s.bufs)
 	}
 	tun.raw.Close()
 	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
@@ -96,7 +94,7 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 // tunnelResult is an open upstream tunnel, or why none could be opened.
 type tunnelResult struct {
 	raw      net.Conn
-	br       *bufio.Reader
+	pre      []byte // bytes the upstream sent after its CONNECT reply
 	ip       string
 	start    time.Time
 	attempts []attemptRecord
@@ -122,7 +120,7 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 		}
 		up := t.upstream(ip)
 		aStart := time.Now()
-		raw, ubr, err := t.tr.tunnel(s.ctx, up, hostport)
+		raw, pre, err := t.tr.tunnel(s.ctx, up, hostport)
 		if err != nil {
 			reason := "connect_error"
 			var ae *attemptError
@@ -133,7 +131,7 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 			res.attempts = append(res.attempts, attemptRecord{IP: ip, Reason: reason})
 			continue
 		}
-		res.raw, res.br, res.ip, res.start = raw, ubr, ip, aStart
+		res.raw, res.pre, res.ip, res.start = raw, pre, ip, aStart
 		return res, nil
 	}
 	return res, errTunnelFailed
@@ -142,15 +140,17 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 // closeWriter is a connection that can half-close.
 type closeWriter interface{ CloseWrite() error }
 
-// relay copies both ways between a and b, each side first draining what
-// its buffered reader already holds. When one direction ends cleanly the
-// other side's write half is closed and the other direction continues;
-// an error in either direction tears both down, and so does idle time
-// with no byte moving either way (idle <= 0: never). It returns when both
-// directions are done. Reads are plain reads, never splice(2). It returns
-// the bytes moved from a to b and from b to a.
-func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle time.Duration) (aToB, bToA int64) {
-	var wg sync.WaitGroup
+// relay copies both ways between a and b, first sending aPre (bytes of
+// a's already read) to b and bPre to a. When one direction ends cleanly
+// the other side's write half is closed and the other direction
+// continues; an error in either direction tears both down, and so does
+// idle time with no byte moving either way (idle <= 0: never). It returns
+// when both directions are done, having used one goroutine besides the
+// caller's. Reads are plain reads, never splice(2), and no buffer is held
+// while a direction waits for data: a copy buffer comes from bufs only
+// when bytes are there to read (see readPooled). It returns the bytes
+// moved from a to b and from b to a.
+func relay(a net.Conn, aPre []byte, b net.Conn, bPre []byte, idle time.Duration, bufs *sync.Pool) (aToB, bToA int64) {
 	var once sync.Once
 	kill := func() {
 		once.Do(func() {
@@ -179,19 +179,26 @@ func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle ti
 		mu.Unlock()
 		defer t.Stop()
 	}
-	pipe := func(dst net.Conn, src io.Reader, moved *int64) {
-		defer wg.Done()
-		buf := make([]byte, 32<<10)
+	pipe := func(dst, src net.Conn, pre []byte, moved *int64) {
+		if len(pre) > 0 {
+			w, err := dst.Write(pre)
+			*moved += int64(w)
+			if err != nil {
+				kill()
+				return
+			}
+		}
+		read := readPooled(src, bufs)
 		for {
-			n, err := src.Read(buf)
-			if n > 0 {
+			_, err := read(func(p []byte) error {
 				last.Store(time.Now().UnixNano())
-				w, werr := dst.Write(buf[:n])
+				w, werr := dst.Write(p)
 				*moved += int64(w)
-				if werr != nil {
-					kill()
-					return
-				}
+				return werr
+			})
+			if errors.Is(err, errWriteFailed) {
+				kill()
+				return
 			}
 			if errors.Is(err, io.EOF) {
 				if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
@@ -206,19 +213,39 @@ func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle ti
 			}
 		}
 	}
-	wg.Add(2)
-	go pipe(b, readerOf(a, abr), &aToB)
-	go pipe(a, readerOf(b, bbr), &bToA)
-	wg.Wait()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pipe(b, a, aPre, &aToB)
+	}()
+	pipe(a, b, bPre, &bToA)
+	<-done
 	kill()
 	return aToB, bToA
 }
 
-// readerOf reads c's bytes, first those already in br.
-func readerOf(c net.Conn, br *bufio.Reader) io.Reader {
-	if br == nil || br.Buffered() == 0 {
-		return c
+// errWriteFailed wraps the write error of a readPooled callback.
+var errWriteFailed = errors.New("relay write failed")
+
+// readPooled returns a function that waits for bytes on c, reads them
+// into a buffer taken from bufs for the time of the read and hands them
+// to use, then gives the buffer back. It returns the bytes read, io.EOF
+// at the end of the stream, and use's error wrapped in errWriteFailed.
+// On sockets it waits without a buffer (readRaw); on other connections
+// it holds one while it reads.
+func readPooled(c net.Conn, bufs *sync.Pool) func(use func([]byte) error) (int, error) {
+	if r := rawReader(c, bufs); r != nil {
+		return r
 	}
-	pre, _ := br.Peek(br.Buffered())
-	return io.MultiReader(bytes.NewReader(bytes.Clone(pre)), c)
+	return func(use func([]byte) error) (int, error) {
+		bp := bufs.Get().(*[]byte)
+		defer bufs.Put(bp)
+		n, err := c.Read(*bp)
+		if n > 0 {
+			if werr := use((*bp)[:n]); werr != nil {
+				return n, errors.Join(errWriteFailed, werr)
+			}
+		}
+		return n, err
+	}
 }

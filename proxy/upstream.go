@@ -230,9 +230,10 @@ func (t *transport) dialProxy(ctx context.Context, up Upstream) (net.Conn, error
 	return c, nil
 }
 
-// tunnel opens a CONNECT tunnel to hostport through up. The returned reader
-// holds any bytes the proxy sent after its answer.
-func (t *transport) tunnel(ctx context.Context, up Upstream, hostport string) (net.Conn, *bufio.Reader, error) {
+// tunnel opens a CONNECT tunnel to hostport through up. It also returns
+// any bytes the proxy sent after its answer (nil when none): the reader
+// of the answer is dropped, so an open tunnel holds no buffer.
+func (t *transport) tunnel(ctx context.Context, up Upstream, hostport string) (net.Conn, []byte, error) {
 	c, err := t.dialProxy(ctx, up)
 	if err != nil {
 		return nil, nil, err
@@ -256,7 +257,7 @@ func (t *transport) tunnel(ctx context.Context, up Upstream, hostport string) (n
 	}
 	// The reply's head is bounded like a request head; a proxy that sends
 	// more is at fault (the attempt counts against its IP).
-	br := bufio.NewReaderSize(&headLimiter{r: c, left: t.maxHead}, 4096)
+	br := bufio.NewReaderSize(&headLimiter{r: c, left: t.maxHead}, 1024)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	if err == nil {
 		err = checkRespFields(resp.Header)
@@ -277,7 +278,12 @@ func (t *transport) tunnel(ctx context.Context, up Upstream, hostport string) (n
 			fmt.Errorf("upstream proxy refused CONNECT %s: %s", hostport, resp.Status))
 	}
 	_ = c.SetDeadline(time.Time{})
-	return c, br, nil
+	var pre []byte
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		pre = append([]byte(nil), b...)
+	}
+	return c, pre, nil
 }
 
 // connFor returns a connection ready to carry a request to origin through
@@ -304,11 +310,11 @@ func (t *transport) dial(ctx context.Context, up Upstream, key connKey, scheme, 
 		}
 		return t.wrap(c, nil, key), nil
 	}
-	raw, br, err := t.tunnel(ctx, up, hostport)
+	raw, pre, err := t.tunnel(ctx, up, hostport)
 	if err != nil {
 		return nil, err
 	}
-	if br.Buffered() > 0 {
+	if len(pre) > 0 {
 		raw.Close()
 		return nil, failed("connect_error", errors.New("upstream proxy sent data before the TLS handshake"))
 	}
