@@ -80,6 +80,9 @@ func DefaultServerConfig() ServerConfig {
 		TunnelIdleTimeout: Duration(10 * time.Minute),
 		RedisKeyPrefix:    "ph:",
 		RedisLeaseTTL:     Duration(30 * time.Second),
+
+		MaxConnectionsPerClient: 4096,
+		FdReserve:               256,
 	}
 }
 
@@ -1069,6 +1072,14 @@ func (c *Config) checkServer(p *problems) {
 	}
 	if s.RetryBufferSize <= 0 {
 		p.add("server: retryBufferSize must be more than 0")
+	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"maxConnections", s.MaxConnections}, {"maxConnectionsPerClient", s.MaxConnectionsPerClient}, {"fdReserve", s.FdReserve}} {
+		if n.v < 0 {
+			p.add("server: %s must not be negative, got %d", n.name, n.v)
+		}
 	}
 }
 

@@ -68,6 +68,11 @@ type ServerConfig struct {
 	ProbeFailuresUntilQuarantine int  `mapstructure:"probeFailuresUntilQuarantine"` // failed probes in a row that quarantine an IP in every target (0: never)
 	ProbeReleasesQuarantine      bool `mapstructure:"probeReleasesQuarantine"`      // a good probe releases a quarantined IP early
 	ProbeMaxPerHour              int  `mapstructure:"probeMaxPerHour"`              // probes of one IP in any hour (0: no cap)
+
+	// Client connection limits (README "Request limits and bad input").
+	MaxConnections          int `mapstructure:"maxConnections"`          // open client connections, all listeners (0: from the fd limit)
+	MaxConnectionsPerClient int `mapstructure:"maxConnectionsPerClient"` // open from one client address, IPv6 by /64 (4096; 0: no per-client limit)
+	FdReserve               int `mapstructure:"fdReserve"`               // fds kept out of the client connections' reach (256)
 }
 
 // AuthConfig is parsed and validated now; enforced by the auth issue.
