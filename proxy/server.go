@@ -243,6 +243,12 @@ type clientConn struct {
 	// first is the byte that ended a wait for a request, until br reads it.
 	first    [1]byte
 	hasFirst bool
+	// handedOff: a relay owns the connection now (relayDetached); the
+	// serving goroutine returns without closing it.
+	handedOff bool
+	// idleSince is when the idle wait a fresh goroutine takes over began
+	// (requestLoop's hop); zero otherwise.
+	idleSince time.Time
 
 	// The last X-Proxy-Hopper-Target value and its parse: keep-alive
 	// clients send the same one on every request.
@@ -370,9 +376,19 @@ func (s *Server) closeUpstreams() {
 // serveConn reads requests from one client connection until it closes,
 // handing each head to handle.
 func (s *Server) serveConn(cc *clientConn, handle func(*clientConn, *RequestHead) bool) {
-	defer s.untrack(cc)
-	defer cc.c.Close()
-	s.requestLoop(cc, handle)
+	s.serveFrom(cc, handle, true)
+}
+
+// serveFrom runs the request loop of cc from its first request, or (first
+// false) from an idle wait begun on another goroutine.
+func (s *Server) serveFrom(cc *clientConn, handle func(*clientConn, *RequestHead) bool, first bool) {
+	if s.requestLoop(cc, handle, first, true) {
+		return // it goes on on a fresh goroutine
+	}
+	if !cc.handedOff { // else a relay owns it (relayDetached)
+		cc.c.Close()
+		s.untrack(cc)
+	}
 }
 
 // requestLoop reads request heads until the connection should close. A
@@ -380,13 +396,21 @@ func (s *Server) serveConn(cc *clientConn, handle func(*clientConn, *RequestHead
 // that never sends one is closed then, not after idleTimeout); between
 // requests a keep-alive connection may stay idleTimeout. Waits hold no
 // buffers beyond keepAliveGrace.
-func (s *Server) requestLoop(cc *clientConn, handle func(*clientConn, *RequestHead) bool) {
-	for first := true; ; first = false {
+//
+// With hop, a connection idle beyond keepAliveGrace goes on waiting on a
+// fresh goroutine, whose stack is small, while this one (its stack grown
+// by the requests it served) ends: requestLoop then returns true, and the
+// caller must leave cc alone.
+func (s *Server) requestLoop(cc *clientConn, handle func(*clientConn, *RequestHead) bool, first, hop bool) (moved bool) {
+	for ; ; first = false {
 		cc.state.Store(stateIdle)
 		if s.draining.Load() {
-			return
+			return false
 		}
 		start := time.Now()
+		if !cc.idleSince.IsZero() {
+			start, cc.idleSince = cc.idleSince, time.Time{}
+		}
 		wait := s.opts.IdleTimeout
 		if first {
 			wait = s.opts.HeaderTimeout
@@ -401,12 +425,17 @@ func (s *Server) requestLoop(cc *clientConn, handle func(*clientConn, *RequestHe
 			case err == nil:
 				ready = true
 			case !isTimeout(err) || s.draining.Load():
-				return
+				return false
+			case hop:
+				cc.releaseBufs()
+				cc.idleSince = start
+				go s.serveFrom(cc, handle, false)
+				return true
 			}
 		}
 		if !ready {
 			if err := cc.awaitData(start.Add(wait)); err != nil {
-				return
+				return false
 			}
 		}
 		cc.state.Store(stateActive)
@@ -419,12 +448,14 @@ func (s *Server) requestLoop(cc *clientConn, handle func(*clientConn, *RequestHe
 				_ = writeJSON(cc.bw, he.Status, 1, false, clientError(he.Reason))
 				lingerClose(cc.c)
 			}
-			return
+			return false
 		}
 		_ = cc.c.SetReadDeadline(time.Time{})
 		if !handle(cc, head) {
-			lingerClose(cc.c)
-			return
+			if !cc.handedOff {
+				lingerClose(cc.c)
+			}
+			return false
 		}
 	}
 }

@@ -42,8 +42,12 @@ func (s *Server) ServeTransparent(c net.Conn, orig netip.AddrPort) {
 	if cc == nil {
 		return
 	}
-	defer s.untrack(cc)
-	defer cc.c.Close()
+	defer func() {
+		if !cc.handedOff { // else the relay closes it
+			cc.c.Close()
+			s.untrack(cc)
+		}
+	}()
 	cc.state.Store(stateActive)
 	sniff := s.opts.Transparent.SniffTimeout
 	if sniff <= 0 {
@@ -126,9 +130,11 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 		}
 		return
 	}
-	ev.BytesUp, ev.BytesDown = relay(cc.c, cc.detach(), tun.raw, tun.pre, s.opts.TunnelIdleTimeout, &s.bufs)
-	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
-	finish(OutcomeSuccess)
+	s.relayDetached(cc, tun.raw, tun.pre, func(up, down int64) {
+		ev.BytesUp, ev.BytesDown = up, down
+		s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
+		finish(OutcomeSuccess)
+	})
 }
 
 // unmatched applies the policy for connections no target wants.
@@ -185,7 +191,7 @@ func (s *Server) transparentHTTP(cc *clientConn, orig netip.AddrPort) {
 		}
 		req := &request{head: head, url: u, mode: "transparent", retries: retriesOf(head), tag: tagOf(head), overrides: overridesOf(head.Fields)}
 		return s.serveRequest(cc, req, keep)
-	})
+	}, true, false)
 }
 
 // peekHead parses the request head at the front of br without consuming

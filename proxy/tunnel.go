@@ -82,13 +82,33 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 		return
 	}
 	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
-	if err := cc.bw.Flush(); err == nil {
-		_ = cc.c.SetDeadline(time.Time{})
-		ev.BytesUp, ev.BytesDown = relay(cc.c, cc.detach(), tun.raw, tun.pre, s.opts.TunnelIdleTimeout, &s.bufs)
+	end := func(up, down int64) {
+		ev.BytesUp, ev.BytesDown = up, down
+		tun.raw.Close()
+		s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
+		finish(OutcomeSuccess, 200)
 	}
-	tun.raw.Close()
-	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
-	finish(OutcomeSuccess, 200)
+	if err := cc.bw.Flush(); err != nil {
+		end(0, 0)
+		return
+	}
+	_ = cc.c.SetDeadline(time.Time{})
+	s.relayDetached(cc, tun.raw, tun.pre, end)
+}
+
+// relayDetached relays between cc and b on two goroutines of their own
+// and returns at once: the goroutine serving cc ends, and with it its
+// stack, grown by the request it handled, so an idle tunnel costs two
+// small goroutines and no buffer. When both directions are done, end runs
+// with the bytes moved (client to b, b to client), then cc is closed and
+// untracked. cc's serving goroutine must not touch cc afterwards.
+func (s *Server) relayDetached(cc *clientConn, b net.Conn, bPre []byte, end func(up, down int64)) {
+	cc.handedOff = true
+	startRelay(cc.c, cc.detach(), b, bPre, s.opts.TunnelIdleTimeout, &s.bufs, func(up, down int64) {
+		end(up, down)
+		cc.c.Close()
+		s.untrack(cc)
+	})
 }
 
 // tunnelResult is an open upstream tunnel, or why none could be opened.
@@ -140,17 +160,29 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 // closeWriter is a connection that can half-close.
 type closeWriter interface{ CloseWrite() error }
 
-// relay copies both ways between a and b, first sending aPre (bytes of
-// a's already read) to b and bPre to a. When one direction ends cleanly
-// the other side's write half is closed and the other direction
-// continues; an error in either direction tears both down, and so does
-// idle time with no byte moving either way (idle <= 0: never). It returns
-// when both directions are done, having used one goroutine besides the
-// caller's. Reads are plain reads, never splice(2), and no buffer is held
-// while a direction waits for data: a copy buffer comes from bufs only
-// when bytes are there to read (see readPooled). It returns the bytes
-// moved from a to b and from b to a.
+// relay is startRelay, waiting for the end: it returns the bytes moved
+// from a to b and from b to a.
 func relay(a net.Conn, aPre []byte, b net.Conn, bPre []byte, idle time.Duration, bufs *sync.Pool) (aToB, bToA int64) {
+	done := make(chan struct{})
+	startRelay(a, aPre, b, bPre, idle, bufs, func(x, y int64) {
+		aToB, bToA = x, y
+		close(done)
+	})
+	<-done
+	return aToB, bToA
+}
+
+// startRelay copies both ways between a and b on two new goroutines,
+// first sending aPre (bytes of a's already read) to b and bPre to a. When
+// one direction ends cleanly the other side's write half is closed and
+// the other direction continues; an error in either direction tears both
+// down, and so does idle time with no byte moving either way (idle <= 0:
+// never). When both directions are done, both connections are closed and
+// end runs with the bytes moved from a to b and from b to a. Reads are
+// plain reads, never splice(2), and no buffer is held while a direction
+// waits for data: a copy buffer comes from bufs only when bytes are there
+// to read (see readPooled).
+func startRelay(a net.Conn, aPre []byte, b net.Conn, bPre []byte, idle time.Duration, bufs *sync.Pool, end func(aToB, bToA int64)) {
 	var once sync.Once
 	kill := func() {
 		once.Do(func() {
@@ -160,9 +192,9 @@ func relay(a net.Conn, aPre []byte, b net.Conn, bPre []byte, idle time.Duration,
 	}
 	var last atomic.Int64 // unix nanos of the last byte moved
 	last.Store(time.Now().UnixNano())
+	var t *time.Timer
 	if idle > 0 {
 		var watch func()
-		var t *time.Timer
 		var mu sync.Mutex
 		watch = func() {
 			quiet := time.Since(time.Unix(0, last.Load()))
@@ -177,7 +209,19 @@ func relay(a net.Conn, aPre []byte, b net.Conn, bPre []byte, idle time.Duration,
 		mu.Lock()
 		t = time.AfterFunc(idle, watch)
 		mu.Unlock()
-		defer t.Stop()
+	}
+	var aToB, bToA int64
+	var running atomic.Int32
+	running.Store(2)
+	finished := func() {
+		if running.Add(-1) != 0 {
+			return
+		}
+		if t != nil {
+			t.Stop()
+		}
+		kill()
+		end(aToB, bToA)
 	}
 	pipe := func(dst, src net.Conn, pre []byte, moved *int64) {
 		if len(pre) > 0 {
@@ -213,15 +257,14 @@ func relay(a net.Conn, aPre []byte, b net.Conn, bPre []byte, idle time.Duration,
 			}
 		}
 	}
-	done := make(chan struct{})
 	go func() {
-		defer close(done)
 		pipe(b, a, aPre, &aToB)
+		finished()
 	}()
-	pipe(a, b, bPre, &bToA)
-	<-done
-	kill()
-	return aToB, bToA
+	go func() {
+		pipe(a, b, bPre, &bToA)
+		finished()
+	}()
 }
 
 // errWriteFailed wraps the write error of a readPooled callback.

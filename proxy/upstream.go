@@ -162,6 +162,10 @@ type transport struct {
 	maxIdle  int
 	maxHead  int // bytes of a response head (CONNECT reply, answer)
 
+	// Readers and writers of connections in use; kept connections give
+	// theirs back while idle.
+	rbufs, wbufs sync.Pool
+
 	mu      sync.Mutex
 	idle    map[connKey][]*upConn
 	live    map[string]bool // proxy addresses whose connections are kept; nil: all
@@ -186,14 +190,24 @@ func (t *transport) get(key connKey) *upConn {
 		t.idle[key] = list[:len(list)-1]
 		if time.Since(c.idleSince) < t.timeouts.IdleConns {
 			c.reused = true
+			t.attachBufs(c)
 			return c
 		}
 		c.Close()
 	}
 }
 
-// put keeps c for reuse.
+// put keeps c for reuse, without its buffers.
 func (t *transport) put(c *upConn) {
+	if c.br.Buffered() > 0 || c.bw.Buffered() > 0 {
+		c.Close() // out of step with its peer
+		return
+	}
+	c.br.Reset(nil)
+	c.bw.Reset(nil)
+	t.rbufs.Put(c.br)
+	t.wbufs.Put(c.bw)
+	c.br, c.bw = nil, nil
 	c.idleSince = time.Now()
 	t.mu.Lock()
 	if t.keeps(c.key) && len(t.idle[c.key]) < t.maxIdle {
@@ -308,7 +322,7 @@ func (t *transport) dial(ctx context.Context, up Upstream, key connKey, scheme, 
 		if err != nil {
 			return nil, err
 		}
-		return t.wrap(c, nil, key), nil
+		return t.wrap(c, key), nil
 	}
 	raw, pre, err := t.tunnel(ctx, up, hostport)
 	if err != nil {
@@ -328,15 +342,26 @@ func (t *transport) dial(ctx context.Context, up Upstream, key connKey, scheme, 
 		raw.Close()
 		return nil, failed("tls_error", fmt.Errorf("tls handshake with %s: %w", hostport, err))
 	}
-	return t.wrap(tc, nil, key), nil
+	return t.wrap(tc, key), nil
 }
 
-func (t *transport) wrap(c net.Conn, br *bufio.Reader, key connKey) *upConn {
+func (t *transport) wrap(c net.Conn, key connKey) *upConn {
 	uc := &upConn{Conn: c, key: key, readTimeout: t.timeouts.Response}
-	if br == nil {
-		br = bufio.NewReaderSize(uc, 16<<10)
-	}
-	uc.br = br
-	uc.bw = bufio.NewWriterSize(c, 16<<10)
+	t.attachBufs(uc)
 	return uc
+}
+
+// attachBufs gives c a reader and a writer from the pools.
+func (t *transport) attachBufs(c *upConn) {
+	br, _ := t.rbufs.Get().(*bufio.Reader)
+	if br == nil {
+		br = bufio.NewReaderSize(nil, 16<<10)
+	}
+	br.Reset(c)
+	bw, _ := t.wbufs.Get().(*bufio.Writer)
+	if bw == nil {
+		bw = bufio.NewWriterSize(nil, 16<<10)
+	}
+	bw.Reset(c.Conn)
+	c.br, c.bw = br, bw
 }
