@@ -266,6 +266,7 @@ func TestDefaults(t *testing.T) {
 		HeaderTimeout: Duration(10 * time.Second), MaxBodySize: 1 << 30, RetryBufferSize: 1 << 20,
 		ShutdownTimeout: Duration(30 * time.Second), TunnelIdleTimeout: Duration(10 * time.Minute),
 		RedisKeyPrefix: "ph:", RedisLeaseTTL: Duration(30 * time.Second),
+		MaxConnectionsPerClient: 4096, FdReserve: 256,
 	}
 	if !reflect.DeepEqual(cfg.Server, want) {
 		t.Errorf("server =\n%+v\nwant\n%+v", cfg.Server, want)
