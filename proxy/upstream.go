@@ -173,6 +173,9 @@ type transport struct {
 }
 
 func newTransport(tlsConf *tls.Config, t Timeouts, d *net.Dialer, maxHead int) *transport {
+	if maxHead <= 0 {
+		maxHead = 64 << 10
+	}
 	return &transport{tls: tlsConf, timeouts: t, dialer: d, maxIdle: 16, maxHead: maxHead, idle: map[connKey][]*upConn{}}
 }
 
