@@ -110,7 +110,16 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 		return nil, err
 	}
 	s := cfg.Server
+	nofile, err := raiseFDLimit()
+	if err != nil {
+		log.Warn("cannot raise the open file limit", "err", err)
+	}
+	maxConns := connectionLimit(s, nofile, log)
+	log.Debug("client connection limits", "fdLimit", nofile, "maxConnections", maxConns, "maxConnectionsPerClient", s.MaxConnectionsPerClient)
 	a.srv = proxy.New(targets, proxy.Options{
+		MaxConns:          maxConns,
+		MaxConnsPerClient: s.MaxConnectionsPerClient,
+		RefusedConn:       a.mx.connRefused(),
 		Auth:              authn,
 		Destinations:      cfg.destinationPolicy(opts.Listener),
 		Logger:            log,

@@ -87,11 +87,13 @@ func DefaultServerConfig() ServerConfig {
 		RedisKeyPrefix:    "ph:",
 		RedisLeaseTTL:     Duration(30 * time.Second),
 
-		MetricsTagLimit:    100,
-		RequestLogBurst:    10,
-		RequestLogInterval: Duration(time.Minute),
-		DenyDestinations:   DefaultDenyDestinations(),
-		AllowDestinations:  []string{},
+		MetricsTagLimit:         100,
+		RequestLogBurst:         10,
+		RequestLogInterval:      Duration(time.Minute),
+		DenyDestinations:        DefaultDenyDestinations(),
+		AllowDestinations:       []string{},
+		MaxConnectionsPerClient: 4096,
+		FdReserve:               256,
 	}
 }
 
@@ -1139,6 +1141,14 @@ func (c *Config) checkServer(p *problems) {
 	}
 	parseDestinations(p, "denyDestinations", s.DenyDestinations)
 	parseDestinations(p, "allowDestinations", s.AllowDestinations)
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"maxConnections", s.MaxConnections}, {"maxConnectionsPerClient", s.MaxConnectionsPerClient}, {"fdReserve", s.FdReserve}} {
+		if n.v < 0 {
+			p.add("server: %s must not be negative, got %d", n.name, n.v)
+		}
+	}
 }
 
 var permissions = map[string]bool{"read": true, "write": true, "admin": true}

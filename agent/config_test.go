@@ -270,7 +270,8 @@ func TestDefaults(t *testing.T) {
 		MetricsTagLimit: 100, RequestLogBurst: 10, RequestLogInterval: Duration(time.Minute),
 		DenyDestinations: []string{"0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "100.100.100.200", "168.63.129.16",
 			"::/128", "::1/128", "fe80::/10", "fd00:ec2::254", "localhost", "metadata.google.internal"},
-		AllowDestinations: []string{},
+		AllowDestinations:       []string{},
+		MaxConnectionsPerClient: 4096, FdReserve: 256,
 	}
 	if !reflect.DeepEqual(cfg.Server, want) {
 		t.Errorf("server =\n%+v\nwant\n%+v", cfg.Server, want)

@@ -87,6 +87,15 @@ func (x *agentMetrics) identityRotated(target string) func(addr, reason string) 
 	return x.m.IdentityRotated(target)
 }
 
+// connRefused is the proxy's RefusedConn callback (nil when metrics are
+// off).
+func (x *agentMetrics) connRefused() func(reason string) {
+	if x == nil {
+		return nil
+	}
+	return x.m.ConnRefused
+}
+
 // proxyHooks returns h, followed by the metrics hooks when metrics are on.
 func (x *agentMetrics) proxyHooks(h proxy.Hooks) proxy.Hooks {
 	if x == nil {

@@ -82,6 +82,10 @@ type ServerConfig struct {
 	// subdomains). allowDestinations carves exceptions out of the deny-list.
 	DenyDestinations  []string `mapstructure:"denyDestinations"`  // loopback, link-local, cloud metadata, localhost
 	AllowDestinations []string `mapstructure:"allowDestinations"` // none
+	// Client connection limits (README "Request limits and bad input").
+	MaxConnections          int `mapstructure:"maxConnections"`          // open client connections, all listeners (0: from the fd limit)
+	MaxConnectionsPerClient int `mapstructure:"maxConnectionsPerClient"` // open from one client address, IPv6 by /64 (4096; 0: no per-client limit)
+	FdReserve               int `mapstructure:"fdReserve"`               // fds kept out of the client connections' reach (256)
 }
 
 // AuthConfig is parsed and validated now; enforced by the auth issue.

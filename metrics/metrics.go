@@ -46,6 +46,7 @@ type Metrics struct {
 	authFailures *prometheus.CounterVec   // reason
 	reloads      *prometheus.CounterVec   // result
 	bytes        *prometheus.CounterVec   // target, direction
+	connRefused  *prometheus.CounterVec   // reason
 
 	probeSuccess  *prometheus.CounterVec   // address, provider, region
 	probeFailure  *prometheus.CounterVec   // address, provider, region, reason
@@ -108,6 +109,10 @@ func NewWithOptions(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 			Help: "Whether the IP passed its last background probe (1) or not (0)."}, []string{"address", "provider", "region"}),
 		opts: opts,
 	}
+	m.connRefused = counter("connections_refused_total",
+		"Client connections reset at accept because a connection limit was reached, by reason: global_limit (server.maxConnections) or client_limit (server.maxConnectionsPerClient).", "reason")
+	m.connRefused.WithLabelValues(proxy.RefusedGlobalLimit)
+	m.connRefused.WithLabelValues(proxy.RefusedClientLimit)
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	for i := range m.status {
@@ -116,6 +121,7 @@ func NewWithOptions(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.requests, m.attempts, m.duration, m.responses, m.retries, m.exhaustions, m.queueWait,
 		m.queueExpired, m.quarantines, m.rotations, m.authFailures, m.reloads, m.bytes, m.probeSuccess, m.probeFailure, m.probeDuration, m.reachable,
+		m.connRefused,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -252,6 +258,12 @@ func (m *Metrics) PoolHooks(target string, labels map[string]IPLabels) pool.Hook
 			m.quarantines.WithLabelValues(target, addr, "", "").Inc()
 		},
 	}
+}
+
+// ConnRefused counts one client connection refused at a limit; reason is
+// one of proxy's Refused* constants (proxy.Options.RefusedConn).
+func (m *Metrics) ConnRefused(reason string) {
+	m.connRefused.WithLabelValues(reason).Inc()
 }
 
 // ConfigReload counts one config reload: applied (ok) or rejected.

@@ -117,6 +117,8 @@ func TestGolden(t *testing.T) {
 	} {
 		m.Attempt(ev)
 	}
+	m.ConnRefused(proxy.RefusedClientLimit)
+	m.ConnRefused(proxy.RefusedClientLimit)
 	m.ConfigReload(true)
 	m.ConfigReload(true)
 	m.ConfigReload(false)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -395,6 +396,15 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			if errors.As(err, &ae) {
 				reason = ae.Reason
 			}
+			if reason == reasonOriginHeadTooLarge {
+				// Not the IP's fault, and no other IP would fare better.
+				s.release(t, ip, pool.Neutral, AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
+				attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
+				keep = keep && (body.Replayable() || !body.used)
+				_ = writeJSON(cc.bw, http.StatusBadGateway, req.head.Minor, keep, errorBody(reason,
+					"The origin's response head is larger than the agent accepts", req, t, i, retries, attempts))
+				return keep, OutcomeConnectionError, http.StatusBadGateway
+			}
 			s.release(t, ip, s.failure(), AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
 			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
 			s.log.Debug("attempt failed", "target", t.Name, "address", ip, "reason", reason, "err", err)
@@ -571,7 +581,10 @@ func (t *transport) roundTrip(ctx context.Context, up Upstream, req *request, bo
 		err = writeRequest(uc.bw, req, up, body)
 		var resp *http.Response
 		if err == nil {
+			// Interim and final heads together stay within maxHead.
+			uc.limitHead, uc.headLeft = true, t.maxHead-uc.br.Buffered()
 			resp, err = readResponse(uc.br, req.head.Method)
+			uc.limitHead = false
 		}
 		if !stop() && err == nil {
 			// The context ended meanwhile and its deadline poisoned the
@@ -587,9 +600,22 @@ func (t *transport) roundTrip(ctx context.Context, up Upstream, req *request, bo
 		if uc.reused && try == 0 && uc.nread == 0 && (body.Replayable() || !body.used) && staleConn(err) {
 			continue
 		}
+		if errors.Is(err, errRespHeadTooLarge) {
+			// Plain http: the answer comes from the proxy, which is at
+			// fault. https: the origin sent it inside the tunnel.
+			reason := "upstream_head_too_large"
+			if req.url.Scheme == "https" {
+				reason = reasonOriginHeadTooLarge
+			}
+			return nil, nil, failed(reason, fmt.Errorf("response head exceeds %d bytes or %d fields: %w", t.maxHead, maxRespHeadFields, err))
+		}
 		return nil, nil, failed(reasonOf("upstream", err), err)
 	}
 }
+
+// reasonOriginHeadTooLarge is an https origin's response head over the
+// limit: the origin's fault, not the IP's, and the same on every IP.
+const reasonOriginHeadTooLarge = "origin_head_too_large"
 
 func staleConn(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || reasonOf("", err) == "_reset"
@@ -600,6 +626,9 @@ func staleConn(err error) bool {
 func readResponse(br *bufio.Reader, method string) (*http.Response, error) {
 	for {
 		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err == nil {
+			err = checkRespFields(resp.Header)
+		}
 		if err != nil {
 			return nil, err
 		}

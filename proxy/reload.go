@@ -66,7 +66,7 @@ func (s *Server) link(old, targets []*Target) {
 			if prev != nil && prev.tr != nil && prev.TLS == t.TLS {
 				t.tr = prev.tr
 			} else {
-				t.tr = newTransport(tlsOrDefault(t.TLS), s.opts.Upstream, s.dialer())
+				t.tr = newTransport(tlsOrDefault(t.TLS), s.opts.Upstream, s.dialer(), s.opts.MaxHeaderBytes)
 			}
 		}
 	}

@@ -54,7 +54,7 @@ func TestSetTargetsGenerations(t *testing.T) {
 	// A retired transport closes connections handed back to it.
 	c1, c2 := net.Pipe()
 	defer c2.Close()
-	uc := gen2.tr.wrap(c1, nil, connKey{proxy: upB.Addr})
+	uc := gen2.tr.wrap(c1, connKey{proxy: upB.Addr})
 	gen2.tr.put(uc)
 	_ = c2.SetReadDeadline(time.Now().Add(time.Second))
 	if _, err := c2.Read(make([]byte, 1)); err == nil {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -52,6 +53,16 @@ type Options struct {
 	// Destinations refuses destinations in every mode before any IP is
 	// acquired (403, or a reset for transparent tunnels); nil refuses none.
 	Destinations *DestinationPolicy
+	// MaxConns bounds the client connections open at once, over every
+	// listener and the transparent path; one more is reset at accept
+	// (0: no limit). MaxConnsPerClient bounds those from one client
+	// address (IPv4 address, IPv6 /64; 0: no limit).
+	MaxConns          int
+	MaxConnsPerClient int
+	// RefusedConn is called for each connection refused at a limit, with
+	// the reason (RefusedGlobalLimit, RefusedClientLimit). It must not
+	// block.
+	RefusedConn func(reason string)
 	// Dialer makes every outgoing connection (upstream proxies, direct
 	// transparent connections); nil means a plain net.Dialer. The eBPF
 	// data plane uses its Control hook to keep the agent's own sockets out
@@ -116,8 +127,12 @@ type Server struct {
 	conns     map[*clientConn]struct{}
 	draining  atomic.Bool
 	wg        sync.WaitGroup
+	limits    connLimits
+	lastLimit time.Time // when a refusal at a limit was last logged; under mu
+	refused   int       // refusals since then; under mu
 
-	bufs sync.Pool
+	bufs  sync.Pool // 32 KiB copy buffers (response bodies, tunnels)
+	cbufs *connBufs // client connections' readers and writers
 
 	reqLog *logrl.Limiter // lines of failed and refused requests
 }
@@ -131,6 +146,8 @@ func New(targets []*Target, opts Options) *Server {
 		log:       opts.Logger.With("component", "proxy"),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*clientConn]struct{}{},
+		limits:    connLimits{perClient: map[netip.Prefix]int{}},
+		cbufs:     newConnBufs(),
 	}
 	s.reqLog = logrl.New(s.log, logrl.Options{Burst: opts.RequestLogBurst, Interval: opts.RequestLogInterval, KeyAttr: "reason"})
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -227,9 +244,8 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		backoff = 0
-		cc := s.track(c, 16<<10)
+		cc := s.track(c)
 		if cc == nil {
-			c.Close()
 			continue
 		}
 		go s.serveConn(cc, s.handle)
@@ -242,10 +258,24 @@ const (
 )
 
 type clientConn struct {
-	c     net.Conn
+	c net.Conn
+	// br and bw come from the server's pool when a request arrives and go
+	// back while the connection waits for the next one or relays a tunnel
+	// (see conn.go): nil then.
 	br    *bufio.Reader
 	bw    *bufio.Writer
+	bufs  *connBufs
 	state atomic.Int32
+	key   netip.Prefix // what MaxConnsPerClient counts
+	// first is the byte that ended a wait for a request, until br reads it.
+	first    [1]byte
+	hasFirst bool
+	// handedOff: a relay owns the connection now (relayDetached); the
+	// serving goroutine returns without closing it.
+	handedOff bool
+	// idleSince is when the idle wait a fresh goroutine takes over began
+	// (requestLoop's hop); zero otherwise.
+	idleSince time.Time
 
 	// The last X-Proxy-Hopper-Target value and its parse: keep-alive
 	// clients send the same one on every request.
@@ -253,15 +283,47 @@ type clientConn struct {
 	lastBase   *url.URL
 }
 
-func (s *Server) track(c net.Conn, readBuf int) *clientConn {
+// track registers a new client connection, or closes it and returns nil
+// when the server is draining or a connection limit is reached.
+func (s *Server) track(c net.Conn) *clientConn {
+	key := clientKey(c.RemoteAddr())
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.draining.Load() {
+	reason := ""
+	switch {
+	case s.draining.Load():
+		s.mu.Unlock()
+		c.Close()
+		return nil
+	case s.opts.MaxConns > 0 && len(s.conns) >= s.opts.MaxConns:
+		reason = RefusedGlobalLimit
+	case s.opts.MaxConnsPerClient > 0 && s.limits.perClient[key] >= s.opts.MaxConnsPerClient:
+		reason = RefusedClientLimit
+	}
+	if reason != "" {
+		s.refused++
+		logNow := time.Since(s.lastLimit) >= 10*time.Second
+		n := s.refused
+		if logNow {
+			s.lastLimit, s.refused = time.Now(), 0
+		}
+		open := len(s.conns)
+		s.mu.Unlock()
+		closeRefused(c)
+		if s.opts.RefusedConn != nil {
+			s.opts.RefusedConn(reason)
+		}
+		if logNow {
+			// At most one line per 10s however many are refused.
+			s.log.Warn("connection limit reached; refusing connections", "reason", reason,
+				"client", key.String(), "open", open, "refused", n)
+		}
 		return nil
 	}
-	cc := &clientConn{c: c, br: bufio.NewReaderSize(c, readBuf), bw: bufio.NewWriterSize(c, 16<<10)}
+	cc := &clientConn{c: c, bufs: s.cbufs, key: key}
 	s.conns[cc] = struct{}{}
+	s.limits.perClient[key]++
 	s.wg.Add(1)
+	s.mu.Unlock()
 	return cc
 }
 
@@ -274,8 +336,14 @@ func (s *Server) ActiveConns() int {
 }
 
 func (s *Server) untrack(cc *clientConn) {
+	cc.dropBufs()
 	s.mu.Lock()
 	delete(s.conns, cc)
+	if n := s.limits.perClient[cc.key] - 1; n > 0 {
+		s.limits.perClient[cc.key] = n
+	} else {
+		delete(s.limits.perClient, cc.key)
+	}
 	s.mu.Unlock()
 	s.wg.Done()
 }
@@ -335,21 +403,67 @@ func (s *Server) closeUpstreams() {
 // serveConn reads requests from one client connection until it closes,
 // handing each head to handle.
 func (s *Server) serveConn(cc *clientConn, handle func(*clientConn, *RequestHead) bool) {
-	defer s.untrack(cc)
-	defer cc.c.Close()
-	s.requestLoop(cc, handle)
+	s.serveFrom(cc, handle, true)
 }
 
-// requestLoop reads request heads until the connection should close.
-func (s *Server) requestLoop(cc *clientConn, handle func(*clientConn, *RequestHead) bool) {
-	for {
+// serveFrom runs the request loop of cc from its first request, or (first
+// false) from an idle wait begun on another goroutine.
+func (s *Server) serveFrom(cc *clientConn, handle func(*clientConn, *RequestHead) bool, first bool) {
+	if s.requestLoop(cc, handle, first, true) {
+		return // it goes on on a fresh goroutine
+	}
+	if !cc.handedOff { // else a relay owns it (relayDetached)
+		cc.c.Close()
+		s.untrack(cc)
+	}
+}
+
+// requestLoop reads request heads until the connection should close. A
+// connection's first byte must come within headerTimeout (a connection
+// that never sends one is closed then, not after idleTimeout); between
+// requests a keep-alive connection may stay idleTimeout. Waits hold no
+// buffers beyond keepAliveGrace.
+//
+// With hop, a connection idle beyond keepAliveGrace goes on waiting on a
+// fresh goroutine, whose stack is small, while this one (its stack grown
+// by the requests it served) ends: requestLoop then returns true, and the
+// caller must leave cc alone.
+func (s *Server) requestLoop(cc *clientConn, handle func(*clientConn, *RequestHead) bool, first, hop bool) (moved bool) {
+	for ; ; first = false {
 		cc.state.Store(stateIdle)
 		if s.draining.Load() {
-			return
+			return false
 		}
-		_ = cc.c.SetReadDeadline(time.Now().Add(s.opts.IdleTimeout))
-		if _, err := cc.br.Peek(1); err != nil {
-			return
+		start := time.Now()
+		if !cc.idleSince.IsZero() {
+			start, cc.idleSince = cc.idleSince, time.Time{}
+		}
+		wait := s.opts.IdleTimeout
+		if first {
+			wait = s.opts.HeaderTimeout
+		}
+		ready := cc.br != nil && cc.br.Buffered() > 0
+		if !ready && !first && cc.br != nil {
+			// The next request usually follows at once: wait a moment
+			// with the buffers before giving them back.
+			_ = cc.c.SetReadDeadline(start.Add(min(keepAliveGrace, wait)))
+			_, err := cc.br.Peek(1)
+			switch {
+			case err == nil:
+				ready = true
+			case !isTimeout(err) || s.draining.Load():
+				return false
+			case hop:
+				cc.releaseBufs()
+				cc.idleSince = start
+				go s.serveFrom(cc, handle, false)
+				return true
+			}
+		}
+		if !ready {
+			if err := cc.awaitData(start.Add(wait)); err != nil {
+				return false
+			}
 		}
 		cc.state.Store(stateActive)
 		_ = cc.c.SetReadDeadline(time.Now().Add(s.opts.HeaderTimeout))
@@ -361,12 +475,14 @@ func (s *Server) requestLoop(cc *clientConn, handle func(*clientConn, *RequestHe
 				_ = writeJSON(cc.bw, he.Status, 1, false, clientError(he.Reason))
 				lingerClose(cc.c)
 			}
-			return
+			return false
 		}
 		_ = cc.c.SetReadDeadline(time.Time{})
 		if !handle(cc, head) {
-			lingerClose(cc.c)
-			return
+			if !cc.handedOff {
+				lingerClose(cc.c)
+			}
+			return false
 		}
 	}
 }

@@ -38,18 +38,23 @@ type TransparentOptions struct {
 // (including protocols where the server speaks first) is tunnelled to orig.
 // It returns when the connection is done.
 func (s *Server) ServeTransparent(c net.Conn, orig netip.AddrPort) {
-	cc := s.track(c, maxTLSRecord+512)
+	cc := s.track(c)
 	if cc == nil {
-		c.Close()
 		return
 	}
-	defer s.untrack(cc)
-	defer cc.c.Close()
+	defer func() {
+		if !cc.handedOff { // else the relay closes it
+			cc.c.Close()
+			s.untrack(cc)
+		}
+	}()
 	cc.state.Store(stateActive)
 	sniff := s.opts.Transparent.SniffTimeout
 	if sniff <= 0 {
 		sniff = 500 * time.Millisecond
 	}
+	// Buffers at once: the sniff is short, and a tunnel gives them back.
+	cc.attachBufs()
 	_ = c.SetReadDeadline(time.Now().Add(sniff))
 	first, err := cc.br.Peek(1)
 	switch {
@@ -136,9 +141,11 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 		}
 		return
 	}
-	ev.BytesUp, ev.BytesDown = relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
-	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
-	finish(OutcomeSuccess)
+	s.relayDetached(cc, tun.raw, tun.pre, func(up, down int64) {
+		ev.BytesUp, ev.BytesDown = up, down
+		s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
+		finish(OutcomeSuccess)
+	})
 }
 
 // unmatched applies the policy for connections no target wants.
@@ -156,7 +163,7 @@ func (s *Server) unmatched(cc *clientConn, orig netip.AddrPort) {
 		resetClose(cc.c)
 		return
 	}
-	relay(cc.c, cc.br, oc, nil, s.opts.TunnelIdleTimeout)
+	relay(cc.c, cc.detach(), oc, nil, s.opts.TunnelIdleTimeout, &s.bufs)
 }
 
 // resetClose makes the coming Close send a TCP reset.
@@ -195,7 +202,7 @@ func (s *Server) transparentHTTP(cc *clientConn, orig netip.AddrPort) {
 		}
 		req := &request{head: head, url: u, mode: "transparent", retries: retriesOf(head), tag: tagOf(head), overrides: overridesOf(head.Fields)}
 		return s.serveRequest(cc, req, keep)
-	})
+	}, true, false)
 }
 
 // peekHead parses the request head at the front of br without consuming

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -103,19 +101,39 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 		return
 	}
 	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
-	if err := cc.bw.Flush(); err == nil {
-		_ = cc.c.SetDeadline(time.Time{})
-		ev.BytesUp, ev.BytesDown = relay(cc.c, cc.br, tun.raw, tun.br, s.opts.TunnelIdleTimeout)
+	end := func(up, down int64) {
+		ev.BytesUp, ev.BytesDown = up, down
+		tun.raw.Close()
+		s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
+		finish(OutcomeSuccess, 200)
 	}
-	tun.raw.Close()
-	s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
-	finish(OutcomeSuccess, 200)
+	if err := cc.bw.Flush(); err != nil {
+		end(0, 0)
+		return
+	}
+	_ = cc.c.SetDeadline(time.Time{})
+	s.relayDetached(cc, tun.raw, tun.pre, end)
+}
+
+// relayDetached relays between cc and b on two goroutines of their own
+// and returns at once: the goroutine serving cc ends, and with it its
+// stack, grown by the request it handled, so an idle tunnel costs two
+// small goroutines and no buffer. When both directions are done, end runs
+// with the bytes moved (client to b, b to client), then cc is closed and
+// untracked. cc's serving goroutine must not touch cc afterwards.
+func (s *Server) relayDetached(cc *clientConn, b net.Conn, bPre []byte, end func(up, down int64)) {
+	cc.handedOff = true
+	startRelay(cc.c, cc.detach(), b, bPre, s.opts.TunnelIdleTimeout, &s.bufs, func(up, down int64) {
+		end(up, down)
+		cc.c.Close()
+		s.untrack(cc)
+	})
 }
 
 // tunnelResult is an open upstream tunnel, or why none could be opened.
 type tunnelResult struct {
 	raw      net.Conn
-	br       *bufio.Reader
+	pre      []byte // bytes the upstream sent after its CONNECT reply
 	ip       string
 	start    time.Time
 	attempts []attemptRecord
@@ -141,7 +159,7 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 		}
 		up := t.upstream(ip)
 		aStart := time.Now()
-		raw, ubr, err := t.tr.tunnel(s.ctx, up, hostport)
+		raw, pre, err := t.tr.tunnel(s.ctx, up, hostport)
 		if err != nil {
 			reason := "connect_error"
 			var ae *attemptError
@@ -152,7 +170,7 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 			res.attempts = append(res.attempts, attemptRecord{IP: ip, Reason: reason})
 			continue
 		}
-		res.raw, res.br, res.ip, res.start = raw, ubr, ip, aStart
+		res.raw, res.pre, res.ip, res.start = raw, pre, ip, aStart
 		return res, nil
 	}
 	return res, errTunnelFailed
@@ -161,15 +179,29 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 // closeWriter is a connection that can half-close.
 type closeWriter interface{ CloseWrite() error }
 
-// relay copies both ways between a and b, each side first draining what
-// its buffered reader already holds. When one direction ends cleanly the
-// other side's write half is closed and the other direction continues;
-// an error in either direction tears both down, and so does idle time
-// with no byte moving either way (idle <= 0: never). It returns when both
-// directions are done. Reads are plain reads, never splice(2). It returns
-// the bytes moved from a to b and from b to a.
-func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle time.Duration) (aToB, bToA int64) {
-	var wg sync.WaitGroup
+// relay is startRelay, waiting for the end: it returns the bytes moved
+// from a to b and from b to a.
+func relay(a net.Conn, aPre []byte, b net.Conn, bPre []byte, idle time.Duration, bufs *sync.Pool) (aToB, bToA int64) {
+	done := make(chan struct{})
+	startRelay(a, aPre, b, bPre, idle, bufs, func(x, y int64) {
+		aToB, bToA = x, y
+		close(done)
+	})
+	<-done
+	return aToB, bToA
+}
+
+// startRelay copies both ways between a and b on two new goroutines,
+// first sending aPre (bytes of a's already read) to b and bPre to a. When
+// one direction ends cleanly the other side's write half is closed and
+// the other direction continues; an error in either direction tears both
+// down, and so does idle time with no byte moving either way (idle <= 0:
+// never). When both directions are done, both connections are closed and
+// end runs with the bytes moved from a to b and from b to a. Reads are
+// plain reads, never splice(2), and no buffer is held while a direction
+// waits for data: a copy buffer comes from bufs only when bytes are there
+// to read (see readPooled).
+func startRelay(a net.Conn, aPre []byte, b net.Conn, bPre []byte, idle time.Duration, bufs *sync.Pool, end func(aToB, bToA int64)) {
 	var once sync.Once
 	kill := func() {
 		once.Do(func() {
@@ -179,9 +211,9 @@ func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle ti
 	}
 	var last atomic.Int64 // unix nanos of the last byte moved
 	last.Store(time.Now().UnixNano())
+	var t *time.Timer
 	if idle > 0 {
 		var watch func()
-		var t *time.Timer
 		var mu sync.Mutex
 		watch = func() {
 			quiet := time.Since(time.Unix(0, last.Load()))
@@ -196,21 +228,40 @@ func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle ti
 		mu.Lock()
 		t = time.AfterFunc(idle, watch)
 		mu.Unlock()
-		defer t.Stop()
 	}
-	pipe := func(dst net.Conn, src io.Reader, moved *int64) {
-		defer wg.Done()
-		buf := make([]byte, 32<<10)
+	var aToB, bToA int64
+	var running atomic.Int32
+	running.Store(2)
+	finished := func() {
+		if running.Add(-1) != 0 {
+			return
+		}
+		if t != nil {
+			t.Stop()
+		}
+		kill()
+		end(aToB, bToA)
+	}
+	pipe := func(dst, src net.Conn, pre []byte, moved *int64) {
+		if len(pre) > 0 {
+			w, err := dst.Write(pre)
+			*moved += int64(w)
+			if err != nil {
+				kill()
+				return
+			}
+		}
+		read := readPooled(src, bufs)
 		for {
-			n, err := src.Read(buf)
-			if n > 0 {
+			_, err := read(func(p []byte) error {
 				last.Store(time.Now().UnixNano())
-				w, werr := dst.Write(buf[:n])
+				w, werr := dst.Write(p)
 				*moved += int64(w)
-				if werr != nil {
-					kill()
-					return
-				}
+				return werr
+			})
+			if errors.Is(err, errWriteFailed) {
+				kill()
+				return
 			}
 			if errors.Is(err, io.EOF) {
 				if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
@@ -225,19 +276,38 @@ func relay(a net.Conn, abr *bufio.Reader, b net.Conn, bbr *bufio.Reader, idle ti
 			}
 		}
 	}
-	wg.Add(2)
-	go pipe(b, readerOf(a, abr), &aToB)
-	go pipe(a, readerOf(b, bbr), &bToA)
-	wg.Wait()
-	kill()
-	return aToB, bToA
+	go func() {
+		pipe(b, a, aPre, &aToB)
+		finished()
+	}()
+	go func() {
+		pipe(a, b, bPre, &bToA)
+		finished()
+	}()
 }
 
-// readerOf reads c's bytes, first those already in br.
-func readerOf(c net.Conn, br *bufio.Reader) io.Reader {
-	if br == nil || br.Buffered() == 0 {
-		return c
+// errWriteFailed wraps the write error of a readPooled callback.
+var errWriteFailed = errors.New("relay write failed")
+
+// readPooled returns a function that waits for bytes on c, reads them
+// into a buffer taken from bufs for the time of the read and hands them
+// to use, then gives the buffer back. It returns the bytes read, io.EOF
+// at the end of the stream, and use's error wrapped in errWriteFailed.
+// On sockets it waits without a buffer (readRaw); on other connections
+// it holds one while it reads.
+func readPooled(c net.Conn, bufs *sync.Pool) func(use func([]byte) error) (int, error) {
+	if r := rawReader(c, bufs); r != nil {
+		return r
 	}
-	pre, _ := br.Peek(br.Buffered())
-	return io.MultiReader(bytes.NewReader(bytes.Clone(pre)), c)
+	return func(use func([]byte) error) (int, error) {
+		bp := bufs.Get().(*[]byte)
+		defer bufs.Put(bp)
+		n, err := c.Read(*bp)
+		if n > 0 {
+			if werr := use((*bp)[:n]); werr != nil {
+				return n, errors.Join(errWriteFailed, werr)
+			}
+		}
+		return n, err
+	}
 }

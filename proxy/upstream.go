@@ -76,6 +76,10 @@ type upConn struct {
 	idleSince   time.Time
 	readTimeout time.Duration
 	nread       int64 // bytes read since the current request was sent
+	// headLeft, while limitHead is set, is how many more bytes may be read
+	// before the response head must have ended.
+	headLeft  int
+	limitHead bool
 	// The read and write deadlines roll forward with progress; they stay
 	// set while the connection is idle (nothing reads or writes it then).
 	readDL, writeDL rollingDeadline
@@ -83,11 +87,63 @@ type upConn struct {
 
 // Read extends the read deadline as it goes, so a stalled upstream times
 // out while a slow but moving download does not.
+// While a response head is read it also enforces the head's size limit.
 func (c *upConn) Read(p []byte) (int, error) {
+	if c.limitHead {
+		if c.headLeft <= 0 {
+			return 0, errRespHeadTooLarge
+		}
+		if len(p) > c.headLeft {
+			p = p[:c.headLeft]
+		}
+	}
 	c.readDL.arm(c.Conn.SetReadDeadline, c.readTimeout)
 	n, err := c.Conn.Read(p)
 	c.nread += int64(n)
+	if c.limitHead {
+		c.headLeft -= n
+	}
 	return n, err
+}
+
+// errRespHeadTooLarge is a response head (CONNECT reply, proxy answer or
+// origin answer) over the size or field limit.
+var errRespHeadTooLarge = errors.New("response head too large")
+
+// maxRespHeadFields bounds the header fields of a response head, as
+// ReadRequestHead does for requests.
+const maxRespHeadFields = 1000
+
+// headLimiter reads from r until left bytes have been read, then fails
+// with errRespHeadTooLarge: it bounds what a response head reader (which
+// has no limit of its own) can consume.
+type headLimiter struct {
+	r    io.Reader
+	left int
+}
+
+func (l *headLimiter) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, errRespHeadTooLarge
+	}
+	if len(p) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= n
+	return n, err
+}
+
+// checkRespFields fails when h has more than maxRespHeadFields values.
+func checkRespFields(h http.Header) error {
+	n := 0
+	for _, v := range h {
+		n += len(v)
+	}
+	if n > maxRespHeadFields {
+		return errRespHeadTooLarge
+	}
+	return nil
 }
 
 // Timeouts bound every upstream stage.
@@ -104,6 +160,11 @@ type transport struct {
 	timeouts Timeouts
 	dialer   *net.Dialer
 	maxIdle  int
+	maxHead  int // bytes of a response head (CONNECT reply, answer)
+
+	// Readers and writers of connections in use; kept connections give
+	// theirs back while idle.
+	rbufs, wbufs sync.Pool
 
 	mu      sync.Mutex
 	idle    map[connKey][]*upConn
@@ -111,8 +172,11 @@ type transport struct {
 	retired bool            // no target uses t any more: keep nothing
 }
 
-func newTransport(tlsConf *tls.Config, t Timeouts, d *net.Dialer) *transport {
-	return &transport{tls: tlsConf, timeouts: t, dialer: d, maxIdle: 16, idle: map[connKey][]*upConn{}}
+func newTransport(tlsConf *tls.Config, t Timeouts, d *net.Dialer, maxHead int) *transport {
+	if maxHead <= 0 {
+		maxHead = 64 << 10
+	}
+	return &transport{tls: tlsConf, timeouts: t, dialer: d, maxIdle: 16, maxHead: maxHead, idle: map[connKey][]*upConn{}}
 }
 
 // get returns an idle connection for key, or nil.
@@ -129,14 +193,24 @@ func (t *transport) get(key connKey) *upConn {
 		t.idle[key] = list[:len(list)-1]
 		if time.Since(c.idleSince) < t.timeouts.IdleConns {
 			c.reused = true
+			t.attachBufs(c)
 			return c
 		}
 		c.Close()
 	}
 }
 
-// put keeps c for reuse.
+// put keeps c for reuse, without its buffers.
 func (t *transport) put(c *upConn) {
+	if c.br.Buffered() > 0 || c.bw.Buffered() > 0 {
+		c.Close() // out of step with its peer
+		return
+	}
+	c.br.Reset(nil)
+	c.bw.Reset(nil)
+	t.rbufs.Put(c.br)
+	t.wbufs.Put(c.bw)
+	c.br, c.bw = nil, nil
 	c.idleSince = time.Now()
 	t.mu.Lock()
 	if t.keeps(c.key) && len(t.idle[c.key]) < t.maxIdle {
@@ -173,9 +247,10 @@ func (t *transport) dialProxy(ctx context.Context, up Upstream) (net.Conn, error
 	return c, nil
 }
 
-// tunnel opens a CONNECT tunnel to hostport through up. The returned reader
-// holds any bytes the proxy sent after its answer.
-func (t *transport) tunnel(ctx context.Context, up Upstream, hostport string) (net.Conn, *bufio.Reader, error) {
+// tunnel opens a CONNECT tunnel to hostport through up. It also returns
+// any bytes the proxy sent after its answer (nil when none): the reader
+// of the answer is dropped, so an open tunnel holds no buffer.
+func (t *transport) tunnel(ctx context.Context, up Upstream, hostport string) (net.Conn, []byte, error) {
 	c, err := t.dialProxy(ctx, up)
 	if err != nil {
 		return nil, nil, err
@@ -197,20 +272,35 @@ func (t *transport) tunnel(ctx context.Context, up Upstream, hostport string) (n
 		c.Close()
 		return nil, nil, failed(reasonOf("connect", err), err)
 	}
-	br := bufio.NewReaderSize(c, 4096)
+	// The reply's head is bounded like a request head; a proxy that sends
+	// more is at fault (the attempt counts against its IP).
+	br := bufio.NewReaderSize(&headLimiter{r: c, left: t.maxHead}, 1024)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err == nil {
+		err = checkRespFields(resp.Header)
+	}
+	if errors.Is(err, errRespHeadTooLarge) {
+		c.Close()
+		return nil, nil, failed("connect_head_too_large",
+			fmt.Errorf("upstream proxy's CONNECT reply exceeds %d bytes or %d fields: %w", t.maxHead, maxRespHeadFields, err))
+	}
 	if err != nil {
 		c.Close()
 		return nil, nil, failed(reasonOf("connect", err), err)
 	}
-	resp.Body.Close()
+	// A refusal's body is not read: the connection is closed instead.
 	if resp.StatusCode != http.StatusOK {
 		c.Close()
 		return nil, nil, failed("connect_status_"+strconv.Itoa(resp.StatusCode),
 			fmt.Errorf("upstream proxy refused CONNECT %s: %s", hostport, resp.Status))
 	}
 	_ = c.SetDeadline(time.Time{})
-	return c, br, nil
+	var pre []byte
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		pre = append([]byte(nil), b...)
+	}
+	return c, pre, nil
 }
 
 // connFor returns a connection ready to carry a request to origin through
@@ -235,13 +325,13 @@ func (t *transport) dial(ctx context.Context, up Upstream, key connKey, scheme, 
 		if err != nil {
 			return nil, err
 		}
-		return t.wrap(c, nil, key), nil
+		return t.wrap(c, key), nil
 	}
-	raw, br, err := t.tunnel(ctx, up, hostport)
+	raw, pre, err := t.tunnel(ctx, up, hostport)
 	if err != nil {
 		return nil, err
 	}
-	if br.Buffered() > 0 {
+	if len(pre) > 0 {
 		raw.Close()
 		return nil, failed("connect_error", errors.New("upstream proxy sent data before the TLS handshake"))
 	}
@@ -255,15 +345,26 @@ func (t *transport) dial(ctx context.Context, up Upstream, key connKey, scheme, 
 		raw.Close()
 		return nil, failed("tls_error", fmt.Errorf("tls handshake with %s: %w", hostport, err))
 	}
-	return t.wrap(tc, nil, key), nil
+	return t.wrap(tc, key), nil
 }
 
-func (t *transport) wrap(c net.Conn, br *bufio.Reader, key connKey) *upConn {
+func (t *transport) wrap(c net.Conn, key connKey) *upConn {
 	uc := &upConn{Conn: c, key: key, readTimeout: t.timeouts.Response}
-	if br == nil {
-		br = bufio.NewReaderSize(uc, 16<<10)
-	}
-	uc.br = br
-	uc.bw = bufio.NewWriterSize(c, 16<<10)
+	t.attachBufs(uc)
 	return uc
+}
+
+// attachBufs gives c a reader and a writer from the pools.
+func (t *transport) attachBufs(c *upConn) {
+	br, _ := t.rbufs.Get().(*bufio.Reader)
+	if br == nil {
+		br = bufio.NewReaderSize(nil, 16<<10)
+	}
+	br.Reset(c)
+	bw, _ := t.wbufs.Get().(*bufio.Writer)
+	if bw == nil {
+		bw = bufio.NewWriterSize(nil, 16<<10)
+	}
+	bw.Reset(c.Conn)
+	c.br, c.bw = br, bw
 }
