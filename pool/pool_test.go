@@ -194,7 +194,7 @@ func release(addr string, o pool.Outcome) step {
 	}}
 }
 
-func ok(addr string) step   { return release(addr, pool.Success) }
+func ok(addr string) step { return release(addr, pool.Success) }
 
 // blame counts a failure against addr after its release.
 func blame(addr string) step {
