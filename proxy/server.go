@@ -47,6 +47,13 @@ type Options struct {
 	// Auth checks clients before any IP is acquired; nil or disabled lets
 	// everyone through.
 	Auth *auth.Authenticator
+	// MaxClientRequests and MaxClientTunnels cap the requests and the
+	// CONNECT tunnels one client has in flight at once (512 and 256); a
+	// client is its API key or JWT subject, or without auth its source
+	// address. One more gets 429 at once. Negative: no cap. Transparent
+	// traffic is not capped.
+	MaxClientRequests int
+	MaxClientTunnels  int
 	// Dialer makes every outgoing connection (upstream proxies, direct
 	// transparent connections); nil means a plain net.Dialer. The eBPF
 	// data plane uses its Control hook to keep the agent's own sockets out
@@ -79,6 +86,12 @@ func (o *Options) defaults() {
 	if o.TunnelIdleTimeout <= 0 {
 		o.TunnelIdleTimeout = 10 * time.Minute
 	}
+	if o.MaxClientRequests == 0 {
+		o.MaxClientRequests = 512
+	}
+	if o.MaxClientTunnels == 0 {
+		o.MaxClientTunnels = 256
+	}
 	if o.Upstream.Connect <= 0 {
 		o.Upstream.Connect = 10 * time.Second
 	}
@@ -107,6 +120,8 @@ type Server struct {
 	wg        sync.WaitGroup
 
 	bufs sync.Pool
+
+	limits clientLimits // requests and tunnels in flight per client
 }
 
 // New returns a server routing to targets, in order: the first target

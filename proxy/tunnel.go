@@ -63,10 +63,13 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 		return
 	}
 	ev.Target = t.Name
-	retries := t.NumRetries
-	if n := retriesOf(head); n >= 0 {
-		retries = n
+	done, ok := s.admit(cc, principal, head, true)
+	if !ok {
+		finish(OutcomeClientLimit, http.StatusTooManyRequests)
+		return
 	}
+	defer done()
+	retries := t.retriesFor(retriesOf(head))
 	tun, err := s.openTunnel(cc, t, hostport, retries, &ev)
 	if errors.Is(err, errClientGone) {
 		finish(OutcomeClientClosed, 0)
@@ -78,9 +81,17 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 			finish(OutcomeNoIP, 503)
 			return
 		}
-		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false, errorBody("connection_error",
-			"Every attempt to open the tunnel failed", &request{head: head}, t, len(tun.attempts)-1, retries, tun.attempts))
-		finish(OutcomeConnectionError, 502)
+		status, code, detail := http.StatusBadGateway, "connection_error", "Every attempt to open the tunnel failed"
+		switch tun.stop {
+		case "local":
+			status, code, detail = http.StatusServiceUnavailable, ReasonLocal,
+				"The agent is out of local resources (file descriptors, buffers or ports); no upstream IP was blamed"
+		case "destination":
+			code, detail = "destination_unreachable",
+				"The upstream proxies could not reach the destination (the same answer through two IPs); no IP was blamed"
+		}
+		_ = writeJSON(cc.bw, status, head.Minor, false, errorBody(code, detail, &request{head: head}, t, len(tun.attempts)-1, retries, tun.attempts))
+		finish(OutcomeConnectionError, status)
 		return
 	}
 	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
@@ -100,7 +111,8 @@ type tunnelResult struct {
 	ip       string
 	start    time.Time
 	attempts []attemptRecord
-	poolErr  error // no IP could be had
+	poolErr  error  // no IP could be had
+	stop     string // a local or destination fault ended the retries
 }
 
 var errTunnelFailed = errors.New("every attempt to open the tunnel failed")
@@ -111,7 +123,9 @@ var errTunnelFailed = errors.New("every attempt to open the tunnel failed")
 // IP of a successful result and releases it when the tunnel ends.
 func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries int, ev *RequestEvent) (tunnelResult, error) {
 	var res tunnelResult
-	for i := 0; i <= retries; i++ {
+	sus := suspicion{dest: hostport}
+	faults := t.destFaults()
+	for i := 0; i <= retries && res.stop == ""; i++ {
 		if i > 0 {
 			ev.Retries++
 		}
@@ -129,10 +143,11 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 			if errors.As(err, &ae) {
 				reason = ae.Reason
 			}
-			s.release(t, ip, s.failure(), AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
+			res.stop = s.attemptFailed(t, ip, err, reason, &sus, faults, time.Since(aStart))
 			res.attempts = append(res.attempts, attemptRecord{IP: ip, Reason: reason})
 			continue
 		}
+		s.blame(t, sus.reached(faults, ip))
 		res.raw, res.br, res.ip, res.start = raw, ubr, ip, aStart
 		return res, nil
 	}
