@@ -266,6 +266,7 @@ func TestDefaults(t *testing.T) {
 		HeaderTimeout: Duration(10 * time.Second), MaxBodySize: 1 << 30, RetryBufferSize: 1 << 20,
 		ShutdownTimeout: Duration(30 * time.Second), TunnelIdleTimeout: Duration(10 * time.Minute),
 		RedisKeyPrefix: "ph:", RedisLeaseTTL: Duration(30 * time.Second),
+		MaxClientRequests: 512, MaxClientTunnels: 256,
 	}
 	if !reflect.DeepEqual(cfg.Server, want) {
 		t.Errorf("server =\n%+v\nwant\n%+v", cfg.Server, want)
@@ -291,7 +292,9 @@ func TestDefaults(t *testing.T) {
 	if cfg.Auth.Enabled || cfg.Auth.JWTExpiryMinutes != 60 || cfg.Auth.Admin != nil || cfg.Auth.OIDC != nil {
 		t.Errorf("auth = %+v", cfg.Auth)
 	}
-	if ts[0].NumRetries != 3 || ts[0].Pool != poolConfig(time.Second, 30*time.Second, 5, 120*time.Second) {
+	wantPool := poolConfig(time.Second, 30*time.Second, 5, 120*time.Second)
+	wantPool.MaxQueueLength = 500
+	if ts[0].NumRetries != 3 || ts[0].MaxClientRetries != 3 || ts[0].Pool != wantPool {
 		t.Errorf("resolved = %+v", ts[0])
 	}
 
@@ -799,6 +802,15 @@ func TestValidationErrors(t *testing.T) {
 			[]string{"targets[0] (t): address 10.0.0.1:3128 is listed more than once"}},
 		{"numeric ranges", "targets:\n  - {name: t, regex: a, ipList: [a], numRetries: -1, ipFailuresUntilQuarantine: 0, defaultProxyPort: 70000}\n",
 			[]string{"targets[0] (t): numRetries must be 0 or more, got -1", "targets[0] (t): ipFailuresUntilQuarantine must be at least 1, got 0", "targets[0] (t): defaultProxyPort must be a port from 1 to 65535, got 70000"}},
+		{"retry and queue caps", "server:\n  maxClientRequests: -1\n  maxClientTunnels: -2\n" +
+			"targets:\n  - {name: t, regex: a, ipList: [a], numRetries: 3, maxClientRetries: 2, maxQueueLength: -1}\n  - {name: u, regex: b, ipList: [b], maxClientRetries: 101}\n",
+			[]string{
+				"server: maxClientRequests must be 0 (no cap) or more, got -1",
+				"server: maxClientTunnels must be 0 (no cap) or more, got -2",
+				"targets[0] (t): maxClientRetries (2) must not be below numRetries (3): the header can always lower the retries",
+				"targets[0] (t): maxQueueLength must not be negative",
+				"targets[1] (u): maxClientRetries must be at most 100 (the most X-Proxy-Hopper-Retries can say), got 101",
+			}},
 		{"server values", "server:\n  logLevel: LOUD\n  logFormat: xml\n  backend: etcd\n  port: 0\n  metricsPort: 65536\n  adminPort: -1\n" + minimal,
 			[]string{
 				`server: logLevel: "LOUD" is not a level (want TRACE, DEBUG, INFO, WARNING or ERROR)`,

@@ -63,6 +63,8 @@ type ServerConfig struct {
 	RedisLeaseTTL     Duration `mapstructure:"redisLeaseTtl"`     // backend redis: an IP held by a dead agent is back after (30s)
 	WatchConfig       bool     `mapstructure:"watchConfig"`       // reload when the config file changes (false); SIGHUP always reloads
 	AdminToken        string   `mapstructure:"adminToken"`        // bearer token of the admin API (required when admin is on)
+	MaxClientRequests int      `mapstructure:"maxClientRequests"` // requests in flight per client: API key, JWT subject, or address without auth (512; 0: no cap)
+	MaxClientTunnels  int      `mapstructure:"maxClientTunnels"`  // CONNECT tunnels open per client (256; 0: no cap)
 
 	// The prober feeding the pools (README "Prober"); all off by default.
 	ProbeFailuresUntilQuarantine int  `mapstructure:"probeFailuresUntilQuarantine"` // failed probes in a row that quarantine an IP in every target (0: never)
@@ -169,6 +171,8 @@ type TargetConfig struct {
 	MinRequestInterval        Duration       `mapstructure:"minRequestInterval"`
 	MaxQueueWait              Duration       `mapstructure:"maxQueueWait"`
 	NumRetries                int            `mapstructure:"numRetries"`
+	MaxClientRetries          *int           `mapstructure:"maxClientRetries"` // most X-Proxy-Hopper-Retries may ask for (default numRetries)
+	MaxQueueLength            int            `mapstructure:"maxQueueLength"`   // requests waiting for an IP at once; more get 503 (500; 0: no cap)
 	IPFailuresUntilQuarantine int            `mapstructure:"ipFailuresUntilQuarantine"`
 	QuarantineTime            Duration       `mapstructure:"quarantineTime"`
 	SpoofUserAgent            *bool          `mapstructure:"spoofUserAgent"` // default true
@@ -210,6 +214,9 @@ type ResolvedTarget struct {
 	NumRetries int
 	IPs        []ResolvedIP
 	TLS        *tls.Config
+
+	// MaxClientRetries is the most retries X-Proxy-Hopper-Retries may ask for.
+	MaxClientRetries int
 }
 
 // String is the one-line summary `validate` prints.
