@@ -248,8 +248,9 @@ func TestProxyHopperExampleValues(t *testing.T) {
 	})
 }
 
+// poolConfig is a pool policy with the default maxQueueLength (500).
 func poolConfig(interval, wait time.Duration, failures int, quarantine time.Duration) pool.Config {
-	return pool.Config{MinRequestInterval: interval, MaxQueueWait: wait, FailuresUntilQuarantine: failures, QuarantineTime: quarantine}
+	return pool.Config{MinRequestInterval: interval, MaxQueueWait: wait, FailuresUntilQuarantine: failures, QuarantineTime: quarantine, MaxQueueLength: 500}
 }
 
 func TestDefaults(t *testing.T) {
@@ -292,9 +293,7 @@ func TestDefaults(t *testing.T) {
 	if cfg.Auth.Enabled || cfg.Auth.JWTExpiryMinutes != 60 || cfg.Auth.Admin != nil || cfg.Auth.OIDC != nil {
 		t.Errorf("auth = %+v", cfg.Auth)
 	}
-	wantPool := poolConfig(time.Second, 30*time.Second, 5, 120*time.Second)
-	wantPool.MaxQueueLength = 500
-	if ts[0].NumRetries != 3 || ts[0].MaxClientRetries != 3 || ts[0].Pool != wantPool {
+	if ts[0].NumRetries != 3 || ts[0].MaxClientRetries != 3 || ts[0].Pool != poolConfig(time.Second, 30*time.Second, 5, 120*time.Second) {
 		t.Errorf("resolved = %+v", ts[0])
 	}
 
