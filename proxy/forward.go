@@ -34,6 +34,9 @@ const (
 	// OutcomeClientClosed: the client hung up while its request waited
 	// for an IP; nothing was sent upstream and no answer written.
 	OutcomeClientClosed = "client_closed"
+	// OutcomeQueueFull: refused at once, maxQueueLength requests were
+	// waiting for an IP of the target already.
+	OutcomeQueueFull = "queue_full"
 )
 
 // AttemptEvent is one use of one upstream IP.
@@ -439,6 +442,9 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		switch {
 		case upErr != nil:
 			outcome = s.failure()
+			if IsLocalError(upErr) {
+				outcome = pool.Neutral
+			}
 			a.Reason = reasonOf("upstream_body", upErr)
 			uc.Close()
 		case clientErr != nil || resp.Close:
@@ -546,10 +552,10 @@ func (s *Server) release(t *Target, ip string, outcome pool.Outcome, a AttemptEv
 // poolError answers a request that could not get an IP.
 func (s *Server) poolError(cc *clientConn, req *request, t *Target, err error, keep bool, body *requestBody, tried int, attempts []attemptRecord) (bool, string, int) {
 	keep = keep && (body.Replayable() || !body.used)
-	code, msg := "no_ip_available", "No proxy IP available within the allowed wait time"
+	code, msg, outcome := "no_ip_available", "No proxy IP available within the allowed wait time", OutcomeNoIP
 	switch {
 	case errors.Is(err, pool.ErrQueueFull):
-		code, msg = "queue_full", "Too many requests are waiting for an IP of this target"
+		code, msg, outcome = "queue_full", "Too many requests are waiting for an IP of this target", OutcomeQueueFull
 	case errors.Is(err, pool.ErrClosed):
 		code, msg, keep = "server_shutdown", "Server is shutting down", false
 	case errors.Is(err, pool.ErrBackendUnavailable):
@@ -558,7 +564,7 @@ func (s *Server) poolError(cc *clientConn, req *request, t *Target, err error, k
 		code, msg = "pool_error", err.Error()
 	}
 	_ = writeJSON(cc.bw, http.StatusServiceUnavailable, req.head.Minor, keep, errorBody(code, msg, req, t, tried, -1, attempts))
-	return keep, OutcomeNoIP, http.StatusServiceUnavailable
+	return keep, outcome, http.StatusServiceUnavailable
 }
 
 // errorBody is the JSON error document, with proxy-hopper's keys (error,

@@ -164,6 +164,14 @@ func TestE2EQueueFull(t *testing.T) {
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("the refusal took %v; want it at once", d)
 	}
+	waitFor(t, "the refusal's request event", func() bool {
+		for _, r := range e.requestLog() {
+			if r.Outcome == OutcomeQueueFull && r.Status == 503 && r.Target == "t1" {
+				return true
+			}
+		}
+		return false
+	})
 	// The waiter gets the IP when the tunnel ends.
 	tun.Close()
 	_ = waiter.SetDeadline(time.Now().Add(10 * time.Second))

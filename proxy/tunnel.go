@@ -77,8 +77,8 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	}
 	if err != nil {
 		if tun.poolErr != nil {
-			s.poolError(cc, &request{head: head, retries: retries}, t, tun.poolErr, false, &requestBody{}, len(tun.attempts), tun.attempts)
-			finish(OutcomeNoIP, 503)
+			_, outcome, status := s.poolError(cc, &request{head: head, retries: retries}, t, tun.poolErr, false, &requestBody{}, len(tun.attempts), tun.attempts)
+			finish(outcome, status)
 			return
 		}
 		status, code, detail := http.StatusBadGateway, "connection_error", "Every attempt to open the tunnel failed"
