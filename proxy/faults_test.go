@@ -31,13 +31,13 @@ func requireAllAvailable(t *testing.T, e *env) {
 }
 
 // connectStatus sends a CONNECT for authority and returns the agent's
-// answer and its JSON error document.
+// answer and its JSON error document; status 0 when none came within 3s.
 func (e *env) connectStatus(t *testing.T, authority string) (int, errorDoc) {
 	t.Helper()
 	out := rawRequest(t, e.addr, "CONNECT "+authority+" HTTP/1.1\r\nHost: "+authority+"\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(out)), &http.Request{Method: http.MethodConnect})
 	if err != nil {
-		t.Fatalf("CONNECT %s: %v in %q", authority, err, out)
+		return 0, errorDoc{Error: fmt.Sprintf("no answer (%v in %q)", err, out)}
 	}
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, decodeError(t, resp, string(b))
@@ -259,6 +259,43 @@ func TestIsLocalError(t *testing.T) {
 	} {
 		if got := IsLocalError(tc.err); got != tc.want {
 			t.Errorf("IsLocalError(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// tinyproxyCantConnect is tinyproxy 1.11's answer, byte for byte but for
+// the body's length, to a CONNECT or request for a name it cannot resolve
+// (seen with nonexistent.invalid in a network namespace with no route out,
+// so no query could leave) and for a refused connection.
+const tinyproxyCantConnect = "HTTP/1.1 500 Unable to connect\r\nServer: tinyproxy/1.11.1\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n" +
+	"<html><head><title>500 Unable to connect</title></head><body><h1>Unable to connect</h1>" +
+	"<p>Tinyproxy was unable to connect to the remote web server.</p></body></html>\n"
+
+// TestE2EUnresolvableNamesLeaveIPsAvailable: 30 CONNECTs for names no
+// resolver answers (each a new name, as a browser's background checks
+// use several) through three upstreams that answer as tinyproxy does
+// leave every IP available with no failure counted.
+func TestE2EUnresolvableNamesLeaveIPsAvailable(t *testing.T) {
+	t.Parallel()
+	var ups []string
+	for range 3 {
+		ups = append(ups, tcpOrigin(t, func(c *net.TCPConn) {
+			if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+				io.WriteString(c, tinyproxyCantConnect)
+			}
+		}))
+	}
+	e := newEnv(t, envOptions{leading: ups, retries: 3, cfg: pool.Config{FailuresUntilQuarantine: 2}})
+	var answers []string
+	for i := range 30 {
+		name := fmt.Sprintf("nonexistent-%d.invalid:443", i%10)
+		status, doc := e.connectStatus(t, name)
+		answers = append(answers, fmt.Sprintf("%d %s", status, doc.Error))
+	}
+	requireAllAvailable(t, e)
+	for i, a := range answers {
+		if a != "502 destination_unreachable" {
+			t.Fatalf("CONNECT %d: %s; want 502 destination_unreachable", i, a)
 		}
 	}
 }
