@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -199,4 +200,19 @@ func (s *suspicion) reached(d *destFaults, ip string) []string {
 	}
 	s.pending = nil
 	return blame
+}
+
+// failedAnswer is the status, error code and detail of the answer to a
+// request whose every attempt failed before a response; stop is why the
+// retries ended early ("local", "destination", or "").
+func failedAnswer(stop, detail string) (int, string, string) {
+	switch stop {
+	case "local":
+		return http.StatusServiceUnavailable, ReasonLocal,
+			"The agent is out of local resources (file descriptors, buffers or ports); no upstream IP was blamed"
+	case "destination":
+		return http.StatusBadGateway, "destination_unreachable",
+			"The upstream proxies could not reach the destination (the same answer through two IPs); no IP was blamed"
+	}
+	return http.StatusBadGateway, "connection_error", detail
 }

@@ -467,15 +467,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		s.bufs.Put(bufp)
 		return keep2, outcomeOf(held.resp.StatusCode), held.resp.StatusCode
 	}
-	status, code, detail := http.StatusBadGateway, "connection_error", "Every attempt failed before an origin response"
-	switch stop {
-	case "local":
-		status, code, detail = http.StatusServiceUnavailable, ReasonLocal,
-			"The agent is out of local resources (file descriptors, buffers or ports); no upstream IP was blamed"
-	case "destination":
-		code, detail = "destination_unreachable",
-			"The upstream proxies could not reach the destination (the same answer through two IPs); no IP was blamed"
-	}
+	status, code, detail := failedAnswer(stop, "Every attempt failed before an origin response")
 	_ = writeJSON(cc.bw, status, req.head.Minor, keep, errorBody(code, detail, req, t, len(attempts)-1, retries, attempts))
 	return keep, OutcomeConnectionError, status
 }

@@ -81,15 +81,7 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 			finish(outcome, status)
 			return
 		}
-		status, code, detail := http.StatusBadGateway, "connection_error", "Every attempt to open the tunnel failed"
-		switch tun.stop {
-		case "local":
-			status, code, detail = http.StatusServiceUnavailable, ReasonLocal,
-				"The agent is out of local resources (file descriptors, buffers or ports); no upstream IP was blamed"
-		case "destination":
-			code, detail = "destination_unreachable",
-				"The upstream proxies could not reach the destination (the same answer through two IPs); no IP was blamed"
-		}
+		status, code, detail := failedAnswer(tun.stop, "Every attempt to open the tunnel failed")
 		_ = writeJSON(cc.bw, status, head.Minor, false, errorBody(code, detail, &request{head: head}, t, len(tun.attempts)-1, retries, tun.attempts))
 		finish(OutcomeConnectionError, status)
 		return
