@@ -174,14 +174,16 @@ func (s *suspicion) judge(d *destFaults, ip, reason string, now time.Time) verdi
 		s.pending = nil
 		return destination
 	}
+	known := false
 	for _, p := range s.pending {
 		if p.Reason == reason && p.IP != ip {
 			d.confirm(s.dest, reason, now)
 			s.pending = nil
 			return destination
 		}
+		known = known || p.IP == ip
 	}
-	if len(s.pending) < 8 {
+	if !known && len(s.pending) < 8 {
 		s.pending = append(s.pending, attemptRecord{IP: ip, Reason: reason})
 	}
 	return undecided

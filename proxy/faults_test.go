@@ -299,3 +299,55 @@ func TestE2EUnresolvableNamesLeaveIPsAvailable(t *testing.T) {
 		}
 	}
 }
+
+// TestDestFaultsBounded: a confirmed destination is remembered for
+// destFaultTTL with its reason only, and never more than maxDestFaults
+// destinations are (a client inventing names cannot grow the map).
+func TestDestFaultsBounded(t *testing.T) {
+	var d destFaults
+	now := time.Unix(1000, 0)
+	var s suspicion
+	s.dest = "a.invalid:443"
+	if v := s.judge(&d, "ip1", "connect_status_500", now); v != undecided {
+		t.Fatalf("first suspect answer: %v, want undecided", v)
+	}
+	if v := s.judge(&d, "ip1", "connect_status_500", now); v != undecided {
+		t.Fatalf("same IP again: %v, want undecided", v)
+	}
+	if v := s.judge(&d, "ip2", "connect_status_502", now); v != undecided {
+		t.Fatalf("another IP, another answer: %v, want undecided", v)
+	}
+	if v := s.judge(&d, "ip3", "connect_status_500", now); v != destination {
+		t.Fatalf("another IP, the same answer: %v, want destination", v)
+	}
+	if !d.confirmed("a.invalid:443", "connect_status_500", now.Add(destFaultTTL-time.Nanosecond)) ||
+		d.confirmed("a.invalid:443", "connect_status_502", now) {
+		t.Fatal("confirmed destination not remembered with its reason")
+	}
+	if d.confirmed("a.invalid:443", "connect_status_500", now.Add(destFaultTTL)) || d.size() != 0 {
+		t.Fatalf("remembered past destFaultTTL (%d entries)", d.size())
+	}
+	for i := range 3 * maxDestFaults {
+		d.confirm(fmt.Sprintf("n%d.invalid:443", i), "connect_status_500", now)
+		if d.size() > maxDestFaults {
+			t.Fatalf("%d destinations remembered, cap %d", d.size(), maxDestFaults)
+		}
+	}
+	if !d.confirmed(fmt.Sprintf("n%d.invalid:443", 3*maxDestFaults-1), "connect_status_500", now) {
+		t.Error("the newest destination was evicted")
+	}
+	// A reached destination is forgotten, and blames only the other IPs.
+	s = suspicion{dest: "b.invalid:443"}
+	s.judge(&d, "ip1", "status_502", now)
+	s.judge(&d, "ip1", "status_502", now)
+	s.judge(&d, "ip2", "status_504", now)
+	if got := s.reached(&d, "ip2"); len(got) != 1 || got[0] != "ip1" {
+		t.Errorf("reached through ip2 blames %v, want ip1 once", got)
+	}
+	d.confirm("c.invalid:443", "status_502", now)
+	s = suspicion{dest: "c.invalid:443"}
+	s.reached(&d, "ip1")
+	if d.confirmed("c.invalid:443", "status_502", now) {
+		t.Error("a reached destination is still remembered as failing")
+	}
+}
