@@ -128,6 +128,8 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 		HeaderTimeout:     s.HeaderTimeout.D(),
 		IdleTimeout:       s.IdleTimeout.D(),
 		TunnelIdleTimeout: s.TunnelIdleTimeout.D(),
+		MaxClientRequests: noCapIfZero(s.MaxClientRequests),
+		MaxClientTunnels:  noCapIfZero(s.MaxClientTunnels),
 		Upstream: proxy.Timeouts{
 			Connect:  s.ConnectTimeout.D(),
 			Response: s.ProxyReadTimeout.D(),
@@ -141,6 +143,15 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 	})
 	ok = true
 	return a, nil
+}
+
+// noCapIfZero maps a config cap where 0 means none to proxy.Options,
+// where 0 means the default and a negative value none.
+func noCapIfZero(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // Targets returns the wired targets, in match order.

@@ -94,6 +94,8 @@ func DefaultServerConfig() ServerConfig {
 		AllowDestinations:       []string{},
 		MaxConnectionsPerClient: 4096,
 		FdReserve:               256,
+		MaxClientRequests:       512,
+		MaxClientTunnels:        256,
 	}
 }
 
@@ -106,6 +108,7 @@ func DefaultTargetConfig() TargetConfig {
 		NumRetries:                3,
 		IPFailuresUntilQuarantine: 5,
 		QuarantineTime:            Duration(120 * time.Second),
+		MaxQueueLength:            500,
 	}
 }
 
@@ -1149,6 +1152,12 @@ func (c *Config) checkServer(p *problems) {
 			p.add("server: %s must not be negative, got %d", n.name, n.v)
 		}
 	}
+	if s.MaxClientRequests < 0 {
+		p.add("server: maxClientRequests must be 0 (no cap) or more, got %d", s.MaxClientRequests)
+	}
+	if s.MaxClientTunnels < 0 {
+		p.add("server: maxClientTunnels must be 0 (no cap) or more, got %d", s.MaxClientTunnels)
+	}
 }
 
 var permissions = map[string]bool{"read": true, "write": true, "admin": true}
@@ -1321,6 +1330,16 @@ func (c *Config) resolveTargets(p *problems, providers map[string]*providerInfo,
 		if t.NumRetries < 0 {
 			p.add("%s: numRetries must be 0 or more, got %d", label, t.NumRetries)
 		}
+		rt.MaxClientRetries = t.NumRetries
+		if m := t.MaxClientRetries; m != nil {
+			rt.MaxClientRetries = *m
+			switch {
+			case *m > maxHeaderRetries:
+				p.add("%s: maxClientRetries must be at most %d (the most %s can say), got %d", label, maxHeaderRetries, "X-Proxy-Hopper-Retries", *m)
+			case *m < t.NumRetries:
+				p.add("%s: maxClientRetries (%d) must not be below numRetries (%d): the header can always lower the retries", label, *m, t.NumRetries)
+			}
+		}
 		if t.IPFailuresUntilQuarantine < 1 {
 			p.add("%s: ipFailuresUntilQuarantine must be at least 1, got %d", label, t.IPFailuresUntilQuarantine)
 		}
@@ -1331,6 +1350,7 @@ func (c *Config) resolveTargets(p *problems, providers map[string]*providerInfo,
 			MaxQueueWait:            t.MaxQueueWait.D(),
 			FailuresUntilQuarantine: t.IPFailuresUntilQuarantine,
 			QuarantineTime:          t.QuarantineTime.D(),
+			MaxQueueLength:          t.MaxQueueLength,
 		}
 		if err := rt.Pool.Validate(); err != nil && t.IPFailuresUntilQuarantine >= 1 {
 			p.add("%s: %v", label, err)
@@ -1343,6 +1363,9 @@ func (c *Config) resolveTargets(p *problems, providers map[string]*providerInfo,
 }
 
 // reErr drops the "error parsing regexp: " prefix Go puts on every error.
+// maxHeaderRetries is the largest X-Proxy-Hopper-Retries value honoured.
+const maxHeaderRetries = 100
+
 func reErr(err error) string {
 	return strings.TrimPrefix(err.Error(), "error parsing regexp: ")
 }

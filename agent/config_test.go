@@ -248,8 +248,9 @@ func TestProxyHopperExampleValues(t *testing.T) {
 	})
 }
 
+// poolConfig is a pool policy with the default maxQueueLength (500).
 func poolConfig(interval, wait time.Duration, failures int, quarantine time.Duration) pool.Config {
-	return pool.Config{MinRequestInterval: interval, MaxQueueWait: wait, FailuresUntilQuarantine: failures, QuarantineTime: quarantine}
+	return pool.Config{MinRequestInterval: interval, MaxQueueWait: wait, FailuresUntilQuarantine: failures, QuarantineTime: quarantine, MaxQueueLength: 500}
 }
 
 func TestDefaults(t *testing.T) {
@@ -272,6 +273,7 @@ func TestDefaults(t *testing.T) {
 			"::/128", "::1/128", "fe80::/10", "fd00:ec2::254", "localhost", "metadata.google.internal"},
 		AllowDestinations:       []string{},
 		MaxConnectionsPerClient: 4096, FdReserve: 256,
+		MaxClientRequests: 512, MaxClientTunnels: 256,
 	}
 	if !reflect.DeepEqual(cfg.Server, want) {
 		t.Errorf("server =\n%+v\nwant\n%+v", cfg.Server, want)
@@ -297,7 +299,7 @@ func TestDefaults(t *testing.T) {
 	if cfg.Auth.Enabled || cfg.Auth.JWTExpiryMinutes != 60 || cfg.Auth.Admin != nil || cfg.Auth.OIDC != nil {
 		t.Errorf("auth = %+v", cfg.Auth)
 	}
-	if ts[0].NumRetries != 3 || ts[0].Pool != poolConfig(time.Second, 30*time.Second, 5, 120*time.Second) {
+	if ts[0].NumRetries != 3 || ts[0].MaxClientRetries != 3 || ts[0].Pool != poolConfig(time.Second, 30*time.Second, 5, 120*time.Second) {
 		t.Errorf("resolved = %+v", ts[0])
 	}
 
@@ -805,6 +807,15 @@ func TestValidationErrors(t *testing.T) {
 			[]string{"targets[0] (t): address 10.0.0.1:3128 is listed more than once"}},
 		{"numeric ranges", "targets:\n  - {name: t, regex: a, ipList: [a], numRetries: -1, ipFailuresUntilQuarantine: 0, defaultProxyPort: 70000}\n",
 			[]string{"targets[0] (t): numRetries must be 0 or more, got -1", "targets[0] (t): ipFailuresUntilQuarantine must be at least 1, got 0", "targets[0] (t): defaultProxyPort must be a port from 1 to 65535, got 70000"}},
+		{"retry and queue caps", "server:\n  maxClientRequests: -1\n  maxClientTunnels: -2\n" +
+			"targets:\n  - {name: t, regex: a, ipList: [a], numRetries: 3, maxClientRetries: 2, maxQueueLength: -1}\n  - {name: u, regex: b, ipList: [b], maxClientRetries: 101}\n",
+			[]string{
+				"server: maxClientRequests must be 0 (no cap) or more, got -1",
+				"server: maxClientTunnels must be 0 (no cap) or more, got -2",
+				"targets[0] (t): maxClientRetries (2) must not be below numRetries (3): the header can always lower the retries",
+				"targets[0] (t): maxQueueLength must not be negative",
+				"targets[1] (u): maxClientRetries must be at most 100 (the most X-Proxy-Hopper-Retries can say), got 101",
+			}},
 		{"server values", "server:\n  logLevel: LOUD\n  logFormat: xml\n  backend: etcd\n  port: 0\n  metricsPort: 65536\n  adminPort: -1\n" + minimal,
 			[]string{
 				`server: logLevel: "LOUD" is not a level (want TRACE, DEBUG, INFO, WARNING or ERROR)`,

@@ -135,7 +135,7 @@ func upstreamsOf(rt ResolvedTarget) ([]string, map[string]proxy.Upstream) {
 
 func (r *targetRT) proxyTarget(rt ResolvedTarget, ups map[string]proxy.Upstream) *proxy.Target {
 	return &proxy.Target{
-		Name: rt.Name, Regex: rt.Regex, Pool: r.pool, Upstreams: ups, NumRetries: rt.NumRetries, TLS: rt.TLS, Identity: r.ids,
+		Name: rt.Name, Regex: rt.Regex, Pool: r.pool, Upstreams: ups, NumRetries: rt.NumRetries, MaxClientRetries: rt.MaxClientRetries, TLS: rt.TLS, Identity: r.ids,
 	}
 }
 

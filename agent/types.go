@@ -67,6 +67,8 @@ type ServerConfig struct {
 	AdminSecureCookie bool     `mapstructure:"adminSecureCookie"` // session cookie always Secure (behind a TLS proxy)
 	MetricsHost       string   `mapstructure:"metricsHost"`       // /metrics bind address (empty: host)
 	MetricsToken      string   `mapstructure:"metricsToken"`      // /metrics needs it (Bearer, or Basic password) when set
+	MaxClientRequests int      `mapstructure:"maxClientRequests"` // requests in flight per client: API key, JWT subject, or address without auth (512; 0: no cap)
+	MaxClientTunnels  int      `mapstructure:"maxClientTunnels"`  // CONNECT tunnels open per client (256; 0: no cap)
 
 	// The prober feeding the pools (README "Prober"); all off by default.
 	ProbeFailuresUntilQuarantine int  `mapstructure:"probeFailuresUntilQuarantine"` // failed probes in a row that quarantine an IP in every target (0: never)
@@ -191,6 +193,8 @@ type TargetConfig struct {
 	MinRequestInterval        Duration       `mapstructure:"minRequestInterval"`
 	MaxQueueWait              Duration       `mapstructure:"maxQueueWait"`
 	NumRetries                int            `mapstructure:"numRetries"`
+	MaxClientRetries          *int           `mapstructure:"maxClientRetries"` // most X-Proxy-Hopper-Retries may ask for (default numRetries)
+	MaxQueueLength            int            `mapstructure:"maxQueueLength"`   // requests waiting for an IP at once; more get 503 (500; 0: no cap)
 	IPFailuresUntilQuarantine int            `mapstructure:"ipFailuresUntilQuarantine"`
 	QuarantineTime            Duration       `mapstructure:"quarantineTime"`
 	SpoofUserAgent            *bool          `mapstructure:"spoofUserAgent"` // default true
@@ -232,6 +236,9 @@ type ResolvedTarget struct {
 	NumRetries int
 	IPs        []ResolvedIP
 	TLS        *tls.Config
+
+	// MaxClientRetries is the most retries X-Proxy-Hopper-Retries may ask for.
+	MaxClientRetries int
 }
 
 // String is the one-line summary `validate` prints.

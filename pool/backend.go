@@ -10,6 +10,8 @@ import (
 var (
 	// ErrNoIP means no IP became available within the wait limit.
 	ErrNoIP = errors.New("no IP available")
+	// ErrQueueFull means too many requests wait for an IP already.
+	ErrQueueFull = errors.New("too many requests waiting for an IP")
 	// ErrClosed means the pool or backend is shutting down.
 	ErrClosed = errors.New("pool closed")
 	// ErrUnknownTarget means the backend has never been seeded for the target.

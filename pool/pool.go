@@ -23,6 +23,9 @@ type Config struct {
 	FailuresUntilQuarantine int
 	// QuarantineTime is how long a quarantined IP stays out.
 	QuarantineTime time.Duration
+	// MaxQueueLength caps the requests of this process waiting in Acquire
+	// at once; one more gets ErrQueueFull at once. 0: no cap.
+	MaxQueueLength int
 }
 
 // Validate reports a policy that cannot work.
@@ -36,6 +39,8 @@ func (c Config) Validate() error {
 		return errors.New("ipFailuresUntilQuarantine must be at least 1")
 	case c.QuarantineTime < 0:
 		return errors.New("quarantineTime must not be negative")
+	case c.MaxQueueLength < 0:
+		return errors.New("maxQueueLength must not be negative")
 	}
 	return nil
 }
@@ -100,6 +105,8 @@ type Pool struct {
 	heldMu sync.Mutex
 	held   map[string]time.Time
 	nheld  atomic.Int32
+
+	waiting atomic.Int64 // calls in Acquire now
 }
 
 // Options configures New.
@@ -160,10 +167,28 @@ func (p *Pool) Update(ctx context.Context, addrs []string, cfg Config) error {
 }
 
 // Acquire hands out the IP that has been free longest, waiting up to
-// MaxQueueWait (FIFO among waiters). It returns ErrNoIP when none came free.
+// MaxQueueWait (FIFO among waiters). It returns ErrNoIP when none came free,
+// and ErrQueueFull at once when MaxQueueLength calls of this process are in
+// Acquire already (the cap is per process: with a shared backend each agent
+// has its own).
 func (p *Pool) Acquire(ctx context.Context) (string, error) {
-	return p.backend.Pop(ctx, p.target, p.cfg.Load().MaxQueueWait)
+	cfg := p.cfg.Load()
+	n := p.waiting.Add(1)
+	defer p.waiting.Add(-1)
+	if cfg.MaxQueueLength > 0 && n > int64(cfg.MaxQueueLength) {
+		// No room to wait: only an IP free right now will do.
+		addr, err := p.backend.Pop(ctx, p.target, 0)
+		if errors.Is(err, ErrNoIP) {
+			return "", ErrQueueFull
+		}
+		return addr, err
+	}
+	return p.backend.Pop(ctx, p.target, cfg.MaxQueueWait)
 }
+
+// Waiting is the number of calls in Acquire now (waiting for an IP, or
+// about to get one).
+func (p *Pool) Waiting() int { return int(p.waiting.Load()) }
 
 // Release returns addr after a use (of an IP from Acquire or TryTake).
 // Success resets its failure count; a failure counts, and at the threshold
@@ -215,6 +240,25 @@ func (p *Pool) release(ctx context.Context, addr string, outcome Outcome) error 
 	}
 	p.schedule(until)
 	return nil
+}
+
+// Blame counts a failure against addr after its use ended: the caller
+// released it Neutral while it could not tell whose fault the use's
+// failure was, and learned later that it was the IP's. At
+// FailuresUntilQuarantine consecutive failures the IP is quarantined as
+// Quarantine does (an IP in use again goes when it is released). A success
+// in between resets the count as usual. ErrUnknownIP if addr is not in
+// the pool.
+func (p *Pool) Blame(ctx context.Context, addr string) error {
+	cfg := p.cfg.Load()
+	n, err := p.backend.IncrFailures(ctx, p.target, addr)
+	if err != nil {
+		return fmt.Errorf("count failure of %s: %w", addr, err)
+	}
+	if n < cfg.FailuresUntilQuarantine {
+		return nil
+	}
+	return p.Quarantine(ctx, addr, p.clock.Now().Add(cfg.QuarantineTime))
 }
 
 func (p *Pool) push(ctx context.Context, addr string, at time.Time) error {

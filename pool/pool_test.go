@@ -194,7 +194,16 @@ func release(addr string, o pool.Outcome) step {
 	}}
 }
 
-func ok(addr string) step   { return release(addr, pool.Success) }
+func ok(addr string) step { return release(addr, pool.Success) }
+
+// blame counts a failure against addr after its release.
+func blame(addr string) step {
+	return step{"blame " + addr, func(f *fixture) {
+		if err := f.pool.Blame(f.ctx, addr); err != nil {
+			f.t.Fatalf("Blame(%s): %v", addr, err)
+		}
+	}}
+}
 func fail(addr string) step { return release(addr, pool.Failure) }
 
 func advance(d time.Duration) step {
@@ -286,6 +295,21 @@ func TestPolicy(t *testing.T) {
 				get("a"), fail("a"), is("a", pool.StateQuarantined, 3),
 				events("quarantined a until 1m0s"),
 				get("b"), ok("b"), get("b"), none(),
+			},
+		},
+		{
+			name: "blame after a neutral release",
+			ips:  []string{"a", "b"},
+			cfg:  base,
+			steps: []step{
+				get("a"), neutral("a"), is("a", pool.StateAvailable, 0),
+				blame("a"), is("a", pool.StateAvailable, 1),
+				get("b"), ok("b"), get("a"), ok("a"), is("a", pool.StateAvailable, 0), // a success resets it
+				blame("a"), blame("a"), is("a", pool.StateAvailable, 2), events(),
+				get("b"), blame("b"), blame("b"), blame("b"), is("b", pool.StateInUse, 3),
+				events("quarantined b until 1m0s"), neutral("b"), is("b", pool.StateQuarantined, 3),
+				blame("a"), is("a", pool.StateQuarantined, 3), events("quarantined a until 1m0s"),
+				none(), advance(time.Minute), is("a", pool.StateAvailable, 0), is("b", pool.StateAvailable, 0),
 			},
 		},
 		{
@@ -465,6 +489,40 @@ func TestAcquireTimeout(t *testing.T) {
 	get("a").do(f)
 }
 
+// TestAcquireQueueCap: with MaxQueueLength callers waiting, one more is
+// refused at once with ErrQueueFull; once a waiter is served there is room
+// again.
+func TestAcquireQueueCap(t *testing.T) {
+	f := newFixture(t, []string{"a"}, pool.Config{MaxQueueWait: time.Minute, FailuresUntilQuarantine: 1, MaxQueueLength: 2})
+	get("a").do(f)
+	ch1 := f.goAcquire()
+	ch2 := f.goAcquire()
+	if got, err := f.acquire0(); !errors.Is(err, pool.ErrQueueFull) {
+		t.Fatalf("third waiter: Acquire = %q, %v; want %v at once", got, err, pool.ErrQueueFull)
+	}
+	f.waiting(2)
+	if n := f.pool.Waiting(); n != 2 {
+		t.Fatalf("Waiting = %d, want 2", n)
+	}
+	ok("a").do(f)
+	if r := f.await(ch1); r.err != nil || r.addr != "a" {
+		t.Fatalf("first waiter got %q, %v; want a", r.addr, r.err)
+	}
+	ch3 := f.goAcquire() // room for one again
+	f.notReturned(ch2)
+	f.notReturned(ch3)
+	f.clock.Advance(time.Minute)
+	for _, ch := range []<-chan acquireResult{ch2, ch3} {
+		if r := f.await(ch); !errors.Is(r.err, pool.ErrNoIP) {
+			t.Fatalf("waiter got %q, %v; want %v after maxQueueWait", r.addr, r.err, pool.ErrNoIP)
+		}
+	}
+	f.waiting(0)
+	if n := f.pool.Waiting(); n != 0 {
+		t.Fatalf("Waiting = %d after every caller returned, want 0", n)
+	}
+}
+
 func TestAcquireFIFO(t *testing.T) {
 	f := newFixture(t, []string{"a", "b"}, pool.Config{
 		MinRequestInterval:      2 * time.Second,
@@ -514,6 +572,7 @@ func TestConfigValidate(t *testing.T) {
 		{"zero failures", pool.Config{}, "ipFailuresUntilQuarantine"},
 		{"negative failures", pool.Config{FailuresUntilQuarantine: -2}, "ipFailuresUntilQuarantine"},
 		{"negative quarantine", pool.Config{FailuresUntilQuarantine: 1, QuarantineTime: -time.Minute}, "quarantineTime"},
+		{"negative queue length", pool.Config{FailuresUntilQuarantine: 1, MaxQueueLength: -1}, "maxQueueLength"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

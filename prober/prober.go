@@ -59,6 +59,9 @@ const (
 	SkipGone = "gone"
 	// SkipError: a pool could not say the IP's state.
 	SkipError = "error"
+	// SkipLocal: the probe failed for want of the agent's own resources
+	// (descriptors, buffers, memory, local ports): no verdict on the IP.
+	SkipLocal = "local_error"
 )
 
 // Pool is what the prober needs of a target's pool; *pool.Pool has it.
@@ -441,6 +444,11 @@ func (p *Prober) probeIP(ctx context.Context, e ip) (skip string) {
 	if ctx.Err() != nil {
 		return "" // cut by shutdown: no verdict on the IP
 	}
+	if res.local {
+		// The agent's own shortage says nothing about the IP.
+		p.log.Warn("probe: no verdict, the agent is out of local resources", "address", addr, "err", res.err)
+		return SkipLocal
+	}
 	p.report.Lock()
 	st, ok := p.finish(e.up, target, at, res)
 	if ok && p.opts.OnProbe != nil {
@@ -576,6 +584,7 @@ func (p *Prober) release(ctx context.Context, e ip) {
 
 // result is one probe's outcome; reason is empty on success.
 type result struct {
+	local   bool // failed on the agent's own shortage: no verdict
 	reason  string
 	code    int
 	latency time.Duration
@@ -592,7 +601,7 @@ func (p *Prober) probe(ctx context.Context, up proxy.Upstream, target string) re
 	if d == nil {
 		d = &net.Dialer{}
 	}
-	var dialFailed atomic.Bool
+	var dialFailed, local atomic.Bool
 	proxyURL := &url.URL{Scheme: "http", Host: up.Addr}
 	if up.Username != "" || up.Password != "" {
 		proxyURL.User = url.UserPassword(up.Username, up.Password)
@@ -603,6 +612,7 @@ func (p *Prober) probe(ctx context.Context, up proxy.Upstream, target string) re
 			c, err := d.DialContext(ctx, network, addr)
 			if err != nil {
 				dialFailed.Store(true)
+				local.Store(proxy.IsLocalError(err))
 			}
 			return c, err
 		},
@@ -619,6 +629,9 @@ func (p *Prober) probe(ctx context.Context, up proxy.Upstream, target string) re
 	start := time.Now()
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	lat := time.Since(start)
+	if err != nil && (local.Load() || proxy.IsLocalError(err)) {
+		return result{local: true, latency: lat, err: err.Error()}
+	}
 	if err != nil {
 		reason := ReasonConnectionError
 		var ne net.Error

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -644,5 +645,61 @@ func TestSetTargetsDuringProbe(t *testing.T) {
 	defer mu.Unlock()
 	if want := []string{"forget " + a}; !slices.Equal(events, want) {
 		t.Errorf("events %q, want %q", events, want)
+	}
+}
+
+// withoutFreeFDs runs f with the process's descriptor limit lowered so
+// that no new descriptor can be opened: every socket(2) fails with EMFILE,
+// for real. Not for parallel tests.
+func withoutFreeFDs(t *testing.T, f func()) {
+	t.Helper()
+	var saved syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Dup(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Close(fd)
+	low := saved
+	low.Cur = uint64(fd) // the lowest free descriptor: none below the limit is free
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &saved); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	f()
+}
+
+// TestLocalErrorNoVerdict: a probe that fails because the agent cannot
+// open a socket (EMFILE) is no verdict on the IP: not counted, no
+// quarantine even with a threshold of one, reported as skipped; once
+// descriptors are free the IP is probed and passes.
+func TestLocalErrorNoVerdict(t *testing.T) {
+	o := newOrigin(t)
+	healthy := testenv.StartTinyproxy(t, "127.0.0.1", testenv.TinyproxyOptions{}).Addr
+	e := newEnv(t)
+	pl := e.target("one", pool.Config{FailuresUntilQuarantine: 5, QuarantineTime: time.Minute}, up(healthy))
+	var probes []prober.Status
+	p := e.prober(prober.Options{URLs: []string{o.URL + "/p"}, FailuresUntilQuarantine: 1,
+		OnProbe: func(s prober.Status) { probes = append(probes, s) }})
+	var rep prober.Report
+	withoutFreeFDs(t, func() { rep = p.Round(e.ctx) })
+	if got := rep.Skipped[healthy]; got != prober.SkipLocal {
+		t.Errorf("round without descriptors: skipped %q, want %q (probed %v)", got, prober.SkipLocal, rep.Probed)
+	}
+	if s := e.state(pl, healthy); s.State != pool.StateAvailable {
+		t.Fatalf("IP after a probe that failed locally: %s, want available", s.State)
+	}
+	if ev := e.takeEvents(); len(ev) != 0 || len(probes) != 0 {
+		t.Fatalf("hooks %q, probes %+v after a local failure; want none", ev, probes)
+	}
+	rep = p.Round(e.ctx)
+	if len(probes) != 1 || !probes[0].OK || probes[0].ConsecutiveFailures != 0 {
+		t.Fatalf("probe with descriptors free: %+v (report %+v)", probes, rep)
 	}
 }

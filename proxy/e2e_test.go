@@ -381,33 +381,52 @@ func TestE2ENoTargetMatched(t *testing.T) {
 	}
 }
 
+// TestE2ERetriesHeader: X-Proxy-Hopper-Retries sets a request's retries,
+// up to max(numRetries, maxClientRetries): by default it can only lower
+// them (one request asking for 100 retries used to quarantine every IP).
 func TestE2ERetriesHeader(t *testing.T) {
 	t.Parallel()
 	dead := []string{deadAddr(t), deadAddr(t), deadAddr(t)}
-	e := newEnv(t, envOptions{leading: dead, retries: 2, cfg: pool.Config{FailuresUntilQuarantine: 1000}})
-	c := e.headerClient()
-	for _, tc := range []struct {
-		value    string
-		attempts int
+	for _, tg := range []struct {
+		maxClient int
+		cases     []struct {
+			value    string
+			attempts int
+		}
 	}{
-		{"0", 1}, {"1", 2}, {"2", 3}, {"5", 6}, // IPs come back at once and are tried again
-		{"abc", 3}, {"-1", 3}, {"101", 3}, {"1.5", 3}, {"0x1", 3}, {"", 3}, // invalid: the target's 2
+		{0, []struct {
+			value    string
+			attempts int
+		}{
+			{"0", 1}, {"1", 2}, {"2", 3}, {"5", 3}, {"100", 3}, // capped at numRetries
+			{"abc", 3}, {"-1", 3}, {"101", 3}, {"1.5", 3}, {"0x1", 3}, {"", 3}, // invalid: the target's 2
+		}},
+		{4, []struct {
+			value    string
+			attempts int
+		}{
+			{"0", 1}, {"3", 4}, {"4", 5}, {"5", 5}, {"100", 5}, {"", 3}, // IPs come back at once and are tried again
+		}},
 	} {
-		req := e.newReq(t, "GET", "http://example.invalid", "/", nil)
-		if tc.value != "" {
-			req.Header.Set(HeaderRetries, tc.value)
-		}
-		resp, body := do(t, c, req)
-		if resp.StatusCode != 502 {
-			t.Fatalf("%q: %d %s", tc.value, resp.StatusCode, body)
-		}
-		doc := decodeError(t, resp, body)
-		want := tc.attempts
-		if len(doc.Attempts) != want {
-			t.Errorf("%s %q: %d attempts, want %d", HeaderRetries, tc.value, len(doc.Attempts), want)
-		}
-		if doc.Allowed == nil || *doc.Allowed != want-1 {
-			t.Errorf("%s %q: retries_allowed %v, want %d", HeaderRetries, tc.value, doc.Allowed, want-1)
+		e := newEnv(t, envOptions{leading: dead, retries: 2, maxClientRetries: tg.maxClient, cfg: pool.Config{FailuresUntilQuarantine: 1000}})
+		c := e.headerClient()
+		for _, tc := range tg.cases {
+			req := e.newReq(t, "GET", "http://example.invalid", "/", nil)
+			if tc.value != "" {
+				req.Header.Set(HeaderRetries, tc.value)
+			}
+			resp, body := do(t, c, req)
+			if resp.StatusCode != 502 {
+				t.Fatalf("max %d, %q: %d %s", tg.maxClient, tc.value, resp.StatusCode, body)
+			}
+			doc := decodeError(t, resp, body)
+			want := tc.attempts
+			if len(doc.Attempts) != want {
+				t.Errorf("maxClientRetries %d, %s %q: %d attempts, want %d", tg.maxClient, HeaderRetries, tc.value, len(doc.Attempts), want)
+			}
+			if doc.Allowed == nil || *doc.Allowed != want-1 {
+				t.Errorf("maxClientRetries %d, %s %q: retries_allowed %v, want %d", tg.maxClient, HeaderRetries, tc.value, doc.Allowed, want-1)
+			}
 		}
 	}
 }

@@ -34,6 +34,9 @@ const (
 	// OutcomeClientClosed: the client hung up while its request waited
 	// for an IP; nothing was sent upstream and no answer written.
 	OutcomeClientClosed = "client_closed"
+	// OutcomeQueueFull: refused at once, maxQueueLength requests were
+	// waiting for an IP of the target already.
+	OutcomeQueueFull = "queue_full"
 )
 
 // AttemptEvent is one use of one upstream IP.
@@ -284,6 +287,14 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 		return keep && framing == NoBody
 	}
 	ev.Target = t.Name
+	if req.mode != "transparent" {
+		done, ok := s.admit(cc, principal, head, false)
+		if !ok {
+			finish(OutcomeClientLimit, http.StatusTooManyRequests)
+			return false
+		}
+		defer done()
+	}
 
 	var src *eofReader
 	var body *requestBody
@@ -340,16 +351,17 @@ type heldResponse struct {
 }
 
 // forward sends the request through the target's IPs, retrying failures on
-// the next IP, and streams the final response to the client.
+// the next IP, and streams the final response to the client. Whose fault a
+// failed attempt is decides whether it counts and is retried (faults.go).
 func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestBody, keep bool, ev *RequestEvent) (bool, string, int) {
-	retries := t.NumRetries
-	if req.retries >= 0 {
-		retries = req.retries
-	}
+	retries := t.retriesFor(req.retries)
 	ctx := s.ctx
 	var attempts []attemptRecord
 	var held *heldResponse
-	for i := 0; i <= retries; i++ {
+	sus := suspicion{dest: hostPort(req.url)}
+	faults := t.destFaults()
+	var stop string // why the retries ended early: a local or destination fault
+	for i := 0; i <= retries && stop == ""; i++ {
 		if i > 0 {
 			if !body.Replayable() && body.used {
 				break // a streamed body went out once already
@@ -405,7 +417,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 					"The origin's response head is larger than the agent accepts", req, t, i, retries, attempts))
 				return keep, OutcomeConnectionError, http.StatusBadGateway
 			}
-			s.release(t, ip, s.failure(), AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
+			stop = s.attemptFailed(t, ip, err, reason, &sus, faults, time.Since(aStart))
 			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
 			s.log.Debug("attempt failed", "target", t.Name, "address", ip, "reason", reason, "err", err)
 			continue
@@ -418,16 +430,25 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
 			continue
 		}
-		if failureStatus(resp.StatusCode) && i < retries && (body.Replayable() || !body.used) {
-			reason := "status_" + strconv.Itoa(resp.StatusCode)
+		reason := "status_" + strconv.Itoa(resp.StatusCode)
+		outcome := pool.Success
+		switch {
+		case suspectReason(reason):
+			// Maybe the destination's fault: not counted; one other IP tells.
+			outcome = pool.Neutral
+			if sus.judge(faults, ip, reason, time.Now()) == destination {
+				stop = "destination"
+			}
+		case failureStatus(resp.StatusCode):
+			outcome = pool.Failure
+		default:
+			s.blame(t, sus.reached(faults, ip))
+		}
+		if outcome != pool.Success && stop == "" && i < retries && (body.Replayable() || !body.used) {
 			held = holdResponse(resp, uc, t)
-			s.release(t, ip, pool.Failure, AttemptEvent{Reason: reason, Status: resp.StatusCode, Duration: time.Since(aStart)})
+			s.release(t, ip, outcome, AttemptEvent{Reason: reason, Status: resp.StatusCode, Duration: time.Since(aStart)})
 			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
 			continue
-		}
-		outcome := pool.Success
-		if failureStatus(resp.StatusCode) {
-			outcome = pool.Failure
 		}
 		bufp := s.bufs.Get().(*[]byte)
 		more := func() bool { return uc.br.Buffered() > 0 }
@@ -438,6 +459,9 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		switch {
 		case upErr != nil:
 			outcome = s.failure()
+			if IsLocalError(upErr) {
+				outcome = pool.Neutral
+			}
 			a.Reason = reasonOf("upstream_body", upErr)
 			uc.Close()
 		case clientErr != nil || resp.Close:
@@ -445,8 +469,8 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		default:
 			t.tr.put(uc)
 		}
-		if outcome == pool.Failure && a.Reason == "" {
-			a.Reason = "status_" + strconv.Itoa(resp.StatusCode)
+		if outcome != pool.Success && a.Reason == "" {
+			a.Reason = reason
 		}
 		s.release(t, ip, outcome, a)
 		if upErr != nil {
@@ -460,9 +484,40 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		s.bufs.Put(bufp)
 		return keep2, outcomeOf(held.resp.StatusCode), held.resp.StatusCode
 	}
-	_ = writeJSON(cc.bw, http.StatusBadGateway, req.head.Minor, keep, errorBody("connection_error",
-		"Every attempt failed before an origin response", req, t, len(attempts)-1, retries, attempts))
-	return keep, OutcomeConnectionError, http.StatusBadGateway
+	status, code, detail := failedAnswer(stop, "Every attempt failed before an origin response")
+	_ = writeJSON(cc.bw, status, req.head.Minor, keep, errorBody(code, detail, req, t, len(attempts)-1, retries, attempts))
+	return keep, OutcomeConnectionError, status
+}
+
+// attemptFailed releases ip after an attempt that failed before any
+// response, as whose fault it was decides (faults.go), and returns why the
+// request must stop retrying ("local", "destination"), or "".
+func (s *Server) attemptFailed(t *Target, ip string, err error, reason string, sus *suspicion, faults *destFaults, d time.Duration) string {
+	a := AttemptEvent{Reason: reason, Duration: d}
+	switch {
+	case IsLocalError(err):
+		a.Reason = ReasonLocal
+		s.release(t, ip, pool.Neutral, a)
+		return "local"
+	case suspectReason(reason):
+		s.release(t, ip, pool.Neutral, a)
+		if sus.judge(faults, ip, reason, time.Now()) == destination {
+			return "destination"
+		}
+		return ""
+	}
+	s.release(t, ip, s.failure(), a)
+	return ""
+}
+
+// blame counts a failure against each of ips, released Neutral earlier
+// while their failure could have been the destination's.
+func (s *Server) blame(t *Target, ips []string) {
+	for _, ip := range ips {
+		if err := t.Pool.Blame(context.Background(), ip); err != nil && !errors.Is(err, pool.ErrUnknownIP) {
+			s.log.Error("count failure of ip", "target", t.Name, "address", ip, "err", err)
+		}
+	}
 }
 
 // holdResponse reads a small failed response into memory and frees its
@@ -506,8 +561,10 @@ func (s *Server) release(t *Target, ip string, outcome pool.Outcome, a AttemptEv
 // poolError answers a request that could not get an IP.
 func (s *Server) poolError(cc *clientConn, req *request, t *Target, err error, keep bool, body *requestBody, tried int, attempts []attemptRecord) (bool, string, int) {
 	keep = keep && (body.Replayable() || !body.used)
-	code, msg := "no_ip_available", "No proxy IP available within the allowed wait time"
+	code, msg, outcome := "no_ip_available", "No proxy IP available within the allowed wait time", OutcomeNoIP
 	switch {
+	case errors.Is(err, pool.ErrQueueFull):
+		code, msg, outcome = "queue_full", "Too many requests are waiting for an IP of this target", OutcomeQueueFull
 	case errors.Is(err, pool.ErrClosed):
 		code, msg, keep = "server_shutdown", "Server is shutting down", false
 	case errors.Is(err, pool.ErrBackendUnavailable):
@@ -516,7 +573,7 @@ func (s *Server) poolError(cc *clientConn, req *request, t *Target, err error, k
 		code, msg = "pool_error", err.Error()
 	}
 	_ = writeJSON(cc.bw, http.StatusServiceUnavailable, req.head.Minor, keep, errorBody(code, msg, req, t, tried, -1, attempts))
-	return keep, OutcomeNoIP, http.StatusServiceUnavailable
+	return keep, outcome, http.StatusServiceUnavailable
 }
 
 // errorBody is the JSON error document, with proxy-hopper's keys (error,
@@ -536,8 +593,8 @@ func errorBody(code, detail string, req *request, t *Target, tried, allowed int,
 		m["target"] = t.Name
 		if allowed < 0 {
 			allowed = t.NumRetries
-			if req != nil && req.retries >= 0 {
-				allowed = req.retries
+			if req != nil {
+				allowed = t.retriesFor(req.retries)
 			}
 		}
 		m["retries_attempted"] = tried

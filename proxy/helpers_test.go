@@ -51,14 +51,16 @@ type envOptions struct {
 	regex      string
 	cfg        pool.Config
 	retries    int
-	tls        *tls.Config
-	opts       Options
-	leading    []string                 // addresses placed before the tinyproxies in the pool
-	tinyproxy  testenv.TinyproxyOptions // for every tinyproxy upstream
-	quiet      bool                     // no agent log in the test output
-	creds      []string                 // "user:pass" the agent sends to tinyproxy i
-	identity   *identity.Store          // per-IP identities of the target
-	poolHooks  pool.Hooks
+	// maxClientRetries is the target's MaxClientRetries.
+	maxClientRetries int
+	tls              *tls.Config
+	opts             Options
+	leading          []string                 // addresses placed before the tinyproxies in the pool
+	tinyproxy        testenv.TinyproxyOptions // for every tinyproxy upstream
+	quiet            bool                     // no agent log in the test output
+	creds            []string                 // "user:pass" the agent sends to tinyproxy i
+	identity         *identity.Store          // per-IP identities of the target
+	poolHooks        pool.Hooks
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
@@ -106,7 +108,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.regex == "" {
 		o.regex = ".*"
 	}
-	tg := &Target{Name: "t1", Regex: regexp.MustCompile(o.regex), Pool: p, Upstreams: ups, NumRetries: o.retries, TLS: o.tls, Identity: o.identity}
+	tg := &Target{Name: "t1", Regex: regexp.MustCompile(o.regex), Pool: p, Upstreams: ups, NumRetries: o.retries, MaxClientRetries: o.maxClientRetries, TLS: o.tls, Identity: o.identity}
 	e.targets = []*Target{tg}
 	o.opts.Hooks.Attempt = func(a AttemptEvent) {
 		e.mu.Lock()

@@ -17,7 +17,8 @@ import (
 // upstreamDir holds the upstreams of one target name, as the last two
 // generations listed them (the newer wins).
 type upstreamDir struct {
-	m atomic.Pointer[map[string]Upstream]
+	m      atomic.Pointer[map[string]Upstream]
+	faults destFaults // destinations confirmed as failing (faults.go)
 }
 
 // upstream returns the details of pool address ip: from t's own generation

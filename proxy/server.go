@@ -63,6 +63,13 @@ type Options struct {
 	// the reason (RefusedGlobalLimit, RefusedClientLimit). It must not
 	// block.
 	RefusedConn func(reason string)
+	// MaxClientRequests and MaxClientTunnels cap the requests and the
+	// CONNECT tunnels one client has in flight at once (512 and 256); a
+	// client is its API key or JWT subject, or without auth its source
+	// address. One more gets 429 at once. Negative: no cap. Transparent
+	// traffic is not capped.
+	MaxClientRequests int
+	MaxClientTunnels  int
 	// Dialer makes every outgoing connection (upstream proxies, direct
 	// transparent connections); nil means a plain net.Dialer. The eBPF
 	// data plane uses its Control hook to keep the agent's own sockets out
@@ -101,6 +108,12 @@ func (o *Options) defaults() {
 	if o.TunnelIdleTimeout <= 0 {
 		o.TunnelIdleTimeout = 10 * time.Minute
 	}
+	if o.MaxClientRequests == 0 {
+		o.MaxClientRequests = 512
+	}
+	if o.MaxClientTunnels == 0 {
+		o.MaxClientTunnels = 256
+	}
 	if o.Upstream.Connect <= 0 {
 		o.Upstream.Connect = 10 * time.Second
 	}
@@ -134,7 +147,8 @@ type Server struct {
 	bufs  sync.Pool // 32 KiB copy buffers (response bodies, tunnels)
 	cbufs *connBufs // client connections' readers and writers
 
-	reqLog *logrl.Limiter // lines of failed and refused requests
+	reqLog   *logrl.Limiter // lines of failed and refused requests
+	inflight clientLimits   // requests and tunnels in flight per client
 }
 
 // New returns a server routing to targets, in order: the first target

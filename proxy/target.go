@@ -22,13 +22,35 @@ type Target struct {
 	Pool       *pool.Pool
 	Upstreams  map[string]Upstream // by pool address
 	NumRetries int
-	TLS        *tls.Config // for https origins; nil means system roots
+	// MaxClientRetries is the most retries X-Proxy-Hopper-Retries may ask
+	// for; below NumRetries it counts as NumRetries (the header can always
+	// lower the retries).
+	MaxClientRetries int
+	TLS              *tls.Config // for https origins; nil means system roots
 	// Identity, when set, gives each IP a browser persona (headers, cookie
 	// jar) on plain-HTTP requests the agent makes itself.
 	Identity *identity.Store
 
 	tr  *transport
 	dir *upstreamDir // shared by the generations of this target name
+}
+
+// retriesFor returns the retries of a request that asked for asked
+// (X-Proxy-Hopper-Retries; -1 when it did not ask): the target's
+// NumRetries, or what it asked for up to max(NumRetries, MaxClientRetries).
+func (t *Target) retriesFor(asked int) int {
+	if asked < 0 {
+		return t.NumRetries
+	}
+	return min(asked, max(t.NumRetries, t.MaxClientRetries))
+}
+
+// destFaults returns the destinations confirmed as failing for t's name.
+func (t *Target) destFaults() *destFaults {
+	if t.dir == nil {
+		return &destFaults{} // not linked (never the case once served)
+	}
+	return &t.dir.faults
 }
 
 // ParseTargetHeader parses an X-Proxy-Hopper-Target value: an absolute

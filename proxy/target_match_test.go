@@ -115,4 +115,3 @@ func TestQueryAndPathDoNotWidenACL(t *testing.T) {
 		}
 	}
 }
-

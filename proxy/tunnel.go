@@ -80,10 +80,13 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 		return
 	}
 	ev.Target = t.Name
-	retries := t.NumRetries
-	if n := retriesOf(head); n >= 0 {
-		retries = n
+	done, ok := s.admit(cc, principal, head, true)
+	if !ok {
+		finish(OutcomeClientLimit, http.StatusTooManyRequests)
+		return
 	}
+	defer done()
+	retries := t.retriesFor(retriesOf(head))
 	tun, err := s.openTunnel(cc, t, hostport, retries, &ev)
 	if errors.Is(err, errClientGone) {
 		finish(OutcomeClientClosed, 0)
@@ -91,13 +94,13 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	}
 	if err != nil {
 		if tun.poolErr != nil {
-			s.poolError(cc, &request{head: head, retries: retries}, t, tun.poolErr, false, &requestBody{}, len(tun.attempts), tun.attempts)
-			finish(OutcomeNoIP, 503)
+			_, outcome, status := s.poolError(cc, &request{head: head, retries: retries}, t, tun.poolErr, false, &requestBody{}, len(tun.attempts), tun.attempts)
+			finish(outcome, status)
 			return
 		}
-		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false, errorBody("connection_error",
-			"Every attempt to open the tunnel failed", &request{head: head}, t, len(tun.attempts)-1, retries, tun.attempts))
-		finish(OutcomeConnectionError, 502)
+		status, code, detail := failedAnswer(tun.stop, "Every attempt to open the tunnel failed")
+		_ = writeJSON(cc.bw, status, head.Minor, false, errorBody(code, detail, &request{head: head}, t, len(tun.attempts)-1, retries, tun.attempts))
+		finish(OutcomeConnectionError, status)
 		return
 	}
 	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
@@ -137,7 +140,8 @@ type tunnelResult struct {
 	ip       string
 	start    time.Time
 	attempts []attemptRecord
-	poolErr  error // no IP could be had
+	poolErr  error  // no IP could be had
+	stop     string // a local or destination fault ended the retries
 }
 
 var errTunnelFailed = errors.New("every attempt to open the tunnel failed")
@@ -148,7 +152,9 @@ var errTunnelFailed = errors.New("every attempt to open the tunnel failed")
 // IP of a successful result and releases it when the tunnel ends.
 func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries int, ev *RequestEvent) (tunnelResult, error) {
 	var res tunnelResult
-	for i := 0; i <= retries; i++ {
+	sus := suspicion{dest: hostport}
+	faults := t.destFaults()
+	for i := 0; i <= retries && res.stop == ""; i++ {
 		if i > 0 {
 			ev.Retries++
 		}
@@ -166,10 +172,11 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 			if errors.As(err, &ae) {
 				reason = ae.Reason
 			}
-			s.release(t, ip, s.failure(), AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
+			res.stop = s.attemptFailed(t, ip, err, reason, &sus, faults, time.Since(aStart))
 			res.attempts = append(res.attempts, attemptRecord{IP: ip, Reason: reason})
 			continue
 		}
+		s.blame(t, sus.reached(faults, ip))
 		res.raw, res.pre, res.ip, res.start = raw, pre, ip, aStart
 		return res, nil
 	}

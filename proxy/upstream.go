@@ -47,6 +47,8 @@ func failed(reason string, err error) error { return &attemptError{Reason: reaso
 // reasonOf classifies a network error.
 func reasonOf(stage string, err error) string {
 	switch {
+	case IsLocalError(err):
+		return ReasonLocal
 	case isTimeout(err), errors.Is(err, context.DeadlineExceeded):
 		return stage + "_timeout"
 	case errors.Is(err, syscall.ECONNREFUSED):

@@ -155,7 +155,8 @@ func TestConfigYAML(t *testing.T) {
 		t.Fatalf("%d targets", len(rts))
 	}
 	rt := rts[0]
-	want := pool.Config{MinRequestInterval: minRequestInterval, MaxQueueWait: maxQueueWait, FailuresUntilQuarantine: failuresToQuar, QuarantineTime: quarantineTime}
+	want := pool.Config{MinRequestInterval: minRequestInterval, MaxQueueWait: maxQueueWait, FailuresUntilQuarantine: failuresToQuar, QuarantineTime: quarantineTime,
+		MaxQueueLength: 500} // the default
 	if rt.Name != targetName || rt.Pool != want || rt.NumRetries != numRetries {
 		t.Errorf("target %+v, want pool %+v", rt, want)
 	}
