@@ -85,7 +85,13 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 		finish(OutcomeClientLimit, http.StatusTooManyRequests)
 		return
 	}
-	defer done()
+	// The tunnel counts against its client until it ends: on the relay's
+	// goroutines once it is up (end), here on every way out before.
+	defer func() {
+		if done != nil {
+			done()
+		}
+	}()
 	retries := t.retriesFor(retriesOf(head))
 	tun, err := s.openTunnel(cc, t, hostport, retries, &ev)
 	if errors.Is(err, errClientGone) {
@@ -104,10 +110,13 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 		return
 	}
 	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
+	untrack := done
+	done = nil
 	end := func(up, down int64) {
 		ev.BytesUp, ev.BytesDown = up, down
 		tun.raw.Close()
 		s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
+		untrack()
 		finish(OutcomeSuccess, 200)
 	}
 	if err := cc.bw.Flush(); err != nil {
