@@ -105,6 +105,7 @@ func run() error {
   port: %d
   logLevel: WARNING
   probe: false
+  allowDestinations: [127.0.0.0/8]
   metrics: true
   metricsPort: %d
 targets:
