@@ -65,6 +65,7 @@ lint:
 test: deps lint
 	$(MAKE) --no-print-directory generate
 	git diff --exit-code -- bpf/
+	$(MAKE) --no-print-directory deploy-check
 	PH_REQUIRE_ISOLATION=1 ./scripts/isolated.sh $(GO) test -race -count=1 -timeout 15m ./...
 	@if [ "$(FUZZTIME)" != "0" ]; then ./scripts/isolated.sh ./scripts/fuzz.sh $(FUZZTIME); fi
 
