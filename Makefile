@@ -29,6 +29,7 @@ dist:
 # Container image from scratch (deploy/container/Containerfile), built with
 # podman or buildah; nothing is pulled. IMAGE names the tag.
 IMAGE   ?= localhost/proxy-hopper:$(subst +,-,$(VERSION))
+IMAGE_LATEST ?= localhost/proxy-hopper:latest
 BUILDAH ?= $(shell command -v podman || command -v buildah)
 image:
 	@test -n "$(BUILDAH)" || { echo "image: needs podman or buildah (apt-get install buildah)"; exit 1; }
@@ -40,7 +41,7 @@ image:
 	$(BUILDAH) build --quiet -f deploy/container/Containerfile \
 		--build-arg VERSION=$(VERSION) \
 		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
-		-t $(IMAGE) -t localhost/proxy-hopper:latest bin/image
+		-t $(IMAGE) $(if $(IMAGE_LATEST),-t $(IMAGE_LATEST)) bin/image
 
 # Checks every deployment artefact offline: systemd units (verify, exposure
 # scores), the container image, Compose examples, the Helm chart (lint,

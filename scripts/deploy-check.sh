@@ -87,7 +87,7 @@ if ! grep -q 'msg="transparent mode on"' "$work/ebpf.log" || ! grep -q 'msg="gat
 fi
 
 step "container image"
-make --no-print-directory image IMAGE=localhost/proxy-hopper:deploy-check VERSION=deploy-check >/dev/null
+make --no-print-directory image IMAGE=localhost/proxy-hopper:deploy-check IMAGE_LATEST= VERSION=deploy-check >/dev/null
 img=localhost/proxy-hopper:deploy-check
 fmt='{{.OCIv1.Config.User}}|{{.OCIv1.Config.Entrypoint}}|{{.OCIv1.Config.Cmd}}|{{index .OCIv1.Config.Labels "org.opencontainers.image.version"}}|{{index .OCIv1.Config.Labels "org.opencontainers.image.source"}}'
 got=$(buildah inspect --type image --format "$fmt" "$img")
