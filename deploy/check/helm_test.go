@@ -411,3 +411,15 @@ func TestDecodeStrict(t *testing.T) {
 		t.Fatalf("valid Deployment: %v", err)
 	}
 }
+
+// TestHelmSchemaRejectsTypos: values.schema.json refuses unknown
+// top-level and section keys, and a kind other than the two workloads.
+func TestHelmSchemaRejectsTypos(t *testing.T) {
+	chart := filepath.Join(root(t), "deploy/helm/proxy-hopper")
+	for _, set := range []string{"replicacount=2", "kind=statefulset", "backend.type=postgres", "admin.tokn=x"} {
+		cmd := exec.Command(need(t, "HELM"), "lint", "--strict", chart, "--set", set)
+		if out, err := cmd.CombinedOutput(); err == nil {
+			t.Errorf("helm lint --set %s passed:\n%s", set, out)
+		}
+	}
+}
