@@ -104,12 +104,18 @@ echo "  root filesystem: $size bytes"
 # available on every machine this runs on).
 mkdir -p "$mnt/etc/proxy-hopper"
 : >"$mnt/etc/proxy-hopper/config.yaml"
-unshare -m sh -ec '
+# Then `run` with the image's default command, on a read-only root, in
+# the private network namespace of the eBPF check: it must listen.
+nsenter --net="/run/netns/$ns" unshare -m sh -ec '
 	mount --bind deploy/compose/memory/config.yaml "$1/etc/proxy-hopper/config.yaml"
+	mount --bind "$1" "$1"
+	mount -o remount,bind,ro "$1"
 	chroot --userspec=65532:65532 "$1" /usr/local/bin/proxy-hopper version
 	chroot --userspec=65532:65532 "$1" /usr/local/bin/proxy-hopper validate --config /etc/proxy-hopper/config.yaml
+	timeout -s TERM 3 chroot --userspec=65532:65532 "$1" /usr/local/bin/proxy-hopper run --config /etc/proxy-hopper/config.yaml --no-probe || [ $? = 124 ]
 ' sh "$mnt" >"$work/image.log" 2>&1 || { cat "$work/image.log"; exit 1; }
-grep -q '^proxy-hopper deploy-check$' "$work/image.log" && grep -q 'Config OK' "$work/image.log" ||
+grep -q '^proxy-hopper deploy-check$' "$work/image.log" && grep -q 'Config OK' "$work/image.log" &&
+	grep -q 'msg="proxy-hopper listening"' "$work/image.log" && grep -q 'msg=stopped' "$work/image.log" ||
 	{ cat "$work/image.log"; echo "image binary: unexpected output"; exit 1; }
 buildah rmi "$img" >/dev/null 2>&1 || true
 step "ok"
