@@ -8,10 +8,11 @@ export PATH="$PATH:/usr/local/go/bin"
 need=()
 # clang-19/llvm-19 (make generate), libbpf headers, bpftool, iproute2 and
 # util-linux (nsenter, unshare) for the transparent-mode eBPF tests;
-# chromium (headless) for the admin status page test.
+# chromium (headless) for the admin status page test; buildah (make image)
+# and systemd-analyze for scripts/deploy-check.sh.
 for pair in tinyproxy:tinyproxy curl:curl redis-server:redis-server \
 	clang-19:clang-19 llvm-strip-19:llvm-19 bpftool:bpftool ip:iproute2 nsenter:util-linux \
-	chromium:chromium; do
+	chromium:chromium buildah:buildah systemd-analyze:systemd; do
 	bin=${pair%%:*} pkg=${pair#*:}
 	command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -42,3 +43,5 @@ for svc in tinyproxy redis-server; do
 	fi
 done
 go mod download
+# The deployment checks' own module (Helm, Kubernetes API types).
+(cd deploy/check && go mod download)

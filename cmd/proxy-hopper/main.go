@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -19,7 +20,30 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/internal/demo"
 )
 
-var version = "dev"
+// version is set at link time (make build, make dist, the image:
+// -ldflags '-X main.version=…' from git describe). Empty means it was not,
+// and the module version recorded by the Go toolchain is used instead, so
+// `go install …@v1.2.3` reports v1.2.3.
+var version = ""
+
+// buildVersion is the version the binary reports.
+func buildVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	return resolveVersion(version, bi, ok)
+}
+
+// resolveVersion picks the link-time version, else the main module's
+// version from the build info (a tag, or the pseudo-version Go stamps from
+// the VCS), else "dev".
+func resolveVersion(linked string, bi *debug.BuildInfo, ok bool) string {
+	if linked != "" {
+		return linked
+	}
+	if ok && bi != nil && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
 
 // exitError carries a process exit code.
 type exitError struct {
@@ -76,7 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "bpf":
 		return runBPF(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
-		fmt.Fprintln(stdout, "proxy-hopper", version)
+		fmt.Fprintln(stdout, "proxy-hopper", buildVersion())
 		return nil
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
