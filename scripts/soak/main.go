@@ -56,10 +56,11 @@ func main() {
 }
 
 var (
-	bin      = flag.String("bin", "bin/proxy-hopper", "agent binary")
-	clients  = flag.Int("clients", 1000, "concurrent clients, all roles together")
-	duration = flag.Duration("duration", 60*time.Second, "length of the attack")
-	settle   = flag.Duration("settle", 30*time.Second, "how long to wait, at most, for the agent to return to its baseline")
+	bin       = flag.String("bin", "bin/proxy-hopper", "agent binary")
+	clients   = flag.Int("clients", 1000, "concurrent clients, all roles together")
+	duration  = flag.Duration("duration", 60*time.Second, "length of the attack")
+	settle    = flag.Duration("settle", 30*time.Second, "how long to wait, at most, for the agent to return to its baseline")
+	upstreams = flag.Int("upstreams", 32, "healthy upstream proxies of the good clients' target")
 )
 
 // sample is the agent process's footprint at one moment.
@@ -85,7 +86,7 @@ func run() error {
 	}
 	defer origin.Close()
 	var ips []string
-	for range 3 {
+	for range *upstreams {
 		p, err := miniproxy.Start(miniproxy.Options{})
 		if err != nil {
 			return err
@@ -114,6 +115,7 @@ targets:
     ipList: [%s]
     minRequestInterval: 0
     maxQueueWait: 10s
+    maxQueueLength: 2000
     numRetries: 1
   - name: hostile
     regex: '^http://127\.0\.0\.8:'
