@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -164,6 +165,29 @@ func badGateway(t *testing.T) string {
 			}
 			if line == "\r\n" {
 				io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+				return
+			}
+		}
+	})
+}
+
+// bigHead is a fake upstream proxy that answers every request 200 with a
+// complete but oversized head: 100 KiB, over the prober's 64 KiB bound.
+func bigHead(t *testing.T) string {
+	return serveUpstream(t, func(c net.Conn) {
+		defer c.Close()
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if line == "\r\n" {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+				for range 100 {
+					io.WriteString(c, "X-Filler: "+strings.Repeat("a", 1012)+"\r\n")
+				}
+				io.WriteString(c, "Content-Length: 0\r\nConnection: close\r\n\r\n")
 				return
 			}
 		}

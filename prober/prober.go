@@ -188,6 +188,11 @@ const (
 )
 
 // New returns a prober of targets' IPs; Run starts it.
+// maxProbeHeadBytes bounds the head of a probe's answer, as the proxy
+// bounds every head it reads (64 KiB): a larger one fails the probe with
+// connection_error instead of being buffered.
+const maxProbeHeadBytes = 64 << 10
+
 func New(targets []Target, opts Options) (*Prober, error) {
 	if len(opts.URLs) == 0 {
 		return nil, errors.New("prober: no probe URLs")
@@ -618,7 +623,7 @@ func (p *Prober) probe(ctx context.Context, up proxy.Upstream, target string) re
 		},
 		TLSClientConfig:        &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // as proxy-hopper: reachability only
 		DisableKeepAlives:      true,
-		MaxResponseHeaderBytes: 1 << 20,
+		MaxResponseHeaderBytes: maxProbeHeadBytes,
 	}
 	defer tr.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)

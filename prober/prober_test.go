@@ -51,6 +51,7 @@ func TestReasonsAndMetrics(t *testing.T) {
 		{"hanging upstream", up(hanging(t)), probeURL, prober.ReasonTimeout, 0},
 		{"closing upstream", up(closing(t)), probeURL, prober.ReasonConnectionError, 0},
 		{"upstream answering 502", up(badGateway(t)), probeURL, prober.ReasonHTTPError, 502},
+		{"upstream answering a 100 KiB head", up(bigHead(t)), probeURL, prober.ReasonConnectionError, 0},
 		{"tinyproxy, origin answering 502", up(tiny()), o502.URL + "/probe", prober.ReasonHTTPError, 502},
 		{"tinyproxy, origin hanging", up(tiny()), "http://" + hanging(t) + "/probe", prober.ReasonTimeout, 0},
 		{"tinyproxy, origin closing", up(tiny()), "http://" + closingAfterHead(t) + "/probe", prober.ReasonConnectionError, 0},
@@ -85,8 +86,8 @@ func TestReasonsAndMetrics(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("round took %v: probes did not run concurrently within their timeout", d)
 	}
-	if len(rep.Probed) != 6 || len(rep.Skipped) != 0 {
-		t.Fatalf("round report %+v, want 6 IPs probed", rep)
+	if len(rep.Probed) != 7 || len(rep.Skipped) != 0 {
+		t.Fatalf("round report %+v, want 7 IPs probed", rep)
 	}
 	for u, p := range probers {
 		if u != probeURL {
@@ -124,8 +125,8 @@ func TestReasonsAndMetrics(t *testing.T) {
 			t.Errorf("%s: %s after its probe, want available", c.name, st.State)
 		}
 	}
-	if got := len(probers[probeURL].Statuses()); got != 6 {
-		t.Errorf("Statuses lists %d IPs, want 6", got)
+	if got := len(probers[probeURL].Statuses()); got != 7 {
+		t.Errorf("Statuses lists %d IPs, want 7", got)
 	}
 	if o.total() != 1 || o502.total() != 1 {
 		t.Errorf("origins saw %d and %d probes, want 1 each", o.total(), o502.total())
