@@ -60,6 +60,7 @@ var (
 	clients   = flag.Int("clients", 1000, "concurrent clients, all roles together")
 	duration  = flag.Duration("duration", 60*time.Second, "length of the attack")
 	settle    = flag.Duration("settle", 150*time.Second, "how long to wait, at most, for the agent to return to its baseline (an idle Go process collects garbage at least every 2 minutes)")
+	calm      = flag.Duration("calm", 15*time.Second, "how long the good clients run alone first, for the baseline rate of good requests")
 	upstreams = flag.Int("upstreams", 256, "healthy upstream proxies of the good clients' target")
 )
 
@@ -178,6 +179,36 @@ targets:
 	}
 	fmt.Printf("baseline: %s\n", base)
 
+	roles := [4]int{*clients * 7 / 10, *clients / 10, *clients / 10}
+	roles[3] = *clients - roles[0] - roles[1] - roles[2]
+
+	// Calm: the good clients alone, for the rate the attack is compared with.
+	calmCtx, calmCancel := context.WithTimeout(context.Background(), *calm)
+	var calmOK, calmFailed atomic.Int64
+	var calmWG sync.WaitGroup
+	for i := range roles[0] {
+		src := &net.TCPAddr{IP: net.IPv4(127, 10, byte(1+i/250), byte(1+i%250))}
+		calmWG.Add(1)
+		go func() {
+			defer calmWG.Done()
+			g := newGood(agentAddr, originURL, 1)
+			g.src = src
+			defer g.close()
+			for calmCtx.Err() == nil {
+				if g.once() != nil {
+					calmFailed.Add(1)
+				} else {
+					calmOK.Add(1)
+				}
+			}
+		}()
+	}
+	calmWG.Wait()
+	calmCancel()
+	calmRate := float64(calmOK.Load()) / calm.Seconds()
+	fmt.Printf("calm: %d good clients alone for %v: %d ok, %d failed (%.0f/s)\n",
+		roles[0], *calm, calmOK.Load(), calmFailed.Load(), calmRate)
+
 	ctx, cancel := context.WithTimeout(context.Background(), *duration)
 	defer cancel()
 	var (
@@ -187,8 +218,6 @@ targets:
 		hostileAnswers     atomic.Int64
 		lastGoodErr        atomic.Value
 	)
-	roles := [4]int{*clients * 7 / 10, *clients / 10, *clients / 10}
-	roles[3] = *clients - roles[0] - roles[1] - roles[2]
 	for role, n := range roles {
 		for i := range n {
 			src := &net.TCPAddr{IP: net.IPv4(127, byte(10+role), byte(1+i/250), byte(1+i%250))}
@@ -286,8 +315,9 @@ sampling:
 	}{{"baseline", base}, {"peak during the attack", peak}, {fmt.Sprintf("after (%.1f s)", settleTook.Seconds()), after}} {
 		fmt.Printf("| %s | %.1f | %.1f | %d | %d | %d |\n", r.name, float64(r.s.rssKiB)/1024, r.s.heapMiB, r.s.fds, r.s.pooled, r.s.goroutines)
 	}
-	fmt.Printf("\ngood requests: %d ok, %d failed (%.2f%% ok, %.0f/s)\n", goodOK.Load(), goodFailed.Load(),
-		100*float64(goodOK.Load())/float64(max(total, 1)), float64(goodOK.Load())/duration.Seconds())
+	attackRate := float64(goodOK.Load()) / duration.Seconds()
+	fmt.Printf("\ngood requests: %d ok, %d failed (%.2f%% ok, %.0f/s; %.2f× of the calm rate)\n", goodOK.Load(), goodFailed.Load(),
+		100*float64(goodOK.Load())/float64(max(total, 1)), attackRate, attackRate/max(calmRate, 1))
 	if e, ok := lastGoodErr.Load().(string); ok {
 		fmt.Printf("last good-request error: %s\n", e)
 	}
