@@ -87,7 +87,8 @@ type Options struct {
 	// RequestLogBurst and RequestLogInterval bound the INFO lines of failed
 	// and refused requests: at most RequestLogBurst per outcome (refusal
 	// reason) in each RequestLogInterval; the rest are counted and
-	// summarised in one line (10 per minute).
+	// summarised in one line (10 per minute). Failed accepts (EMFILE...),
+	// retried with a backoff, are bounded the same way under one key.
 	RequestLogBurst    int
 	RequestLogInterval time.Duration
 }
@@ -156,8 +157,9 @@ type Server struct {
 	bufs  sync.Pool // 32 KiB copy buffers (response bodies, tunnels)
 	cbufs *connBufs // client connections' readers and writers
 
-	reqLog   *logrl.Limiter // lines of failed and refused requests
-	inflight clientLimits   // requests and tunnels in flight per client
+	reqLog    *logrl.Limiter // lines of failed and refused requests
+	acceptLog *logrl.Limiter // lines of failed accepts (EMFILE...), retried
+	inflight  clientLimits   // requests and tunnels in flight per client
 }
 
 // New returns a server routing to targets, in order: the first target
@@ -173,6 +175,9 @@ func New(targets []*Target, opts Options) *Server {
 		cbufs:     newConnBufs(),
 	}
 	s.reqLog = logrl.New(s.log, logrl.Options{Burst: opts.RequestLogBurst, Interval: opts.RequestLogInterval, KeyAttr: "reason"})
+	// Accept errors repeat on every retry while they last (out of file
+	// descriptors): bounded as the request lines are, under one key.
+	s.acceptLog = logrl.New(s.log, logrl.Options{Burst: opts.RequestLogBurst, Interval: opts.RequestLogInterval, KeyAttr: "what"})
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
 	s.SetTargets(targets)
@@ -237,7 +242,7 @@ func (s *Server) Serve(l net.Listener) error {
 			var ne net.Error
 			if errors.As(err, &ne) && !errors.Is(err, net.ErrClosed) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+				s.acceptLog.Log(context.Background(), slog.LevelWarn, "accept", "accept failed; retrying", "err", err, "in", backoff)
 				time.Sleep(backoff)
 				continue
 			}
