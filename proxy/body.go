@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
+	"time"
 )
 
 // errBodyTooLarge is returned when a request body passes the size limit.
@@ -123,4 +125,90 @@ func (b *requestBody) reader() io.Reader {
 	}
 	b.used = true
 	return io.MultiReader(bytes.NewReader(b.buf), &clientReader{b: b, r: b.rest})
+}
+
+// deadlineReader extends the client connection's read deadline before
+// reads of a request body, so a client that stops sending times out.
+type deadlineReader struct {
+	r     io.Reader
+	c     net.Conn
+	d     time.Duration
+	armed rollingDeadline
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	d.armed.arm(d.c.SetReadDeadline, d.d)
+	return d.r.Read(p)
+}
+
+// rollingDeadline re-arms a deadline of d from now, but at most every d/8:
+// a stall still times out between 7/8·d and d after the last progress, and
+// a busy connection skips most timer updates. The deadline it manages must
+// not be set elsewhere while it is in use.
+type rollingDeadline struct{ at time.Time }
+
+func (r *rollingDeadline) arm(set func(time.Time) error, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	now := time.Now()
+	if !r.at.IsZero() && now.Sub(r.at) < d/8 {
+		return
+	}
+	r.at = now
+	_ = set(now.Add(d))
+}
+
+// reset forgets the last arming, after the deadline was changed elsewhere.
+func (r *rollingDeadline) reset() { r.at = time.Time{} }
+
+// sizedBody reads exactly n bytes and fails if the client sends fewer.
+type sizedBody struct {
+	r io.Reader
+	n int64
+}
+
+func (s *sizedBody) Read(p []byte) (int, error) {
+	if s.n <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > s.n {
+		p = p[:s.n]
+	}
+	n, err := s.r.Read(p)
+	s.n -= int64(n)
+	if errors.Is(err, io.EOF) && s.n > 0 {
+		return n, io.ErrUnexpectedEOF
+	}
+	if s.n == 0 && err == nil {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// eofReader remembers whether its reader reached EOF, and counts bytes.
+type eofReader struct {
+	r   io.Reader
+	eof bool
+	n   int64
+}
+
+func (e *eofReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	e.n += int64(n)
+	if errors.Is(err, io.EOF) {
+		e.eof = true
+	}
+	return n, err
+}
+
+func bodyErrorStatus(err error) (int, string) {
+	var he *HeadError
+	switch {
+	case errors.As(err, &he):
+		return he.Status, he.Reason
+	case isTimeout(err):
+		return http.StatusRequestTimeout, "timed out reading the request body"
+	}
+	return http.StatusBadRequest, "incomplete request body"
 }

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"sync"
 	"time"
-
-	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
 // errClientGone is the cause of a wait ended because the client hung up.
@@ -68,29 +66,4 @@ func (w *clientWatch) stop() {
 		<-w.done
 		_ = w.cc.c.SetReadDeadline(time.Time{})
 	}
-}
-
-// acquire takes an IP of t for one attempt of a request from cc. When the
-// client has nothing more to send (watch), a hang-up while it waits ends
-// the wait with errClientGone instead of taking an IP for nobody.
-func (s *Server) acquire(cc *clientConn, t *Target, watch bool) (string, error) {
-	if !watch || cc == nil {
-		return t.Pool.Acquire(s.ctx)
-	}
-	ctx, cancel := context.WithCancelCause(s.ctx)
-	defer cancel(nil)
-	w := watchClient(cc, cancel)
-	ip, err := t.Pool.Acquire(ctx)
-	w.stop()
-	if err != nil && errors.Is(context.Cause(ctx), errClientGone) && s.ctx.Err() == nil {
-		return "", errClientGone
-	}
-	if err == nil && context.Cause(ctx) == errClientGone {
-		// The IP came just as the client left: give it back unused.
-		if rerr := t.Pool.Release(context.Background(), ip, pool.Neutral); rerr != nil {
-			s.log.Error("release ip", "target", t.Name, "address", ip, "err", rerr)
-		}
-		return "", errClientGone
-	}
-	return ip, err
 }

@@ -6,6 +6,8 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
 )
@@ -208,4 +210,111 @@ func writeJSONFields(cw *bufio.Writer, status int, minor int, keepAlive bool, ex
 // client's own bytes.
 func clientError(detail string) map[string]any {
 	return map[string]any{"error": "bad_request", "detail": detail}
+}
+
+// redactURL drops any userinfo before a URL is logged or echoed.
+func redactURL(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
+	if u.User == nil {
+		return u.String()
+	}
+	c := *u
+	c.User = nil
+	return c.String()
+}
+
+// readResponse reads the next final response head, skipping 1xx interim
+// responses (101 is final, and refused later as an upgrade).
+func readResponse(br *bufio.Reader, method string) (*http.Response, error) {
+	for {
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err == nil {
+			err = checkRespFields(resp.Header)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != 101 {
+			continue
+		}
+		return resp, nil
+	}
+}
+
+// writeRequest writes the outgoing request: absolute-form to the proxy for
+// http origins, origin-form inside the tunnel for https.
+func writeRequest(bw *bufio.Writer, req *request, up Upstream, body *requestBody) error {
+	h := req.head
+	bw.WriteString(h.Method)
+	bw.WriteByte(' ')
+	if req.url.Scheme == "http" {
+		if req.matchKey != "" {
+			bw.WriteString(req.matchKey) // req.url.String(), computed once
+		} else {
+			bw.WriteString(req.url.String())
+		}
+	} else {
+		bw.WriteString(req.url.RequestURI())
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(req.url.Host)
+	bw.WriteString("\r\n")
+	if req.fields != nil {
+		for _, f := range req.fields {
+			writeField(bw, f)
+		}
+	} else {
+		conn := tokens(h.Fields.Values("Connection"))
+		for _, f := range h.Fields {
+			if isHop(f.Name, conn) || (req.overrides != nil && req.overrides.Has(f.Name)) {
+				continue
+			}
+			writeField(bw, f)
+		}
+		for _, f := range req.overrides {
+			writeField(bw, f)
+		}
+	}
+	if req.url.Scheme == "http" {
+		if a := up.authHeader(); a != "" {
+			bw.WriteString("Proxy-Authorization: ")
+			bw.WriteString(a)
+			bw.WriteString("\r\n")
+		}
+	}
+	switch {
+	case body.size > 0 || (body.size == 0 && needsLength(h.Method)):
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(body.size, 10))
+		bw.WriteString("\r\n\r\n")
+		if body.size > 0 {
+			if _, err := io.Copy(bw, body.reader()); err != nil {
+				return err
+			}
+		}
+	case body.size < 0:
+		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+		cw := httputil.NewChunkedWriter(bw)
+		if _, err := io.Copy(cw, body.reader()); err != nil {
+			return err
+		}
+		cw.Close()
+		bw.WriteString("\r\n")
+	default:
+		bw.WriteString("\r\n")
+	}
+	return bw.Flush()
+}
+
+func writeField(bw *bufio.Writer, f Field) {
+	bw.WriteString(f.Name)
+	bw.WriteString(": ")
+	bw.WriteString(f.Value)
+	bw.WriteString("\r\n")
+}
+
+func needsLength(method string) bool {
+	return method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch
 }

@@ -2,15 +2,10 @@ package proxy
 
 import (
 	"net/http"
-	"strconv"
 	"sync"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
 )
-
-// OutcomeClientLimit: the client (its key, JWT subject or, without auth,
-// its address) had as many requests or tunnels in flight as it may.
-const OutcomeClientLimit = "client_limit"
 
 // clientLimits counts each client's requests and tunnels in flight. An
 // entry exists only while its count is above zero, so the maps hold at
@@ -64,22 +59,14 @@ func limitKey(cc *clientConn, p *auth.Principal) string {
 	return "addr:" + clientKey(cc.c.RemoteAddr()).String()
 }
 
-// admit counts a request (tunnel false) or a tunnel against its client.
-// When the client is at its limit it answers 429 itself and returns false;
-// otherwise the caller calls done when the request or tunnel ends.
-// Transparent traffic is not limited here: its clients are the host's own
-// processes, which share one address.
-func (s *Server) admit(cc *clientConn, p *auth.Principal, head *RequestHead, tunnel bool) (done func(), ok bool) {
-	m, max, what := &s.inflight.requests, s.opts.MaxClientRequests, "requests"
-	if tunnel {
-		m, max, what = &s.inflight.tunnels, s.opts.MaxClientTunnels, "tunnels"
-	}
-	key := limitKey(cc, p)
+// limitClient counts the request or tunnel of a against its client in
+// m, which allows max at once (what names them: "requests", "tunnels"). At
+// the limit it refuses (429); otherwise a.release gives the count back.
+func (s *Server) limitClient(e *entry, a *admitted, m *map[string]int, max int, what string) *refusal {
+	key := limitKey(e.cc, a.principal)
 	if !s.inflight.take(m, key, max) {
-		_ = writeJSONFields(cc.bw, http.StatusTooManyRequests, head.Minor, false, []Field{{Name: "Retry-After", Value: "1"}},
-			map[string]any{"error": "client_" + what + "_limit",
-				"detail": "This client has " + strconv.Itoa(max) + " " + what + " in flight already, as many as it may"})
-		return nil, false
+		return &refusal{outcome: OutcomeClientLimit, status: http.StatusTooManyRequests, target: a.target.Name, limit: what, max: max}
 	}
-	return func() { s.inflight.put(m, key) }, true
+	a.release = func() { s.inflight.put(m, key) }
+	return nil
 }

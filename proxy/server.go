@@ -1,7 +1,20 @@
 // Package proxy is the agent's data path: it accepts client connections,
 // parses requests, matches them to targets and forwards them through the
-// targets' upstream proxy IPs. Header-mode, explicit-proxy and (later)
-// transparent requests all meet in one request path, Server.serveRequest.
+// targets' upstream proxy IPs. Every request, whichever way it came, takes
+// the same steps, one file each:
+//
+//   - accept (server.go: Serve, track, requestLoop; transparent.go:
+//     ServeTransparent): a client connection, its request heads;
+//   - route by form (request.go: handle; tunnel.go: serveConnect;
+//     transparent.go: transparentHTTP, transparentTunnel);
+//   - admit (admission.go: admit): auth, target match, target ACL,
+//     destination policy, per-client limits, before any IP is acquired;
+//   - acquire, forward, retry (ip.go: acquire, release, attemptFailed;
+//     retry.go: forward for HTTP, tunnel.go: openTunnel for tunnels), over
+//     the upstream transport (upstream.go) with bodies (body.go) and HTTP
+//     reading and writing (http.go, head.go);
+//   - release and record (events.go: recorder.finish): what the request
+//     held is given back, then metrics hooks and the request log line.
 package proxy
 
 import (
@@ -13,13 +26,9 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/internal/logrl"
@@ -78,7 +87,8 @@ type Options struct {
 	// RequestLogBurst and RequestLogInterval bound the INFO lines of failed
 	// and refused requests: at most RequestLogBurst per outcome (refusal
 	// reason) in each RequestLogInterval; the rest are counted and
-	// summarised in one line (10 per minute).
+	// summarised in one line (10 per minute). Failed accepts (EMFILE...),
+	// retried with a backoff, are bounded the same way under one key.
 	RequestLogBurst    int
 	RequestLogInterval time.Duration
 }
@@ -147,8 +157,9 @@ type Server struct {
 	bufs  sync.Pool // 32 KiB copy buffers (response bodies, tunnels)
 	cbufs *connBufs // client connections' readers and writers
 
-	reqLog   *logrl.Limiter // lines of failed and refused requests
-	inflight clientLimits   // requests and tunnels in flight per client
+	reqLog    *logrl.Limiter // lines of failed and refused requests
+	acceptLog *logrl.Limiter // lines of failed accepts (EMFILE...), retried
+	inflight  clientLimits   // requests and tunnels in flight per client
 }
 
 // New returns a server routing to targets, in order: the first target
@@ -164,6 +175,9 @@ func New(targets []*Target, opts Options) *Server {
 		cbufs:     newConnBufs(),
 	}
 	s.reqLog = logrl.New(s.log, logrl.Options{Burst: opts.RequestLogBurst, Interval: opts.RequestLogInterval, KeyAttr: "reason"})
+	// Accept errors repeat on every retry while they last (out of file
+	// descriptors): bounded as the request lines are, under one key.
+	s.acceptLog = logrl.New(s.log, logrl.Options{Burst: opts.RequestLogBurst, Interval: opts.RequestLogInterval, KeyAttr: "what"})
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
 	s.SetTargets(targets)
@@ -198,29 +212,6 @@ func (s *Server) dialer() *net.Dialer {
 	return &net.Dialer{KeepAlive: 30 * time.Second}
 }
 
-// match returns the first target that takes key (see Target.matches).
-func (s *Server) match(key string) *Target {
-	targets := *s.targets.Load()
-	for _, t := range targets {
-		if t.matches(key) {
-			return t
-		}
-	}
-	// proxy-hopper searched the whole URL, query included: say so when
-	// that alone would have matched, so the change is never silent.
-	if strings.Contains(key, "://") {
-		for _, t := range targets {
-			if t.Regex.MatchString(key) {
-				s.reqLog.Log(context.Background(), slog.LevelWarn, "path_or_query_match",
-					"no target matched: a target's regex matches this URL only through its path or query, which never selects a target (README: Differences from the Python proxy-hopper)",
-					"target", t.Name)
-				break
-			}
-		}
-	}
-	return nil
-}
-
 // Listen opens a TCP listener suitable for the server (MPTCP off, so that
 // accepted sockets can later join a BPF sockmap).
 func Listen(ctx context.Context, addr string) (net.Listener, error) {
@@ -251,7 +242,7 @@ func (s *Server) Serve(l net.Listener) error {
 			var ne net.Error
 			if errors.As(err, &ne) && !errors.Is(err, net.ErrClosed) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", "err", err, "in", backoff)
+				s.acceptLog.Log(context.Background(), slog.LevelWarn, "accept", "accept failed; retrying", "err", err, "in", backoff)
 				time.Sleep(backoff)
 				continue
 			}
@@ -512,125 +503,4 @@ func lingerClose(c net.Conn) {
 	}
 	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 	_, _ = io.CopyN(io.Discard, c, 256<<10)
-}
-
-// handle routes one request head by its form and reports whether the
-// connection can carry another request.
-func (s *Server) handle(cc *clientConn, head *RequestHead) bool {
-	keep := clientKeepAlive(head)
-	bad := func(reason string) bool {
-		_ = writeJSON(cc.bw, 400, head.Minor, false, clientError(reason))
-		return false
-	}
-	if head.Method == "CONNECT" {
-		s.serveConnect(cc, head)
-		return false
-	}
-	req := &request{head: head, retries: retriesOf(head), tag: tagOf(head), overrides: overridesOf(head.Fields)}
-	switch t := head.Target; {
-	case hasSchemePrefix(t):
-		u, err := url.ParseRequestURI(t)
-		if err != nil {
-			return bad("invalid absolute request target")
-		}
-		u.Scheme = strings.ToLower(u.Scheme)
-		if u.Scheme != "http" && u.Scheme != "https" {
-			return bad("proxy requests must be http:// or https://")
-		}
-		if u.User != nil {
-			return bad("request target must not carry credentials")
-		}
-		if err := checkHostPort(u); err != nil {
-			return bad(err.Error())
-		}
-		req.url, req.mode = u, "proxy"
-	case strings.HasPrefix(t, "/"):
-		tv := head.Fields.Values(HeaderTarget)
-		if len(tv) == 0 {
-			return bad("missing " + HeaderTarget + " header (or send an absolute-form proxy request)")
-		}
-		if len(tv) > 1 {
-			return bad("more than one " + HeaderTarget + " header")
-		}
-		base := cc.lastBase
-		if base == nil || cc.lastTarget != tv[0] {
-			var err error
-			if base, err = ParseTargetHeader(tv[0]); err != nil {
-				return bad("invalid " + HeaderTarget + ": " + err.Error())
-			}
-			cc.lastTarget, cc.lastBase = tv[0], base
-		}
-		u, err := joinTarget(base, t)
-		if err != nil {
-			return bad(err.Error())
-		}
-		req.url, req.mode = u, "header"
-	default:
-		return bad("unsupported request target form")
-	}
-	return s.serveRequest(cc, req, keep)
-}
-
-// retriesOf reads X-Proxy-Hopper-Retries; -1 means the target's default.
-func retriesOf(h *RequestHead) int {
-	if v := h.Fields.Get(HeaderRetries); v != "" {
-		if n, err := strconv.Atoi(v); err == nil && n >= 0 && n <= 100 {
-			return n
-		}
-	}
-	return -1
-}
-
-func hasSchemePrefix(t string) bool {
-	i := strings.Index(t, "://")
-	return i > 0 && !strings.Contains(t[:i], "/")
-}
-
-// MaxTagLen bounds X-Proxy-Hopper-Tag, which becomes a metric label:
-// longer tags are cut to their first 64 characters, as proxy-hopper does.
-const MaxTagLen = 64
-
-func tagOf(h *RequestHead) string {
-	return CleanTag(h.Fields.Get(HeaderTag))
-}
-
-// CleanTag makes a client's tag a safe label value: valid UTF-8 (a run of
-// invalid bytes becomes U+FFFD), cut to its first MaxTagLen characters.
-func CleanTag(tag string) string {
-	if len(tag) <= MaxTagLen && utf8.ValidString(tag) {
-		return tag
-	}
-	// MaxTagLen characters take at most 4 bytes each: the rest is cut
-	// unread (a tag with invalid bytes may then keep fewer characters).
-	tag = strings.ToValidUTF8(truncate(tag, 4*MaxTagLen), "\uFFFD")
-	n := 0
-	for i := range tag {
-		if n == MaxTagLen {
-			return tag[:i]
-		}
-		n++
-	}
-	return tag
-}
-
-// controlHeaders are the X-Proxy-Hopper-* names with a meaning of their own;
-// any other X-Proxy-Hopper-<Name> overrides the upstream header <Name>.
-var controlHeaders = []string{"Target", "Retries", "Tag", "Auth"}
-
-// overridesOf collects X-Proxy-Hopper-<Name> override headers, as
-// proxy-hopper does. Names that would change framing or routing are ignored.
-func overridesOf(f Fields) Fields {
-	var out Fields
-	for _, h := range f {
-		if len(h.Name) <= 15 || !strings.EqualFold(h.Name[:15], "X-Proxy-Hopper-") {
-			continue
-		}
-		name := h.Name[15:]
-		if slices.ContainsFunc(controlHeaders, func(c string) bool { return strings.EqualFold(c, name) }) ||
-			isHop(name, nil) || strings.HasPrefix(strings.ToLower(name), "x-proxy-hopper-") {
-			continue
-		}
-		out = append(out, Field{Name: name, Value: h.Value})
-	}
-	return out
 }

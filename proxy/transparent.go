@@ -13,9 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/proxy-hopper/proxy-hopper/auth"
-	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
 // Policies for transparent connections that match no target.
@@ -90,61 +87,50 @@ func isTimeout(err error) bool {
 
 // transparentTunnel tunnels the connection through an IP of the target
 // matching key (sni:port or ip:port), retrying other IPs until the
-// upstream CONNECT succeeds; no byte is relayed before that.
+// upstream CONNECT succeeds; no byte is relayed before that. Nothing can
+// be said to a client that expects its origin: a refused connection is
+// reset, one no target wants follows the unmatched policy.
 func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPort, kind string) {
-	start := time.Now()
-	ev := RequestEvent{Mode: "transparent-" + kind}
-	finish := func(outcome string) {
-		ev.Outcome, ev.Duration = outcome, time.Since(start)
-		if s.opts.Hooks.Request != nil {
-			s.opts.Hooks.Request(ev)
-		}
-		s.logRequest(&ev, "transparent tunnel", func() []any {
-			return []any{"key", key, "orig", orig.String(), "target", ev.Target, "outcome", outcome, "retries", ev.Retries,
-				"client", cc.c.RemoteAddr().String()}
-		})
-	}
-	t := s.match(key)
-	if t == nil {
-		s.unmatched(cc, orig)
-		finish(OutcomeNoMatch)
-		return
-	}
-	ev.Target = t.Name
-	if host, port, err := net.SplitHostPort(key); err == nil {
-		n, _ := strconv.Atoi(port)
-		if reason := s.opts.Destinations.refuse(host, n); reason != "" {
-			s.log.Info("transparent connection refused", "reason", reason, "client", cc.c.RemoteAddr().String(), "target", t.Name)
+	rec := s.record("transparent-"+kind, "", "transparent tunnel", func(ev *RequestEvent) []any {
+		return []any{"key", key, "orig", orig.String(), "target", ev.Target, "outcome", ev.Outcome, "retries", ev.Retries,
+			"client", cc.c.RemoteAddr().String()}
+	})
+	host, port, _ := net.SplitHostPort(key) // key is always host:port
+	n, _ := strconv.Atoi(port)
+	a, rf := s.admit(&entry{kind: entryTransparentTunnel, cc: cc, matchKey: key, host: host, port: n})
+	if rf != nil {
+		switch {
+		case rf.outcome == OutcomeNoMatch:
+			s.unmatched(cc, orig)
+		case rf.destination != "":
+			s.log.Info("transparent connection refused", "reason", rf.destination, "client", cc.c.RemoteAddr().String(), "target", rf.target)
 			resetClose(cc.c)
-			finish(OutcomeForbidden)
-			return
+		default:
+			resetClose(cc.c)
 		}
-	}
-	if err := s.opts.Auth.AllowSource(remoteAddr(cc.c), t.Name); err != nil {
-		resetClose(cc.c)
-		ev.AuthReason = auth.Reason(err)
-		finish(OutcomeForbidden)
+		rec.refused(rf, 0)
 		return
 	}
-	tun, err := s.openTunnel(cc, t, key, t.NumRetries, &ev)
+	rec.admitted(a)
+	t := a.target
+	tun, err := s.openTunnel(cc, t, key, t.NumRetries, &rec.ev)
 	if errors.Is(err, errClientGone) {
-		finish(OutcomeClientClosed)
+		rec.finish(OutcomeClientClosed, 0)
 		return
 	}
 	if err != nil {
-		// Nothing can be said to a client that expects its origin: reset.
 		resetClose(cc.c)
 		if tun.poolErr != nil {
-			finish(OutcomeNoIP)
+			rec.finish(OutcomeNoIP, 0)
 		} else {
-			finish(OutcomeConnectionError)
+			rec.finish(OutcomeConnectionError, 0)
 		}
 		return
 	}
+	s.holdTunnel(rec, t, &tun)
 	s.relayDetached(cc, tun.raw, tun.pre, func(up, down int64) {
-		ev.BytesUp, ev.BytesDown = up, down
-		s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
-		finish(OutcomeSuccess)
+		rec.ev.BytesUp, rec.ev.BytesDown = up, down
+		rec.finish(OutcomeSuccess, 0)
 	})
 }
 
@@ -183,9 +169,8 @@ func (s *Server) transparentHTTP(cc *clientConn, orig netip.AddrPort) {
 		if u, err := transparentURL(head, orig); err == nil && s.match(u.String()) == nil {
 			_ = cc.c.SetReadDeadline(time.Time{})
 			s.unmatched(cc, orig)
-			if s.opts.Hooks.Request != nil {
-				s.opts.Hooks.Request(RequestEvent{Mode: "transparent", Outcome: OutcomeNoMatch})
-			}
+			// Counted, not logged: the connection was never ours.
+			s.record("transparent", "", "", nil).finish(OutcomeNoMatch, 0)
 			return
 		}
 	}

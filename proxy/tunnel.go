@@ -10,9 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/proxy-hopper/proxy-hopper/auth"
-	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
 // serveConnect answers a CONNECT request: it opens a tunnel through one of
@@ -20,23 +17,15 @@ import (
 // or its CONNECT fails, then relays bytes until both sides are done. Once the
 // tunnel is up nothing is retried: its content is opaque.
 func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
-	start := time.Now()
-	ev := RequestEvent{Mode: "connect", Tag: tagOf(head)}
-	finish := func(outcome string, status int) {
-		ev.Outcome, ev.Status, ev.Duration = outcome, status, time.Since(start)
-		if s.opts.Hooks.Request != nil {
-			s.opts.Hooks.Request(ev)
-		}
-		s.logRequest(&ev, "tunnel", func() []any {
-			return []any{"authority", head.Target, "target", ev.Target, "status", status,
-				"outcome", outcome, "retries", ev.Retries, "duration", ev.Duration, "client", cc.c.RemoteAddr().String()}
-		})
-	}
+	rec := s.record("connect", tagOf(head), "tunnel", func(ev *RequestEvent) []any {
+		return []any{"authority", head.Target, "target", ev.Target, "status", ev.Status,
+			"outcome", ev.Outcome, "retries", ev.Retries, "duration", ev.Duration, "client", cc.c.RemoteAddr().String()}
+	})
 	host, port, err := net.SplitHostPort(head.Target)
 	n, perr := strconv.Atoi(port)
 	if err != nil || perr != nil || host == "" || n < 1 || n > 65535 {
 		_ = writeJSON(cc.bw, http.StatusBadRequest, head.Minor, false, clientError("CONNECT needs host:port"))
-		finish(OutcomeBadRequest, 400)
+		rec.finish(OutcomeBadRequest, 400)
 		return
 	}
 	hostport := net.JoinHostPort(host, port)
@@ -44,80 +33,44 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	// bracketed IPv6 literal, nothing that could carry a second host.
 	if err := checkHostPort(&url.URL{Host: hostport}); err != nil {
 		_ = writeJSON(cc.bw, http.StatusBadRequest, head.Minor, false, clientError("CONNECT: "+err.Error()))
-		finish(OutcomeBadRequest, 400)
+		rec.finish(OutcomeBadRequest, 400)
 		return
 	}
-	var principal *auth.Principal
-	if s.opts.Auth.Enabled() {
-		if principal, err = s.opts.Auth.Authenticate(tokenOf(head, true)); err != nil {
-			ev.AuthReason = auth.Reason(err)
-			s.refuseAuth(cc, head, true, err)
-			finish(OutcomeAuthFailed, http.StatusProxyAuthRequired)
-			return
-		}
-	}
-	t := s.match(hostport)
-	if t != nil && principal != nil {
-		if err := principal.Allows(t.Name); err != nil {
-			ev.Target, ev.AuthReason = t.Name, auth.Reason(err)
-			s.refuseAuth(cc, head, true, err)
-			finish(OutcomeForbidden, http.StatusForbidden)
-			return
-		}
-	}
-	if reason := s.opts.Destinations.refuse(host, n); reason != "" {
-		if t != nil {
-			ev.Target = t.Name
-		}
-		s.deniedDestination(cc, head, false, reason)
-		finish(OutcomeForbidden, http.StatusForbidden)
+
+	e := &entry{kind: entryConnect, cc: cc, req: &request{head: head}, matchKey: hostport, host: host, port: n,
+		proxyForm: true, shown: hostport}
+	a, rf := s.admit(e)
+	if rf != nil {
+		s.answer(e, rf, false)
+		rec.refused(rf, rf.status)
 		return
 	}
-	if t == nil {
-		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false,
-			errorBody("no_target", "No target configured for URL: "+hostport, &request{head: head}, nil, 0, 0, nil))
-		finish(OutcomeNoMatch, 502)
-		return
-	}
-	ev.Target = t.Name
-	done, ok := s.admit(cc, principal, head, true)
-	if !ok {
-		finish(OutcomeClientLimit, http.StatusTooManyRequests)
-		return
-	}
-	// The tunnel counts against its client until it ends: on the relay's
-	// goroutines once it is up (end), here on every way out before.
-	defer func() {
-		if done != nil {
-			done()
-		}
-	}()
+	// The tunnel counts against its client until it ends (rec.finish).
+	rec.admitted(a)
+	t := a.target
+
 	retries := t.retriesFor(retriesOf(head))
-	tun, err := s.openTunnel(cc, t, hostport, retries, &ev)
+	tun, err := s.openTunnel(cc, t, hostport, retries, &rec.ev)
 	if errors.Is(err, errClientGone) {
-		finish(OutcomeClientClosed, 0)
+		rec.finish(OutcomeClientClosed, 0)
 		return
 	}
 	if err != nil {
 		if tun.poolErr != nil {
 			_, outcome, status := s.poolError(cc, &request{head: head, retries: retries}, t, tun.poolErr, false, &requestBody{}, len(tun.attempts), tun.attempts)
-			finish(outcome, status)
+			rec.finish(outcome, status)
 			return
 		}
 		status, code, detail := failedAnswer(tun.stop, "Every attempt to open the tunnel failed")
 		_ = writeJSON(cc.bw, status, head.Minor, false, errorBody(code, detail, &request{head: head}, t, len(tun.attempts)-1, retries, tun.attempts))
-		finish(OutcomeConnectionError, status)
+		rec.finish(OutcomeConnectionError, status)
 		return
 	}
 	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
-	untrack := done
-	done = nil
+	s.holdTunnel(rec, t, &tun)
 	end := func(up, down int64) {
-		ev.BytesUp, ev.BytesDown = up, down
-		tun.raw.Close()
-		s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
-		untrack()
-		finish(OutcomeSuccess, 200)
+		rec.ev.BytesUp, rec.ev.BytesDown = up, down
+		rec.finish(OutcomeSuccess, 200)
 	}
 	if err := cc.bw.Flush(); err != nil {
 		end(0, 0)

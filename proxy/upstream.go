@@ -370,3 +370,68 @@ func (t *transport) attachBufs(c *upConn) {
 	bw.Reset(c.Conn)
 	c.br, c.bw = br, bw
 }
+
+func tlsOrDefault(c *tls.Config) *tls.Config {
+	if c != nil {
+		return c
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12}
+}
+
+// roundTrip sends one request through up and returns the response head.
+// A reused connection that turns out to be dead is replaced once, silently:
+// that is the connection's fault, not the IP's.
+func (t *transport) roundTrip(ctx context.Context, up Upstream, req *request, body *requestBody) (*http.Response, *upConn, error) {
+	hp := hostPort(req.url)
+	for try := 0; ; try++ {
+		// A streamed body cannot be sent twice, so it never risks a kept
+		// connection the proxy may have closed meanwhile.
+		uc, err := t.connFor(ctx, up, req.url.Scheme, hp, req.url.Hostname(), !body.Replayable())
+		if err != nil {
+			return nil, nil, err
+		}
+		stop := context.AfterFunc(ctx, func() { _ = uc.Conn.SetDeadline(time.Unix(1, 0)) })
+		uc.writeDL.arm(uc.Conn.SetWriteDeadline, t.timeouts.Response)
+		uc.nread = int64(uc.br.Buffered())
+		err = writeRequest(uc.bw, req, up, body)
+		var resp *http.Response
+		if err == nil {
+			// Interim and final heads together stay within maxHead.
+			uc.limitHead, uc.headLeft = true, t.maxHead-uc.br.Buffered()
+			resp, err = readResponse(uc.br, req.head.Method)
+			uc.limitHead = false
+		}
+		if !stop() && err == nil {
+			// The context ended meanwhile and its deadline poisoned the
+			// connection: it must not be reused.
+			err = ctx.Err()
+		}
+		if err == nil {
+			return resp, uc, nil
+		}
+		uc.Close()
+		// A kept connection the proxy closed meanwhile: nothing of a
+		// response arrived, so the request can go again on a fresh one.
+		if uc.reused && try == 0 && uc.nread == 0 && (body.Replayable() || !body.used) && staleConn(err) {
+			continue
+		}
+		if errors.Is(err, errRespHeadTooLarge) {
+			// Plain http: the answer comes from the proxy, which is at
+			// fault. https: the origin sent it inside the tunnel.
+			reason := "upstream_head_too_large"
+			if req.url.Scheme == "https" {
+				reason = reasonOriginHeadTooLarge
+			}
+			return nil, nil, failed(reason, fmt.Errorf("response head exceeds %d bytes or %d fields: %w", t.maxHead, maxRespHeadFields, err))
+		}
+		return nil, nil, failed(reasonOf("upstream", err), err)
+	}
+}
+
+// reasonOriginHeadTooLarge is an https origin's response head over the
+// limit: the origin's fault, not the IP's, and the same on every IP.
+const reasonOriginHeadTooLarge = "origin_head_too_large"
+
+func staleConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || reasonOf("", err) == "_reset"
+}

@@ -1,0 +1,94 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/pool"
+)
+
+// acquire takes an IP of t for one attempt of a request from cc. When the
+// client has nothing more to send (watch), a hang-up while it waits ends
+// the wait with errClientGone instead of taking an IP for nobody.
+func (s *Server) acquire(cc *clientConn, t *Target, watch bool) (string, error) {
+	if !watch || cc == nil {
+		return t.Pool.Acquire(s.ctx)
+	}
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	defer cancel(nil)
+	w := watchClient(cc, cancel)
+	ip, err := t.Pool.Acquire(ctx)
+	w.stop()
+	if err != nil && errors.Is(context.Cause(ctx), errClientGone) && s.ctx.Err() == nil {
+		return "", errClientGone
+	}
+	if err == nil && context.Cause(ctx) == errClientGone {
+		// The IP came just as the client left: give it back unused.
+		if rerr := t.Pool.Release(context.Background(), ip, pool.Neutral); rerr != nil {
+			s.log.Error("release ip", "target", t.Name, "address", ip, "err", rerr)
+		}
+		return "", errClientGone
+	}
+	return ip, err
+}
+
+// attemptFailed releases ip after an attempt that failed before any
+// response, as whose fault it was decides (faults.go), and returns why the
+// request must stop retrying ("local", "destination"), or "".
+func (s *Server) attemptFailed(t *Target, ip string, err error, reason string, sus *suspicion, faults *destFaults, d time.Duration) string {
+	a := AttemptEvent{Reason: reason, Duration: d}
+	switch {
+	case IsLocalError(err):
+		a.Reason = ReasonLocal
+		s.release(t, ip, pool.Neutral, a)
+		return "local"
+	case suspectReason(reason):
+		s.release(t, ip, pool.Neutral, a)
+		if sus.judge(faults, ip, reason, time.Now()) == destination {
+			return "destination"
+		}
+		return ""
+	}
+	s.release(t, ip, s.failure(), a)
+	return ""
+}
+
+// blame counts a failure against each of ips, released Neutral earlier
+// while their failure could have been the destination's.
+func (s *Server) blame(t *Target, ips []string) {
+	for _, ip := range ips {
+		if err := t.Pool.Blame(context.Background(), ip); err != nil && !errors.Is(err, pool.ErrUnknownIP) {
+			s.log.Error("count failure of ip", "target", t.Name, "address", ip, "err", err)
+		}
+	}
+}
+
+// failure is the outcome of a failed attempt: Neutral once the server is
+// being forced down (cut requests say nothing about the IP).
+func (s *Server) failure() pool.Outcome {
+	if s.ctx.Err() != nil {
+		return pool.Neutral
+	}
+	return pool.Failure
+}
+
+func (s *Server) release(t *Target, ip string, outcome pool.Outcome, a AttemptEvent) {
+	if err := t.Pool.Release(context.Background(), ip, outcome); err != nil {
+		s.log.Error("release ip", "target", t.Name, "address", ip, "err", err)
+	}
+	if s.opts.Hooks.Attempt != nil {
+		a.Target, a.Addr, a.OK = t.Name, ip, outcome != pool.Failure
+		s.opts.Hooks.Attempt(a)
+	}
+}
+
+// holdTunnel makes the IP of an open tunnel the request's until it ends:
+// rec.finish closes the upstream side and releases the IP as a success
+// (the tunnel's content is opaque: nothing in it is the IP's fault).
+func (s *Server) holdTunnel(rec *recorder, t *Target, tun *tunnelResult) {
+	rec.hold(func() {
+		tun.raw.Close()
+		s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
+	})
+}
