@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 )
 
 // idleConns is how many idle connections the memory tests open.
@@ -113,7 +116,12 @@ func TestIdleConnectionsHoldNoBuffers(t *testing.T) {
 			if c := openIdle(t, e.addr, kind); c != nil {
 				c.Close()
 			}
-			waitFor(t, "the warm-up connection to end", func() bool { return e.srv.ActiveConns() == 0 })
+			testenv.Eventually(t, 5*time.Second, func() error {
+				if e.srv.ActiveConns() != 0 {
+					return errors.New("still waiting for the warm-up connection to end")
+				}
+				return nil
+			})
 			g0, h0 := runtime.NumGoroutine(), liveHeap()
 			var cs []net.Conn
 			t.Cleanup(func() {
@@ -124,7 +132,12 @@ func TestIdleConnectionsHoldNoBuffers(t *testing.T) {
 			for range idleConns {
 				cs = append(cs, openIdle(t, e.addr, kind))
 			}
-			waitFor(t, "every connection tracked", func() bool { return e.srv.ActiveConns() == idleConns })
+			testenv.Eventually(t, 5*time.Second, func() error {
+				if e.srv.ActiveConns() != idleConns {
+					return errors.New("still waiting for every connection tracked")
+				}
+				return nil
+			})
 			// Keep-alive connections give their buffers back after
 			// keepAliveGrace: wait for it (bounded), then measure.
 			var per uint64
