@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -76,7 +77,12 @@ targets:
 	testenv.WaitListening(t, metricsAddr, 5*time.Second)
 	// The port accepts as soon as Run has opened it, a moment before
 	// MetricsAddr is set.
-	waitFor(t, "MetricsAddr", func() bool { return a.MetricsAddr() != nil })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if a.MetricsAddr() == nil {
+			return errors.New("still waiting for MetricsAddr")
+		}
+		return nil
+	})
 	if got := a.MetricsAddr(); got.String() != metricsAddr {
 		t.Errorf("MetricsAddr = %v, want %s", got, metricsAddr)
 	}

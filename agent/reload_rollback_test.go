@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -36,7 +37,12 @@ func TestReloadRollbackKeepsConnections(t *testing.T) {
 		}
 	}
 	get("before")
-	waitFor(t, "an idle connection kept to B", 3*time.Second, func() bool { return established(t, B) > 0 })
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if established(t, B) == 0 {
+			return errors.New("still waiting for an idle connection kept to B")
+		}
+		return nil
+	})
 
 	srv.Stop()
 	ra.write(a) // b removed; a kept, and its pool cannot be updated

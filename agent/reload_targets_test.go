@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -78,7 +79,12 @@ func TestReloadClosesDrainedConnections(t *testing.T) {
 		removed, kept = B, A
 	}
 	ra.reload(web(kept), other)
-	waitFor(t, "idle connections to the removed IP closed, the busy one kept", 3*time.Second, func() bool { return established(t, removed) == 1 })
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if established(t, removed) != 1 {
+			return errors.New("still waiting for idle connections to the removed IP closed, the busy one kept")
+		}
+		return nil
+	})
 	time.Sleep(200 * time.Millisecond)
 	if n := established(t, removed); n != 1 {
 		t.Fatalf("%d connections to the removed IP while its request is in flight, want 1", n)
@@ -90,7 +96,12 @@ func TestReloadClosesDrainedConnections(t *testing.T) {
 	if r := <-blocked; r.code != 200 || r.body != "via "+X {
 		t.Fatalf("request in flight through the removed IP: %d %q %v", r.code, r.body, r.err)
 	}
-	waitFor(t, "the drained connection to the removed IP closed", 3*time.Second, func() bool { return established(t, removed) == 0 })
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if established(t, removed) != 0 {
+			return errors.New("still waiting for the drained connection to the removed IP closed")
+		}
+		return nil
+	})
 	if r := headerDo(hc, agentURL, o.URL+"/web"); r.code != 200 || r.body != "via "+hostOf(kept) {
 		t.Fatalf("after the drain: %d %q", r.code, r.body)
 	}
@@ -112,7 +123,12 @@ func TestReloadClosesDrainedConnections(t *testing.T) {
 	if r := <-blocked; r.code != 200 || r.body != "via "+hostOf(C) {
 		t.Fatalf("in-flight request of the removed target: %d %q %v", r.code, r.body, r.err)
 	}
-	waitFor(t, "the removed target's connection closed once drained", 3*time.Second, func() bool { return established(t, C) == 0 })
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if established(t, C) != 0 {
+			return errors.New("still waiting for the removed target's connection closed once drained")
+		}
+		return nil
+	})
 }
 
 func TestReloadTargetsMemory(t *testing.T) {
@@ -276,18 +292,18 @@ func TestReloadWatchConfig(t *testing.T) {
 	tgt := func(ips ...string) rlTarget { return rlTarget{name: "web", regex: re, ips: ips} }
 	ra := startRLAgent(t, server, mport, tgt(A))
 	tr := startTraffic(t, ra.proxyURL, o.URL+"/x", 2)
-	serving := func(want ...string) func() bool {
-		return func() bool {
+	serving := func(want ...string) func() error {
+		return func() error {
 			ts := ra.a.Targets()
 			if len(ts) != 1 || len(ts[0].Upstreams) != len(want) {
-				return false
+				return fmt.Errorf("serving %d target(s), want one with upstreams %v", len(ts), want)
 			}
 			for _, w := range want {
 				if _, ok := ts[0].Upstreams[w]; !ok {
-					return false
+					return fmt.Errorf("target without upstream %s, want %v", w, want)
 				}
 			}
-			return true
+			return nil
 		}
 	}
 	successes := func() float64 { return ra.metric(`proxy_hopper_config_reloads_total{result="success"}`) }
@@ -296,7 +312,7 @@ func TestReloadWatchConfig(t *testing.T) {
 	ra.write(tgt(A, C))
 	time.Sleep(20 * time.Millisecond)
 	ra.write(tgt(A, B))
-	waitFor(t, "in-place rewrite applied", 5*time.Second, serving(A, B))
+	testenv.Eventually(t, 5*time.Second, serving(A, B))
 	time.Sleep(600 * time.Millisecond)
 	if n := successes(); n != 1 {
 		t.Errorf("reloads after a burst of writes: %v, want 1", n)
@@ -310,7 +326,7 @@ func TestReloadWatchConfig(t *testing.T) {
 	if err := os.Rename(tmp, ra.path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "renamed file applied", 5*time.Second, serving(C))
+	testenv.Eventually(t, 5*time.Second, serving(C))
 	t1 := time.Now()
 	time.Sleep(400 * time.Millisecond)
 	if n := successes(); n != 2 {
@@ -466,7 +482,10 @@ func TestReloadWatchSymlinkSwap(t *testing.T) {
 	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the swapped ConfigMap applied", 5*time.Second, func() bool {
-		return rlDo(hc, o.URL+"/x").body == "via "+hostOf(B)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if rlDo(hc, o.URL+"/x").body != "via "+hostOf(B) {
+			return errors.New("still waiting for the swapped ConfigMap applied")
+		}
+		return nil
 	})
 }

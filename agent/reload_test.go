@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -390,17 +391,6 @@ func established(t *testing.T, addr string) int {
 	return n
 }
 
-func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // deadUpstream is an address where nothing listens.
 func deadUpstream(t *testing.T) string {
 	return net.JoinHostPort("127.0.0.9", strconv.Itoa(testenv.FreePort(t, "127.0.0.9")))
@@ -441,7 +431,12 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 		t.Errorf("add B: result %+v", res)
 	}
 	t1 := time.Now()
-	waitFor(t, "B carries requests after it was added", 3*time.Second, func() bool { return o.since(hostOf(B), t1) > 0 })
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if o.since(hostOf(B), t1) <= 0 {
+			return errors.New("still waiting for B carries requests after it was added")
+		}
+		return nil
+	})
 	time.Sleep(200 * time.Millisecond)
 
 	// Remove the IP a request is in flight through: that request completes,
@@ -480,9 +475,17 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("request in flight through the removed IP did not complete")
 	}
-	waitFor(t, "connections to the removed IP closed once drained", 3*time.Second, func() bool { return established(t, removed) == 0 })
-	waitFor(t, "removed IP gone from the pool gauges", 3*time.Second, func() bool {
-		return !strings.Contains(ra.scrape(), `proxy_hopper_ip_failure_count{address="`+removed+`"`)
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if established(t, removed) != 0 {
+			return errors.New("still waiting for connections to the removed IP closed once drained")
+		}
+		return nil
+	})
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if strings.Contains(ra.scrape(), `proxy_hopper_ip_failure_count{address="`+removed+`"`) {
+			return errors.New("still waiting for removed IP gone from the pool gauges")
+		}
+		return nil
 	})
 	if n := o.since(X, t2); n != 0 {
 		t.Errorf("%d request(s) went through removed %s after its in-flight request ended", n, removed)
@@ -492,9 +495,12 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 	dead := deadUpstream(t)
 	ra.reload(tgt(kept, dead))
 	t3 := time.Now()
-	waitFor(t, "requests fail through the broken IP", 3*time.Second, func() bool {
+	testenv.Eventually(t, 3*time.Second, func() error {
 		_, other := tally(tr.between(t3, time.Now()))
-		return other[502] > 0
+		if other[502] <= 0 {
+			return errors.New("still waiting for requests fail through the broken IP")
+		}
+		return nil
 	})
 	ra.reload(tgt(kept, C))
 	t4 := time.Now()
