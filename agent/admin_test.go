@@ -461,7 +461,12 @@ func TestAdminAddRemoveIPs(t *testing.T) {
 	}
 	queued := make(chan int, 1)
 	go func() { queued <- e.fetch("/queued") }()
-	time.Sleep(300 * time.Millisecond) // queued by now (maxQueueWait 5s)
+	testenv.Eventually(t, 5*time.Second, func() error { // queued (maxQueueWait 5s)
+		if n := e.a.backend.(interface{ Waiting(string) int }).Waiting("web"); n != 1 {
+			return fmt.Errorf("%d requests waiting for an IP, want 1", n)
+		}
+		return nil
+	})
 	select {
 	case code := <-queued:
 		t.Fatalf("request with no IP answered %d at once, want it to wait", code)

@@ -250,7 +250,8 @@ func TestReloadRejectsInvalid(t *testing.T) {
 			t.Errorf("%s: no rejection logged with the reason %q:\n%s", bad.name, want, logs)
 		}
 	}
-	time.Sleep(300 * time.Millisecond)
+	t1 := time.Now()
+	testenv.Eventually(t, 5*time.Second, servedVia(tr, t1, A, 4))
 	if got := ra.metric(`proxy_hopper_config_reloads_total{result="failure"}`); got != 3 {
 		t.Errorf("config_reloads_total{failure} = %v, want 3", got)
 	}
@@ -268,8 +269,8 @@ func TestReloadRejectsInvalid(t *testing.T) {
 	if logs := ra.logs.String(); !strings.Contains(logs, "level=WARN") || !strings.Contains(logs, `keys=server.port,server.connectTimeout`) {
 		t.Errorf("no WARN naming the restart-only keys:\n%s", logs)
 	}
-	t1 := time.Now()
-	time.Sleep(300 * time.Millisecond)
+	t1 = time.Now()
+	testenv.Eventually(t, 5*time.Second, servedVia(tr, t1, B, 4))
 	via, other = tally(tr.between(t1, time.Now()))
 	if len(other) > 0 || len(via) != 1 || via[hostOf(B)] == 0 {
 		t.Errorf("traffic after the reload: served %v, failed %v; want all through B", via, other)
@@ -426,15 +427,12 @@ func TestReloadBackendDown(t *testing.T) {
 		t.Errorf("config_reloads_total{failure} = %v, want 2", got)
 	}
 	srv.Start()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := ra.a.ReloadFile(context.Background()); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("reload after Redis came back: %v", err)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if _, err := ra.a.ReloadFile(context.Background()); err != nil {
+			return fmt.Errorf("reload after Redis came back: %w", err)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	if r := rlDo(hc, o.URL+"/a/x"); r.code != 200 || r.body != "via "+hostOf(B) {
 		t.Errorf("after Redis came back and the reload applied: %d %q %v", r.code, r.body, r.err)
 	}
@@ -488,4 +486,15 @@ func TestReloadWatchSymlinkSwap(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// servedVia is a condition for testenv.Eventually: at least n requests
+// started since t0 were served through upstream ip.
+func servedVia(tr *traffic, t0 time.Time, ip string, n int) func() error {
+	return func() error {
+		if via, other := tally(tr.between(t0, time.Now())); via[hostOf(ip)] < n {
+			return fmt.Errorf("since %s: served %v, failed %v; want %d through %s", t0.Format(time.TimeOnly), via, other, n, ip)
+		}
+		return nil
+	}
 }
