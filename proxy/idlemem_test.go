@@ -141,21 +141,16 @@ func TestIdleConnectionsHoldNoBuffers(t *testing.T) {
 			// Keep-alive connections give their buffers back after
 			// keepAliveGrace: wait for it (bounded), then measure.
 			var per uint64
-			deadline := time.Now().Add(keepAliveGrace + 5*time.Second)
-			for {
-				h := liveHeap()
+			testenv.Eventually(t, keepAliveGrace+5*time.Second, func() error {
 				per = 0
-				if h > h0 {
+				if h := liveHeap(); h > h0 {
 					per = (h - h0) / idleConns
 				}
-				if per <= maxIdleHeap || time.Now().After(deadline) {
-					break
+				if per > maxIdleHeap {
+					return fmt.Errorf("%s: %d bytes of live heap per idle connection, want at most %d", kind, per, maxIdleHeap)
 				}
-				time.Sleep(100 * time.Millisecond)
-			}
-			if per > maxIdleHeap {
-				t.Errorf("%s: %d bytes of live heap per idle connection, want at most %d", kind, per, maxIdleHeap)
-			}
+				return nil
+			})
 			// Goroutines: the stand-in upstream has one per tunnel, the
 			// agent may have two (one per direction).
 			want := 1 // the agent's, waiting for a request
