@@ -126,7 +126,7 @@ targets:
 	// Request hooks run just after the client has its answer: scrape until
 	// the last request is counted.
 	var body string
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		resp, err := client.Get("http://" + metricsAddr + "/metrics")
 		if err != nil {
 			t.Fatal(err)
@@ -134,11 +134,11 @@ targets:
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		body = string(b)
-		if strings.Contains(body, `target="unmatched"`) || time.Now().After(deadline) {
-			break
+		if !strings.Contains(body, `target="unmatched"`) {
+			return errors.New("the unmatched request is not counted yet")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	deadLabels := fmt.Sprintf(`{address=%q,provider="local",region="lab",target="web"}`, dead)
 	for _, want := range []string{
 		`proxy_hopper_requests_total{outcome="success",tag="e2e",target="web"} 3`,
