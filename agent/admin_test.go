@@ -788,7 +788,12 @@ server:
 		resp.Body.Close()
 		slow <- resp.StatusCode
 	}()
-	time.Sleep(200 * time.Millisecond)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if a.srv.ActiveConns() == 0 {
+			return errors.New("the slow request is not in flight")
+		}
+		return nil
+	})
 	cancel()
 	var code int
 	var body string
