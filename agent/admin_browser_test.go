@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
@@ -34,9 +35,12 @@ func TestStatusPageInChromium(t *testing.T) {
 		}
 	}
 	var status admin.StatusView
-	waitFor(t, "8 requests recorded", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		json.Unmarshal([]byte(e.api("GET", "/api/status", "", 200)), &status)
-		return status.Traffic.Requests == 8
+		if status.Traffic.Requests != 8 {
+			return errors.New("still waiting for 8 requests recorded")
+		}
+		return nil
 	})
 	ipA, _ := findIP(status.Targets[0], a.Addr)
 	ipB, _ := findIP(status.Targets[0], b.Addr)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,7 +33,12 @@ func TestRemovedIPLeavesReachableGauge(t *testing.T) {
 	metricsPort := testenv.FreePort(t, "127.0.0.1")
 	e := startAdminAgent(t, fmt.Sprintf("  metrics: true\n  metricsPort: %d\n  probe: true\n  probeUrls: [%q]\n  probeInterval: 100ms\n  probeTimeout: 2s",
 		metricsPort, probeOrigin.URL), oneTarget(good.Addr, dead))
-	waitFor(t, "MetricsAddr", func() bool { return e.a.MetricsAddr() != nil })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if e.a.MetricsAddr() == nil {
+			return errors.New("still waiting for MetricsAddr")
+		}
+		return nil
+	})
 	scrape := func() string {
 		t.Helper()
 		resp, err := http.Get("http://" + e.a.MetricsAddr().String() + "/metrics")
@@ -44,9 +51,12 @@ func TestRemovedIPLeavesReachableGauge(t *testing.T) {
 	}
 	deadSeries := fmt.Sprintf(`proxy_hopper_ip_reachable{address=%q,provider="",region=""}`, dead)
 	goodSeries := fmt.Sprintf(`proxy_hopper_ip_reachable{address=%q,provider="",region=""} 1`, good.Addr)
-	waitFor(t, "both IPs probed", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		m := scrape()
-		return strings.Contains(m, deadSeries+" 0") && strings.Contains(m, goodSeries)
+		if !(strings.Contains(m, deadSeries+" 0") && strings.Contains(m, goodSeries)) {
+			return errors.New("still waiting for both IPs probed")
+		}
+		return nil
 	})
 	e.api("DELETE", "/api/targets/web/ips/"+dead, "", 200)
 	// A probe of the dead IP may have been in flight: give it time to end
@@ -69,7 +79,9 @@ func TestRemovedIPLeavesReachableGauge(t *testing.T) {
 // answered 503 shutting_down, as quarantine and release are, not 500.
 func TestAdminEditWhileShuttingDown(t *testing.T) {
 	tp := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
+	var arrived atomic.Int32
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived.Add(1)
 		time.Sleep(2 * time.Second)
 		fmt.Fprint(w, "slow")
 	}))
@@ -108,9 +120,22 @@ server:
 		resp.Body.Close()
 		slow <- resp.StatusCode
 	}()
-	waitFor(t, "the slow request in flight", func() bool { return a.srv.ActiveConns() > 0 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		// At the origin, not just accepted: a connection whose request
+		// is still being read is closed at once on shutdown.
+		if arrived.Load() == 0 {
+			return errors.New("still waiting for the slow request in flight")
+		}
+		return nil
+	})
 	cancel()
-	waitFor(t, "/readyz 503 while shutting down", func() bool { code, _ := e.call("GET", "/readyz", "", ""); return code == 503 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		code, _ := e.call("GET", "/readyz", "", "")
+		if code != 503 {
+			return errors.New("still waiting for /readyz 503 while shutting down")
+		}
+		return nil
+	})
 	// The backend closes right after (no transparent mode, gateway or
 	// prober to stop first); the slow request keeps the agent shutting
 	// down for 2 s.

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,7 +78,12 @@ server:
 	testenv.WaitListening(t, addr, 5*time.Second)
 	// The port accepts as soon as Run has opened it, a moment before
 	// AdminAddr is set.
-	waitFor(t, "AdminAddr", func() bool { return a.AdminAddr() != nil })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if a.AdminAddr() == nil {
+			return errors.New("still waiting for AdminAddr")
+		}
+		return nil
+	})
 	if got := a.AdminAddr(); got.String() != addr {
 		t.Errorf("AdminAddr = %v, want %s", got, addr)
 	}
@@ -151,17 +158,6 @@ func findIP(v admin.TargetView, addr string) (admin.IPView, bool) {
 		}
 	}
 	return admin.IPView{}, false
-}
-
-// waitFor polls cond every 10ms for up to 5s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func oneTarget(ips ...string) string {
@@ -327,9 +323,12 @@ targets:
 	}
 	// Request hooks run just after the client has its answer.
 	var status admin.StatusView
-	waitFor(t, "8 requests recorded", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		json.Unmarshal([]byte(e.api("GET", "/api/status", "", 200)), &status)
-		return status.Traffic.Requests == 8
+		if status.Traffic.Requests != 8 {
+			return errors.New("still waiting for 8 requests recorded")
+		}
+		return nil
 	})
 	body := e.api("GET", "/api/targets", "", 200)
 	if strings.Contains(body, "s3cretpass") || strings.Contains(body, "puser") {
@@ -421,9 +420,12 @@ func TestAdminAddRemoveIPs(t *testing.T) {
 	slow := make(chan int, 2)
 	go func() { slow <- e.fetch("/slow") }()
 	go func() { slow <- e.fetch("/slow") }()
-	waitFor(t, "both IPs in use", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		v := e.target("web")
-		return v.Counts[pool.StateInUse] == 2
+		if v.Counts[pool.StateInUse] != 2 {
+			return errors.New("still waiting for both IPs in use")
+		}
+		return nil
 	})
 	e.api("DELETE", "/api/targets/web/ips/"+a.Addr, "", 200)
 	v := e.target("web")
@@ -435,7 +437,13 @@ func TestAdminAddRemoveIPs(t *testing.T) {
 			t.Errorf("request in flight on a removed IP: %d", code)
 		}
 	}
-	waitFor(t, "a gone", func() bool { _, ok := findIP(e.target("web"), a.Addr); return !ok })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		_, ok := findIP(e.target("web"), a.Addr)
+		if ok {
+			return errors.New("still waiting for a gone")
+		}
+		return nil
+	})
 	aCount := len(a.Requests(t))
 	for range 4 {
 		if code := e.fetch("/x"); code != 200 {
@@ -454,7 +462,12 @@ func TestAdminAddRemoveIPs(t *testing.T) {
 	}
 	queued := make(chan int, 1)
 	go func() { queued <- e.fetch("/queued") }()
-	time.Sleep(300 * time.Millisecond) // queued by now (maxQueueWait 5s)
+	testenv.Eventually(t, 5*time.Second, func() error { // queued (maxQueueWait 5s)
+		if n := e.a.backend.(interface{ Waiting(string) int }).Waiting("web"); n != 1 {
+			return fmt.Errorf("%d requests waiting for an IP, want 1", n)
+		}
+		return nil
+	})
 	select {
 	case code := <-queued:
 		t.Fatalf("request with no IP answered %d at once, want it to wait", code)
@@ -546,9 +559,12 @@ func TestAdminRedis(t *testing.T) {
 	e.api("POST", "/api/targets/web/ips/"+tp.Addr+"/release", "", 200)
 	e.api("POST", "/api/targets/web/ips/"+tp.Addr+"/release", "", 409)
 	e.api("DELETE", "/api/targets/web/ips/"+tp2.Addr, "", 200)
-	waitFor(t, "the removed IP gone from redis", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		v := e.target("web")
-		return len(v.IPs) == 1 && v.IPs[0].Address == tp.Addr && v.IPs[0].State == pool.StateAvailable
+		if !(len(v.IPs) == 1 && v.IPs[0].Address == tp.Addr && v.IPs[0].State == pool.StateAvailable) {
+			return errors.New("still waiting for the removed IP gone from redis")
+		}
+		return nil
 	})
 
 	srv.Stop()
@@ -579,9 +595,12 @@ func TestAdminRedis(t *testing.T) {
 		t.Errorf("quarantine with redis down: %d %s", code, body)
 	}
 	srv.Start()
-	waitFor(t, "/readyz 200 after redis is back", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		code, _ := e.call("GET", "/readyz", "", "")
-		return code == 200
+		if code != 200 {
+			return errors.New("still waiting for /readyz 200 after redis is back")
+		}
+		return nil
 	})
 }
 
@@ -642,16 +661,24 @@ func TestAdminQuarantineRelease(t *testing.T) {
 	if d := time.Until(short.ReleaseAt); d > 400*time.Millisecond || d < 0 {
 		t.Errorf("seconds 0.3: release in %s", d)
 	}
-	waitFor(t, "the short quarantine to end", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		ip, _ := findIP(e.target("web"), a.Addr)
-		return ip.State == pool.StateAvailable
+		if ip.State != pool.StateAvailable {
+			return errors.New("still waiting for the short quarantine to end")
+		}
+		return nil
 	})
 
 	// Quarantining an IP in use is pending until its use ends.
 	slow := make(chan int, 2)
 	go func() { slow <- e.fetch("/slow") }()
 	go func() { slow <- e.fetch("/slow") }()
-	waitFor(t, "both IPs in use", func() bool { return e.target("web").Counts[pool.StateInUse] == 2 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if e.target("web").Counts[pool.StateInUse] != 2 {
+			return errors.New("still waiting for both IPs in use")
+		}
+		return nil
+	})
 	json.Unmarshal([]byte(e.api("POST", qpath, `{"seconds": 3600}`, 200)), &q)
 	if !q.Pending {
 		t.Errorf("quarantine of an IP in use: not pending")
@@ -664,9 +691,12 @@ func TestAdminQuarantineRelease(t *testing.T) {
 			t.Errorf("request on an IP quarantined in flight: %d", code)
 		}
 	}
-	waitFor(t, "the pending quarantine to start", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		ip, _ := findIP(e.target("web"), a.Addr)
-		return ip.State == pool.StateQuarantined
+		if ip.State != pool.StateQuarantined {
+			return errors.New("still waiting for the pending quarantine to start")
+		}
+		return nil
 	})
 
 	var events []admin.Event
@@ -724,7 +754,9 @@ func TestAdminQuarantineRelease(t *testing.T) {
 // server.admin off there is no admin listener at all.
 func TestAdminShutdownAndOff(t *testing.T) {
 	tp := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
+	var arrived atomic.Int32
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived.Add(1)
 		time.Sleep(time.Second)
 		fmt.Fprint(w, "slow")
 	}))
@@ -759,19 +791,27 @@ server:
 		resp.Body.Close()
 		slow <- resp.StatusCode
 	}()
-	time.Sleep(200 * time.Millisecond)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if arrived.Load() == 0 {
+			return errors.New("the slow request is not at the origin")
+		}
+		return nil
+	})
 	cancel()
 	var code int
 	var body string
-	waitFor(t, "/readyz 503 while shutting down", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		resp, err := client.Get("http://" + adminAddr + "/readyz")
 		if err != nil {
-			return false
+			return errors.New("still waiting for /readyz 503 while shutting down")
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		code, body = resp.StatusCode, string(b)
-		return code == 503
+		if code != 503 {
+			return errors.New("still waiting for /readyz 503 while shutting down")
+		}
+		return nil
 	})
 	if !strings.Contains(body, "shutting down") {
 		t.Errorf("/readyz while shutting down: %d %s", code, body)
@@ -824,14 +864,17 @@ func TestAdminProbeStatus(t *testing.T) {
 	e := startAdminAgent(t, fmt.Sprintf("  probe: true\n  probeUrls: [%q]\n  probeInterval: 300ms\n  probeTimeout: 3s", probeOrigin.URL),
 		oneTarget(a.Addr, dead))
 	var v admin.TargetView
-	waitFor(t, "both IPs probed", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		v = e.target("web")
 		for _, ip := range v.IPs {
 			if ip.Probe == nil {
-				return false
+				return errors.New("still waiting for both IPs probed")
 			}
 		}
-		return len(v.IPs) == 2
+		if len(v.IPs) != 2 {
+			return errors.New("still waiting for both IPs probed")
+		}
+		return nil
 	})
 	good, _ := findIP(v, a.Addr)
 	bad, _ := findIP(v, dead)
@@ -850,12 +893,21 @@ func TestAdminProbeStatus(t *testing.T) {
 	// removed one is not probed any more.
 	b := testenv.StartTinyproxy(t, "127.0.0.4", testenv.TinyproxyOptions{})
 	e.api("POST", "/api/targets/web/ips", fmt.Sprintf(`{"address": %q}`, b.Addr), 201)
-	waitFor(t, "the added IP probed", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		ip, ok := findIP(e.target("web"), b.Addr)
-		return ok && ip.Probe != nil && ip.Probe.OK
+		if !(ok && ip.Probe != nil && ip.Probe.OK) {
+			return errors.New("still waiting for the added IP probed")
+		}
+		return nil
 	})
 	e.api("DELETE", "/api/targets/web/ips/"+a.Addr, "", 200)
-	waitFor(t, "the removed IP gone", func() bool { _, ok := findIP(e.target("web"), a.Addr); return !ok })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		_, ok := findIP(e.target("web"), a.Addr)
+		if ok {
+			return errors.New("still waiting for the removed IP gone")
+		}
+		return nil
+	})
 	time.Sleep(50 * time.Millisecond) // a probe of a may have been in flight
 	n := len(a.Requests(t))
 	time.Sleep(time.Second) // three rounds

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,7 +24,9 @@ import (
 // when the context ends. The waiting one gets 503 server_shutdown at once,
 // the in-flight one completes, and Run returns nil.
 func TestRunGracefulShutdown(t *testing.T) {
+	var arrived atomic.Int32
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived.Add(1)
 		time.Sleep(800 * time.Millisecond)
 		fmt.Fprint(w, "slow hello")
 	}))
@@ -61,14 +65,24 @@ targets:
 		code, body, err := get()
 		first <- fmt.Sprint(code, " ", body, " ", err)
 	}()
-	time.Sleep(200 * time.Millisecond) // the first holds the only IP
+	testenv.Eventually(t, 5*time.Second, func() error { // the first holds the only IP
+		if arrived.Load() == 0 {
+			return errors.New("the first request is not at the origin")
+		}
+		return nil
+	})
 	go func() {
 		code, body, err := get()
 		var doc struct{ Error string }
 		json.Unmarshal([]byte(body), &doc)
 		queued <- fmt.Sprint(code, " ", doc.Error, " ", err)
 	}()
-	time.Sleep(200 * time.Millisecond) // the second is queued
+	testenv.Eventually(t, 5*time.Second, func() error { // the second is queued
+		if n := a.backend.(interface{ Waiting(string) int }).Waiting("one"); n != 1 {
+			return fmt.Errorf("%d requests waiting for an IP, want 1", n)
+		}
+		return nil
+	})
 	start := time.Now()
 	cancel()
 	select {

@@ -513,10 +513,12 @@ func TestGateway(t *testing.T) {
 		if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(2 * time.Second)
-		for !strings.Contains(e.log(t, e.agents), "shutting down") && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testenv.Eventually(t, 5*time.Second, func() error {
+			if !strings.Contains(e.log(t, e.agents), "shutting down") {
+				return errors.New("the agent did not log that it is shutting down")
+			}
+			return nil
+		})
 		time.Sleep(50 * time.Millisecond) // drain set right after the log line
 		direct(t, gwClient, "http://"+gwOrigin+"/while-draining")
 		if _, err := io.WriteString(held, "still here\n"); err != nil {

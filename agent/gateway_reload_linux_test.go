@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 )
 
 // Gateway mode never intercepts flows to the upstream proxies' addresses,
@@ -42,12 +44,12 @@ func TestGatewayUpstreamExclusionsFollowReload(t *testing.T) {
 		if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
-		for deadline := time.Now().Add(10 * time.Second); strings.Count(e.log(t, e.agents), "config reloaded") < reloads; {
-			if time.Now().After(deadline) {
-				t.Fatalf("reload %d not applied:\n%s", reloads, e.log(t, e.agents))
+		testenv.Eventually(t, 10*time.Second, func() error {
+			if logs := e.log(t, e.agents); strings.Count(logs, "config reloaded") < reloads {
+				return fmt.Errorf("reload %d not applied:\n%s", reloads, logs)
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	from := func() string {
 		t.Helper()

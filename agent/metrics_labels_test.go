@@ -102,7 +102,7 @@ targets:
 		t.Helper()
 		re := regexp.MustCompile(`proxy_hopper_requests_total\{outcome="` + outcome + `",tag="[^"]*",target="[^"]*"\} (\d+)`)
 		var body string
-		waitFor(t, fmt.Sprintf("%d %s requests counted", want, outcome), func() bool {
+		testenv.Eventually(t, 5*time.Second, func() error {
 			body = scrape()
 			n := 0
 			for _, m := range re.FindAllStringSubmatch(body, -1) {
@@ -110,7 +110,10 @@ targets:
 				fmt.Sscan(m[1], &v)
 				n += v
 			}
-			return n == want
+			if n != want {
+				return fmt.Errorf("still waiting for %d %s requests counted", want, outcome)
+			}
+			return nil
 		})
 		return body
 	}

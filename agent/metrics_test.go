@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -76,7 +77,12 @@ targets:
 	testenv.WaitListening(t, metricsAddr, 5*time.Second)
 	// The port accepts as soon as Run has opened it, a moment before
 	// MetricsAddr is set.
-	waitFor(t, "MetricsAddr", func() bool { return a.MetricsAddr() != nil })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if a.MetricsAddr() == nil {
+			return errors.New("still waiting for MetricsAddr")
+		}
+		return nil
+	})
 	if got := a.MetricsAddr(); got.String() != metricsAddr {
 		t.Errorf("MetricsAddr = %v, want %s", got, metricsAddr)
 	}
@@ -120,7 +126,7 @@ targets:
 	// Request hooks run just after the client has its answer: scrape until
 	// the last request is counted.
 	var body string
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		resp, err := client.Get("http://" + metricsAddr + "/metrics")
 		if err != nil {
 			t.Fatal(err)
@@ -128,11 +134,11 @@ targets:
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		body = string(b)
-		if strings.Contains(body, `target="unmatched"`) || time.Now().After(deadline) {
-			break
+		if !strings.Contains(body, `target="unmatched"`) {
+			return errors.New("the unmatched request is not counted yet")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	deadLabels := fmt.Sprintf(`{address=%q,provider="local",region="lab",target="web"}`, dead)
 	for _, want := range []string{
 		`proxy_hopper_requests_total{outcome="success",tag="e2e",target="web"} 3`,

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -172,13 +173,12 @@ targets:
 
 	wait := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
+		testenv.Eventually(t, 10*time.Second, func() error {
+			if !cond() {
+				return errors.New("still waiting for " + what)
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	state := func(i int, addr string) pool.IPState {
 		s, err := a.Targets()[i].Pool.State(context.Background(), addr)

@@ -326,13 +326,12 @@ func TestRedisAgentKilled(t *testing.T) {
 	for range 2 {
 		go func() { _, _, _ = rdGet(doomed, o.URL+"/block") }()
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for o.blocked.Load() < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the doomed agent's requests did not reach the origin:\n%s", out.String())
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if n := o.blocked.Load(); n < 2 {
+			return fmt.Errorf("%d of the doomed agent's 2 requests reached the origin", n) // out is written by the agent process: read it only once it exited
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 
 	// The survivor serves all along, with the one IP left at first.
 	survivor := startRDAgent(t, c, nil)
@@ -362,7 +361,7 @@ func TestRedisAgentKilled(t *testing.T) {
 	o.unblock() // let tinyproxy finish with the dead agent's requests
 
 	pl := survivor.a.Targets()[0].Pool
-	for {
+	testenv.Eventually(t, ttl+500*time.Millisecond-time.Since(killed), func() error {
 		s, err := pl.Snapshot(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -374,14 +373,11 @@ func TestRedisAgentKilled(t *testing.T) {
 				inUse++
 			}
 		}
-		if inUse <= 1 {
-			break
+		if inUse > 1 {
+			return fmt.Errorf("%v after kill -9, %d IPs still in use: %v", time.Since(killed), inUse, s)
 		}
-		if time.Since(killed) > ttl+500*time.Millisecond {
-			t.Fatalf("%v after kill -9, %d IPs still in use: %v", time.Since(killed), inUse, s)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	t.Logf("IPs of the killed agent back in the pool %v after kill -9 (lease TTL %v)", time.Since(killed).Round(time.Millisecond), ttl)
 	// And the survivor now gets every IP.
 	before := survivor.used()
@@ -484,17 +480,17 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 			}
 		})
 	}
+	// The clients stop before the test ends, also when it fails.
+	stopClients := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	t.Cleanup(stopClients)
 	waitUntil := func(what string, within time.Duration, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(within)
-		for !cond() {
-			if time.Now().After(deadline) {
-				close(stop)
-				wg.Wait()
-				t.Fatalf("%s: not within %v (ok %d, unavailable %d)", what, within, ok.Load(), unavailable.Load())
+		testenv.Eventually(t, within, func() error {
+			if !cond() {
+				return fmt.Errorf("%s: ok %d, unavailable %d", what, ok.Load(), unavailable.Load())
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	waitUntil("traffic flows", 5*time.Second, func() bool { return ok.Load() > 20 })
 	base := runtime.NumGoroutine()
@@ -519,8 +515,7 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	okBefore := ok.Load()
 	waitUntil("traffic recovers", 10*time.Second, func() bool { return ok.Load() > okBefore+20 })
 	t.Logf("traffic back %v after redis-server restarted (empty)", time.Since(restarted).Round(time.Millisecond))
-	close(stop)
-	wg.Wait()
+	stopClients()
 	if n := logs.count("redis unavailable"); n != 1 {
 		t.Errorf("outage logged %d times, want once", n)
 	}

@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -36,7 +37,12 @@ func TestReloadRollbackKeepsConnections(t *testing.T) {
 		}
 	}
 	get("before")
-	waitFor(t, "an idle connection kept to B", 3*time.Second, func() bool { return established(t, B) > 0 })
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if established(t, B) == 0 {
+			return errors.New("still waiting for an idle connection kept to B")
+		}
+		return nil
+	})
 
 	srv.Stop()
 	ra.write(a) // b removed; a kept, and its pool cannot be updated
@@ -44,13 +50,12 @@ func TestReloadRollbackKeepsConnections(t *testing.T) {
 		t.Fatal("reload with Redis down applied")
 	}
 	srv.Start()
-	deadline := time.Now().Add(10 * time.Second)
-	for headerDo(hc, agentURL, o.URL+"/b/x").code != 200 {
-		if time.Now().After(deadline) {
-			t.Fatal("target b does not serve again once Redis is back")
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if r := headerDo(hc, agentURL, o.URL+"/b/x"); r.code != 200 {
+			return fmt.Errorf("target b does not serve again once Redis is back: %d %q", r.code, r.body)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	get("after Redis came back")
 	time.Sleep(200 * time.Millisecond)
 	if n := established(t, B); n == 0 {

@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -78,7 +79,12 @@ func TestReloadClosesDrainedConnections(t *testing.T) {
 		removed, kept = B, A
 	}
 	ra.reload(web(kept), other)
-	waitFor(t, "idle connections to the removed IP closed, the busy one kept", 3*time.Second, func() bool { return established(t, removed) == 1 })
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if established(t, removed) != 1 {
+			return errors.New("still waiting for idle connections to the removed IP closed, the busy one kept")
+		}
+		return nil
+	})
 	time.Sleep(200 * time.Millisecond)
 	if n := established(t, removed); n != 1 {
 		t.Fatalf("%d connections to the removed IP while its request is in flight, want 1", n)
@@ -90,7 +96,12 @@ func TestReloadClosesDrainedConnections(t *testing.T) {
 	if r := <-blocked; r.code != 200 || r.body != "via "+X {
 		t.Fatalf("request in flight through the removed IP: %d %q %v", r.code, r.body, r.err)
 	}
-	waitFor(t, "the drained connection to the removed IP closed", 3*time.Second, func() bool { return established(t, removed) == 0 })
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if established(t, removed) != 0 {
+			return errors.New("still waiting for the drained connection to the removed IP closed")
+		}
+		return nil
+	})
 	if r := headerDo(hc, agentURL, o.URL+"/web"); r.code != 200 || r.body != "via "+hostOf(kept) {
 		t.Fatalf("after the drain: %d %q", r.code, r.body)
 	}
@@ -112,7 +123,12 @@ func TestReloadClosesDrainedConnections(t *testing.T) {
 	if r := <-blocked; r.code != 200 || r.body != "via "+hostOf(C) {
 		t.Fatalf("in-flight request of the removed target: %d %q %v", r.code, r.body, r.err)
 	}
-	waitFor(t, "the removed target's connection closed once drained", 3*time.Second, func() bool { return established(t, C) == 0 })
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if established(t, C) != 0 {
+			return errors.New("still waiting for the removed target's connection closed once drained")
+		}
+		return nil
+	})
 }
 
 func TestReloadTargetsMemory(t *testing.T) {
@@ -234,7 +250,8 @@ func TestReloadRejectsInvalid(t *testing.T) {
 			t.Errorf("%s: no rejection logged with the reason %q:\n%s", bad.name, want, logs)
 		}
 	}
-	time.Sleep(300 * time.Millisecond)
+	t1 := time.Now()
+	testenv.Eventually(t, 5*time.Second, servedVia(tr, t1, A, 4))
 	if got := ra.metric(`proxy_hopper_config_reloads_total{result="failure"}`); got != 3 {
 		t.Errorf("config_reloads_total{failure} = %v, want 3", got)
 	}
@@ -252,8 +269,8 @@ func TestReloadRejectsInvalid(t *testing.T) {
 	if logs := ra.logs.String(); !strings.Contains(logs, "level=WARN") || !strings.Contains(logs, `keys=server.port,server.connectTimeout`) {
 		t.Errorf("no WARN naming the restart-only keys:\n%s", logs)
 	}
-	t1 := time.Now()
-	time.Sleep(300 * time.Millisecond)
+	t1 = time.Now()
+	testenv.Eventually(t, 5*time.Second, servedVia(tr, t1, B, 4))
 	via, other = tally(tr.between(t1, time.Now()))
 	if len(other) > 0 || len(via) != 1 || via[hostOf(B)] == 0 {
 		t.Errorf("traffic after the reload: served %v, failed %v; want all through B", via, other)
@@ -276,18 +293,18 @@ func TestReloadWatchConfig(t *testing.T) {
 	tgt := func(ips ...string) rlTarget { return rlTarget{name: "web", regex: re, ips: ips} }
 	ra := startRLAgent(t, server, mport, tgt(A))
 	tr := startTraffic(t, ra.proxyURL, o.URL+"/x", 2)
-	serving := func(want ...string) func() bool {
-		return func() bool {
+	serving := func(want ...string) func() error {
+		return func() error {
 			ts := ra.a.Targets()
 			if len(ts) != 1 || len(ts[0].Upstreams) != len(want) {
-				return false
+				return fmt.Errorf("serving %d target(s), want one with upstreams %v", len(ts), want)
 			}
 			for _, w := range want {
 				if _, ok := ts[0].Upstreams[w]; !ok {
-					return false
+					return fmt.Errorf("target without upstream %s, want %v", w, want)
 				}
 			}
-			return true
+			return nil
 		}
 	}
 	successes := func() float64 { return ra.metric(`proxy_hopper_config_reloads_total{result="success"}`) }
@@ -296,7 +313,7 @@ func TestReloadWatchConfig(t *testing.T) {
 	ra.write(tgt(A, C))
 	time.Sleep(20 * time.Millisecond)
 	ra.write(tgt(A, B))
-	waitFor(t, "in-place rewrite applied", 5*time.Second, serving(A, B))
+	testenv.Eventually(t, 5*time.Second, serving(A, B))
 	time.Sleep(600 * time.Millisecond)
 	if n := successes(); n != 1 {
 		t.Errorf("reloads after a burst of writes: %v, want 1", n)
@@ -310,7 +327,7 @@ func TestReloadWatchConfig(t *testing.T) {
 	if err := os.Rename(tmp, ra.path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "renamed file applied", 5*time.Second, serving(C))
+	testenv.Eventually(t, 5*time.Second, serving(C))
 	t1 := time.Now()
 	time.Sleep(400 * time.Millisecond)
 	if n := successes(); n != 2 {
@@ -410,15 +427,12 @@ func TestReloadBackendDown(t *testing.T) {
 		t.Errorf("config_reloads_total{failure} = %v, want 2", got)
 	}
 	srv.Start()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := ra.a.ReloadFile(context.Background()); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("reload after Redis came back: %v", err)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if _, err := ra.a.ReloadFile(context.Background()); err != nil {
+			return fmt.Errorf("reload after Redis came back: %w", err)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	if r := rlDo(hc, o.URL+"/a/x"); r.code != 200 || r.body != "via "+hostOf(B) {
 		t.Errorf("after Redis came back and the reload applied: %d %q %v", r.code, r.body, r.err)
 	}
@@ -466,7 +480,21 @@ func TestReloadWatchSymlinkSwap(t *testing.T) {
 	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the swapped ConfigMap applied", 5*time.Second, func() bool {
-		return rlDo(hc, o.URL+"/x").body == "via "+hostOf(B)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if rlDo(hc, o.URL+"/x").body != "via "+hostOf(B) {
+			return errors.New("still waiting for the swapped ConfigMap applied")
+		}
+		return nil
 	})
+}
+
+// servedVia is a condition for testenv.Eventually: at least n requests
+// started since t0 were served through upstream ip.
+func servedVia(tr *traffic, t0 time.Time, ip string, n int) func() error {
+	return func() error {
+		if via, other := tally(tr.between(t0, time.Now())); via[hostOf(ip)] < n {
+			return fmt.Errorf("since %s: served %v, failed %v; want %d through %s", t0.Format(time.TimeOnly), via, other, n, ip)
+		}
+		return nil
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/proxy-hopper/proxy-hopper/agent"
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
+	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
@@ -156,7 +158,8 @@ type rlAgent struct {
 	server      string // the server block of every config written
 	logs        *syncBuf
 	metricsPort int
-	reloads     int // successful reloads done through reload()
+	reloads     int        // successful reloads done through reload()
+	clock       pool.Clock // the agent's clock; nil: the wall clock
 }
 
 // rlServer is the server block for tests: metrics on, and the backend.
@@ -168,7 +171,13 @@ func rlServer(t *testing.T, backend string) (string, int) {
 
 func startRLAgent(t *testing.T, server string, metricsPort int, ts ...rlTarget) *rlAgent {
 	t.Helper()
-	ra := &rlAgent{t: t, server: server, logs: &syncBuf{}, metricsPort: metricsPort}
+	return startRLAgentClock(t, nil, server, metricsPort, ts...)
+}
+
+// startRLAgentClock starts the agent with its pool policy on clock.
+func startRLAgentClock(t *testing.T, clock pool.Clock, server string, metricsPort int, ts ...rlTarget) *rlAgent {
+	t.Helper()
+	ra := &rlAgent{t: t, server: server, logs: &syncBuf{}, metricsPort: metricsPort, clock: clock}
 	ra.path = filepath.Join(t.TempDir(), "config.yaml")
 	ra.write(ts...)
 	ra.start()
@@ -190,7 +199,7 @@ func (ra *rlAgent) start() {
 	}
 	ra.proxyURL, _ = url.Parse("http://" + ln.Addr().String())
 	log := slog.New(slog.NewTextHandler(ra.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	ra.a, err = agent.New(context.Background(), cfg, agent.Options{Listener: ln, Logger: log, ConfigPath: ra.path})
+	ra.a, err = agent.New(context.Background(), cfg, agent.Options{Listener: ln, Logger: log, ConfigPath: ra.path, Clock: ra.clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,6 +331,19 @@ func (tr *traffic) end() {
 	tr.wg.Wait()
 }
 
+// ended returns the results of requests that ended at or after from.
+func (tr *traffic) ended(from time.Time) []rlResult {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	var out []rlResult
+	for _, r := range tr.res {
+		if !r.end.Before(from) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // between returns the results of requests started in [from, to).
 func (tr *traffic) between(from, to time.Time) []rlResult {
 	tr.mu.Lock()
@@ -390,15 +412,41 @@ func established(t *testing.T, addr string) int {
 	return n
 }
 
-func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
+// threeRequests sends three requests, one after the other, on hc and
+// returns the pool time they took: with a clock it advances clock by 100ms
+// whenever no answer came for 20ms (a request waits for a cooling IP); with
+// none (nil) the requests must be answered without the pool clock moving.
+func threeRequests(t *testing.T, clock *pool.FakeClock, hc *http.Client, target, interval string) time.Duration {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
+	done := make(chan rlResult, 3)
+	go func() {
+		for range 3 {
+			done <- rlDo(hc, target)
 		}
-		time.Sleep(10 * time.Millisecond)
+	}()
+	var moved time.Duration
+	deadline := time.After(10 * time.Second)
+	for got := 0; got < 3; {
+		select {
+		case r := <-done:
+			if r.code != 200 {
+				t.Fatalf("request with minRequestInterval %s: %d %q %v", interval, r.code, r.body, r.err)
+			}
+			got++
+		case <-time.After(20 * time.Millisecond):
+			if clock == nil {
+				continue
+			}
+			if moved >= 10*time.Second {
+				t.Fatalf("requests with minRequestInterval %s: %d of 3 answered after %s of pool time", interval, got, moved)
+			}
+			clock.Advance(100 * time.Millisecond)
+			moved += 100 * time.Millisecond
+		case <-deadline:
+			t.Fatalf("requests with minRequestInterval %s: %d of 3 answered within 10s", interval, got)
+		}
 	}
+	return moved
 }
 
 // deadUpstream is an address where nothing listens.
@@ -423,17 +471,24 @@ func TestReloadIPsRedis(t *testing.T) {
 // change: add, remove (with a request in flight through the removed IP),
 // swap a broken IP for a healthy one, remove all (queued requests served
 // by the restore; those past maxQueueWait get 503), restore, and a changed
-// minRequestInterval. No client connection is dropped on the way.
+// minRequestInterval. No client connection is dropped on the way. Pool
+// policy (queue waits, cooldowns) runs on a fake clock.
 func testReloadIPs(t *testing.T, server string, mport int) {
 	o := newRLOrigin(t)
 	ups := rdUpstreams(t, 3) // A, B, C on 127.0.0.2, .3, .4
 	A, B, C := ups[0], ups[1], ups[2]
 	re := regexp.QuoteMeta(o.URL)
 	tgt := func(ips ...string) rlTarget { return rlTarget{name: "origin", regex: re, ips: ips} }
-	ra := startRLAgent(t, server, mport, tgt(A))
+	clock := pool.NewFakeClock(time.Now().Truncate(time.Millisecond)) // Redis keeps milliseconds
+	ra := startRLAgentClock(t, clock, server, mport, tgt(A))
 	const clients = 4
 	tr := startTraffic(t, ra.proxyURL, o.URL+"/x", clients)
-	time.Sleep(300 * time.Millisecond)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if n := len(tr.between(time.Time{}, time.Now())); n < clients {
+			return fmt.Errorf("%d requests answered, want traffic on every client", n)
+		}
+		return nil
+	})
 
 	// Add B: it takes traffic at once.
 	res := ra.reload(tgt(A, B))
@@ -441,7 +496,12 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 		t.Errorf("add B: result %+v", res)
 	}
 	t1 := time.Now()
-	waitFor(t, "B carries requests after it was added", 3*time.Second, func() bool { return o.since(hostOf(B), t1) > 0 })
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if o.since(hostOf(B), t1) <= 0 {
+			return errors.New("still waiting for B carries requests after it was added")
+		}
+		return nil
+	})
 	time.Sleep(200 * time.Millisecond)
 
 	// Remove the IP a request is in flight through: that request completes,
@@ -480,9 +540,17 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("request in flight through the removed IP did not complete")
 	}
-	waitFor(t, "connections to the removed IP closed once drained", 3*time.Second, func() bool { return established(t, removed) == 0 })
-	waitFor(t, "removed IP gone from the pool gauges", 3*time.Second, func() bool {
-		return !strings.Contains(ra.scrape(), `proxy_hopper_ip_failure_count{address="`+removed+`"`)
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if established(t, removed) != 0 {
+			return errors.New("still waiting for connections to the removed IP closed once drained")
+		}
+		return nil
+	})
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if strings.Contains(ra.scrape(), `proxy_hopper_ip_failure_count{address="`+removed+`"`) {
+			return errors.New("still waiting for removed IP gone from the pool gauges")
+		}
+		return nil
 	})
 	if n := o.since(X, t2); n != 0 {
 		t.Errorf("%d request(s) went through removed %s after its in-flight request ended", n, removed)
@@ -492,13 +560,21 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 	dead := deadUpstream(t)
 	ra.reload(tgt(kept, dead))
 	t3 := time.Now()
-	waitFor(t, "requests fail through the broken IP", 3*time.Second, func() bool {
+	testenv.Eventually(t, 3*time.Second, func() error {
 		_, other := tally(tr.between(t3, time.Now()))
-		return other[502] > 0
+		if other[502] <= 0 {
+			return errors.New("still waiting for requests fail through the broken IP")
+		}
+		return nil
 	})
 	ra.reload(tgt(kept, C))
 	t4 := time.Now()
-	time.Sleep(600 * time.Millisecond)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if via, _ := tally(tr.between(t4, time.Now())); via[hostOf(C)] < clients {
+			return fmt.Errorf("%d requests through C since the swap, want %d", via[hostOf(C)], clients)
+		}
+		return nil
+	})
 	via, other := tally(tr.between(t4, time.Now()))
 	if len(other) > 0 || via[hostOf(C)] == 0 {
 		t.Errorf("after swapping the broken IP for C: served %v, failed %v; want every request served, C among them", via, other)
@@ -508,13 +584,26 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 	// serves them.
 	ra.reload(tgt())
 	t5 := time.Now()
-	time.Sleep(time.Second)
+	queueDepth := func(n int) func() error {
+		return func() error {
+			if got := ra.metric(`proxy_hopper_queue_depth{target="origin"}`); got != float64(n) {
+				return fmt.Errorf("queue depth %v, want %d", got, n)
+			}
+			return nil
+		}
+	}
+	testenv.Eventually(t, 5*time.Second, queueDepth(clients))
 	if n := ra.metric(`proxy_hopper_ips{state="available",target="origin"}`); n != 0 {
 		t.Errorf("available IPs with an empty list: %v", n)
 	}
 	ra.reload(tgt(A))
 	t6 := time.Now()
-	time.Sleep(300 * time.Millisecond)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if n := len(tr.ended(t6)); n < clients {
+			return fmt.Errorf("%d of the %d queued requests answered", n, clients)
+		}
+		return nil
+	})
 	queued := tr.between(t5, t6)
 	via, other = tally(queued)
 	if len(queued) == 0 || len(other) > 0 || via[hostOf(A)] != len(queued) {
@@ -531,17 +620,38 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 	short := tgt()
 	short.wait = "400ms"
 	ra.reload(short)
+	// Requests queued before the reload wait up to their 5s: let them
+	// go, so that every client waits with the new 400ms.
+	testenv.Eventually(t, 5*time.Second, queueDepth(clients))
 	t7 := time.Now()
-	time.Sleep(1200 * time.Millisecond)
-	late := tr.between(t7.Add(50*time.Millisecond), time.Now().Add(-500*time.Millisecond))
-	if len(late) == 0 {
-		t.Fatal("no request during the empty period")
+	clock.Advance(5 * time.Second)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if n := len(tr.ended(t7)); n < clients {
+			return fmt.Errorf("%d of the %d requests queued before the reload answered", n, clients)
+		}
+		return nil
+	})
+	testenv.Eventually(t, 5*time.Second, queueDepth(clients))
+	t7 = time.Now()
+	clock.Advance(400*time.Millisecond - time.Nanosecond)
+	// No queue timer is due: nothing may answer. 100ms is ample for an
+	// answer to cross loopback.
+	time.Sleep(100 * time.Millisecond)
+	if late := tr.ended(t7); len(late) != 0 {
+		t.Errorf("%d request(s) on the empty pool answered before maxQueueWait (400ms): first %d %q", len(late), late[0].code, late[0].body)
 	}
-	for _, r := range late {
+	clock.Advance(time.Nanosecond)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if n := len(tr.ended(t7)); n < clients {
+			return fmt.Errorf("%d of the %d requests past maxQueueWait answered", n, clients)
+		}
+		return nil
+	})
+	for _, r := range tr.ended(t7) {
 		var doc struct{ Error string }
 		_ = json.Unmarshal([]byte(r.body), &doc)
-		if r.code != 503 || doc.Error != "no_ip_available" || r.end.Sub(r.start) < 350*time.Millisecond {
-			t.Errorf("request on an empty pool past maxQueueWait: %d %q after %s; want 503 no_ip_available after 400ms", r.code, doc.Error, r.end.Sub(r.start))
+		if r.code != 503 || doc.Error != "no_ip_available" {
+			t.Errorf("request on an empty pool past maxQueueWait: %d %q; want 503 no_ip_available", r.code, doc.Error)
 			break
 		}
 	}
@@ -549,7 +659,12 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 	// Restore.
 	ra.reload(tgt(A, B))
 	t8 := time.Now()
-	time.Sleep(500 * time.Millisecond)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if via, _ := tally(tr.between(t8, time.Now())); via[hostOf(A)] == 0 || via[hostOf(B)] == 0 {
+			return fmt.Errorf("served %v since the restore, want A and B", via)
+		}
+		return nil
+	})
 	via, other = tally(tr.between(t8, time.Now()))
 	if len(other) > 0 || via[hostOf(A)] == 0 || via[hostOf(B)] == 0 {
 		t.Errorf("after restore: served %v, failed %v; want A and B serving, no failure", via, other)
@@ -561,27 +676,16 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 	slow.interval = "1s"
 	ra.reload(slow)
 	hc := tr.client(t, ra.proxyURL)
-	time.Sleep(1100 * time.Millisecond) // A's earlier cooldown (0s) is over anyway
-	start := time.Now()
-	for range 3 {
-		if r := rlDo(hc, o.URL+"/x"); r.code != 200 {
-			t.Fatalf("request with minRequestInterval 1s: %d %q %v", r.code, r.body, r.err)
-		}
-	}
-	if d := time.Since(start); d < 1900*time.Millisecond {
-		t.Errorf("3 requests on one IP with minRequestInterval 1s took %s, want >= 2s", d)
+	// A's earlier cooldown (0s) is over anyway. The clock moves in 100ms
+	// steps while a request waits for A: the third request cannot be
+	// served before 2s of pool time.
+	if d := threeRequests(t, clock, hc, o.URL+"/x", "1s"); d < 2*time.Second {
+		t.Errorf("3 requests on one IP with minRequestInterval 1s took %s of pool time, want 2s", d)
 	}
 	ra.reload(tgt(A))
-	time.Sleep(1100 * time.Millisecond) // the last 1s cooldown ends
-	start = time.Now()
-	for range 3 {
-		if r := rlDo(hc, o.URL+"/x"); r.code != 200 {
-			t.Fatalf("request with minRequestInterval 0: %d %q %v", r.code, r.body, r.err)
-		}
-	}
-	if d := time.Since(start); d > 1500*time.Millisecond {
-		t.Errorf("3 requests with minRequestInterval 0 took %s", d)
-	}
+	clock.Advance(time.Second) // the last 1s cooldown ends
+	// With no cooldown, three requests need no pool time at all.
+	threeRequests(t, nil, hc, o.URL+"/x", "0s")
 
 	// Keep-alive client connections survived every reload.
 	if n := int(tr.dials.Load()); n != clients+2 {

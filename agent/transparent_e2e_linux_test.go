@@ -634,17 +634,12 @@ func entries(t *testing.T, m *ebpf.Map) int {
 
 func waitEntries(t *testing.T, m *ebpf.Map, want int) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		n := entries(t, m)
-		if n == want {
-			return
+	testenv.Eventually(t, 3*time.Second, func() error {
+		if n := entries(t, m); n != want {
+			return fmt.Errorf("map has %d entries, want %d", n, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("map has %d entries, want %d", n, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func attachedTo(t *testing.T, cg string) int {

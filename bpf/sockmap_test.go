@@ -241,10 +241,12 @@ func TestSockmapQueueBound(t *testing.T) {
 			// The agent stalls: without the bound the writer gets through
 			// all 256 MiB in well under a second here; with it, the limit
 			// plus TCP's buffers (a few MiB) and one write.
-			deadline := time.Now().Add(5 * time.Second)
-			for queueOf(t, o, s).Tcp != 1 && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
+			testenv.Eventually(t, 5*time.Second, func() error {
+				if q := queueOf(t, o, s); q.Tcp != 1 {
+					return fmt.Errorf("entry %+v: want TCP once the agent stalls", q)
+				}
+				return nil
+			})
 			time.Sleep(500 * time.Millisecond)
 			stalled := written.Load()
 			if q := queueOf(t, o, s); q.Tcp != 1 || stalled > 32<<20 {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/internal/cputime"
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
 )
@@ -120,13 +121,12 @@ func (f *fixture) goAcquire() <-chan acquireResult {
 // timers only inside Advance.
 func (f *fixture) waiting(n int) {
 	f.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for f.backend.Waiting("t") != n {
-		if time.Now().After(deadline) {
-			f.t.Fatalf("Waiting = %d, want %d", f.backend.Waiting("t"), n)
+	testenv.Eventually(f.t, 5*time.Second, func() error {
+		if got := f.backend.Waiting("t"); got != n {
+			return fmt.Errorf("Waiting = %d, want %d", got, n)
 		}
-		time.Sleep(50 * time.Microsecond)
-	}
+		return nil
+	})
 }
 
 func (f *fixture) await(ch <-chan acquireResult) acquireResult {

@@ -2,6 +2,7 @@ package prober_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -480,7 +481,12 @@ func TestJitter(t *testing.T) {
 	p := e.prober(prober.Options{URLs: []string{o.URL + "/p"}, Jitter: 10 * time.Second, Rand: func() float64 { return 0.5 }})
 	done := make(chan prober.Report, 1)
 	go func() { done <- p.Round(e.ctx) }()
-	waitFor(t, func() bool { return e.clock.Pending() > 0 }, "jitter timer")
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if e.clock.Pending() == 0 {
+			return errors.New("no jitter timer pending")
+		}
+		return nil
+	})
 	e.clock.Advance(5*time.Second - time.Nanosecond)
 	select {
 	case rep := <-done:
@@ -496,15 +502,13 @@ func TestJitter(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
+// goroutinesAtMost is a condition for testenv.Eventually: the prober's
+// goroutines ended.
+func goroutinesAtMost(n int) error {
+	if got := runtime.NumGoroutine(); got > n {
+		return fmt.Errorf("%d goroutines, want at most %d", got, n)
 	}
+	return nil
 }
 
 // Run probes a round at once and then every interval, and stops at once
@@ -528,8 +532,18 @@ func TestRunStops(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- p.Run(runCtx) }()
 	// The first round probes a, and hangs on the other IP.
-	waitFor(t, func() bool { return o.total() >= 1 }, "first probe")
-	waitFor(t, func() bool { return len(p.Statuses()) >= 1 }, "a's verdict")
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if o.total() == 0 {
+			return errors.New("no probe at the origin")
+		}
+		return nil
+	})
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if len(p.Statuses()) == 0 {
+			return errors.New("no verdict on a")
+		}
+		return nil
+	})
 	time.Sleep(50 * time.Millisecond) // the other probe is hanging now
 	if s, _ := pl.State(ctx, hang); s.State != pool.StateAvailable {
 		t.Errorf("IP under a hanging probe: %+v, want available to requests", s)
@@ -549,7 +563,7 @@ func TestRunStops(t *testing.T) {
 	if o.total() != 1 {
 		t.Errorf("origin saw %d probes, want 1: the round with the hang never ended", o.total())
 	}
-	waitFor(t, func() bool { return runtime.NumGoroutine() <= before }, "goroutines of the prober to end")
+	testenv.Eventually(t, 5*time.Second, func() error { return goroutinesAtMost(before) })
 
 	// Without a hang: a round every interval.
 	pl2 := newRealPool(ctx, t, a)
@@ -563,7 +577,12 @@ func TestRunStops(t *testing.T) {
 	runCtx, stop = context.WithCancel(ctx)
 	start := time.Now()
 	go func() { done <- p2.Run(runCtx) }()
-	waitFor(t, func() bool { s, _ := p2.Status(a); return s.Probes >= 4 }, "four rounds")
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if s, _ := p2.Status(a); s.Probes < 4 {
+			return fmt.Errorf("%d probes of a, want 4 rounds", s.Probes)
+		}
+		return nil
+	})
 	if d := time.Since(start); d < 300*time.Millisecond {
 		t.Errorf("four rounds in %v, want an interval (100ms) between them", d)
 	}
@@ -571,7 +590,7 @@ func TestRunStops(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return runtime.NumGoroutine() <= before }, "goroutines of the prober to end")
+	testenv.Eventually(t, 5*time.Second, func() error { return goroutinesAtMost(before) })
 }
 
 // newRealPool is a pool on the wall clock, with no cooldown.

@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -35,7 +37,12 @@ func TestQueuedRequestAbandonedOnHangUp(t *testing.T) {
 		if _, err := c.Write([]byte(raw)); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(100 * time.Millisecond) // queued by now
+		testenv.Eventually(t, 5*time.Second, func() error {
+			if n := e.pool().Waiting(); n != 1 {
+				return fmt.Errorf("%d requests waiting for the IP, want 1", n)
+			}
+			return nil
+		})
 		c.Close()
 	}
 	evs := e.requestsN(t, 2)

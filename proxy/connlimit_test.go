@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 )
 
 // dialFrom opens a TCP connection to addr from the loopback address src.
@@ -104,13 +106,23 @@ func TestConnLimitPerClient(t *testing.T) {
 		MaxConns: 500, MaxConnsPerClient: 40, RefusedConn: ref.add, HeaderTimeout: time.Minute,
 	}})
 	openSilent(t, "127.0.0.1", e.addr, 40)
-	waitFor(t, "40 connections tracked", func() bool { return e.srv.ActiveConns() == 40 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if e.srv.ActiveConns() != 40 {
+			return errors.New("still waiting for 40 connections tracked")
+		}
+		return nil
+	})
 	extra, n := dialMany(t, "127.0.0.1", e.addr, 60)
 	if n+refusedAll(t, extra) != 60 {
 		t.Fatal("not every connection over the per-client limit was refused")
 	}
 	// Counted right after the reset went out.
-	waitFor(t, "60 refusals counted as "+RefusedClientLimit, func() bool { return ref.get(RefusedClientLimit) == 60 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if ref.get(RefusedClientLimit) != 60 {
+			return errors.New("still waiting for 60 refusals counted as " + RefusedClientLimit)
+		}
+		return nil
+	})
 	if n := e.srv.ActiveConns(); n != 40 {
 		t.Errorf("%d connections open, want 40", n)
 	}
@@ -137,14 +149,24 @@ func TestConnLimitGlobal(t *testing.T) {
 	}})
 	openSilent(t, "127.0.0.1", e.addr, 20)
 	openSilent(t, "127.0.0.6", e.addr, 10)
-	waitFor(t, "30 connections tracked", func() bool { return e.srv.ActiveConns() == 30 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if e.srv.ActiveConns() != 30 {
+			return errors.New("still waiting for 30 connections tracked")
+		}
+		return nil
+	})
 	for _, src := range []string{"127.0.0.1", "127.0.0.7"} {
 		extra, n := dialMany(t, src, e.addr, 5)
 		if n+refusedAll(t, extra) != 5 {
 			t.Fatalf("not every connection from %s over the global limit was refused", src)
 		}
 	}
-	waitFor(t, "10 refusals counted as "+RefusedGlobalLimit, func() bool { return ref.get(RefusedGlobalLimit) == 10 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if ref.get(RefusedGlobalLimit) != 10 {
+			return errors.New("still waiting for 10 refusals counted as " + RefusedGlobalLimit)
+		}
+		return nil
+	})
 }
 
 // TestSilentConnectionHeaderTimeout: a connection that never sends its
@@ -161,5 +183,10 @@ func TestSilentConnectionHeaderTimeout(t *testing.T) {
 			t.Fatalf("silent connection %d: %v, want it closed by the agent", i, err)
 		}
 	}
-	waitFor(t, "no connection tracked", func() bool { return e.srv.ActiveConns() == 0 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if e.srv.ActiveConns() != 0 {
+			return errors.New("still waiting for no connection tracked")
+		}
+		return nil
+	})
 }

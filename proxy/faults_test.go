@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -205,7 +207,12 @@ func TestE2ELocalErrorsNotCounted(t *testing.T) {
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 		conns = append(conns, c)
 	}
-	waitFor(t, "the agent accepted both connections", func() bool { return e.accepted.Load() == 2 && e.srv.ActiveConns() == 2 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if !(e.accepted.Load() == 2 && e.srv.ActiveConns() == 2) {
+			return errors.New("still waiting for the agent accepted both connections")
+		}
+		return nil
+	})
 	heads := []string{
 		"GET http://" + host + "/ HTTP/1.1\r\nHost: " + host + "\r\n\r\n",
 		"CONNECT " + host + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n",

@@ -428,18 +428,6 @@ func (e *env) dialConnect(t *testing.T, authority string, extra ...string) (*net
 	return c.(*net.TCPConn), br
 }
 
-// waitFor polls cond until it holds or 5s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // halfCloseUpstream is a minimal CONNECT-only upstream proxy on ip that,
 // unlike tinyproxy 1.11 (which closes both sides when either sends EOF),
 // relays a half-close. It stands in for upstreams that do.
@@ -496,14 +484,24 @@ func halfCloseUpstream(t *testing.T, ip string) string {
 // after the response went out) and returns them.
 func (e *env) attemptsN(t *testing.T, n int) []AttemptEvent {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d attempt events", n), func() bool { return len(e.attemptLog()) >= n })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if len(e.attemptLog()) < n {
+			return fmt.Errorf("still waiting for %d attempt events", n)
+		}
+		return nil
+	})
 	return e.attemptLog()
 }
 
 // requestsN waits until at least n requests were reported and returns them.
 func (e *env) requestsN(t *testing.T, n int) []RequestEvent {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d request events", n), func() bool { return len(e.requestLog()) >= n })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if len(e.requestLog()) < n {
+			return fmt.Errorf("still waiting for %d request events", n)
+		}
+		return nil
+	})
 	return e.requestLog()
 }
 

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/identity"
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -118,9 +120,12 @@ func TestIdentityRotationTriggers(t *testing.T) {
 				e.headerGet(t, o.URL, "/429", nil)
 				// (Not just "not quarantined": right after the answer the
 				// IP may still be in use, before its release quarantines it.)
-				waitFor(t, "quarantine release", func() bool {
+				testenv.Eventually(t, 5*time.Second, func() error {
 					snap, _ := e.pool().Snapshot(t.Context())
-					return snap[0].State == pool.StateAvailable || snap[0].State == pool.StateCooling
+					if !(snap[0].State == pool.StateAvailable || snap[0].State == pool.StateCooling) {
+						return errors.New("still waiting for quarantine release")
+					}
+					return nil
 				})
 			}
 			second := store.Get(addr)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 )
 
 // idleConns is how many idle connections the memory tests open.
@@ -113,7 +116,12 @@ func TestIdleConnectionsHoldNoBuffers(t *testing.T) {
 			if c := openIdle(t, e.addr, kind); c != nil {
 				c.Close()
 			}
-			waitFor(t, "the warm-up connection to end", func() bool { return e.srv.ActiveConns() == 0 })
+			testenv.Eventually(t, 5*time.Second, func() error {
+				if e.srv.ActiveConns() != 0 {
+					return errors.New("still waiting for the warm-up connection to end")
+				}
+				return nil
+			})
 			g0, h0 := runtime.NumGoroutine(), liveHeap()
 			var cs []net.Conn
 			t.Cleanup(func() {
@@ -124,25 +132,25 @@ func TestIdleConnectionsHoldNoBuffers(t *testing.T) {
 			for range idleConns {
 				cs = append(cs, openIdle(t, e.addr, kind))
 			}
-			waitFor(t, "every connection tracked", func() bool { return e.srv.ActiveConns() == idleConns })
+			testenv.Eventually(t, 5*time.Second, func() error {
+				if e.srv.ActiveConns() != idleConns {
+					return errors.New("still waiting for every connection tracked")
+				}
+				return nil
+			})
 			// Keep-alive connections give their buffers back after
 			// keepAliveGrace: wait for it (bounded), then measure.
 			var per uint64
-			deadline := time.Now().Add(keepAliveGrace + 5*time.Second)
-			for {
-				h := liveHeap()
+			testenv.Eventually(t, keepAliveGrace+5*time.Second, func() error {
 				per = 0
-				if h > h0 {
+				if h := liveHeap(); h > h0 {
 					per = (h - h0) / idleConns
 				}
-				if per <= maxIdleHeap || time.Now().After(deadline) {
-					break
+				if per > maxIdleHeap {
+					return fmt.Errorf("%s: %d bytes of live heap per idle connection, want at most %d", kind, per, maxIdleHeap)
 				}
-				time.Sleep(100 * time.Millisecond)
-			}
-			if per > maxIdleHeap {
-				t.Errorf("%s: %d bytes of live heap per idle connection, want at most %d", kind, per, maxIdleHeap)
-			}
+				return nil
+			})
 			// Goroutines: the stand-in upstream has one per tunnel, the
 			// agent may have two (one per direction).
 			want := 1 // the agent's, waiting for a request

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -80,9 +82,12 @@ func TestE2EClientTunnelLimit(t *testing.T) {
 		}
 	}
 	open[0].Close()
-	waitFor(t, "key one's closed tunnel to be released", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		_, r, _ := e.tunnelAnswer(t, authority, one)
-		return r.StatusCode == 200
+		if r.StatusCode != 200 {
+			return errors.New("still waiting for key one's closed tunnel to be released")
+		}
+		return nil
 	})
 	// Requests are counted apart from tunnels: key one still gets them.
 	req := e.newReq(t, "GET", o.URL, "/", nil)
@@ -122,7 +127,12 @@ func TestE2EClientRequestLimit(t *testing.T) {
 			results <- resp.StatusCode
 		}()
 	}
-	waitFor(t, "two slow requests at the origin", func() bool { return len(o.requests()) == 2 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if len(o.requests()) != 2 {
+			return errors.New("still waiting for two slow requests at the origin")
+		}
+		return nil
+	})
 	resp, body := do(t, c, e.newReq(t, "GET", o.URL, "/fast", nil))
 	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(body, `"client_requests_limit"`) {
 		t.Fatalf("third request: %d %s; want 429 client_requests_limit", resp.StatusCode, body)
@@ -133,7 +143,12 @@ func TestE2EClientRequestLimit(t *testing.T) {
 			t.Fatalf("slow request: %d", s)
 		}
 	}
-	waitFor(t, "the per-client counts to drain", func() bool { return e.srv.inflight.entries() == 0 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if e.srv.inflight.entries() != 0 {
+			return errors.New("still waiting for the per-client counts to drain")
+		}
+		return nil
+	})
 	if resp, body := do(t, c, e.newReq(t, "GET", o.URL, "/fast", nil)); resp.StatusCode != 200 {
 		t.Fatalf("request after the slow ones ended: %d %s", resp.StatusCode, body)
 	}
@@ -154,7 +169,12 @@ func TestE2EQueueFull(t *testing.T) {
 	}
 	defer waiter.Close()
 	io.WriteString(waiter, "CONNECT "+authority+" HTTP/1.1\r\nHost: "+authority+"\r\n\r\n")
-	waitFor(t, "one request waiting for an IP", func() bool { return e.pool().Waiting() == 1 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if e.pool().Waiting() != 1 {
+			return errors.New("still waiting for one request waiting for an IP")
+		}
+		return nil
+	})
 	start := time.Now()
 	resp, body := do(t, e.headerClient(), e.newReq(t, "GET", o.URL, "/", nil))
 	doc := decodeError(t, resp, body)
@@ -164,13 +184,13 @@ func TestE2EQueueFull(t *testing.T) {
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("the refusal took %v; want it at once", d)
 	}
-	waitFor(t, "the refusal's request event", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		for _, r := range e.requestLog() {
 			if r.Outcome == OutcomeQueueFull && r.Status == 503 && r.Target == "t1" {
-				return true
+				return nil
 			}
 		}
-		return false
+		return errors.New("still waiting for the refusal's request event")
 	})
 	// The waiter gets the IP when the tunnel ends.
 	tun.Close()

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 )
 
 // lockedBuffer is a log destination shared by the server's goroutines.
@@ -72,10 +74,13 @@ func TestRefusalFloodLogRateLimited(t *testing.T) {
 		}
 	}
 	// The hook runs after the answer is written: wait for the last ones.
-	waitFor(t, "every refusal counted", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
-		return refused[auth.ReasonMissing] == each && refused[auth.ReasonInvalid] == each
+		if !(refused[auth.ReasonMissing] == each && refused[auth.ReasonInvalid] == each) {
+			return errors.New("still waiting for every refusal counted")
+		}
+		return nil
 	})
 	lines := buf.lines(t)
 	if len(lines) != 2*burst {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -118,7 +120,12 @@ func TestUpstreamHeadBounded(t *testing.T) {
 			if status != http.StatusBadGateway || !strings.Contains(body, tc.reason) {
 				t.Fatalf("answer %d %s: want 502 naming %s", status, body, tc.reason)
 			}
-			waitFor(t, "the hostile upstream to stop", func() bool { return up.refused.Load()+up.capped.Load() > 0 })
+			testenv.Eventually(t, 5*time.Second, func() error {
+				if up.refused.Load()+up.capped.Load() <= 0 {
+					return errors.New("still waiting for the hostile upstream to stop")
+				}
+				return nil
+			})
 			if up.capped.Load() != 0 {
 				t.Fatalf("the agent read the whole %d-byte head", hostileCap)
 			}
@@ -175,7 +182,12 @@ func TestOriginHeadBounded(t *testing.T) {
 	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, reasonOriginHeadTooLarge) {
 		t.Fatalf("answer %d %s: want 502 %s", resp.StatusCode, body, reasonOriginHeadTooLarge)
 	}
-	waitFor(t, "the origin to stop", func() bool { return refused.Load()+capped.Load() > 0 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if refused.Load()+capped.Load() <= 0 {
+			return errors.New("still waiting for the origin to stop")
+		}
+		return nil
+	})
 	if capped.Load() != 0 {
 		t.Fatalf("the agent read the whole %d-byte head", hostileCap)
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -57,7 +58,12 @@ func TestShutdownGraceful(t *testing.T) {
 		t.Fatal("first request never reached the origin")
 	}
 	queued := sendAsync(c, e.newReq(t, "GET", o.URL, "/queued", nil))
-	waitFor(t, "the second request to queue for the IP", func() bool { return e.backend.Waiting("t1") == 1 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if e.backend.Waiting("t1") != 1 {
+			return errors.New("still waiting for the second request to queue for the IP")
+		}
+		return nil
+	})
 
 	start := time.Now()
 	e.backend.Close() // as agent.Run does: queued requests get 503 now
@@ -124,7 +130,12 @@ func TestShutdownClosesIdleConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer silent.Close()
-	waitFor(t, "both connections accepted", func() bool { return e.accepted.Load() == 2 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if e.accepted.Load() != 2 {
+			return errors.New("still waiting for both connections accepted")
+		}
+		return nil
+	})
 
 	start := time.Now()
 	e.backend.Close()
@@ -157,7 +168,12 @@ func TestShutdownDeadlineCutsRequests(t *testing.T) {
 	addr := tcpOrigin(t, func(c *net.TCPConn) { io.Copy(c, c) })
 	e := newEnv(t, envOptions{upstreams: 2, cfg: pool.Config{FailuresUntilQuarantine: 5}})
 	slow := sendAsync(e.headerClient(), e.newReq(t, "GET", o.URL, "/hang", nil))
-	waitFor(t, "request at the origin", func() bool { return len(o.requests()) == 1 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if len(o.requests()) != 1 {
+			return errors.New("still waiting for request at the origin")
+		}
+		return nil
+	})
 	tunnel, br := e.dialConnect(t, addr) // an open, quiet tunnel
 
 	start := time.Now()
@@ -198,7 +214,12 @@ func TestShutdownDeadlineDoesNotChargeIPs(t *testing.T) {
 	defer close(release)
 	e := newEnv(t, envOptions{upstreams: 1, cfg: pool.Config{FailuresUntilQuarantine: 5}})
 	slow := sendAsync(e.headerClient(), e.newReq(t, "GET", o.URL, "/hang", nil))
-	waitFor(t, "request at the origin", func() bool { return len(o.requests()) == 1 })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if len(o.requests()) != 1 {
+			return errors.New("still waiting for request at the origin")
+		}
+		return nil
+	})
 	e.backend.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()

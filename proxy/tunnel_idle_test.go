@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -49,9 +51,12 @@ func TestTunnelIdleTimeout(t *testing.T) {
 	if d := time.Since(lastByte); d < idle || d > idle+2*time.Second {
 		t.Errorf("idle tunnel closed after %s, want about %s", d, idle)
 	}
-	waitFor(t, "IP back in the pool", func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		snap, _ := e.pool().Snapshot(t.Context())
-		return snap[0].State != pool.StateInUse
+		if snap[0].State == pool.StateInUse {
+			return errors.New("still waiting for IP back in the pool")
+		}
+		return nil
 	})
 }
 

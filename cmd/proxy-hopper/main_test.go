@@ -120,9 +120,10 @@ targets:
 // code is 0.
 func TestRunServesAndStopsOnSIGTERM(t *testing.T) {
 	bin := buildBinary(t)
-	var probes atomic.Int32
+	var probes, slowArrived atomic.Int32
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
+			slowArrived.Add(1)
 			time.Sleep(700 * time.Millisecond)
 		}
 		if r.URL.Path == "/probe" {
@@ -172,9 +173,12 @@ targets:
 	// The prober probes the IP while no request uses it (rounds every 1s,
 	// each probe within 100ms of the round's start: jitter is a tenth of
 	// the interval).
-	for deadline := time.Now().Add(5 * time.Second); probes.Load() == 0 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if probes.Load() == 0 {
+			return errors.New("the origin saw no probe") // logs are written by the agent process: read them only once it exited
+		}
+		return nil
+	})
 	type result struct {
 		code int
 		err  error
@@ -184,7 +188,12 @@ targets:
 		code, _, err := get("/slow")
 		slow <- result{code, err}
 	}()
-	time.Sleep(200 * time.Millisecond)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if slowArrived.Load() == 0 {
+			return errors.New("the slow request is not at the origin")
+		}
+		return nil
+	})
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

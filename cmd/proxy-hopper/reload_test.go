@@ -112,13 +112,12 @@ targets:
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for via() != "127.0.0.3" {
-		if time.Now().After(deadline) {
-			t.Fatalf("SIGHUP did not apply the new IP list\nlogs:\n%s", logs.String())
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if got := via(); got != "127.0.0.3" {
+			return fmt.Errorf("SIGHUP did not apply the new IP list: via %s\nlogs:\n%s", got, logs.String())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if l := logs.String(); !strings.Contains(l, "config reloaded") || !strings.Contains(l, "ips_added=1") || !strings.Contains(l, "ips_removed=1") {
 		t.Errorf("no reload summary in the logs:\n%s", l)
 	}
@@ -134,13 +133,12 @@ targets:
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(5 * time.Second)
-	for !strings.Contains(logs.String(), "config reload rejected") {
-		if time.Now().After(deadline) {
-			t.Fatalf("invalid config on SIGHUP not reported\nlogs:\n%s", logs.String())
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(logs.String(), "config reload rejected") {
+			return fmt.Errorf("invalid config on SIGHUP not reported\nlogs:\n%s", logs.String())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	vout, _ := exec.Command(bin, "validate", "--config", cfg).CombinedOutput()
 	reason := strings.TrimSpace(strings.TrimPrefix(string(vout), "proxy-hopper: "))
 	if !strings.Contains(logs.String(), fmt.Sprintf("reason=%q", reason)) {
@@ -213,13 +211,12 @@ func TestRunWatchConfigFlag(t *testing.T) {
 	if err := os.Rename(tmp, cfg); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for via() != "127.0.0.3" {
-		if time.Now().After(deadline) {
-			t.Fatalf("--watch-config did not apply the renamed file\nlogs:\n%s", logs.String())
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if got := via(); got != "127.0.0.3" {
+			return fmt.Errorf("--watch-config did not apply the renamed file: via %s\nlogs:\n%s", got, logs.String())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if !strings.Contains(logs.String(), "config file changed") {
 		t.Errorf("no watcher log line:\n%s", logs.String())
 	}
@@ -279,10 +276,10 @@ targets:
 	}()
 	// The listener is up a moment before the agent starts taking SIGHUP
 	// (one before is dropped): send it until the agent says it reloads.
-	deadline := time.Now().Add(10 * time.Second)
-	for next := time.Now(); !strings.Contains(logs.String(), "SIGHUP: reloading"); {
-		if time.Now().After(deadline) {
-			t.Fatalf("SIGHUP not seen\nlogs:\n%s", logs.String())
+	next := time.Now()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if strings.Contains(logs.String(), "SIGHUP: reloading") {
+			return nil
 		}
 		if time.Now().After(next) {
 			if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
@@ -290,8 +287,8 @@ targets:
 			}
 			next = time.Now().Add(500 * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("SIGHUP not seen\nlogs:\n%s", logs.String())
+	})
 	time.Sleep(300 * time.Millisecond) // the reload is reading the FIFO
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

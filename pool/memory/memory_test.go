@@ -3,10 +3,12 @@ package memory_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
 	"github.com/proxy-hopper/proxy-hopper/pool/pooltest"
@@ -50,15 +52,15 @@ func goPop(t *testing.T, ctx context.Context, b *memory.Backend, timeout time.Du
 	return ch
 }
 
-func waitFor(t *testing.T, b *memory.Backend, n int) {
+// waiting waits until n calls wait in Pop.
+func waiting(t *testing.T, b *memory.Backend, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for b.Waiting("t") != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("Waiting = %d, want %d", b.Waiting("t"), n)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if got := b.Waiting("t"); got != n {
+			return fmt.Errorf("Waiting = %d, want %d", got, n)
 		}
-		time.Sleep(50 * time.Microsecond)
-	}
+		return nil
+	})
 }
 
 // With its clock, the memory backend is exact to the nanosecond.
@@ -93,7 +95,7 @@ func TestPopTimeoutExact(t *testing.T) {
 	b := seeded(t, clock, "a")
 	b.Pop(ctx, "t", 0)
 	ch := goPop(t, ctx, b, time.Second)
-	waitFor(t, b, 1)
+	waiting(t, b, 1)
 	clock.Advance(time.Second - 1)
 	// No timer fired, so nothing can have let the waiter go.
 	if n := b.Waiting("t"); n != 1 {
@@ -149,7 +151,7 @@ func TestCooledIPsServeWaitersFirst(t *testing.T) {
 	b.Pop(ctx, "t", 0)
 	b.Pop(ctx, "t", 0)
 	ch := goPop(t, ctx, b, time.Hour)
-	waitFor(t, b, 1)
+	waiting(t, b, 1)
 	for _, a := range []string{"a", "b"} {
 		if err := b.Push(ctx, "t", a, t0.Add(time.Second)); err != nil {
 			t.Fatal(err)

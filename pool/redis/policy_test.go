@@ -42,13 +42,7 @@ func TestPoolQueueCapAndBlame(t *testing.T) {
 		_, err := p.Acquire(ctx)
 		got <- err
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for be.Waiting("t") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the first waiter never queued")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testenv.Eventually(t, 5*time.Second, func() error { return wantWaiting(be, 1) })
 	short, stop := context.WithTimeout(ctx, 5*time.Second)
 	defer stop()
 	if addr, err := p.Acquire(short); !errors.Is(err, pool.ErrQueueFull) {

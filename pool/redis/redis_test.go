@@ -180,7 +180,7 @@ func TestRemoteReturnServesWaiter(t *testing.T) {
 	mustPop(t, a, 0)
 	got := make(chan time.Time, 1)
 	go func() { mustPop(t, b, 5*time.Second); got <- time.Now() }()
-	waitFor(t, func() bool { return b.Waiting("t") == 1 })
+	testenv.Eventually(t, 5*time.Second, func() error { return wantWaiting(b, 1) })
 	time.Sleep(50 * time.Millisecond) // the waiter's poll has backed off
 	pushed := time.Now()
 	if err := a.Push(context.Background(), "t", "x", pushed); err != nil {
@@ -196,15 +196,26 @@ func TestRemoteReturnServesWaiter(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(time.Millisecond)
+// wantWaiting, wantDown and wantMore are conditions for testenv.Eventually.
+func wantWaiting(b *redis.Backend, n int) error {
+	if got := b.Waiting("t"); got != n {
+		return fmt.Errorf("Waiting = %d, want %d", got, n)
 	}
+	return nil
+}
+
+func wantDown(b *redis.Backend, down bool) error {
+	if got := b.Down(); got != down {
+		return fmt.Errorf("Down = %v, want %v", got, down)
+	}
+	return nil
+}
+
+func wantMore[N int32 | int64](what string, got, than N) error {
+	if got <= than {
+		return fmt.Errorf("%d %s, want more than %d", got, what, than)
+	}
+	return nil
 }
 
 // A quarantine is released by exactly one agent, also when the agent that
@@ -407,7 +418,7 @@ func TestOutage(t *testing.T) {
 	for range 3 {
 		go func() { _, err := b.Pop(ctx, "t", time.Hour); waiters <- err }()
 	}
-	waitFor(t, func() bool { return b.Waiting("t") == 3 })
+	testenv.Eventually(t, 5*time.Second, func() error { return wantWaiting(b, 3) })
 
 	net.cut()
 	// The waiters' poll finds Redis gone; they must not wait an hour.
@@ -444,7 +455,7 @@ func TestOutage(t *testing.T) {
 	}
 
 	net.restore()
-	waitFor(t, func() bool { return !b.Down() })
+	testenv.Eventually(t, 5*time.Second, func() error { return wantDown(b, false) })
 	if got := mustPop(t, b, 0); got != y {
 		t.Fatalf("after recovery popped %q, want %s (x still cools)", got, y)
 	}
@@ -494,33 +505,38 @@ func TestRedisRestartedUnderLoad(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, func() bool { return ok.Load() > 100 })
+	testenv.Eventually(t, 5*time.Second, func() error { return wantMore("pops served", ok.Load(), 100) })
 	srv.Stop()
-	waitFor(t, func() bool { return unavailable.Load() > 1000 })
+	testenv.Eventually(t, 5*time.Second, func() error { return wantMore("pops refused unavailable", unavailable.Load(), 1000) })
 	if n, limit := runtime.NumGoroutine(), before+16+10; n > limit {
 		t.Errorf("%d goroutines while Redis is down, want at most %d", n, limit)
 	}
 	srv.Start()
 	okBefore := ok.Load()
-	waitFor(t, func() bool { return ok.Load() > okBefore+100 })
+	testenv.Eventually(t, 5*time.Second, func() error { return wantMore("pops served", ok.Load(), okBefore+100) })
 	cancel()
 	wg.Wait()
 	// Every IP is back: nothing was lost in the restart.
-	waitFor(t, func() bool {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		s, err := b.Snapshot(context.Background(), "t")
 		if err != nil || len(s) != 3 {
-			return false
+			return fmt.Errorf("snapshot %+v, %v; want 3 IPs", s, err)
 		}
 		for _, st := range s {
 			if st.State != pool.StateAvailable {
-				return false
+				return fmt.Errorf("snapshot %+v, want every IP available", s)
 			}
 		}
-		return true
+		return nil
 	})
 	b.Close()
 	<-b.LoopDone()
-	waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if n := runtime.NumGoroutine(); n > before {
+			return fmt.Errorf("%d goroutines, want at most %d", n, before)
+		}
+		return nil
+	})
 }
 
 // Close: callers get ErrClosed, but IPs still out can be returned, and the
@@ -679,13 +695,13 @@ func TestLeaseReclaimedAfterPartition(t *testing.T) {
 		t.Fatalf("a popped %q", got)
 	}
 	link.cut()
-	waitFor(t, a.Down)
+	testenv.Eventually(t, 5*time.Second, func() error { return wantDown(a, true) })
 	time.Sleep(400 * time.Millisecond) // a's lease on x runs out
 	if got := mustPop(t, b, 0); got != "y" {
 		t.Fatalf("b popped %q, want y (first in the queue)", got)
 	}
 	link.restore()
-	waitFor(t, func() bool { return !a.Down() })
+	testenv.Eventually(t, 5*time.Second, func() error { return wantDown(a, false) })
 	mustEmpty(t, b) // x is a's again
 	if err := a.Push(ctx, "t", "x", time.Now()); err != nil {
 		t.Fatal(err)
