@@ -171,6 +171,7 @@ type Authenticator struct {
 	roles       map[string]Role
 	sources     []SourceRule
 	admins      []admin
+	compare     func(hash, password []byte) error // bcrypt's; tests count the calls
 	jwtExpiry   time.Duration
 	oidc        *oidcVerifier
 	now         func() time.Time

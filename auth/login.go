@@ -56,11 +56,13 @@ type admin struct {
 
 // HashPassword returns the bcrypt hash of password for auth.admin.passwordHash.
 // bcrypt reads at most 72 bytes: a longer password is refused.
-func HashPassword(password string) (string, error) {
+func HashPassword(password string) (string, error) { return hashPassword(password, HashCost) }
+
+func hashPassword(password string, cost int) (string, error) {
 	if password == "" {
 		return "", errors.New("hash password: the password is empty")
 	}
-	h, err := bcrypt.GenerateFromPassword([]byte(password), HashCost)
+	h, err := bcrypt.GenerateFromPassword([]byte(password), cost)
 	if err != nil {
 		return "", fmt.Errorf("hash password: %w", err)
 	}
@@ -86,6 +88,7 @@ func RandomSecret() string {
 
 // setAdmins checks the admin users and what their tokens need.
 func (a *Authenticator) setAdmins(cfg Config) error {
+	a.compare = bcrypt.CompareHashAndPassword
 	a.jwtExpiry = cfg.JWTExpiry
 	if a.jwtExpiry <= 0 {
 		a.jwtExpiry = DefaultJWTExpiry
@@ -143,7 +146,7 @@ func (a *Authenticator) Login(username, password string) (token string, err erro
 	if found != nil {
 		hash = found.hash
 	}
-	if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil || found == nil {
+	if a.compare(hash, []byte(password)) != nil || found == nil {
 		return "", ErrBadCredentials
 	}
 	return a.issue(found.name, found.role)
