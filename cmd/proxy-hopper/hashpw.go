@@ -56,22 +56,14 @@ func hashPassword(args []string, stdin *os.File, stdout, stderr io.Writer) error
 // readPassword asks on a terminal (echo off) or reads stdin's first line.
 func readPassword(stdin *os.File, stderr io.Writer) (string, error) {
 	if stdin != nil && term.IsTerminal(int(stdin.Fd())) {
-		fmt.Fprint(stderr, "Password: ")
-		a, err := term.ReadPassword(int(stdin.Fd()))
-		fmt.Fprintln(stderr)
+		a, b, err := askTwice(stdin, stderr)
 		if err != nil {
-			return "", fmt.Errorf("read password: %w", err)
+			return "", err
 		}
-		fmt.Fprint(stderr, "Repeat password: ")
-		b, err := term.ReadPassword(int(stdin.Fd()))
-		fmt.Fprintln(stderr)
-		if err != nil {
-			return "", fmt.Errorf("read password: %w", err)
-		}
-		if string(a) != string(b) {
+		if a != b {
 			return "", errors.New("the passwords do not match")
 		}
-		return string(a), nil
+		return a, nil
 	}
 	if stdin == nil {
 		return "", errors.New("read password: no stdin")
