@@ -1,12 +1,47 @@
 // Package auth decides, at the agent's boundary and before any IP is
-// acquired, who a client is (API key, local HS256 JWT, or source address
-// for transparent clients) and which targets it may use. It knows nothing
-// of HTTP framing or pools: the proxy hands it a token and a target name.
+// acquired, who a client is and which targets it may use. It knows nothing
+// of pools; the proxy hands it a token and a target name.
+//
+// A bearer token is tried, as in proxy-hopper, as:
+//
+//  1. an API key (auth.apiKeys), compared in constant time against every key;
+//  2. a local JWT: HS256, signed with auth.jwtSecret, as POST /auth/login
+//     issues them (golang-jwt/jwt/v5; no other alg is accepted);
+//  3. an OIDC token (auth.oidc): RS256/384/512 or ES256/384/512, signed by
+//     a key of the issuer's JWKS, found from its discovery document
+//     (coreos/go-oidc/v3); iss, aud and exp are checked, and the role comes
+//     from the configured claim (a string, or a list of strings).
+//
+// Transparent clients, which cannot send headers, are allowed by source
+// address (AllowSource).
+//
+// Roles: admin (read, write, admin), operator (read, write) and viewer
+// (read) are built in, every target each; auth.roles adds or redefines
+// roles with their targets. Proxy access needs "read". API keys carry
+// their own targets and no permission: the admin API refuses them (403).
+//
+// # Using it from the admin server
+//
+// *Authenticator implements Verifier. An admin handler gets the bearer
+// token of the Authorization header and calls Verify; a nil error gives a
+// Principal whose Can("read"), Can("write") or Can("admin") decides the
+// request (401 for ErrMissing/ErrInvalid, 403 for a missing permission,
+// as proxy-hopper). Principal.Name, Roles and Targets() describe it.
+//
+// NewLoginHandler serves POST /auth/login: form fields username and
+// password (application/x-www-form-urlencoded, OAuth2's password grant),
+// checked against auth.admin's bcrypt hash; 200 with {"access_token",
+// "token_type":"bearer"}, 401 for wrong credentials, 404 when no admin
+// user is configured, 422 for a missing field, 413 past 8 KiB, 429 when a
+// client has failed too often. The token it issues is a local JWT: the
+// proxy and Verify accept it. The handler takes a func returning the live
+// Authenticator, so one handler (and its per-client limits) outlives
+// config reloads.
 package auth
 
 import (
 	"bytes"
-	"crypto/hmac"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -15,10 +50,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // Sentinel errors; their text never contains the token.
@@ -91,7 +129,15 @@ type Config struct {
 	// Sources apply to transparent clients, which cannot send headers.
 	// Empty means every source may use every target.
 	Sources []SourceRule
-	Now     func() time.Time // default time.Now
+	// Admins are the local users of POST /auth/login (auth.admin).
+	Admins []AdminUser
+	// JWTExpiry is the lifetime of the JWTs login issues
+	// (auth.jwtExpiryMinutes; default DefaultJWTExpiry).
+	JWTExpiry time.Duration
+	// OIDC, when set, makes the issuer's tokens acceptable.
+	OIDC *OIDC
+	Now  func() time.Time // default time.Now
+	Log  *slog.Logger     // default slog.Default(); never sees a token
 }
 
 // builtinRoles give proxy access to every target.
@@ -124,7 +170,12 @@ type Authenticator struct {
 	defaultRole string
 	roles       map[string]Role
 	sources     []SourceRule
+	admins      []admin
+	compare     func(hash, password []byte) error // bcrypt's; tests count the calls
+	jwtExpiry   time.Duration
+	oidc        *oidcVerifier
 	now         func() time.Time
+	log         *slog.Logger
 }
 
 // New validates cfg.
@@ -139,6 +190,10 @@ func New(cfg Config) (*Authenticator, error) {
 	}
 	if a.defaultRole == "" {
 		a.defaultRole = DefaultRole
+	}
+	a.log = cfg.Log
+	if a.log == nil {
+		a.log = slog.Default()
 	}
 	for n, r := range builtinRoles {
 		a.roles[n] = r
@@ -162,27 +217,70 @@ func New(cfg Config) (*Authenticator, error) {
 		}
 		a.keys = append(a.keys, key{name: k.Name, hash: h, targets: k.Targets})
 	}
+	if err := a.setAdmins(cfg); err != nil {
+		return nil, err
+	}
+	if cfg.OIDC != nil {
+		v, err := newOIDCVerifier(*cfg.OIDC, a.now, a.log.With("component", "auth"))
+		if err != nil {
+			return nil, err
+		}
+		a.oidc = v
+	}
 	return a, nil
 }
 
 // Enabled reports whether requests must authenticate.
 func (a *Authenticator) Enabled() bool { return a != nil && a.enabled }
 
+// Verifier resolves a bearer token to a Principal; *Authenticator is one.
+// Errors wrap ErrMissing or ErrInvalid and never hold the token.
+type Verifier interface {
+	Verify(ctx context.Context, token string) (*Principal, error)
+}
+
+var _ Verifier = (*Authenticator)(nil)
+
 // Principal is an authenticated client.
 type Principal struct {
-	Kind    string // "api_key" or "jwt"
-	Name    string // key name or JWT subject
-	Role    string // JWT role
+	Kind  string   // "api_key", "jwt" (local) or "oidc"
+	Name  string   // key name, or the token's subject
+	Role  string   // the token's role; several are joined with ","
+	Roles []string // the token's roles (none for an API key)
+
 	targets []string
+	perms   []string
 	proxy   bool // may use the proxy at all
 }
 
-// Authenticate resolves a bearer token: an exact API key first (compared in
-// constant time against every key), then a local HS256 JWT.
+// Targets are the targets p may use (["*"]: all); a copy.
+func (p *Principal) Targets() []string { return slices.Clone(p.targets) }
+
+// Can reports whether p's roles grant permission perm (read, write,
+// admin). An API key has none: it is for the proxy only.
+func (p *Principal) Can(perm string) bool { return p != nil && slices.Contains(p.perms, perm) }
+
+// Authenticate is AuthenticateContext without a deadline of the caller's
+// (an OIDC key fetch is bounded by its own timeout).
 func (a *Authenticator) Authenticate(token string) (*Principal, error) {
+	return a.AuthenticateContext(context.Background(), token)
+}
+
+// Verify implements Verifier.
+func (a *Authenticator) Verify(ctx context.Context, token string) (*Principal, error) {
+	return a.AuthenticateContext(ctx, token)
+}
+
+// AuthenticateContext resolves a bearer token: an exact API key first
+// (compared in constant time against every key), then a local HS256 JWT,
+// then, for any other alg, an OIDC token when auth.oidc is set.
+func (a *Authenticator) AuthenticateContext(ctx context.Context, token string) (*Principal, error) {
 	token = strings.TrimSpace(token)
 	if token == "" {
 		return nil, ErrMissing
+	}
+	if len(token) > MaxTokenBytes {
+		return nil, invalid("token too long")
 	}
 	sum := sha256.Sum256([]byte(token))
 	var found *key
@@ -195,6 +293,17 @@ func (a *Authenticator) Authenticate(token string) (*Principal, error) {
 	if found != nil {
 		return &Principal{Kind: "api_key", Name: found.name, targets: found.targets, proxy: true}, nil
 	}
+	if a.oidc != nil && headerAlg(token) != localAlg {
+		c, err := a.oidc.verify(ctx, token)
+		if err != nil {
+			return nil, err
+		}
+		roles := c.roles
+		if !c.hasRole {
+			roles = []string{a.defaultRole}
+		}
+		return a.principal("oidc", c.sub, roles), nil
+	}
 	claims, err := a.verifyJWT(token)
 	if err != nil {
 		return nil, err
@@ -203,15 +312,39 @@ func (a *Authenticator) Authenticate(token string) (*Principal, error) {
 	if !claims.hasRole {
 		role = a.defaultRole
 	}
-	p := &Principal{Kind: "jwt", Name: claims.Sub, Role: role}
-	if r, ok := a.roles[role]; ok {
-		p.targets = r.Targets
-		if p.targets == nil {
-			p.targets = []string{"*"}
+	return a.principal("jwt", claims.Sub, []string{role}), nil
+}
+
+// principal gives a token's subject the union of its roles' permissions
+// and, over the roles that may use the proxy, their targets. A name that
+// is no role grants nothing.
+func (a *Authenticator) principal(kind, sub string, roles []string) *Principal {
+	p := &Principal{Kind: kind, Name: sub, Role: strings.Join(roles, ","), Roles: roles}
+	for _, name := range roles {
+		r, ok := a.roles[name]
+		if !ok {
+			continue
 		}
-		p.proxy = slices.Contains(r.Permissions, "read")
+		for _, perm := range r.Permissions {
+			if !slices.Contains(p.perms, perm) {
+				p.perms = append(p.perms, perm)
+			}
+		}
+		if !slices.Contains(r.Permissions, "read") {
+			continue
+		}
+		p.proxy = true
+		targets := r.Targets
+		if targets == nil {
+			targets = []string{"*"}
+		}
+		for _, t := range targets {
+			if !slices.Contains(p.targets, t) {
+				p.targets = append(p.targets, t)
+			}
+		}
 	}
-	return p, nil
+	return p
 }
 
 // Allows reports whether p may use target; the error explains a refusal.
@@ -263,12 +396,49 @@ type claims struct {
 // invalid is ErrInvalid with why, for the log (never the token).
 func invalid(why string) error { return fmt.Errorf("%w (%s)", ErrInvalid, why) }
 
+// MaxTokenBytes is the longest token looked at; a longer one is refused
+// before any parsing.
+const MaxTokenBytes = 16 << 10
+
+// localAlg is the one algorithm of local JWTs (proxy-hopper's HS256).
+const localAlg = "HS256"
+
+// segmentFields decodes a base64url JWT segment and splits its JSON
+// object into members (objectFields).
+func segmentFields(seg string) (map[string]json.RawMessage, error) {
+	b, err := base64.RawURLEncoding.DecodeString(seg)
+	if err != nil {
+		return nil, errors.New("not base64url")
+	}
+	return objectFields(b)
+}
+
+// headerAlg returns the alg of a compact JWS, "" when it has none or is
+// not one.
+func headerAlg(tok string) string {
+	h, _, ok := strings.Cut(tok, ".")
+	if !ok {
+		return ""
+	}
+	f, err := segmentFields(h)
+	if err != nil {
+		return ""
+	}
+	var alg string
+	if json.Unmarshal(f["alg"], &alg) != nil {
+		return ""
+	}
+	return alg
+}
+
 // verifyJWT checks a compact HS256 JWT signed with the configured secret
-// and returns its claims. Claim names are matched exactly (JSON's own
-// rule; encoding/json would match "ROLE" to role), a name given twice in
-// the header or the payload is refused (which one wins differs between
-// parsers), exp is required and may not be further away than the
-// maximum lifetime, and iss and aud are checked.
+// and returns its claims. golang-jwt checks the signature (HS256 only:
+// a token naming another alg, none included, is refused before any key
+// is used), then exp (required), nbf, iss and aud. Before it, claim
+// names are matched exactly (JSON's own rule; encoding/json would match
+// "ROLE" to role in a struct), a name given twice in the header or the
+// payload is refused (which one wins differs between parsers), and exp
+// may not be further away than the maximum lifetime, from now or from iat.
 func (a *Authenticator) verifyJWT(tok string) (*claims, error) {
 	if len(a.secret) == 0 {
 		return nil, ErrInvalid
@@ -277,35 +447,22 @@ func (a *Authenticator) verifyJWT(tok string) (*claims, error) {
 	if len(parts) != 3 {
 		return nil, ErrInvalid
 	}
-	hb, err := base64.RawURLEncoding.DecodeString(parts[0])
-	if err != nil {
-		return nil, ErrInvalid
-	}
-	hdr, err := objectFields(hb)
-	if err != nil {
+	if _, err := segmentFields(parts[0]); err != nil {
 		return nil, invalid("header: " + err.Error())
 	}
-	var alg string
-	if json.Unmarshal(hdr["alg"], &alg) != nil || alg != "HS256" {
-		return nil, invalid("alg is not HS256")
-	}
-	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
-	if err != nil {
-		return nil, ErrInvalid
-	}
-	mac := hmac.New(sha256.New, a.secret)
-	mac.Write([]byte(parts[0] + "." + parts[1]))
-	if !hmac.Equal(sig, mac.Sum(nil)) {
-		return nil, ErrInvalid
-	}
-	pb, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return nil, ErrInvalid
-	}
-	f, err := objectFields(pb)
+	f, err := segmentFields(parts[1])
 	if err != nil {
 		return nil, invalid("payload: " + err.Error())
 	}
+	parser := jwt.NewParser(jwt.WithValidMethods([]string{localAlg}), jwt.WithoutClaimsValidation())
+	parsed, err := parser.Parse(tok, func(*jwt.Token) (any, error) { return a.secret, nil })
+	if err != nil {
+		if errors.Is(err, jwt.ErrTokenSignatureInvalid) {
+			return nil, ErrInvalid
+		}
+		return nil, invalid("not an HS256 JWT of this agent")
+	}
+	mc, _ := parsed.Claims.(jwt.MapClaims)
 	var c claims
 	if raw, ok := f["sub"]; ok && json.Unmarshal(raw, &c.Sub) != nil {
 		return nil, invalid("sub is not a string")
@@ -316,6 +473,8 @@ func (a *Authenticator) verifyJWT(tok string) (*claims, error) {
 		}
 		c.hasRole = true
 	}
+	// The lifetime bounds first: a far exp (1e300) is a forgery attempt,
+	// not an expired token, and must not reach a time conversion.
 	now := float64(a.now().Unix())
 	exp, ok, err := numClaim(f, "exp")
 	switch {
@@ -323,26 +482,39 @@ func (a *Authenticator) verifyJWT(tok string) (*claims, error) {
 		return nil, err
 	case !ok:
 		return nil, invalid("no exp")
-	case now >= exp:
-		return nil, errExpired
 	case exp-now > a.maxLifetime.Seconds():
 		return nil, invalid("exp beyond the maximum lifetime")
 	}
-	if nbf, ok, err := numClaim(f, "nbf"); err != nil {
-		return nil, err
-	} else if ok && now < nbf {
-		return nil, invalid("not valid yet (nbf)")
+	for _, n := range []string{"nbf", "iat"} {
+		if _, _, err := numClaim(f, n); err != nil {
+			return nil, err
+		}
 	}
-	if iat, ok, err := numClaim(f, "iat"); err != nil {
-		return nil, err
-	} else if ok && exp-iat > a.maxLifetime.Seconds() {
+	if iat, ok, _ := numClaim(f, "iat"); ok && exp-iat > a.maxLifetime.Seconds() {
 		return nil, invalid("exp beyond the maximum lifetime after iat")
-	}
-	if err := a.checkIssuer(f); err != nil {
-		return nil, err
 	}
 	if err := a.checkAudience(f); err != nil {
 		return nil, err
+	}
+	opts := []jwt.ParserOption{jwt.WithExpirationRequired(), jwt.WithTimeFunc(a.now)}
+	if a.issuer != "" {
+		opts = append(opts, jwt.WithIssuer(a.issuer))
+	}
+	if a.audience != "" {
+		opts = append(opts, jwt.WithAudience(a.audience))
+	}
+	switch err := jwt.NewValidator(opts...).Validate(mc); {
+	case err == nil:
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return nil, errExpired
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return nil, invalid("not valid yet (nbf)")
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return nil, invalid("wrong or no iss")
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return nil, invalid("wrong or no aud")
+	default:
+		return nil, invalid("claims: " + err.Error())
 	}
 	return &c, nil
 }
@@ -359,20 +531,9 @@ func numClaim(f map[string]json.RawMessage, name string) (v float64, ok bool, er
 	return v, true, nil
 }
 
-func (a *Authenticator) checkIssuer(f map[string]json.RawMessage) error {
-	if a.issuer == "" {
-		return nil
-	}
-	var iss string
-	if raw, ok := f["iss"]; !ok || json.Unmarshal(raw, &iss) != nil || iss != a.issuer {
-		return invalid("wrong or no iss")
-	}
-	return nil
-}
-
-// checkAudience: with an audience configured, aud (a string or a list of
-// strings) must hold it; without, a token that names any aud is refused,
-// as PyJWT (proxy-hopper's library) does.
+// checkAudience: aud must be a string or a list of strings; without an
+// audience configured, a token that names any aud is refused, as PyJWT
+// (proxy-hopper's library) does. With one, golang-jwt checks it holds it.
 func (a *Authenticator) checkAudience(f map[string]json.RawMessage) error {
 	raw, ok := f["aud"]
 	var auds []string
@@ -384,14 +545,8 @@ func (a *Authenticator) checkAudience(f map[string]json.RawMessage) error {
 			return invalid("aud is not a string or a list of strings")
 		}
 	}
-	if a.audience == "" {
-		if len(auds) > 0 {
-			return invalid("aud present but auth.jwtAudience is not set")
-		}
-		return nil
-	}
-	if !slices.Contains(auds, a.audience) {
-		return invalid("wrong or no aud")
+	if a.audience == "" && len(auds) > 0 {
+		return invalid("aud present but auth.jwtAudience is not set")
 	}
 	return nil
 }
@@ -428,14 +583,14 @@ func objectFields(b []byte) (map[string]json.RawMessage, error) {
 	return out, nil
 }
 
-// SignJWT makes an HS256 token (for tests and tooling).
+// SignJWT makes an HS256 token (for tests and tooling); it panics only
+// when payload cannot be encoded as JSON.
 func SignJWT(secret string, payload map[string]any) string {
-	h := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
-	b, _ := json.Marshal(payload)
-	p := base64.RawURLEncoding.EncodeToString(b)
-	mac := hmac.New(sha256.New, []byte(secret))
-	mac.Write([]byte(h + "." + p))
-	return h + "." + p + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims(payload)).SignedString([]byte(secret))
+	if err != nil {
+		panic(fmt.Sprintf("sign JWT: %v", err))
+	}
+	return s
 }
 
 // Reason classifies an Authenticate or Allows error for metrics.

@@ -3,6 +3,7 @@ package auth
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -197,5 +198,43 @@ func TestJWTDefaultRole(t *testing.T) {
 		if c.wantInErr != "" && !strings.Contains(p.Allows("web").Error(), c.wantInErr) {
 			t.Errorf("default %q: %v, want %q", c.def, p.Allows("web"), c.wantInErr)
 		}
+	}
+}
+
+// TestJWTAlgConfusion: a local JWT is HS256 or nothing. Tokens signed
+// with the secret under another alg name (HS384, or RS256 as if the
+// secret were a public key) are refused, with and without OIDC, as is a
+// token longer than MaxTokenBytes before it is parsed.
+func TestJWTAlgConfusion(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	payload := fmt.Sprintf(`{"role":"admin","exp":%d}`, now.Unix()+60)
+	hs384 := func(header string) string {
+		h := base64.RawURLEncoding.EncodeToString([]byte(header))
+		p := base64.RawURLEncoding.EncodeToString([]byte(payload))
+		mac := hmac.New(sha512.New384, []byte("s"))
+		mac.Write([]byte(h + "." + p))
+		return h + "." + p + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+	}
+	plain, _ := New(Config{Enabled: true, JWTSecret: "s", Now: func() time.Time { return now }})
+	withOIDC, err := New(Config{Enabled: true, JWTSecret: "s", Now: func() time.Time { return now },
+		OIDC: &OIDC{Issuer: "http://127.0.0.1:1", FetchTimeout: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tok := range map[string]string{
+		"HS384":           hs384(`{"alg":"HS384","typ":"JWT"}`),
+		"RS256 with HMAC": signRaw("s", `{"alg":"RS256","typ":"JWT"}`, payload),
+		"ES256 with HMAC": signRaw("s", `{"alg":"ES256","typ":"JWT"}`, payload),
+		"lowercase alg":   signRaw("s", `{"alg":"hs256","typ":"JWT"}`, payload),
+		"too long":        signRaw("s", `{"alg":"HS256","typ":"JWT"}`, fmt.Sprintf(`{"exp":%d,"pad":"%s"}`, now.Unix()+60, strings.Repeat("x", MaxTokenBytes))),
+	} {
+		for _, a := range []*Authenticator{plain, withOIDC} {
+			if p, err := a.Authenticate(tok); Reason(err) != ReasonInvalid {
+				t.Errorf("%s (oidc %v): %+v %v, want invalid", name, a.oidc != nil, p, err)
+			}
+		}
+	}
+	if _, err := plain.Authenticate(signRaw("s", `{"alg":"HS256","typ":"JWT"}`, payload)); err != nil {
+		t.Errorf("the same payload as HS256: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 // Command proxy-hopper is the egress agent: `run` serves, `validate` checks a
-// config, `demo` runs the agent against embedded local upstreams, `version`
-// prints the build.
+// config, `demo` runs the agent against embedded local upstreams,
+// `hash-password` makes an auth.admin password hash, `version` prints the
+// build.
 package main
 
 import (
@@ -80,6 +81,7 @@ commands:
   validate  check a config file and print its targets
   demo      run the agent against embedded local upstreams for about 20s
   bpf       status|detach|counters: the eBPF programs attached or pinned, gateway counters
+  hash-password [PASSWORD]  print a bcrypt hash for auth.admin.passwordHash (asks without echo)
   version   print the version
 
 Run 'proxy-hopper <command> -h' for the flags of a command.
@@ -99,6 +101,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDemo(ctx, args[1:], stdout, stderr)
 	case "bpf":
 		return runBPF(args[1:], stdout, stderr)
+	case "hash-password":
+		return hashPassword(args[1:], os.Stdin, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "proxy-hopper", buildVersion())
 		return nil
