@@ -9,6 +9,8 @@ require (
 	golang.org/x/net v0.62.0
 )
 
+require golang.org/x/sync v0.24.0
+
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/kylelemons/godebug v1.1.0 // indirect
