@@ -100,7 +100,7 @@ transparent:
 	}
 	excludes := func() int {
 		t.Helper()
-		n, err := bpf.MapEntries(tp.Objects().Exclude)
+		n, err := bpf.MapEntries(tp.Objects().PhExclude)
 		if err != nil {
 			t.Fatal(err)
 		}
