@@ -129,10 +129,13 @@ type namedMap struct {
 	m    **ebpf.Map
 }
 
-// maps lists the shared maps in the generated struct's order, named by its
-// `ebpf:"…"` tags.
-func (o *Objects) maps() []namedMap {
-	v := reflect.ValueOf(&o.sharedMaps).Elem()
+// maps lists the shared maps in the generated struct's order.
+func (o *Objects) maps() []namedMap { return generatedMaps(&o.sharedMaps) }
+
+// generatedMaps lists the maps of a generated bpf2go Maps struct (a pointer to
+// one), in its field order, named by its `ebpf:"…"` tags.
+func generatedMaps(generated any) []namedMap {
+	v := reflect.ValueOf(generated).Elem()
 	out := make([]namedMap, 0, v.NumField())
 	for i := range v.NumField() {
 		out = append(out, namedMap{name: v.Type().Field(i).Tag.Get("ebpf"), m: v.Field(i).Addr().Interface().(**ebpf.Map)})
