@@ -16,6 +16,8 @@ require (
 
 require golang.org/x/oauth2 v0.37.0 // indirect
 
+require golang.org/x/sync v0.24.0
+
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/kylelemons/godebug v1.1.0 // indirect

@@ -7,13 +7,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strconv"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
+	"github.com/proxy-hopper/proxy-hopper/intercept/local"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
 	redisbackend "github.com/proxy-hopper/proxy-hopper/pool/redis"
@@ -46,8 +48,8 @@ type Agent struct {
 	reload  reloadState                     // per-target runtime, see reload.go
 	srv     *proxy.Server
 	ln      net.Listener
-	tp      io.Closer                      // local transparent mode, when on
-	tpDrain io.Closer                      // stopped transparent mode, released after the drain
+	tp      *local.Mode                    // local transparent mode, when on
+	tpDrain *local.Mode                    // stopped transparent mode, released after the drain
 	gw      atomic.Pointer[runningGateway] // gateway mode, when on
 	mx      *agentMetrics                  // server.metrics, when on
 	adm     *agentAdmin                    // server.admin, when on
@@ -187,67 +189,96 @@ func (a *Agent) Listen(ctx context.Context) error {
 // Run serves until ctx ends, then shuts down gracefully: it stops accepting,
 // answers requests still queued for an IP with 503, lets requests in flight
 // finish within server.shutdownTimeout, and returns nil.
+//
+// The proxy server and the shutdown run under one errgroup: the shutdown
+// starts when ctx ends or the server fails, and is the only path that
+// stops the parts (also when Run fails to start them).
 func (a *Agent) Run(ctx context.Context) error {
-	if err := a.Listen(ctx); err != nil {
-		a.closePools()
-		a.backend.Close()
+	defer a.mx.stop()
+	defer a.adm.stop()
+	stopReloads, err := a.start(ctx)
+	if err != nil {
+		a.shutdown()
 		return err
 	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := a.srv.Serve(a.ln); !errors.Is(err, proxy.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	})
+	var cut bool // requests in flight were cut at the end of the grace period
+	g.Go(func() error {
+		<-gctx.Done() // ctx ended, or Serve failed
+		stopReloads()
+		a.log.Info("shutting down", "grace", a.grace())
+		cut = a.shutdown() != nil
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if cut {
+		a.log.Warn("in-flight requests cut at the end of the grace period", "grace", a.grace())
+	}
+	a.log.Info("stopped")
+	return nil
+}
+
+// grace is how long requests in flight get to finish at shutdown.
+func (a *Agent) grace() time.Duration {
+	if g := a.cfg.Server.ShutdownTimeout.D(); g > 0 {
+		return g
+	}
+	return 30 * time.Second
+}
+
+// start opens the listeners and starts every part, in this order: the
+// proxy listener, metrics, admin, the interception modes, the prober and
+// the config reloads. The proxy server itself is started by Run.
+func (a *Agent) start(ctx context.Context) (stopReloads func(), err error) {
+	if err := a.Listen(ctx); err != nil {
+		return nil, err
+	}
 	if err := a.mx.start(ctx); err != nil {
-		a.ln.Close()
-		a.closePools()
-		a.backend.Close()
-		return fmt.Errorf("metrics: %w", err)
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	defer a.mx.stop()
 	if err := a.adm.start(ctx); err != nil {
-		a.ln.Close()
-		a.closePools()
-		a.backend.Close()
-		return fmt.Errorf("admin: %w", err)
+		return nil, fmt.Errorf("admin: %w", err)
 	}
-	defer a.adm.stop()
 	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.Targets()), "backend", a.backendName())
-	// Under the reload lock: a reload or admin IP edit meanwhile waits
-	// until both modes have taken the upstreams they must not intercept.
 	a.reload.mu.Lock()
-	a.tp = a.startLocalTransparent(ctx)
-	a.startGateway(ctx)
+	a.startModes(ctx)
 	a.reload.mu.Unlock()
 	a.startProber(ctx)
-	stopReloads := a.startReloads(ctx)
-	errc := make(chan error, 1)
-	go func() { errc <- a.srv.Serve(a.ln) }()
-	var serveErr error
-	select {
-	case <-ctx.Done():
-	case serveErr = <-errc:
-	}
-	stopReloads()
-	grace := a.cfg.Server.ShutdownTimeout.D()
-	if grace <= 0 {
-		grace = 30 * time.Second
-	}
-	a.log.Info("shutting down", "grace", grace)
+	return a.startReloads(ctx), nil
+}
+
+// shutdown stops what start started, in the order the drain needs: the
+// readiness probe fails, the modes stop steering new connections here,
+// the prober stops, queued requests get 503 (backend closed), requests in
+// flight get grace to finish, then the modes' remaining state and the
+// pools are released. What was not started is skipped. It returns the
+// proxy server's shutdown error (requests cut at the end of the grace).
+// Metrics and admin are stopped by Run last.
+func (a *Agent) shutdown() error {
 	a.adm.stopping() // /readyz: 503 from now on
 	a.stopLocalTransparent()
 	a.drainGateway()
 	a.stopProber()    // probes in flight are cut
 	a.backend.Close() // queued requests get 503 now
-	sctx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
-	shutErr := a.srv.Shutdown(sctx)
+	var err error
+	if a.ln != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), a.grace())
+		err = a.srv.Shutdown(sctx)
+		cancel()
+		a.ln.Close() // never served when start failed
+	}
 	a.releaseLocalTransparent()
 	a.stopGateway()
 	a.closePools()
-	if serveErr != nil && !errors.Is(serveErr, proxy.ErrServerClosed) {
-		return fmt.Errorf("serve: %w", serveErr)
-	}
-	if shutErr != nil {
-		a.log.Warn("in-flight requests cut at the end of the grace period", "grace", grace)
-	}
-	a.log.Info("stopped")
-	return nil
+	return err
 }
 
 func (a *Agent) backendName() string {

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -125,4 +126,120 @@ func newFileAgent(t *testing.T, cfgPath string) (*Agent, net.Listener) {
 		t.Fatal(err)
 	}
 	return a, ln
+}
+
+// failingListener fails its first Accept with an error that is not a
+// temporary network error, so the proxy server's Serve gives up.
+type failingListener struct{ net.Listener }
+
+func (failingListener) Accept() (net.Conn, error) { return nil, errors.New("accept exploded") }
+
+// runAgentConfig writes body and builds an agent serving on ln.
+func runAgentConfig(t *testing.T, body string, ln net.Listener) *Agent {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// runReturns runs a and waits (bounded) for Run to return by itself.
+func runReturns(t *testing.T, a *Agent) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return")
+		return nil
+	}
+}
+
+func refused(t *testing.T, what, addr string) {
+	t.Helper()
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("%s %s still accepting after Run returned", what, addr)
+	}
+}
+
+// TestRunServeErrorShutsDown: when the proxy server fails, Run takes the
+// same shutdown path as on a stop: it returns the server's error and
+// leaves nothing listening (metrics included).
+func TestRunServeErrorShutsDown(t *testing.T) {
+	mport := testenv.FreePort(t, "127.0.0.1")
+	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := runAgentConfig(t, fmt.Sprintf(`
+server:
+  probe: false
+  metrics: true
+  metricsHost: 127.0.0.1
+  metricsPort: %d
+targets:
+  - name: one
+    regex: '.*'
+    ipList: ["127.0.0.9:1"]
+`, mport), failingListener{ln})
+	err = runReturns(t, a)
+	if err == nil || !strings.Contains(err.Error(), "serve: accept exploded") {
+		t.Fatalf("Run: %v, want the serve error", err)
+	}
+	refused(t, "proxy listener", ln.Addr().String())
+	refused(t, "metrics", fmt.Sprintf("127.0.0.1:%d", mport))
+	actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := a.Targets()[0].Pool.Acquire(actx); err == nil {
+		t.Error("pool still hands out IPs after Run returned")
+	}
+}
+
+// TestRunStartFailureReleases: a part that cannot start (the admin port is
+// taken) fails Run with its error, and what was already started (proxy
+// listener, metrics) is released by the shutdown path.
+func TestRunStartFailureReleases(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	mport := testenv.FreePort(t, "127.0.0.1")
+	ln, err := proxy.Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := runAgentConfig(t, fmt.Sprintf(`
+server:
+  probe: false
+  metrics: true
+  metricsHost: 127.0.0.1
+  metricsPort: %d
+  admin: true
+  adminHost: 127.0.0.1
+  adminPort: %d
+  adminToken: test-admin-token-0123456789abcdef
+targets:
+  - name: one
+    regex: '.*'
+    ipList: ["127.0.0.9:1"]
+`, mport, taken.Addr().(*net.TCPAddr).Port), ln)
+	err = runReturns(t, a)
+	if err == nil || !strings.HasPrefix(err.Error(), "admin: ") {
+		t.Fatalf("Run: %v, want the admin start error", err)
+	}
+	refused(t, "proxy listener", ln.Addr().String())
+	refused(t, "metrics", fmt.Sprintf("127.0.0.1:%d", mport))
 }

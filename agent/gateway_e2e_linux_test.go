@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/proxy-hopper/proxy-hopper/bpf"
+	"github.com/proxy-hopper/proxy-hopper/intercept/gateway"
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 )
 
@@ -580,8 +581,8 @@ func TestGateway(t *testing.T) {
 		if err := syscall.Stat(e.gw.Path, &st); err != nil {
 			t.Fatal(err)
 		}
-		if n := countFiles(bpf.StateDir, fmt.Sprintf("clsact-net%d-", st.Ino)); n != 0 {
-			t.Errorf("%d clsact marker file(s) left in %s", n, bpf.StateDir)
+		if n := countFiles(gateway.StateDir, fmt.Sprintf("clsact-net%d-", st.Ino)); n != 0 {
+			t.Errorf("%d clsact marker file(s) left in %s", n, gateway.StateDir)
 		}
 	})
 	t.Run("SetupFailureUndoesEverything", func(t *testing.T) {

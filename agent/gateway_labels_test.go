@@ -21,7 +21,7 @@ func (f fakeGateway) Counters() ([]metrics.IPCounter, []metrics.ClientCounter, e
 func (fakeGateway) Drain()       {}
 func (fakeGateway) Close() error { return nil }
 
-func (fakeGateway) excludeUpstreams([]netip.Prefix) {}
+func (fakeGateway) ExcludeUpstreams([]netip.Prefix) {}
 
 // The BPF counters' upstream labels follow the routing table in force: a
 // reload that moves an IP to another target relabels its counters.

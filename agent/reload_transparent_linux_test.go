@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/bpf"
+	"github.com/proxy-hopper/proxy-hopper/intercept/local"
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
@@ -86,11 +87,11 @@ transparent:
 		cancel()
 		<-done
 	}()
-	var tp *transparent
+	var tp *local.Mode
 	deadline := time.Now().Add(10 * time.Second)
 	for tp == nil {
 		a.reload.mu.Lock()
-		tp, _ = a.tp.(*transparent)
+		tp = a.tp
 		a.reload.mu.Unlock()
 		if time.Now().After(deadline) {
 			t.Fatal("transparent mode did not start")
@@ -99,7 +100,7 @@ transparent:
 	}
 	excludes := func() int {
 		t.Helper()
-		n, err := bpf.MapEntries(tp.objs.Exclude)
+		n, err := bpf.MapEntries(tp.Objects().PhExclude)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -61,12 +62,16 @@ type Objects struct {
 	counterID uint32
 	counting  bool // the counter is attached: Configure names it
 
-	Config, Ports, Include, Exclude *ebpf.Map
-	OrigCookie, OrigAddr, SockHash  *ebpf.Map
-	AgentSocks, Queued              *ebpf.Map
+	// The maps every program shares (ph_config, ph_ports…), as bpf2go
+	// generates them from connect4.c, which declares them all.
+	sharedMaps
 
 	pinnedFrom string // the pinned state the maps came from (LoadPinned)
 }
+
+// sharedMaps are the maps the redirect's programs share: the generated
+// struct, so that a map added to the C programs needs no list here.
+type sharedMaps = connect4Maps
 
 type addrKey = connect4PhAddr
 type lpmKey = connect4PhLpmKey
@@ -117,15 +122,34 @@ func firstMissing(checks []featureCheck) error {
 // A verifier rejection comes back as a wrapped *ebpf.VerifierError.
 func Load() (*Objects, error) { return load(nil) }
 
-// mapNames are the shared maps, as pinned under PinDir/maps.
-var mapNames = []string{"ph_config", "ph_ports", "ph_include", "ph_exclude", "ph_orig_cookie", "ph_orig_addr", "ph_sockhash", "ph_agent_socks", "ph_queued"}
+// namedMap is one shared map: its name in the objects (and under
+// PinDir/maps) and the Objects field holding it.
+type namedMap struct {
+	name string
+	m    **ebpf.Map
+}
 
-func (o *Objects) maps() map[string]**ebpf.Map {
-	return map[string]**ebpf.Map{
-		"ph_config": &o.Config, "ph_ports": &o.Ports, "ph_include": &o.Include, "ph_exclude": &o.Exclude,
-		"ph_orig_cookie": &o.OrigCookie, "ph_orig_addr": &o.OrigAddr, "ph_sockhash": &o.SockHash,
-		"ph_agent_socks": &o.AgentSocks, "ph_queued": &o.Queued,
+// maps lists the shared maps in the generated struct's order.
+func (o *Objects) maps() []namedMap { return generatedMaps(&o.sharedMaps) }
+
+// generatedMaps lists the maps of a generated bpf2go Maps struct (a pointer to
+// one), in its field order, named by its `ebpf:"…"` tags.
+func generatedMaps(generated any) []namedMap {
+	v := reflect.ValueOf(generated).Elem()
+	out := make([]namedMap, 0, v.NumField())
+	for i := range v.NumField() {
+		out = append(out, namedMap{name: v.Type().Field(i).Tag.Get("ebpf"), m: v.Field(i).Addr().Interface().(**ebpf.Map)})
 	}
+	return out
+}
+
+// mapNames are the shared maps' names.
+func mapNames() []string {
+	var out []string
+	for _, nm := range (&Objects{}).maps() {
+		out = append(out, nm.name)
+	}
+	return out
 }
 
 // load loads the programs against existing maps (by name; taken over by
@@ -143,29 +167,30 @@ func load(existing map[string]*ebpf.Map) (_ *Objects, err error) {
 	}()
 	maps := o.maps()
 	repl := make(map[string]*ebpf.Map, len(maps))
-	for name, m := range existing {
-		dst, ok := maps[name]
-		if !ok {
-			m.Close()
-			continue
+	for _, nm := range maps {
+		if m, ok := existing[nm.name]; ok {
+			*nm.m = m
+			repl[nm.name] = m
+			delete(existing, nm.name)
 		}
-		*dst = m
-		repl[name] = m
 	}
-	for name, dst := range maps {
-		if repl[name] != nil {
+	for _, m := range existing {
+		m.Close() // not one of ours
+	}
+	for _, nm := range maps {
+		if repl[nm.name] != nil {
 			continue
 		}
-		ms, ok := spec.Maps[name]
+		ms, ok := spec.Maps[nm.name]
 		if !ok {
-			return nil, fmt.Errorf("create map %s: not in the connect4 object", name)
+			return nil, fmt.Errorf("create map %s: not in the connect4 object", nm.name)
 		}
 		m, err := ebpf.NewMap(ms)
 		if err != nil {
-			return nil, fmt.Errorf("create map %s: %w", name, err)
+			return nil, fmt.Errorf("create map %s: %w", nm.name, err)
 		}
-		*dst = m
-		repl[name] = m
+		*nm.m = m
+		repl[nm.name] = m
 	}
 	progs := []struct {
 		name string
@@ -234,9 +259,9 @@ func (o *Objects) Close() error {
 			errs = append(errs, p.Close())
 		}
 	}
-	for _, m := range []*ebpf.Map{o.Config, o.Ports, o.Include, o.Exclude, o.OrigCookie, o.OrigAddr, o.SockHash, o.AgentSocks, o.Queued} {
-		if m != nil {
-			errs = append(errs, m.Close())
+	for _, nm := range o.maps() {
+		if *nm.m != nil {
+			errs = append(errs, (*nm.m).Close())
 		}
 	}
 	return errors.Join(errs...)
@@ -257,12 +282,12 @@ func lpm(p netip.Prefix) lpmKey {
 // first, then the config value, then stale entries go: a running redirect
 // (a pinned one being taken over) never sees an empty port list.
 func (o *Objects) Configure(c Config) error {
-	if o == nil || o.Config == nil {
+	if o == nil || o.PhConfig == nil {
 		return ErrNotLoaded
 	}
 	keepPorts := map[string]bool{}
 	for _, p := range c.Ports {
-		if err := o.Ports.Put(p, uint8(1)); err != nil {
+		if err := o.PhPorts.Put(p, uint8(1)); err != nil {
 			return fmt.Errorf("put port %d: %w", p, err)
 		}
 		keepPorts[string([]byte{byte(p), byte(p >> 8)})] = true
@@ -271,7 +296,7 @@ func (o *Objects) Configure(c Config) error {
 	for i, m := range []struct {
 		m  *ebpf.Map
 		ps []netip.Prefix
-	}{{o.Include, c.Include}, {o.Exclude, c.Exclude}} {
+	}{{o.PhInclude, c.Include}, {o.PhExclude, c.Exclude}} {
 		for _, p := range m.ps {
 			k := lpm(p)
 			if err := m.m.Put(&k, uint8(1)); err != nil {
@@ -293,16 +318,16 @@ func (o *Objects) Configure(c Config) error {
 	if c.Sockmap {
 		v.Flags |= flagSockmap
 	}
-	if err := o.Config.Put(uint32(0), &v); err != nil {
+	if err := o.PhConfig.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("put config: %w", err)
 	}
-	if err := pruneMap(o.Ports, keepPorts); err != nil {
+	if err := pruneMap(o.PhPorts, keepPorts); err != nil {
 		return fmt.Errorf("prune ph_ports: %w", err)
 	}
-	if err := pruneMap(o.Include, keepCIDRs[0]); err != nil {
+	if err := pruneMap(o.PhInclude, keepCIDRs[0]); err != nil {
 		return fmt.Errorf("prune ph_include: %w", err)
 	}
-	if err := pruneMap(o.Exclude, keepCIDRs[1]); err != nil {
+	if err := pruneMap(o.PhExclude, keepCIDRs[1]); err != nil {
 		return fmt.Errorf("prune ph_exclude: %w", err)
 	}
 	return nil
@@ -338,22 +363,22 @@ func pruneMap(m *ebpf.Map, keep map[string]bool) error {
 
 // Disable makes connect4/6 leave every connect alone (links stay).
 func (o *Objects) Disable() error {
-	if o == nil || o.Config == nil {
+	if o == nil || o.PhConfig == nil {
 		return ErrNotLoaded
 	}
-	return o.Config.Put(uint32(0), &configValue{})
+	return o.PhConfig.Put(uint32(0), &configValue{})
 }
 
 // TakeOrigin returns and forgets the original destination of the
 // redirected connection whose client end is client (the accepted
 // connection's remote address).
 func (o *Objects) TakeOrigin(client netip.AddrPort) (netip.AddrPort, error) {
-	if o == nil || o.OrigAddr == nil {
+	if o == nil || o.PhOrigAddr == nil {
 		return netip.AddrPort{}, ErrNotLoaded
 	}
 	k := addrKey{Ip: client.Addr().As16(), Port: uint32(client.Port())}
 	var v addrKey
-	if err := o.OrigAddr.LookupAndDelete(&k, &v); err != nil {
+	if err := o.PhOrigAddr.LookupAndDelete(&k, &v); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return netip.AddrPort{}, ErrNoOrigin
 		}
@@ -421,7 +446,7 @@ type SkMsgAttachment struct {
 // this counter in ph_config; the sk_msg program redirects nothing while no
 // counter is named.
 func (o *Objects) AttachSkMsg() (*SkMsgAttachment, error) {
-	if o == nil || o.Config == nil {
+	if o == nil || o.PhConfig == nil {
 		return nil, ErrNotLoaded
 	}
 	if o.SkMsg == nil || o.RecvMsg == nil {
@@ -431,13 +456,13 @@ func (o *Objects) AttachSkMsg() (*SkMsgAttachment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kernel feature raw tracepoint sock_recv_length (needed to bound the fast path's queues): %w", err)
 	}
-	err = link.RawAttachProgram(link.RawAttachProgramOptions{Target: o.SockHash.FD(), Program: o.SkMsg, Attach: ebpf.AttachSkMsgVerdict})
+	err = link.RawAttachProgram(link.RawAttachProgramOptions{Target: o.PhSockhash.FD(), Program: o.SkMsg, Attach: ebpf.AttachSkMsgVerdict})
 	if err != nil {
 		recv.Close()
 		return nil, fmt.Errorf("attach sk_msg to ph_sockhash: %w", err)
 	}
 	o.counting = true
-	return &SkMsgAttachment{m: o.SockHash, prog: o.SkMsg, recv: &counterLink{o: o, l: recv}}, nil
+	return &SkMsgAttachment{m: o.PhSockhash, prog: o.SkMsg, recv: &counterLink{o: o, l: recv}}, nil
 }
 
 // counterLink is the recv counter's link; closing it first takes its name
@@ -451,9 +476,9 @@ type counterLink struct {
 func (c *counterLink) Close() error {
 	var errs []error
 	var v configValue
-	if err := c.o.Config.Lookup(uint32(0), &v); err == nil && v.CounterId == c.o.counterID {
+	if err := c.o.PhConfig.Lookup(uint32(0), &v); err == nil && v.CounterId == c.o.counterID {
 		v.CounterId = 0
-		errs = append(errs, c.o.Config.Put(uint32(0), &v))
+		errs = append(errs, c.o.PhConfig.Put(uint32(0), &v))
 	}
 	c.o.counting = false
 	return errors.Join(append(errs, c.l.Close())...)

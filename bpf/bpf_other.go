@@ -37,6 +37,3 @@ func CgroupID(string) (uint64, error) { return 0, errors.New("eBPF needs Linux")
 
 // CgroupPath is not available outside Linux.
 func CgroupPath(string) (string, error) { return "", errors.New("eBPF needs Linux") }
-
-// Leftovers is not available outside Linux.
-func Leftovers() ([]string, error) { return nil, errors.New("eBPF needs Linux") }

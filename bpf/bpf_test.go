@@ -56,7 +56,7 @@ func TestLoadConfigureAttach(t *testing.T) {
 	if err := o.Configure(cfg); err != nil {
 		t.Fatal(err)
 	}
-	for m, want := range map[*ebpf.Map]int{o.Ports: 2, o.Include: 1, o.Exclude: 2} {
+	for m, want := range map[*ebpf.Map]int{o.PhPorts: 2, o.PhInclude: 1, o.PhExclude: 2} {
 		if n, err := MapEntries(m); err != nil || n != want {
 			t.Fatalf("entries = %d, %v; want %d", n, err, want)
 		}
@@ -66,18 +66,18 @@ func TestLoadConfigureAttach(t *testing.T) {
 	if err := o.Configure(cfg); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := MapEntries(o.Ports); n != 1 {
+	if n, _ := MapEntries(o.PhPorts); n != 1 {
 		t.Fatalf("ports after reconfigure = %d, want 1", n)
 	}
 	var one uint8
-	if err := o.Ports.Lookup(uint16(8080), &one); err != nil || one != 1 {
+	if err := o.PhPorts.Lookup(uint16(8080), &one); err != nil || one != 1 {
 		t.Fatalf("port 8080 after reconfigure: %v", err)
 	}
-	if n, _ := MapEntries(o.Exclude); n != 1 {
+	if n, _ := MapEntries(o.PhExclude); n != 1 {
 		t.Fatalf("exclude cidrs after reconfigure = %d, want 1", n)
 	}
 	k := lpm(netip.MustParsePrefix("2001:db8::/32"))
-	if err := o.Exclude.Lookup(&k, &one); err != nil {
+	if err := o.PhExclude.Lookup(&k, &one); err != nil {
 		t.Fatalf("exclude 2001:db8::/32 after reconfigure: %v", err)
 	}
 
@@ -182,6 +182,55 @@ func TestStatusAndDetach(t *testing.T) {
 	for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect, ebpf.AttachCGroupSockOps} {
 		if got := attached(t, cg, at); got != 0 {
 			t.Fatalf("%v still attached after detach: %d", at, got)
+		}
+	}
+}
+
+// TestSharedMapsFromObjects: the shared maps are named by the generated
+// connect4 struct alone; every map any redirect object declares is among
+// them (Load hands each object exactly these), connect4 declares them all,
+// and a loaded Objects has each one open (Close and the pins go through
+// the same list).
+func TestSharedMapsFromObjects(t *testing.T) {
+	names := mapNames()
+	if len(names) == 0 {
+		t.Fatal("no shared maps derived from the generated objects")
+	}
+	c4, err := loadConnect4()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c4.Maps) != len(names) {
+		t.Errorf("connect4 declares %d maps, shared list has %d: %v", len(c4.Maps), len(names), names)
+	}
+	for name, load := range map[string]func() (*ebpf.CollectionSpec, error){
+		"connect4": loadConnect4, "connect6": loadConnect6, "sockops": loadSockops, "skmsg": loadSkmsg, "recvmsg": loadRecvmsg,
+	} {
+		spec, err := load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range spec.Maps {
+			if strings.HasPrefix(m, ".") {
+				continue // a global variable's section (.rodata): per object
+			}
+			if !slices.Contains(names, m) {
+				t.Errorf("%s declares map %s, not among the shared maps %v", name, m, names)
+			}
+		}
+	}
+	o := loadForTest(t)
+	for _, nm := range o.maps() {
+		if *nm.m == nil {
+			t.Errorf("shared map %s not loaded", nm.name)
+			continue
+		}
+		info, err := (*nm.m).Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Name != nm.name {
+			t.Errorf("field for %s holds map %s", nm.name, info.Name)
 		}
 	}
 }

@@ -47,9 +47,14 @@ type GatewayOptions struct {
 type Gateway struct {
 	LanIngress, UpEgress, UpIngress *ebpf.Program
 
-	Config, Ports, Include, Exclude, Sources, Listen *ebpf.Map
-	IPStats, ClientConns                             *ebpf.Map
+	// The maps (ph_gw_config, ph_ip_stats…), as bpf2go generates them from
+	// tc_lan.c, which declares them all.
+	gatewayMaps
 }
+
+// gatewayMaps are the maps gateway mode's programs share: the generated
+// struct, so that a map added to the C programs needs no list here.
+type gatewayMaps = tclanMaps
 
 type gwLPMKey = tclanPhGwLpmKey
 type gwConfigValue = tclanPhGwConfig
@@ -87,11 +92,6 @@ func LoadGateway(opts GatewayOptions) (_ *Gateway, err error) {
 			g.Close()
 		}
 	}()
-	maps := map[string]**ebpf.Map{
-		"ph_gw_config": &g.Config, "ph_gw_ports": &g.Ports, "ph_gw_include": &g.Include,
-		"ph_gw_exclude": &g.Exclude, "ph_gw_sources": &g.Sources, "ph_gw_listen": &g.Listen,
-		"ph_ip_stats": &g.IPStats, "ph_client_conns": &g.ClientConns,
-	}
 	size := func(v uint32) uint32 {
 		if v == 0 {
 			return 16384
@@ -99,7 +99,8 @@ func LoadGateway(opts GatewayOptions) (_ *Gateway, err error) {
 		return v
 	}
 	repl := map[string]*ebpf.Map{}
-	for name, dst := range maps {
+	for _, nm := range generatedMaps(&g.gatewayMaps) {
+		name := nm.name
 		ms, ok := lan.Maps[name]
 		if !ok {
 			return nil, fmt.Errorf("create map %s: not in the tc_lan object", name)
@@ -115,7 +116,7 @@ func LoadGateway(opts GatewayOptions) (_ *Gateway, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("create map %s: %w", name, err)
 		}
-		*dst = m
+		*nm.m = m
 		repl[name] = m
 	}
 	for _, p := range []struct {
@@ -163,9 +164,9 @@ func (g *Gateway) Close() error {
 			errs = append(errs, p.Close())
 		}
 	}
-	for _, m := range []*ebpf.Map{g.Config, g.Ports, g.Include, g.Exclude, g.Sources, g.Listen, g.IPStats, g.ClientConns} {
-		if m != nil {
-			errs = append(errs, m.Close())
+	for _, nm := range generatedMaps(&g.gatewayMaps) {
+		if *nm.m != nil {
+			errs = append(errs, (*nm.m).Close())
 		}
 	}
 	return errors.Join(errs...)
@@ -179,18 +180,18 @@ func gwLPM(p netip.Prefix) gwLPMKey {
 // Configure writes c into the maps; ph_lan_ingress acts on it at once.
 // The selection maps are filled before the config value turns it on.
 func (g *Gateway) Configure(c GatewayConfig) error {
-	if g == nil || g.Config == nil {
+	if g == nil || g.PhGwConfig == nil {
 		return ErrNotLoaded
 	}
 	for _, p := range c.Ports {
-		if err := g.Ports.Put(p, uint8(1)); err != nil {
+		if err := g.PhGwPorts.Put(p, uint8(1)); err != nil {
 			return fmt.Errorf("put port %d: %w", p, err)
 		}
 	}
 	for _, m := range []struct {
 		m  *ebpf.Map
 		ps []netip.Prefix
-	}{{g.Include, c.Include}, {g.Exclude, c.Exclude}, {g.Sources, c.Sources}} {
+	}{{g.PhGwInclude, c.Include}, {g.PhGwExclude, c.Exclude}, {g.PhGwSources, c.Sources}} {
 		for _, p := range m.ps {
 			k := gwLPM(p)
 			if err := m.m.Put(&k, uint8(1)); err != nil {
@@ -208,7 +209,7 @@ func (g *Gateway) Configure(c GatewayConfig) error {
 	if len(c.Sources) > 0 {
 		v.Flags |= gwHasSources
 	}
-	if err := g.Config.Put(uint32(0), &v); err != nil {
+	if err := g.PhGwConfig.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("put gateway config: %w", err)
 	}
 	return nil
@@ -218,18 +219,18 @@ func (g *Gateway) Configure(c GatewayConfig) error {
 // prefixes del out (the upstream proxies changed with a reload). The
 // config value is left alone: a drained gateway stays drained.
 func (g *Gateway) UpdateExclude(add, del []netip.Prefix) error {
-	if g == nil || g.Exclude == nil {
+	if g == nil || g.PhGwExclude == nil {
 		return ErrNotLoaded
 	}
 	for _, p := range add {
 		k := gwLPM(p)
-		if err := g.Exclude.Put(&k, uint8(1)); err != nil {
+		if err := g.PhGwExclude.Put(&k, uint8(1)); err != nil {
 			return fmt.Errorf("put cidr %s: %w", p, err)
 		}
 	}
 	for _, p := range del {
 		k := gwLPM(p)
-		if err := g.Exclude.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := g.PhGwExclude.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete cidr %s: %w", p, err)
 		}
 	}
@@ -240,15 +241,15 @@ func (g *Gateway) UpdateExclude(add, del []netip.Prefix) error {
 // as usual) while packets of flows the agent already serves still reach
 // their sockets.
 func (g *Gateway) Drain() error {
-	if g == nil || g.Config == nil {
+	if g == nil || g.PhGwConfig == nil {
 		return ErrNotLoaded
 	}
 	var v gwConfigValue
-	if err := g.Config.Lookup(uint32(0), &v); err != nil {
+	if err := g.PhGwConfig.Lookup(uint32(0), &v); err != nil {
 		return fmt.Errorf("read gateway config: %w", err)
 	}
 	v.Flags |= gwDrain
-	if err := g.Config.Put(uint32(0), &v); err != nil {
+	if err := g.PhGwConfig.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("put gateway config: %w", err)
 	}
 	return nil
@@ -257,14 +258,14 @@ func (g *Gateway) Drain() error {
 // SetListener puts the agent's listening socket (its file descriptor)
 // into the slot ph_lan_ingress assigns new flows of its family to.
 func (g *Gateway) SetListener(ipv6 bool, fd int) error {
-	if g == nil || g.Listen == nil {
+	if g == nil || g.PhGwListen == nil {
 		return ErrNotLoaded
 	}
 	slot := uint32(0)
 	if ipv6 {
 		slot = 1
 	}
-	if err := g.Listen.Put(slot, uint64(fd)); err != nil {
+	if err := g.PhGwListen.Put(slot, uint64(fd)); err != nil {
 		return fmt.Errorf("put listener into ph_gw_listen[%d]: %w", slot, err)
 	}
 	return nil
@@ -286,10 +287,10 @@ type ClientCount struct {
 
 // Counters reads the gateway's counter maps.
 func (g *Gateway) Counters() ([]IPCount, []ClientCount, error) {
-	if g == nil || g.IPStats == nil {
+	if g == nil || g.PhIpStats == nil {
 		return nil, nil, ErrNotLoaded
 	}
-	return ReadCounters(g.IPStats, g.ClientConns)
+	return ReadCounters(g.PhIpStats, g.PhClientConns)
 }
 
 // ReadCounters reads ph_ip_stats and ph_client_conns maps (the agent's own,

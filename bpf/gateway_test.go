@@ -5,6 +5,8 @@ package bpf
 import (
 	"encoding/binary"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -114,5 +116,42 @@ func TestGatewayCounters(t *testing.T) {
 	}
 	if _, clients, err := g.Counters(); err != nil || len(clients) > 8 || len(clients) < 2 {
 		t.Errorf("ph_client_conns has %d entries (%v), want 2 to 8", len(clients), err)
+	}
+}
+
+// TestGatewayMapsFromObjects: gateway mode's maps are named by the
+// generated tc_lan struct alone, and every map the uplink object declares
+// is among them (LoadGateway hands it exactly these).
+func TestGatewayMapsFromObjects(t *testing.T) {
+	var names []string
+	for _, nm := range generatedMaps(&gatewayMaps{}) {
+		names = append(names, nm.name)
+	}
+	for name, load := range map[string]func() (*ebpf.CollectionSpec, error){"tclan": loadTclan, "tcuplink": loadTcuplink} {
+		spec, err := load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range spec.Maps {
+			if !strings.HasPrefix(m, ".") && !slices.Contains(names, m) {
+				t.Errorf("%s declares map %s, not among the gateway maps %v", name, m, names)
+			}
+		}
+	}
+	g := loadGatewayForTest(t, GatewayOptions{IPEntries: 7})
+	for _, nm := range generatedMaps(&g.gatewayMaps) {
+		if *nm.m == nil {
+			t.Fatalf("gateway map %s not loaded", nm.name)
+		}
+		info, err := (*nm.m).Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Name != nm.name {
+			t.Errorf("field for %s holds map %s", nm.name, info.Name)
+		}
+	}
+	if got := g.PhIpStats.MaxEntries(); got != 7 {
+		t.Errorf("ph_ip_stats holds %d entries, want the 7 asked for", got)
 	}
 }

@@ -33,7 +33,7 @@ func LoadPinned(dir string) (*Objects, error) {
 		return nil, fmt.Errorf("open pinned state %s: %w", dir, err)
 	}
 	existing := map[string]*ebpf.Map{}
-	for _, name := range mapNames {
+	for _, name := range mapNames() {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "maps", name), nil)
 		if err != nil {
 			for _, m := range existing {
@@ -147,10 +147,9 @@ func (o *Objects) InstallPinned(dir string, cgroups, sockopsOnly []string) (ch P
 			return ch, fmt.Errorf("stage pinned state: %w", err)
 		}
 	}
-	maps := o.maps()
-	for _, name := range mapNames {
-		if err := (*maps[name]).Pin(filepath.Join(stage, "maps", name)); err != nil {
-			return ch, fmt.Errorf("pin map %s: %w", name, err)
+	for _, nm := range o.maps() {
+		if err := (*nm.m).Pin(filepath.Join(stage, "maps", nm.name)); err != nil {
+			return ch, fmt.Errorf("pin map %s: %w", nm.name, err)
 		}
 	}
 	for _, w := range want {

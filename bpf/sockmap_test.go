@@ -58,11 +58,11 @@ func loopbackPairOn(tb testing.TB, o *Objects, fast bool, addr string) (client, 
 	// snd_nxt); from here that is unknown, so the entry starts on TCP and
 	// one byte over TCP, read by the server, sets it.
 	sk := tupleOf(server)
-	if err := o.Queued.Put(&sk, &recvmsgPhQueue{Tcp: 1}); err != nil {
+	if err := o.PhQueued.Put(&sk, &recvmsgPhQueue{Tcp: 1}); err != nil {
 		tb.Fatalf("put ph_queued entry: %v", err)
 	}
-	join(tb, o.SockHash, client)
-	join(tb, o.AgentSocks, server)
+	join(tb, o.PhSockhash, client)
+	join(tb, o.PhAgentSocks, server)
 	if _, err := client.Write([]byte{0}); err != nil {
 		tb.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func queueOf(t *testing.T, o *Objects, server *net.TCPConn) recvmsgPhQueue {
 	t.Helper()
 	var q recvmsgPhQueue
 	k := tupleOf(server)
-	if err := o.Queued.Lookup(&k, &q); err != nil {
+	if err := o.PhQueued.Lookup(&k, &q); err != nil {
 		t.Fatal(err)
 	}
 	return q
@@ -122,10 +122,10 @@ func TestSockmapByteExact(t *testing.T) {
 	fastPathOn(t, o, 0)
 	for _, fast := range []bool{false, true} {
 		c, s := loopbackPair(t, o, fast)
-		if n, _ := MapEntries(o.SockHash); fast && n != 1 {
+		if n, _ := MapEntries(o.PhSockhash); fast && n != 1 {
 			t.Fatalf("ph_sockhash entries = %d, want 1", n)
 		}
-		if n, _ := MapEntries(o.AgentSocks); fast && n != 1 {
+		if n, _ := MapEntries(o.PhAgentSocks); fast && n != 1 {
 			t.Fatalf("ph_agent_socks entries = %d, want 1", n)
 		}
 		const size = 64 << 20
@@ -164,7 +164,7 @@ func TestSockmapByteExact(t *testing.T) {
 		s.Close()
 		c.Close()
 	}
-	for _, m := range []*ebpf.Map{o.SockHash, o.AgentSocks} {
+	for _, m := range []*ebpf.Map{o.PhSockhash, o.PhAgentSocks} {
 		if n, _ := MapEntries(m); n != 0 {
 			t.Fatalf("SOCKHASH entries after close = %d, want 0", n)
 		}
@@ -336,10 +336,10 @@ func earlySend(t *testing.T, o *Objects, addr string) {
 	sk2 := tupleOf(s)
 	// The client's end is established: its entry for the agent's end (the
 	// start of the stream unknown here: 0) and the client into ph_sockhash.
-	if err := o.Queued.Put(&sk2, &recvmsgPhQueue{}); err != nil {
+	if err := o.PhQueued.Put(&sk2, &recvmsgPhQueue{}); err != nil {
 		t.Fatal(err)
 	}
-	join(t, o.SockHash, c)
+	join(t, o.PhSockhash, c)
 	const chunk = 1 << 20
 	want := sha256.New()
 	src := io.TeeReader(rand.NewChaCha8([32]byte{9}), want)
@@ -352,8 +352,8 @@ func earlySend(t *testing.T, o *Objects, addr string) {
 	if q := queueOf(t, o, s); q.Tcp != 1 || q.In != 0 {
 		t.Fatalf("after the early send: %+v, want TCP", q)
 	}
-	join(t, o.AgentSocks, s) // PASSIVE_ESTABLISHED, late
-	send()                   // bytes unread on the TCP path: TCP again
+	join(t, o.PhAgentSocks, s) // PASSIVE_ESTABLISHED, late
+	send()                     // bytes unread on the TCP path: TCP again
 	if q := queueOf(t, o, s); q.Tcp != 1 || q.In != 0 {
 		t.Fatalf("after the second send: %+v, want TCP", q)
 	}
@@ -383,12 +383,12 @@ func TestSockmapTwoCounters(t *testing.T) {
 	o1 := loadForTest(t)
 	fastPathOn(t, o1, 1<<20)
 	shared := map[string]*ebpf.Map{}
-	for name, m := range o1.maps() {
-		c, err := (*m).Clone()
+	for _, nm := range o1.maps() {
+		c, err := (*nm.m).Clone()
 		if err != nil {
 			t.Fatal(err)
 		}
-		shared[name] = c
+		shared[nm.name] = c
 	}
 	o2, err := load(shared)
 	if err != nil {

@@ -10,8 +10,10 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// progPrefix names every proxy-hopper program (ph_connect4, ph_sockops…).
-const progPrefix = "ph_"
+// ProgPrefix starts the name of every proxy-hopper program (ph_connect4,
+// ph_lan_ingress…): status, detach and the gateway's leftover filters
+// find them by it.
+const ProgPrefix = "ph_"
 
 // Attachment is one proxy-hopper program attached through a BPF link.
 type Attachment struct {
@@ -92,7 +94,7 @@ func eachLink(fn func(link.Link, Attachment) error) error {
 		}
 		pi, err := prog.Info()
 		prog.Close()
-		if err != nil || !strings.HasPrefix(pi.Name, progPrefix) {
+		if err != nil || !strings.HasPrefix(pi.Name, ProgPrefix) {
 			continue
 		}
 		a := Attachment{LinkID: info.ID, Program: pi.Name, Type: info.Type}

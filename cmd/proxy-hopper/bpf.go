@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/proxy-hopper/proxy-hopper/bpf"
+	"github.com/proxy-hopper/proxy-hopper/intercept/gateway"
 )
 
 // runBPF is `proxy-hopper bpf status|detach`: what of the transparent data
@@ -71,7 +72,7 @@ func runBPF(args []string, stdout, stderr io.Writer) error {
 	}
 	// Gateway mode's rule, route, filters and qdiscs, in this network
 	// namespace: a running agent's, or a crashed one's leftovers.
-	nl, err := bpf.Leftovers()
+	nl, err := gateway.Leftovers()
 	if err != nil {
 		return err
 	}

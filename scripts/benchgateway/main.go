@@ -49,6 +49,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/proxy-hopper/proxy-hopper/bpf"
+	gwmode "github.com/proxy-hopper/proxy-hopper/intercept/gateway"
 	"github.com/proxy-hopper/proxy-hopper/internal/benchutil"
 	"github.com/proxy-hopper/proxy-hopper/internal/miniproxy"
 )
@@ -509,7 +510,7 @@ transparent:
 	if err := g.Configure(bpf.GatewayConfig{Mark: 0x5049, Ports: []uint16{80, 9000}}); err != nil {
 		return err
 	}
-	var atts []*bpf.TCAttachment
+	var atts []*gwmode.TCAttachment
 	detach := func() error {
 		var errs []error
 		for _, a := range atts {
@@ -526,7 +527,7 @@ transparent:
 				ifname  string
 				ingress bool
 			}{{g.LanIngress, "g0", true}, {g.UpEgress, "g1", false}, {g.UpIngress, "g1", true}} {
-				a, err := bpf.AttachTC(x.prog, x.ifname, x.ingress, bpf.TCAuto)
+				a, err := gwmode.AttachTC(x.prog, x.ifname, x.ingress, gwmode.TCAuto)
 				if err != nil {
 					return err
 				}

@@ -1,4 +1,4 @@
-package agent
+package gateway
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -17,12 +18,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/proxy-hopper/proxy-hopper/bpf"
+	"github.com/proxy-hopper/proxy-hopper/intercept"
 	"github.com/proxy-hopper/proxy-hopper/metrics"
 )
 
-// gateway is the running gateway mode: the BPF objects, the TC
-// attachments, the policy routing and the IP_TRANSPARENT listener.
-type gateway struct {
+// Mode is the running gateway mode: the BPF objects, the TC attachments,
+// the policy routing and the IP_TRANSPARENT listeners.
+type Mode struct {
 	log     *slog.Logger
 	objs    *bpf.Gateway
 	closers []io.Closer    // in setup order; closed in reverse
@@ -39,27 +41,28 @@ type gateway struct {
 	closed bool
 }
 
-// startGatewayMode sets gateway mode up. On error everything done so far
-// is undone.
-func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err error) {
-	gc := a.cfg.Transparent.Gateway
+// Start sets gateway mode up. On error everything done so far is undone.
+func Start(ctx context.Context, o Options) (_ *Mode, err error) {
 	if err := bpf.ProbeGateway(); err != nil {
 		return nil, err
 	}
-	log := a.log.With("component", "gateway")
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
 	// What a crashed agent left (rule, route, filters, qdiscs it added).
-	left, err := bpf.RemoveLeftovers()
+	left, err := RemoveLeftovers()
 	for _, l := range left {
 		log.Warn("removed leftover of an earlier agent", "what", l)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("remove leftovers of an earlier agent: %w", err)
 	}
-	objs, err := bpf.LoadGateway(bpf.GatewayOptions{IPEntries: uint32(gc.MaxIPEntries), ClientEntries: uint32(gc.MaxClientEntries)})
+	objs, err := bpf.LoadGateway(bpf.GatewayOptions{IPEntries: o.MaxIPEntries, ClientEntries: o.MaxClientEntries})
 	if err != nil {
 		return nil, err
 	}
-	g := &gateway{log: log, objs: objs}
+	g := &Mode{log: log, objs: objs}
 	defer func() {
 		if err != nil {
 			g.Close()
@@ -68,7 +71,7 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 
 	// IP_TRANSPARENT listeners on loopback; each goes into its slot of
 	// ph_gw_listen. Without IPv6 here, IPv6 flows are left alone.
-	ln, err := transparentListen(ctx, "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(gc.Port)))
+	ln, err := transparentListen(ctx, "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(o.Port))))
 	if err != nil {
 		return nil, fmt.Errorf("listen for gateway connections: %w", err)
 	}
@@ -94,13 +97,11 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 	}
 
 	cfg := bpf.GatewayConfig{
-		Mark:    uint32(gc.Mark),
-		Include: gatewayPrefixes(gc.IncludeCIDRs),
-		Exclude: gatewayPrefixes(gc.ExcludeCIDRs),
-		Sources: gatewayPrefixes(gc.SourceCIDRs),
-	}
-	for _, p := range gc.Ports {
-		cfg.Ports = append(cfg.Ports, uint16(p))
+		Mark:    o.Mark,
+		Ports:   slices.Clone(o.Ports),
+		Include: slices.Clone(o.Include),
+		Exclude: slices.Clone(o.Exclude),
+		Sources: slices.Clone(o.Sources),
 	}
 	// Never this host's own addresses (a LAN client talking to the agent
 	// or to ssh here) nor the upstream proxies.
@@ -113,53 +114,53 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 	for _, p := range cfg.Exclude {
 		g.base[p] = true
 	}
-	g.ups = a.upstreamPrefixes(ctx)
+	if o.Upstreams != nil {
+		g.ups = o.Upstreams(ctx)
+	}
 	cfg.Exclude = append(cfg.Exclude, g.ups...)
 	if err := objs.Configure(cfg); err != nil {
 		return nil, err
 	}
 
-	pr, err := bpf.PolicyRoute{Mark: uint32(gc.Mark), Table: gc.Table, Priority: gc.RulePriority}.Install(len(g.lns) > 1)
+	pr, err := PolicyRoute{Mark: o.Mark, Table: o.Table, Priority: o.RulePriority}.Install(len(g.lns) > 1)
 	if err != nil {
 		return nil, err
 	}
 	g.closers = append(g.closers, pr)
-	for _, ifname := range gc.Uplinks {
+	for _, ifname := range o.Uplinks {
 		for _, x := range []struct {
 			prog    *ebpf.Program
 			ingress bool
 		}{{objs.UpEgress, false}, {objs.UpIngress, true}} {
-			att, err := bpf.AttachTC(x.prog, ifname, x.ingress, gc.TCAttach)
+			att, err := AttachTC(x.prog, ifname, x.ingress, o.TCAttach)
 			if err != nil {
 				return nil, fmt.Errorf("transparent.gateway.uplinks: %w", err)
 			}
 			g.closers = append(g.closers, att)
 		}
 	}
-	for _, ifname := range gc.Interfaces {
-		att, err := bpf.AttachTC(objs.LanIngress, ifname, true, gc.TCAttach)
+	for _, ifname := range o.Interfaces {
+		att, err := AttachTC(objs.LanIngress, ifname, true, o.TCAttach)
 		if err != nil {
 			return nil, fmt.Errorf("transparent.gateway.interfaces: %w", err)
 		}
 		g.closers = append(g.closers, att)
 	}
 	for _, ln := range g.lns {
-		g.wg.Add(1)
-		go func() {
-			defer g.wg.Done()
+		g.wg.Go(func() {
 			// The listener's local address is the original destination.
-			serveAccepted(ln, a.srv, g.log, "gateway", func(c net.Conn) (netip.AddrPort, error) {
+			intercept.Serve(ln, o.Handler, g.log, "gateway", func(c net.Conn) (netip.AddrPort, error) {
 				orig := c.LocalAddr().(*net.TCPAddr).AddrPort()
 				return netip.AddrPortFrom(orig.Addr().Unmap(), orig.Port()), nil
 			})
-		}()
+		})
 	}
-	log.Info("gateway mode on", "listen", port, "ipv6", len(g.lns) > 1, "interfaces", gc.Interfaces, "uplinks", gc.Uplinks,
-		"ports", gc.Ports, "table", gc.Table, "mark", fmt.Sprintf("%#x", gc.Mark), "attach", g.attachments())
+	log.Info("gateway mode on", "listen", port, "ipv6", len(g.lns) > 1, "interfaces", o.Interfaces, "uplinks", o.Uplinks,
+		"ports", o.Ports, "table", o.Table, "mark", fmt.Sprintf("%#x", o.Mark), "attach", g.attachments())
 	return g, nil
 }
 
-func (g *gateway) attachments() []string {
+func (g *Mode) attachments() []string {
 	var out []string
 	for _, c := range g.closers {
 		if s, ok := c.(fmt.Stringer); ok {
@@ -186,7 +187,7 @@ func localPrefixes() ([]netip.Prefix, error) {
 }
 
 // Counters reads the counter maps for the metrics collector.
-func (g *gateway) Counters() ([]metrics.IPCounter, []metrics.ClientCounter, error) {
+func (g *Mode) Counters() ([]metrics.IPCounter, []metrics.ClientCounter, error) {
 	ips, clients, err := g.objs.Counters()
 	if err != nil {
 		return nil, nil, err
@@ -202,17 +203,9 @@ func (g *gateway) Counters() ([]metrics.IPCounter, []metrics.ClientCounter, erro
 	return out, cs, nil
 }
 
-// refreshGatewayUpstreams re-excludes the upstream proxies' addresses
-// from interception after a reload changed them. Caller holds a.reload.mu.
-func (a *Agent) refreshGatewayUpstreams(ctx context.Context) {
-	if g := a.gw.Load(); g != nil {
-		(*g).excludeUpstreams(a.upstreamPrefixes(ctx))
-	}
-}
-
-// excludeUpstreams makes ups the upstream proxies' prefixes left alone,
+// ExcludeUpstreams makes ups the upstream proxies' prefixes left alone,
 // in place of those excluded so far (a reload changed them).
-func (g *gateway) excludeUpstreams(ups []netip.Prefix) {
+func (g *Mode) ExcludeUpstreams(ups []netip.Prefix) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
@@ -237,7 +230,7 @@ func (g *gateway) excludeUpstreams(ups []netip.Prefix) {
 
 // Drain stops taking new flows (they are routed as usual from now on)
 // while the flows being served keep reaching their sockets.
-func (g *gateway) Drain() {
+func (g *Mode) Drain() {
 	if g.drained {
 		return
 	}
@@ -253,7 +246,7 @@ func (g *gateway) Drain() {
 
 // Close removes everything gateway mode added, in reverse order, and
 // releases the BPF objects.
-func (g *gateway) Close() error {
+func (g *Mode) Close() error {
 	g.mu.Lock()
 	g.closed = true
 	g.mu.Unlock()

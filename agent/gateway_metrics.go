@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"slices"
@@ -13,48 +12,6 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/metrics"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
-
-// runningGateway is gateway mode while it runs.
-type runningGateway interface {
-	metrics.CounterSource
-	Drain()
-	Close() error
-	excludeUpstreams([]netip.Prefix) // the upstream proxies changed
-}
-
-// startGateway starts gateway mode when configured. A kernel without a
-// needed feature (or any other setup failure) disables gateway mode with
-// one error log; the rest of the agent runs on.
-func (a *Agent) startGateway(ctx context.Context) {
-	if !a.cfg.Transparent.Gateway.Enabled {
-		return
-	}
-	g, err := a.startGatewayMode(ctx)
-	if err != nil {
-		a.log.Error("gateway mode disabled", "err", err)
-		return
-	}
-	a.gw.Store(&g)
-}
-
-// drainGateway stops intercepting new flows: from now on they are routed
-// as if the agent did not run, while the flows it serves drain.
-func (a *Agent) drainGateway() {
-	if g := a.gw.Load(); g != nil {
-		(*g).Drain()
-	}
-}
-
-// stopGateway removes everything gateway mode added.
-func (a *Agent) stopGateway() {
-	g := a.gw.Swap(nil)
-	if g == nil {
-		return
-	}
-	if err := (*g).Close(); err != nil {
-		a.log.Warn("remove gateway mode", "err", err)
-	}
-}
 
 // gatewayCounters feeds the BPF collector (nothing while gateway mode is off).
 func (a *Agent) gatewayCounters() ([]metrics.IPCounter, []metrics.ClientCounter, error) {
