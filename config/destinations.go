@@ -1,7 +1,6 @@
-package agent
+package config
 
 import (
-	"net"
 	"net/netip"
 	"strings"
 
@@ -52,40 +51,10 @@ func parseDestinations(p *problems, field string, list []string) (prefixes []net
 	return prefixes, names
 }
 
-// destinationPolicy is the proxy's policy for cfg: its deny and allow
-// lists, and the agent's own listening ports on every local address. The
-// lists were validated by Resolve.
-func (c *Config) destinationPolicy(ln net.Listener) *proxy.DestinationPolicy {
-	var p problems
-	dp := &proxy.DestinationPolicy{}
-	dp.Deny, dp.DenyNames = parseDestinations(&p, "denyDestinations", c.Server.DenyDestinations)
-	dp.Allow, dp.AllowNames = parseDestinations(&p, "allowDestinations", c.Server.AllowDestinations)
-	s := c.Server
-	ports := []int{s.Port, c.Transparent.Local.Port, c.Transparent.Gateway.Port}
-	if ln != nil {
-		if ta, ok := ln.Addr().(*net.TCPAddr); ok {
-			ports[0] = ta.Port
-		}
-	}
-	if s.Admin {
-		ports = append(ports, s.AdminPort)
-	}
-	if s.Metrics {
-		ports = append(ports, s.MetricsPort)
-	}
-	for _, pt := range ports {
-		if pt > 0 && pt < 65536 {
-			dp.OwnPorts = append(dp.OwnPorts, uint16(pt))
-		}
-	}
-	if addrs, err := net.InterfaceAddrs(); err == nil {
-		for _, a := range addrs {
-			if in, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(in.IP); ok {
-					dp.Local = append(dp.Local, ip.Unmap())
-				}
-			}
-		}
-	}
-	return dp
+// Destinations are server.denyDestinations and server.allowDestinations
+// resolved: prefixes (IPv4-mapped IPv6 taken as IPv4) and lower-case host
+// names without the trailing dot.
+type Destinations struct {
+	Deny, Allow           []netip.Prefix
+	DenyNames, AllowNames []string
 }
