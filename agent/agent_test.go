@@ -97,7 +97,7 @@ targets:
 // listener, as `run` would (without starting it).
 func newFileAgent(t *testing.T, cfgPath string) (*Agent, net.Listener) {
 	t.Helper()
-	cfg, err := Load(cfgPath, nil)
+	cfg, err := loadResolved(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -42,7 +43,7 @@ type gateway struct {
 // startGatewayMode sets gateway mode up. On error everything done so far
 // is undone.
 func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err error) {
-	gc := a.cfg.Transparent.Gateway
+	gc := a.res.Transparent.Gateway
 	if err := bpf.ProbeGateway(); err != nil {
 		return nil, err
 	}
@@ -55,7 +56,7 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 	if err != nil {
 		return nil, fmt.Errorf("remove leftovers of an earlier agent: %w", err)
 	}
-	objs, err := bpf.LoadGateway(bpf.GatewayOptions{IPEntries: uint32(gc.MaxIPEntries), ClientEntries: uint32(gc.MaxClientEntries)})
+	objs, err := bpf.LoadGateway(bpf.GatewayOptions{IPEntries: gc.MaxIPEntries, ClientEntries: gc.MaxClientEntries})
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +69,7 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 
 	// IP_TRANSPARENT listeners on loopback; each goes into its slot of
 	// ph_gw_listen. Without IPv6 here, IPv6 flows are left alone.
-	ln, err := transparentListen(ctx, "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(gc.Port)))
+	ln, err := transparentListen(ctx, "tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(gc.Port))))
 	if err != nil {
 		return nil, fmt.Errorf("listen for gateway connections: %w", err)
 	}
@@ -94,13 +95,11 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 	}
 
 	cfg := bpf.GatewayConfig{
-		Mark:    uint32(gc.Mark),
-		Include: gatewayPrefixes(gc.IncludeCIDRs),
-		Exclude: gatewayPrefixes(gc.ExcludeCIDRs),
-		Sources: gatewayPrefixes(gc.SourceCIDRs),
-	}
-	for _, p := range gc.Ports {
-		cfg.Ports = append(cfg.Ports, uint16(p))
+		Mark:    gc.Mark,
+		Include: gc.Include,
+		Exclude: slices.Clone(gc.Exclude),
+		Sources: gc.Sources,
+		Ports:   gc.Ports,
 	}
 	// Never this host's own addresses (a LAN client talking to the agent
 	// or to ssh here) nor the upstream proxies.
@@ -119,7 +118,7 @@ func (a *Agent) startGatewayMode(ctx context.Context) (_ runningGateway, err err
 		return nil, err
 	}
 
-	pr, err := bpf.PolicyRoute{Mark: uint32(gc.Mark), Table: gc.Table, Priority: gc.RulePriority}.Install(len(g.lns) > 1)
+	pr, err := bpf.PolicyRoute{Mark: gc.Mark, Table: int(gc.Table), Priority: gc.RulePriority}.Install(len(g.lns) > 1)
 	if err != nil {
 		return nil, err
 	}

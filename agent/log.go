@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/proxy-hopper/proxy-hopper/config"
 )
 
 // NewLogger builds the root logger: format "text" or "json", written to

@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -132,7 +131,7 @@ targets:
 	if err := os.WriteFile(cfgPath, []byte(grown), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	grownCfg, err := Load(cfgPath, nil)
+	grownCfg, err := loadResolved(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,8 +172,7 @@ targets:
 func TestAgentProberOff(t *testing.T) {
 	clearEnv(t)
 	for _, server := range []string{"server:\n  probe: false\n", "server:\n  probeUrls: []\n"} {
-		cfg := mustLoad(t, server+minimal, nil)
-		a, err := New(context.Background(), cfg, Options{Logger: discard()})
+		a, err := New(context.Background(), mustResolve(t, server+minimal), Options{Logger: discard()})
 		if err != nil {
 			t.Fatal(err)
 		}

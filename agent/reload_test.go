@@ -28,6 +28,7 @@ import (
 	"log/slog"
 
 	"github.com/proxy-hopper/proxy-hopper/agent"
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
@@ -180,7 +181,7 @@ func (ra *rlAgent) start() {
 	t := ra.t
 	t.Helper()
 	metricsPort := ra.metricsPort
-	cfg, err := agent.Load(ra.path, nil)
+	cfg, err := config.Load(ra.path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +191,7 @@ func (ra *rlAgent) start() {
 	}
 	ra.proxyURL, _ = url.Parse("http://" + ln.Addr().String())
 	log := slog.New(slog.NewTextHandler(ra.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	ra.a, err = agent.New(context.Background(), cfg, agent.Options{Listener: ln, Logger: log, ConfigPath: ra.path})
+	ra.a, err = agent.New(context.Background(), resolve(t, cfg), agent.Options{Listener: ln, Logger: log, ConfigPath: ra.path})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -593,4 +594,14 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 	if got := ra.metric(`proxy_hopper_config_reloads_total{result="failure"}`); got != 0 {
 		t.Errorf("config_reloads_total{failure} = %v, want 0", got)
 	}
+}
+
+// resolve resolves a loaded config, failing the test on a problem.
+func resolve(t *testing.T, cfg *config.Config) *config.Resolved {
+	t.Helper()
+	res, err := cfg.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net"
+
+	"github.com/proxy-hopper/proxy-hopper/config"
 )
 
 // startLocalTransparent starts local transparent mode when configured. A
@@ -60,9 +62,9 @@ func (a *Agent) releaseLocalTransparent() {
 
 // transparentDialer marks the agent's own sockets when local transparent
 // mode is on (nil: the proxy's default dialer).
-func transparentDialer(cfg *Config) *net.Dialer {
-	if !cfg.Transparent.Local.Enabled {
+func transparentDialer(res *config.Resolved) *net.Dialer {
+	if !res.Transparent.Local.Enabled {
 		return nil
 	}
-	return markingDialer(uint32(cfg.Transparent.Local.Mark))
+	return markingDialer(res.Transparent.Local.Mark)
 }

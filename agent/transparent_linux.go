@@ -61,7 +61,7 @@ type transparent struct {
 // startTransparent loads and attaches the data plane and starts accepting
 // redirected connections. On error nothing is left attached.
 func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
-	lc := a.cfg.Transparent.Local
+	lc := a.res.Transparent.Local
 	if err := bpf.Probe(); err != nil {
 		return nil, err
 	}
@@ -89,7 +89,7 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 			t.Close()
 		}
 	}()
-	ln4, err := proxy.Listen(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(lc.Port)))
+	ln4, err := proxy.Listen(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(int(lc.Port))))
 	if err != nil {
 		return nil, fmt.Errorf("listen for transparent connections: %w", err)
 	}
@@ -101,18 +101,7 @@ func (a *Agent) startTransparent(ctx context.Context) (_ io.Closer, err error) {
 		t.log.Warn("no IPv6 loopback listener: IPv6 connects will fail while redirected", "err", err)
 	}
 
-	cfg := bpf.Config{ListenPort: uint16(port), Mark: uint32(lc.Mark), Sockmap: lc.sockmap()}
-	for _, p := range lc.Ports {
-		cfg.Ports = append(cfg.Ports, uint16(p))
-	}
-	for _, s := range lc.IncludeCIDRs {
-		p, _ := parseCIDR(s) // validated
-		cfg.Include = append(cfg.Include, p)
-	}
-	for _, s := range lc.ExcludeCIDRs {
-		p, _ := parseCIDR(s)
-		cfg.Exclude = append(cfg.Exclude, p)
-	}
+	cfg := bpf.Config{ListenPort: uint16(port), Mark: lc.Mark, Sockmap: lc.Sockmap, Ports: lc.Ports, Include: lc.Include, Exclude: lc.Exclude}
 	var paths []string
 	for _, cg := range lc.Cgroups {
 		path, err := bpf.CgroupPath(cg)

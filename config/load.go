@@ -155,3 +155,9 @@ func entityLabel(section string, i int, raw any) string {
 	}
 	return fmt.Sprintf("%s[%d]", section, i)
 }
+
+// ReadFile reads a config file as Load does: at most MaxConfigBytes, a
+// FIFO or pipe cut after a bounded wait or when ctx ends.
+func ReadFile(ctx context.Context, path string) ([]byte, error) {
+	return readFileLimited(ctx, path, MaxConfigBytes)
+}
