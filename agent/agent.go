@@ -1,6 +1,7 @@
-// Package agent turns a configuration into a running proxy-hopper: it
-// loads and validates the config, builds one pool per target over the
-// chosen backend, wires the proxy server, and runs them until told to stop.
+// Package agent turns a resolved configuration (package config) into a
+// running proxy-hopper: it builds one pool per target over the chosen
+// backend, wires the proxy server, runs them until told to stop, and
+// applies reloads (reload.go) from SIGHUP and the file watcher (watch.go).
 package agent
 
 import (

@@ -18,10 +18,14 @@ package agent
 //     last requests end.
 //
 // Keys that only take effect at startup (the server, auth and transparent
-// sections) are compared with the running values; each one that differs is
-// named in one WARN and keeps its running value, and the rest applies. A
+// sections) are compared with the running values (config.RestartKeys);
+// each one that differs is named in one WARN and keeps its running value, and the rest applies. A
 // config that does not load or validate is rejected in full with the
 // message `validate` prints, and the running config stays.
+//
+// Applying runs in named steps: planReload (nothing running is touched),
+// applyPlan (added targets' pools, the new generation published, kept
+// targets' pools updated), rollBack on a failure, else commit.
 
 import (
 	"context"
