@@ -10,13 +10,10 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/config"
 )
 
-// NewLogger builds the root logger: format "text" or "json", written to
-// file when set (appending) or to stderr. The returned closer closes the file.
-func NewLogger(level, format, file string) (*slog.Logger, io.Closer, error) {
-	lvl, err := config.ParseLevel(level)
-	if err != nil {
-		return nil, nil, err
-	}
+// NewLogger builds the root logger at level (config.Resolved.LogLevel):
+// format "text" or "json", written to file when set (appending) or to
+// stderr. The returned closer closes the file.
+func NewLogger(level slog.Level, format, file string) (*slog.Logger, io.Closer, error) {
 	var w io.Writer = os.Stderr
 	var closer io.Closer = io.NopCloser(nil)
 	if file != "" {
@@ -26,7 +23,7 @@ func NewLogger(level, format, file string) (*slog.Logger, io.Closer, error) {
 		}
 		w, closer = f, f
 	}
-	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: levelNames}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: levelNames}
 	var h slog.Handler
 	switch strings.ToLower(format) {
 	case "", "text":

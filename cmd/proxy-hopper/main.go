@@ -222,7 +222,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	cfg, targets := res.Config, res.Targets
-	log, closer, err := agent.NewLogger(cfg.Server.LogLevel, cfg.Server.LogFormat, cfg.Server.LogFile)
+	log, closer, err := agent.NewLogger(res.LogLevel, cfg.Server.LogFormat, cfg.Server.LogFile)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}

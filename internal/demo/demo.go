@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -153,7 +154,7 @@ func run(ctx context.Context, opts Options) (res *result, err error) {
 		return nil, fmt.Errorf("build agent: %w", err)
 	}
 	logPath := filepath.Join(dir, "agent.log")
-	log, logCloser, err := agent.NewLogger("INFO", "text", logPath)
+	log, logCloser, err := agent.NewLogger(slog.LevelInfo, "text", logPath)
 	if err != nil {
 		return nil, fmt.Errorf("open agent log: %w", err)
 	}
