@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/admin"
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
@@ -163,11 +164,11 @@ func (x *agentAdmin) AddIP(ctx context.Context, target, addr string) error {
 	if err != nil || n < 1 || n > 65535 {
 		return fmt.Errorf("address %q: bad port", addr)
 	}
-	_, err = x.a.editIPs(ctx, target, func(ips []ResolvedIP) ([]ResolvedIP, error) {
-		if slices.ContainsFunc(ips, func(ip ResolvedIP) bool { return ip.Addr() == addr }) {
+	_, err = x.a.editIPs(ctx, target, func(ips []config.ResolvedIP) ([]config.ResolvedIP, error) {
+		if slices.ContainsFunc(ips, func(ip config.ResolvedIP) bool { return ip.Addr() == addr }) {
 			return nil, admin.ErrIPExists
 		}
-		return append(ips, ResolvedIP{Host: host, Port: n}), nil
+		return append(ips, config.ResolvedIP{Host: host, Port: n}), nil
 	})
 	return x.editErr(err, "add", addr, target)
 }
@@ -177,8 +178,8 @@ func (x *agentAdmin) AddIP(ctx context.Context, target, addr string) error {
 // last IP leaves the target with none: its requests wait up to
 // maxQueueWait, then get 503, until an IP is added.
 func (x *agentAdmin) RemoveIP(ctx context.Context, target, addr string) error {
-	_, err := x.a.editIPs(ctx, target, func(ips []ResolvedIP) ([]ResolvedIP, error) {
-		i := slices.IndexFunc(ips, func(ip ResolvedIP) bool { return ip.Addr() == addr })
+	_, err := x.a.editIPs(ctx, target, func(ips []config.ResolvedIP) ([]config.ResolvedIP, error) {
+		i := slices.IndexFunc(ips, func(ip config.ResolvedIP) bool { return ip.Addr() == addr })
 		if i < 0 {
 			return nil, admin.ErrUnknownIP
 		}

@@ -1,6 +1,7 @@
-// Package agent turns a configuration into a running proxy-hopper: it
-// loads and validates the config, builds one pool per target over the
-// chosen backend, wires the proxy server, and runs them until told to stop.
+// Package agent turns a resolved configuration (package config) into a
+// running proxy-hopper: it builds one pool per target over the chosen
+// backend, wires the proxy server, runs them until told to stop, and
+// applies reloads (reload.go) from SIGHUP and the file watcher (watch.go).
 package agent
 
 import (
@@ -9,12 +10,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/proxy-hopper/proxy-hopper/auth"
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/intercept/local"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
@@ -36,11 +40,17 @@ type Options struct {
 	// changes with server.watchConfig); see reload.go.
 	ConfigPath string
 	Overrides  map[string]any
+	// Hangup, when set, is the caller's SIGHUP channel (signal.Notify'd
+	// before New): each signal on it reloads the config file once Run
+	// takes reloads, so one that arrives during start-up is queued (the
+	// channel's buffer) instead of lost. Without it, Run registers its own.
+	Hangup <-chan os.Signal
 }
 
 // Agent is a wired proxy-hopper instance.
 type Agent struct {
-	cfg     *Config
+	cfg     *config.Config   // as loaded, the running values of the restart-only keys
+	res     *config.Resolved // cfg resolved, as started
 	log     *slog.Logger
 	backend pool.Backend
 	opts    Options
@@ -59,17 +69,15 @@ type Agent struct {
 	proberDone chan struct{}      // closed when the prober has stopped
 }
 
-// New validates cfg and builds every part without starting anything.
-func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
-	resolved, err := cfg.Resolve()
-	if err != nil {
-		return nil, err
-	}
+// New builds every part of a resolved config without starting anything.
+func New(ctx context.Context, res *config.Resolved, opts Options) (*Agent, error) {
+	cfg := res.Config
+	var err error
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &Agent{cfg: cfg, log: log, backend: opts.Backend, ln: opts.Listener, opts: opts}
+	a := &Agent{cfg: cfg, res: res, log: log, backend: opts.Backend, ln: opts.Listener, opts: opts}
 	if a.backend == nil {
 		switch cfg.Server.Backend {
 		case "", "memory":
@@ -99,7 +107,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	a.adm = newAgentAdmin(a) // before the pools: their hooks feed its recorder
-	targets, err := a.buildTargets(ctx, cfg, resolved)
+	targets, err := a.buildTargets(ctx, cfg, res.Targets)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +115,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 	if a.prober, err = a.newProber(opts.Clock); err != nil {
 		return nil, fmt.Errorf("prober: %w", err)
 	}
-	authn, err := cfg.authenticator()
+	authn, err := auth.New(res.Auth)
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +131,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 		MaxConnsPerClient: s.MaxConnectionsPerClient,
 		RefusedConn:       a.mx.connRefused(),
 		Auth:              authn,
-		Destinations:      cfg.destinationPolicy(opts.Listener),
+		Destinations:      destinationPolicy(res, opts.Listener),
 		Logger:            log,
 		MaxBodyBytes:      int64(s.MaxBodySize),
 		RetryBufferBytes:  int64(s.RetryBufferSize),
@@ -137,8 +145,8 @@ func New(ctx context.Context, cfg *Config, opts Options) (*Agent, error) {
 			Response: s.ProxyReadTimeout.D(),
 		},
 		Hooks:       a.adm.proxyHooks(a.mx.proxyHooks(opts.Hooks)),
-		Transparent: proxy.TransparentOptions{Unmatched: cfg.Transparent.Unmatched},
-		Dialer:      transparentDialer(cfg),
+		Transparent: proxy.TransparentOptions{Unmatched: res.Transparent.Unmatched},
+		Dialer:      transparentDialer(res),
 
 		RequestLogBurst:    s.RequestLogBurst,
 		RequestLogInterval: s.RequestLogInterval.D(),

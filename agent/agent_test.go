@@ -112,7 +112,7 @@ targets:
 // listener, as `run` would (without starting it).
 func newFileAgent(t *testing.T, cfgPath string) (*Agent, net.Listener) {
 	t.Helper()
-	cfg, err := Load(cfgPath, nil)
+	cfg, err := loadResolved(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,11 +141,11 @@ func runAgentConfig(t *testing.T, body string, ln net.Listener) *Agent {
 	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := Load(path, nil)
+	res, err := loadResolved(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(context.Background(), cfg, Options{Listener: ln, Logger: discard()})
+	a, err := New(context.Background(), res, Options{Listener: ln, Logger: discard()})
 	if err != nil {
 		t.Fatal(err)
 	}

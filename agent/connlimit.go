@@ -1,6 +1,10 @@
 package agent
 
-import "log/slog"
+import (
+	"log/slog"
+
+	"github.com/proxy-hopper/proxy-hopper/config"
+)
 
 // minAutoConnections is the least maxConnections derived from a small fd
 // limit.
@@ -12,7 +16,7 @@ const minAutoConnections = 16
 // and metrics listeners, the prober, Redis and upstream dials still get
 // fds when the client connections are at the cap. nofile 0 (unknown)
 // with no setting means no cap.
-func connectionLimit(s ServerConfig, nofile uint64, log *slog.Logger) int {
+func connectionLimit(s config.ServerConfig, nofile uint64, log *slog.Logger) int {
 	if s.MaxConnections > 0 {
 		if nofile > 0 && uint64(2*s.MaxConnections+s.FdReserve) > nofile {
 			log.Warn("server.maxConnections leaves too few fds for upstream connections and the agent's own listeners",

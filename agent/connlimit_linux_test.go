@@ -37,7 +37,7 @@ func TestConnLimitAgentProcess(t *testing.T) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := Load(cfgPath, nil)
+	cfg, err := loadResolved(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}

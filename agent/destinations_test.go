@@ -20,12 +20,12 @@ import (
 func TestDestinationLists(t *testing.T) {
 	clearEnv(t)
 	const targets = "targets:\n  - {name: a, regex: '.*', ipList: [\"127.0.0.2\"]}\n"
-	cfg, _ := mustResolve(t, "server:\n  denyDestinations: []\n"+targets)
+	cfg := mustResolve(t, "server:\n  denyDestinations: []\n"+targets).Config
 	if len(cfg.Server.DenyDestinations) != 0 {
 		t.Errorf("denyDestinations: [] gave %v", cfg.Server.DenyDestinations)
 	}
-	cfg, _ = mustResolve(t, "server:\n  denyDestinations: [10.0.0.0/8, '2130706433', '[::ffff:10.1.2.3]', Metadata.Example.]\n  allowDestinations: [10.1.0.0/16]\n"+targets)
-	dp := cfg.destinationPolicy(nil)
+	res := mustResolve(t, "server:\n  denyDestinations: [10.0.0.0/8, '2130706433', '[::ffff:10.1.2.3]', Metadata.Example.]\n  allowDestinations: [10.1.0.0/16]\n"+targets)
+	dp := destinationPolicy(res, nil)
 	if got := fmt.Sprint(dp.Deny, dp.DenyNames, dp.Allow); got != "[10.0.0.0/8 127.0.0.1/32 10.1.2.3/32] [metadata.example] [10.1.0.0/16]" {
 		t.Errorf("policy %s", got)
 	}
@@ -33,7 +33,7 @@ func TestDestinationLists(t *testing.T) {
 		t.Errorf("own ports %v lack the listener's", dp.OwnPorts)
 	}
 	t.Setenv("PROXY_HOPPER_ALLOW_DESTINATIONS", "127.0.0.0/8, ::1")
-	cfg, _ = mustResolve(t, targets)
+	cfg = mustResolve(t, targets).Config
 	if !slices.Equal(cfg.Server.AllowDestinations, []string{"127.0.0.0/8", "::1"}) {
 		t.Errorf("allowDestinations from the environment: %v", cfg.Server.AllowDestinations)
 	}

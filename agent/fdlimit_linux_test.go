@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"syscall"
 	"testing"
+
+	"github.com/proxy-hopper/proxy-hopper/config"
 )
 
 // TestRaiseFDLimit: a soft fd limit under the hard one is raised to it.
@@ -48,7 +50,7 @@ func TestConnectionLimit(t *testing.T) {
 		{"no reserve", 0, 0, 1024, 512},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := ServerConfig{MaxConnections: tc.max, FdReserve: tc.reserve}
+			s := config.ServerConfig{MaxConnections: tc.max, FdReserve: tc.reserve}
 			if got := connectionLimit(s, tc.nofile, log); got != tc.want {
 				t.Errorf("connectionLimit = %d, want %d", got, tc.want)
 			}

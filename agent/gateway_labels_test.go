@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/metrics"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
@@ -26,7 +27,7 @@ func (fakeGateway) ExcludeUpstreams([]netip.Prefix) {}
 // The BPF counters' upstream labels follow the routing table in force: a
 // reload that moves an IP to another target relabels its counters.
 func TestGatewayLabelsFollowTargets(t *testing.T) {
-	a := &Agent{cfg: &Config{}}
+	a := &Agent{cfg: &config.Config{}}
 	a.cfg.Transparent.Gateway.Enabled = true
 	var g runningGateway = fakeGateway{ips: []metrics.IPCounter{
 		{IP: netip.MustParseAddr("198.18.5.1"), Direction: "out", Packets: 2, Bytes: 300},

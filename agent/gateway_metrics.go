@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/metrics"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
@@ -54,18 +55,14 @@ func (a *Agent) registerGatewayCollector(reg prometheus.Registerer) error {
 
 // UpstreamLabels maps each upstream proxy IP (given as an address in the
 // config) to its targets (comma-separated), provider and region.
-func (cfg *Config) UpstreamLabels() (map[netip.Addr]metrics.UpstreamLabels, error) {
-	targets, err := cfg.Resolve()
-	if err != nil {
-		return nil, err
-	}
+func UpstreamLabels(res *config.Resolved) map[netip.Addr]metrics.UpstreamLabels {
 	var ips []labelledIP
-	for _, t := range targets {
+	for _, t := range res.Targets {
 		for _, ip := range t.IPs {
 			ips = append(ips, labelledIP{target: t.Name, addr: ip.Addr(), provider: ip.Provider, region: ip.Region})
 		}
 	}
-	return upstreamLabels(ips), nil
+	return upstreamLabels(ips)
 }
 
 // labelledIP is one pool address of a target, with its provider and region.

@@ -2,62 +2,44 @@ package agent
 
 import (
 	"net"
-	"net/netip"
 
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/intercept/gateway"
 	"github.com/proxy-hopper/proxy-hopper/intercept/local"
 )
 
-// The interception modes' options, from the config in force: the one place
-// where the agent turns the transparent: block into typed values (once the
-// config resolves them itself, this file only copies them).
+// The interception modes' options: the resolved transparent: block
+// (config parsed it), plus what the agent provides at run time (the
+// proxy handling redirected connections, the upstream addresses to
+// exclude, the logger).
 
 func (a *Agent) localOptions() local.Options {
-	lc := a.cfg.Transparent.Local
+	lc := a.res.Transparent.Local
 	return local.Options{
-		Port: uint16(lc.Port), Mark: uint32(lc.Mark), Ports: ports(lc.Ports),
-		Include: prefixes(lc.IncludeCIDRs), Exclude: prefixes(lc.ExcludeCIDRs),
-		Cgroups: lc.Cgroups, Sockmap: lc.sockmap(), Pinned: lc.Pinned, PinDir: lc.PinDir,
+		Port: lc.Port, Mark: lc.Mark, Ports: lc.Ports,
+		Include: lc.Include, Exclude: lc.Exclude,
+		Cgroups: lc.Cgroups, Sockmap: lc.Sockmap, Pinned: lc.Pinned, PinDir: lc.PinDir,
 		Upstreams: a.upstreamPrefixes, Handler: a.srv, Logger: a.log.With("component", "transparent"),
 	}
 }
 
 func (a *Agent) gatewayOptions() gateway.Options {
-	gc := a.cfg.Transparent.Gateway
+	gc := a.res.Transparent.Gateway
 	return gateway.Options{
-		Port: uint16(gc.Port), Mark: uint32(gc.Mark), Table: gc.Table, RulePriority: gc.RulePriority,
-		Ports: ports(gc.Ports), Include: gatewayPrefixes(gc.IncludeCIDRs), Exclude: gatewayPrefixes(gc.ExcludeCIDRs),
-		Sources: gatewayPrefixes(gc.SourceCIDRs), Interfaces: gc.Interfaces, Uplinks: gc.Uplinks,
+		Port: gc.Port, Mark: gc.Mark, Table: int(gc.Table), RulePriority: gc.RulePriority,
+		Ports: gc.Ports, Include: gc.Include, Exclude: gc.Exclude,
+		Sources: gc.Sources, Interfaces: gc.Interfaces, Uplinks: gc.Uplinks,
 		TCAttach:     gateway.TCMode(gc.TCAttach),
-		MaxIPEntries: uint32(gc.MaxIPEntries), MaxClientEntries: uint32(gc.MaxClientEntries),
+		MaxIPEntries: gc.MaxIPEntries, MaxClientEntries: gc.MaxClientEntries,
 		Upstreams: a.upstreamPrefixes, Handler: a.srv, Logger: a.log.With("component", "gateway"),
 	}
 }
 
 // transparentDialer marks the agent's own sockets when local transparent
 // mode is on (nil: the proxy's default dialer).
-func transparentDialer(cfg *Config) *net.Dialer {
-	if !cfg.Transparent.Local.Enabled {
+func transparentDialer(res *config.Resolved) *net.Dialer {
+	if !res.Transparent.Local.Enabled {
 		return nil
 	}
-	return local.Dialer(uint32(cfg.Transparent.Local.Mark))
-}
-
-func ports(ps []int) []uint16 {
-	var out []uint16
-	for _, p := range ps {
-		out = append(out, uint16(p))
-	}
-	return out
-}
-
-// prefixes parses CIDRs that validation accepted.
-func prefixes(ss []string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range ss {
-		if p, err := parseCIDR(s); err == nil {
-			out = append(out, p)
-		}
-	}
-	return out
+	return local.Dialer(res.Transparent.Local.Mark)
 }

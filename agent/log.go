@@ -6,36 +6,14 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/proxy-hopper/proxy-hopper/config"
 )
 
-// LevelTrace is below slog's Debug, for proxy-hopper's TRACE level.
-const LevelTrace = slog.Level(-8)
-
-// ParseLevel maps proxy-hopper's level names (TRACE, DEBUG, INFO, WARNING,
-// ERROR; WARN and CRITICAL are accepted too) to slog levels.
-func ParseLevel(s string) (slog.Level, error) {
-	switch strings.ToUpper(strings.TrimSpace(s)) {
-	case "TRACE":
-		return LevelTrace, nil
-	case "DEBUG":
-		return slog.LevelDebug, nil
-	case "", "INFO":
-		return slog.LevelInfo, nil
-	case "WARNING", "WARN":
-		return slog.LevelWarn, nil
-	case "ERROR", "CRITICAL":
-		return slog.LevelError, nil
-	}
-	return 0, fmt.Errorf("unknown log level %q (want TRACE, DEBUG, INFO, WARNING or ERROR)", s)
-}
-
-// NewLogger builds the root logger: format "text" or "json", written to
-// file when set (appending) or to stderr. The returned closer closes the file.
-func NewLogger(level, format, file string) (*slog.Logger, io.Closer, error) {
-	lvl, err := ParseLevel(level)
-	if err != nil {
-		return nil, nil, err
-	}
+// NewLogger builds the root logger at level (config.Resolved.LogLevel):
+// format "text" or "json", written to file when set (appending) or to
+// stderr. The returned closer closes the file.
+func NewLogger(level slog.Level, format, file string) (*slog.Logger, io.Closer, error) {
 	var w io.Writer = os.Stderr
 	var closer io.Closer = io.NopCloser(nil)
 	if file != "" {
@@ -45,7 +23,7 @@ func NewLogger(level, format, file string) (*slog.Logger, io.Closer, error) {
 		}
 		w, closer = f, f
 	}
-	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: levelNames}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: levelNames}
 	var h slog.Handler
 	switch strings.ToLower(format) {
 	case "", "text":
@@ -65,7 +43,7 @@ func levelNames(_ []string, a slog.Attr) slog.Attr {
 		return a
 	}
 	switch l := a.Value.Any().(slog.Level); {
-	case l <= LevelTrace:
+	case l <= config.LevelTrace:
 		a.Value = slog.StringValue("TRACE")
 	case l == slog.LevelWarn:
 		a.Value = slog.StringValue("WARNING")

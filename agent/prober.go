@@ -8,17 +8,6 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/prober"
 )
 
-// checkProber validates the prober keys proxy-hopper does not have.
-func (c *Config) checkProber(p *problems) {
-	s := &c.Server
-	if s.ProbeFailuresUntilQuarantine < 0 {
-		p.add("server: probeFailuresUntilQuarantine must not be negative (0 turns it off), got %d", s.ProbeFailuresUntilQuarantine)
-	}
-	if s.ProbeMaxPerHour < 0 {
-		p.add("server: probeMaxPerHour must not be negative (0 is no cap), got %d", s.ProbeMaxPerHour)
-	}
-}
-
 // newProber builds the prober of a's targets when server.probe is on and
 // there is something to probe (nil otherwise).
 func (a *Agent) newProber(clock pool.Clock) (*prober.Prober, error) {
@@ -37,7 +26,7 @@ func (a *Agent) newProber(clock pool.Clock) (*prober.Prober, error) {
 		FailuresUntilQuarantine: s.ProbeFailuresUntilQuarantine,
 		ReleasesQuarantine:      s.ProbeReleasesQuarantine,
 		MaxPerHour:              s.ProbeMaxPerHour,
-		Dialer:                  transparentDialer(a.cfg),
+		Dialer:                  transparentDialer(a.res),
 		Clock:                   clock,
 		OnProbe:                 a.mx.probe,
 		OnForget:                a.mx.forgetProbe,

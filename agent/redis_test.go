@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/agent"
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
@@ -165,7 +166,7 @@ func startRDAgent(t *testing.T, c rdConf, log *slog.Logger) *rdAgent {
 		t.Fatal(err)
 	}
 	c.port = ln.Addr().(*net.TCPAddr).Port
-	cfg, err := agent.Load(c.write(t), nil)
+	cfg, err := config.Load(c.write(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +179,7 @@ func startRDAgent(t *testing.T, c rdConf, log *slog.Logger) *rdAgent {
 		ra.addrs[e.Addr]++
 		ra.mu.Unlock()
 	}}
-	ra.a, err = agent.New(context.Background(), cfg, agent.Options{Listener: ln, Logger: log, Hooks: hooks})
+	ra.a, err = agent.New(context.Background(), resolve(t, cfg), agent.Options{Listener: ln, Logger: log, Hooks: hooks})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -537,7 +538,7 @@ func TestRedisConfig(t *testing.T) {
 		}
 		return p
 	}
-	cfg, err := agent.Load(write("  backend: redis\n"), nil)
+	cfg, err := config.Load(write("  backend: redis\n"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -547,7 +548,7 @@ func TestRedisConfig(t *testing.T) {
 
 	t.Setenv("PROXY_HOPPER_REDIS_KEY_PREFIX", "staging:")
 	t.Setenv("PROXY_HOPPER_REDIS_LEASE_TTL", "45s")
-	cfg, err = agent.Load(write("  backend: redis\n"), nil)
+	cfg, err = config.Load(write("  backend: redis\n"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -555,7 +556,7 @@ func TestRedisConfig(t *testing.T) {
 		t.Errorf("from the environment: prefix %q, lease TTL %v", s.RedisKeyPrefix, s.RedisLeaseTTL.D())
 	}
 
-	cfg, err = agent.Load(write("  backend: redis\n  redisKeyPrefix: 'a{b}'\n  redisLeaseTtl: 500ms\n"), nil)
+	cfg, err = config.Load(write("  backend: redis\n  redisKeyPrefix: 'a{b}'\n  redisLeaseTtl: 500ms\n"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -569,7 +570,7 @@ func TestRedisConfig(t *testing.T) {
 		}
 	}
 	// The memory backend ignores them.
-	cfg, err = agent.Load(write("  backend: memory\n  redisLeaseTtl: 500ms\n"), nil)
+	cfg, err = config.Load(write("  backend: memory\n  redisLeaseTtl: 500ms\n"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

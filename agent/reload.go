@@ -18,10 +18,14 @@ package agent
 //     last requests end.
 //
 // Keys that only take effect at startup (the server, auth and transparent
-// sections) are compared with the running values; each one that differs is
-// named in one WARN and keeps its running value, and the rest applies. A
+// sections) are compared with the running values (config.RestartKeys);
+// each one that differs is named in one WARN and keeps its running value, and the rest applies. A
 // config that does not load or validate is rejected in full with the
 // message `validate` prints, and the running config stays.
+//
+// Applying runs in named steps: planReload (nothing running is touched),
+// applyPlan (added targets' pools, the new generation published, kept
+// targets' pools updated), rollBack on a failure, else commit.
 
 import (
 	"context"
@@ -29,28 +33,18 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"os"
-	"os/signal"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
-
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/identity"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
-
-// watchDebounce is how long the config watcher waits after the last change
-// in the file's directory before it reads the file: editors write a file in
-// several steps (truncate and write, or write a temporary file and rename).
-const watchDebounce = 250 * time.Millisecond
 
 // reloadTimeout bounds the backend operations of one reload.
 const reloadTimeout = 30 * time.Second
@@ -70,15 +64,15 @@ type targetRT struct {
 	pool   *pool.Pool
 	ids    *identity.Store // nil: identity off
 	hooks  atomic.Pointer[pool.Hooks]
-	res    ResolvedTarget // as applied
-	tc     TargetConfig   // as applied
-	target *proxy.Target  // the current generation
+	res    config.ResolvedTarget // as applied
+	tc     config.TargetConfig   // as applied
+	target *proxy.Target         // the current generation
 }
 
 // reloadState is the agent's reload side; mu serialises reloads.
 type reloadState struct {
 	mu       sync.Mutex
-	cfg      *Config // the config in force (targets as the file says; admin IP edits aside)
+	cfg      *config.Config // the config in force (targets as the file says; admin IP edits aside)
 	rts      map[string]*targetRT
 	fileHash [sha256.Size]byte // of the config file last loaded by ReloadFile or the watcher start
 }
@@ -122,7 +116,7 @@ func (a *Agent) generationHooks(name string, ids *identity.Store, ups map[string
 
 // upstreamsOf returns the pool addresses of a resolved target and their
 // upstream details.
-func upstreamsOf(rt ResolvedTarget) ([]string, map[string]proxy.Upstream) {
+func upstreamsOf(rt config.ResolvedTarget) ([]string, map[string]proxy.Upstream) {
 	addrs := make([]string, 0, len(rt.IPs))
 	ups := make(map[string]proxy.Upstream, len(rt.IPs))
 	for _, ip := range rt.IPs {
@@ -133,26 +127,26 @@ func upstreamsOf(rt ResolvedTarget) ([]string, map[string]proxy.Upstream) {
 	return addrs, ups
 }
 
-func (r *targetRT) proxyTarget(rt ResolvedTarget, ups map[string]proxy.Upstream) *proxy.Target {
+func (r *targetRT) proxyTarget(rt config.ResolvedTarget, ups map[string]proxy.Upstream) *proxy.Target {
 	return &proxy.Target{
 		Name: rt.Name, Regex: rt.Regex, Pool: r.pool, Upstreams: ups, NumRetries: rt.NumRetries, MaxClientRetries: rt.MaxClientRetries, TLS: rt.TLS, Identity: r.ids,
 	}
 }
 
-func targetConfigOf(cfg *Config, name string) TargetConfig {
+func targetConfigOf(cfg *config.Config, name string) config.TargetConfig {
 	for _, tc := range cfg.Targets {
 		if tc.Name == name {
 			return tc
 		}
 	}
-	return TargetConfig{}
+	return config.TargetConfig{}
 }
 
 // newRuntime creates the pool (seeding the backend) and identity store of
 // a target that has none yet.
-func (a *Agent) newRuntime(ctx context.Context, cfg *Config, rt ResolvedTarget) (*targetRT, error) {
-	r := &targetRT{name: rt.Name, res: rt, tc: targetConfigOf(cfg, rt.Name)}
-	ids, err := cfg.identityStore(rt.Name, a.mx.identityRotated(rt.Name))
+func (a *Agent) newRuntime(ctx context.Context, rt config.ResolvedTarget) (*targetRT, error) {
+	r := &targetRT{name: rt.Name, res: rt}
+	ids, err := identityStore(rt, a.mx.identityRotated(rt.Name))
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +165,7 @@ func (a *Agent) newRuntime(ctx context.Context, cfg *Config, rt ResolvedTarget) 
 }
 
 // buildTargets creates the runtime of every target at startup.
-func (a *Agent) buildTargets(ctx context.Context, cfg *Config, resolved []ResolvedTarget) ([]*proxy.Target, error) {
+func (a *Agent) buildTargets(ctx context.Context, cfg *config.Config, resolved []config.ResolvedTarget) ([]*proxy.Target, error) {
 	st := &a.reload
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -179,10 +173,11 @@ func (a *Agent) buildTargets(ctx context.Context, cfg *Config, resolved []Resolv
 	st.rts = make(map[string]*targetRT, len(resolved))
 	targets := make([]*proxy.Target, 0, len(resolved))
 	for _, rt := range resolved {
-		r, err := a.newRuntime(ctx, cfg, rt)
+		r, err := a.newRuntime(ctx, rt)
 		if err != nil {
 			return nil, err
 		}
+		r.tc = targetConfigOf(cfg, rt.Name)
 		st.rts[rt.Name] = r
 		targets = append(targets, r.target)
 	}
@@ -213,25 +208,35 @@ func (a *Agent) ReloadFile(ctx context.Context) (ReloadResult, error) {
 		a.reload.fileHash = h
 		a.reload.mu.Unlock()
 	}
-	cfg, err := LoadContext(ctx, path, a.opts.Overrides)
+	cfg, err := config.LoadContext(ctx, path, a.opts.Overrides)
 	if err != nil {
 		err = fmt.Errorf("config error: %w", err)
 		a.reloadDone(nil, err)
 		return ReloadResult{}, err
 	}
-	return a.Reload(ctx, cfg)
+	res, err := cfg.Resolve()
+	if err != nil {
+		err = fmt.Errorf("config error: %w", err)
+		a.reloadDone(nil, err)
+		return ReloadResult{}, err
+	}
+	return a.Reload(ctx, res)
 }
 
-// Reload applies cfg to the running agent, or rejects it in full (with the
-// message `validate` prints) and keeps the running config. See the top of
-// this file for what applies and what waits for a restart.
-func (a *Agent) Reload(ctx context.Context, cfg *Config) (ReloadResult, error) {
+// Reload applies res to the running agent, or rejects it in full and
+// keeps the running config. See the top of this file for what applies and
+// what waits for a restart.
+func (a *Agent) Reload(ctx context.Context, res *config.Resolved) (ReloadResult, error) {
 	st := &a.reload
 	st.mu.Lock()
-	res, err := a.apply(ctx, cfg)
+	out, err := a.applyResolved(ctx, res.Config, res.Targets)
+	if err == nil {
+		st.cfg = res.Config
+	}
+	out.RestartRequired = config.RestartKeys(a.cfg, res.Config)
 	st.mu.Unlock()
-	a.reloadDone(&res, err)
-	return res, err
+	a.reloadDone(&out, err)
+	return out, err
 }
 
 // reloadDone logs and counts the end of one reload.
@@ -250,43 +255,16 @@ func (a *Agent) reloadDone(res *ReloadResult, err error) {
 		"targets_changed", strings.Join(res.Changed, ","), "ips_added", res.IPsAdded, "ips_removed", res.IPsRemoved)
 }
 
-// planned is one target of the new config on its way in.
-type planned struct {
-	rt      ResolvedTarget
-	tc      TargetConfig
-	addrs   []string
-	ups     map[string]proxy.Upstream
-	prev    *targetRT // nil: added
-	r       *targetRT // the runtime it ends up with
-	idCfg   identity.Config
-	idOn    bool
-	newIDs  *identity.Store // a store created for it (identity turned on)
-	updated bool            // its pool was updated (to undo on failure)
-}
-
-func (a *Agent) apply(ctx context.Context, cfg *Config) (ReloadResult, error) {
-	resolved, err := cfg.Resolve()
-	if err != nil {
-		return ReloadResult{}, fmt.Errorf("config error: %w", err)
-	}
-	res, err := a.applyResolved(ctx, cfg, resolved)
-	if err == nil {
-		a.reload.cfg = cfg
-	}
-	res.RestartRequired = restartKeys(a.cfg, cfg)
-	return res, err
-}
-
 // editIPs changes one target's IP list at run time (the admin API) by the
 // same path as a reload of the config in force with that list changed:
 // added IPs take traffic at once, removed ones drain, the prober and
 // transparent mode follow. It lasts until the next reload or restart,
 // which read the file again.
-func (a *Agent) editIPs(ctx context.Context, target string, edit func([]ResolvedIP) ([]ResolvedIP, error)) (ReloadResult, error) {
+func (a *Agent) editIPs(ctx context.Context, target string, edit func([]config.ResolvedIP) ([]config.ResolvedIP, error)) (ReloadResult, error) {
 	st := &a.reload
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	var resolved []ResolvedTarget
+	var resolved []config.ResolvedTarget
 	found := false
 	for _, t := range a.Targets() {
 		r := st.rts[t.Name]
@@ -311,131 +289,180 @@ func (a *Agent) editIPs(ctx context.Context, target string, edit func([]Resolved
 
 var errUnknownTarget = errors.New("unknown target")
 
+// planned is one target of the new config on its way in.
+type planned struct {
+	rt      config.ResolvedTarget
+	tc      config.TargetConfig
+	addrs   []string
+	ups     map[string]proxy.Upstream
+	prev    *targetRT       // nil: added
+	r       *targetRT       // the runtime it ends up with
+	newIDs  *identity.Store // a store created for it (identity turned on)
+	updated bool            // its pool was updated (to undo on failure)
+}
+
+// reloadPlan is one reload on its way: the plan, then what applying it
+// changed, so that a failure can put everything back.
+type reloadPlan struct {
+	cfg        *config.Config
+	targets    []*planned
+	created    []*targetRT     // runtimes of added targets
+	kept       []keptState     // kept targets as they were
+	oldTargets []*proxy.Target // the generation before
+	published  []*proxy.Target // the new generation
+}
+
+// keptState is a kept target's swappable state before the reload.
+type keptState struct {
+	r     *targetRT
+	hooks *pool.Hooks
+	idCfg identity.Config
+}
+
 // applyResolved applies resolved targets (their settings from cfg) to the
 // running agent, or leaves it as it was; the caller holds a.reload.mu.
-func (a *Agent) applyResolved(ctx context.Context, cfg *Config, resolved []ResolvedTarget) (ReloadResult, error) {
-	st := &a.reload
-	var res ReloadResult
-	var err error
+// The steps: plan (nothing running is touched), apply (added targets'
+// pools, the new generation published, kept targets' pools updated),
+// roll back on a failure, else commit.
+func (a *Agent) applyResolved(ctx context.Context, cfg *config.Config, resolved []config.ResolvedTarget) (ReloadResult, error) {
+	rp, err := a.planReload(cfg, resolved)
+	if err != nil {
+		return ReloadResult{}, err
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reloadTimeout)
+	defer cancel()
+	if err := a.applyPlan(actx, rp); err != nil {
+		a.rollBack(actx, rp)
+		return ReloadResult{}, err
+	}
+	return a.commit(actx, rp), nil
+}
 
-	// Plan: nothing running is touched yet.
-	plan := make([]*planned, 0, len(resolved))
+// planReload checks every target of the new config against its running
+// runtime and prepares what it needs; nothing running is touched.
+func (a *Agent) planReload(cfg *config.Config, resolved []config.ResolvedTarget) (*reloadPlan, error) {
+	st := &a.reload
+	rp := &reloadPlan{cfg: cfg, targets: make([]*planned, 0, len(resolved))}
 	for _, rt := range resolved {
 		p := &planned{rt: rt, tc: targetConfigOf(cfg, rt.Name), prev: st.rts[rt.Name]}
 		p.addrs, p.ups = upstreamsOf(rt)
-		p.idCfg, p.idOn = cfg.identityConfig(rt.Name)
 		if p.prev != nil {
 			if sameTLS(p.prev.res.TLS, rt.TLS) {
 				p.rt.TLS = p.prev.res.TLS // keeps the target's upstream connections
 			}
-			if p.idOn && p.prev.ids != nil {
-				if err := p.idCfg.Validate(); err != nil {
-					return res, fmt.Errorf("config error: targets %s: identity: %w", rt.Name, err)
+			if rt.Identity.Enabled && p.prev.ids != nil {
+				if err := rt.Identity.Validate(); err != nil {
+					return nil, fmt.Errorf("config error: targets %s: identity: %w", rt.Name, err)
 				}
-			} else if p.idOn {
-				if p.newIDs, err = cfg.identityStore(rt.Name, a.mx.identityRotated(rt.Name)); err != nil {
-					return res, fmt.Errorf("config error: %w", err)
+			} else if rt.Identity.Enabled {
+				var err error
+				if p.newIDs, err = identityStore(rt, a.mx.identityRotated(rt.Name)); err != nil {
+					return nil, fmt.Errorf("config error: %w", err)
 				}
 			}
 		}
-		plan = append(plan, p)
+		rp.targets = append(rp.targets, p)
 	}
+	return rp, nil
+}
 
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reloadTimeout)
-	defer cancel()
-
-	// Added targets get their pool (seeding only their own name).
-	var created []*targetRT
-	undoCreated := func() {
-		for _, r := range created {
-			r.pool.Close()
-		}
-	}
-	for _, p := range plan {
+// applyPlan gives added targets their pool (seeding only their own name),
+// publishes the new generation at once (kept targets swap identity policy
+// and hooks with it), then updates kept targets' pools with the new IPs
+// and policy. On an error the caller rolls back.
+func (a *Agent) applyPlan(ctx context.Context, rp *reloadPlan) error {
+	for _, p := range rp.targets {
 		if p.prev != nil {
 			continue
 		}
-		if p.r, err = a.newRuntime(actx, cfg, p.rt); err != nil {
-			undoCreated()
-			return res, fmt.Errorf("add target %s: %w", p.rt.Name, err)
+		r, err := a.newRuntime(ctx, p.rt)
+		if err != nil {
+			return fmt.Errorf("add target %s: %w", p.rt.Name, err)
 		}
-		created = append(created, p.r)
+		r.tc = p.tc
+		p.r = r
+		rp.created = append(rp.created, r)
 	}
 
-	// The new generation, published at once. Kept targets swap identity
-	// policy and hooks with it.
-	oldTargets := a.Targets()
-	targets := make([]*proxy.Target, 0, len(plan))
-	type undoKept struct {
-		r     *targetRT
-		hooks *pool.Hooks
-		idCfg identity.Config
-	}
-	var undo []undoKept
-	for _, p := range plan {
+	rp.oldTargets = a.Targets()
+	targets := make([]*proxy.Target, 0, len(rp.targets))
+	for _, p := range rp.targets {
 		if p.prev == nil {
 			targets = append(targets, p.r.target)
 			continue
 		}
 		r := p.prev
-		u := undoKept{r: r, hooks: r.hooks.Load()}
+		k := keptState{r: r, hooks: r.hooks.Load()}
 		if r.ids != nil {
-			u.idCfg = r.ids.Config()
+			k.idCfg = r.ids.Config()
 		}
-		undo = append(undo, u)
+		rp.kept = append(rp.kept, k)
 		p.r = r
 		ids := r.ids
 		switch {
-		case !p.idOn:
+		case !p.rt.Identity.Enabled:
 			ids = nil
 		case p.newIDs != nil:
 			ids = p.newIDs
 		default:
-			_ = ids.Update(p.idCfg) // validated above
+			_ = ids.Update(p.rt.Identity) // validated by planReload
 		}
 		r.hooks.Store(a.generationHooks(r.name, ids, p.ups))
 		gen := r.proxyTarget(p.rt, p.ups)
 		gen.Identity = ids
 		targets = append(targets, gen)
 	}
+	rp.published = targets
 	a.srv.SetTargets(targets)
 	a.live.Store(&targets)
 
-	// Kept targets' pools take the new IPs and policy. A backend failure
-	// (Redis unreachable) puts everything back as it was.
-	for _, p := range plan {
+	// A backend failure (Redis unreachable) puts everything back.
+	for _, p := range rp.targets {
 		if p.prev == nil {
 			continue
 		}
-		if err = p.prev.pool.Update(actx, p.addrs, p.rt.Pool); err != nil {
-			err = fmt.Errorf("update target %s: %w", p.rt.Name, err)
-			break
+		if err := p.prev.pool.Update(ctx, p.addrs, p.rt.Pool); err != nil {
+			return fmt.Errorf("update target %s: %w", p.rt.Name, err)
 		}
 		p.updated = true
 	}
-	if err != nil {
-		for _, p := range plan {
-			if p.updated {
-				if uerr := p.prev.pool.Update(actx, p.prev.addrs(), p.prev.res.Pool); uerr != nil {
-					a.log.Error("reload: put the pool of a target back", "target", p.rt.Name, "err", uerr)
-				}
-			}
-		}
-		for _, u := range undo {
-			u.r.hooks.Store(u.hooks)
-			if u.r.ids != nil {
-				_ = u.r.ids.Update(u.idCfg)
-			}
-		}
-		a.srv.SetTargets(oldTargets)
-		a.live.Store(&oldTargets)
-		undoCreated()
-		return res, err
-	}
+	return nil
+}
 
-	// Commit.
-	next := make(map[string]*targetRT, len(plan))
-	for i, p := range plan {
+// rollBack puts back what applyPlan changed: kept targets' pools, hooks
+// and identity policy, the old generation, and closes added targets' pools.
+func (a *Agent) rollBack(ctx context.Context, rp *reloadPlan) {
+	for _, p := range rp.targets {
+		if p.updated {
+			if uerr := p.prev.pool.Update(ctx, p.prev.addrs(), p.prev.res.Pool); uerr != nil {
+				a.log.Error("reload: put the pool of a target back", "target", p.rt.Name, "err", uerr)
+			}
+		}
+	}
+	for _, k := range rp.kept {
+		k.r.hooks.Store(k.hooks)
+		if k.r.ids != nil {
+			_ = k.r.ids.Update(k.idCfg)
+		}
+	}
+	if rp.published != nil {
+		old := rp.oldTargets
+		a.srv.SetTargets(old)
+		a.live.Store(&old)
+	}
+	for _, r := range rp.created {
+		r.pool.Close()
+	}
+}
+
+// commit makes the applied plan the running state: runtimes take their
+// new generation, removed targets' pools close, and transparent modes and
+// the prober follow the new IPs.
+func (a *Agent) commit(ctx context.Context, rp *reloadPlan) ReloadResult {
+	st := &a.reload
+	var res ReloadResult
+	next := make(map[string]*targetRT, len(rp.targets))
+	for i, p := range rp.targets {
 		r := p.r
 		next[r.name] = r
 		if p.prev == nil {
@@ -454,8 +481,8 @@ func (a *Agent) applyResolved(ctx context.Context, cfg *Config, resolved []Resol
 		if targetChanged(r, p) {
 			res.Changed = append(res.Changed, r.name)
 		}
-		r.ids = targets[i].Identity
-		r.res, r.tc, r.target = p.rt, p.tc, targets[i]
+		r.ids = rp.published[i].Identity
+		r.res, r.tc, r.target = p.rt, p.tc, rp.published[i]
 	}
 	for name, r := range st.rts {
 		if _, ok := next[name]; ok {
@@ -468,18 +495,18 @@ func (a *Agent) applyResolved(ctx context.Context, cfg *Config, resolved []Resol
 	slices.Sort(res.Removed)
 	st.rts = next
 	if res.IPsAdded+res.IPsRemoved > 0 {
-		a.refreshTransparentUpstreams(actx)
-		a.refreshGatewayUpstreams(actx)
+		a.refreshTransparentUpstreams(ctx)
+		a.refreshGatewayUpstreams(ctx)
 	}
 	if a.prober != nil {
 		a.prober.SetTargets(a.proberTargets()) // from its next round on
 	}
-	for _, p := range plan {
+	for _, p := range rp.targets {
 		if len(p.addrs) == 0 && (p.prev == nil || len(p.prev.res.IPs) > 0) {
 			a.log.Warn("target has no IPs now: its requests wait up to maxQueueWait, then get 503", "target", p.rt.Name)
 		}
 	}
-	return res, nil
+	return res
 }
 
 func (r *targetRT) addrs() []string {
@@ -489,7 +516,7 @@ func (r *targetRT) addrs() []string {
 
 // diffAddrs lists the pool addresses added and removed between two
 // generations of a target.
-func diffAddrs(old, cur ResolvedTarget) (added, removed []string) {
+func diffAddrs(old, cur config.ResolvedTarget) (added, removed []string) {
 	was := map[string]bool{}
 	for _, ip := range old.IPs {
 		was[ip.Addr()] = true
@@ -512,157 +539,4 @@ func diffAddrs(old, cur ResolvedTarget) (added, removed []string) {
 
 func targetChanged(r *targetRT, p *planned) bool {
 	return !reflect.DeepEqual(r.tc, p.tc) || !slices.Equal(r.res.IPs, p.rt.IPs) || r.res.TLS != p.rt.TLS
-}
-
-// restartKeys names the keys of the sections that only take effect at
-// startup (server, auth, transparent) whose value in next differs from the
-// running one.
-func restartKeys(running, next *Config) []string {
-	var out []string
-	for _, sec := range []struct {
-		key  string
-		a, b any
-	}{
-		{"server", running.Server, next.Server},
-		{"auth", running.Auth, next.Auth},
-		{"transparent", running.Transparent, next.Transparent},
-	} {
-		diffKeys(sec.key, reflect.ValueOf(sec.a), reflect.ValueOf(sec.b), &out)
-	}
-	return out
-}
-
-func diffKeys(key string, a, b reflect.Value, out *[]string) {
-	if a.Kind() != reflect.Struct {
-		if !reflect.DeepEqual(a.Interface(), b.Interface()) {
-			*out = append(*out, key)
-		}
-		return
-	}
-	for i := range a.NumField() {
-		f := a.Type().Field(i)
-		if !f.IsExported() {
-			continue
-		}
-		name, _, _ := strings.Cut(f.Tag.Get("mapstructure"), ",")
-		if name == "" {
-			name = f.Name
-		}
-		diffKeys(key+"."+name, a.Field(i), b.Field(i), out)
-	}
-}
-
-func hashFile(ctx context.Context, path string) ([sha256.Size]byte, error) {
-	data, err := readFileLimited(ctx, path, MaxConfigBytes)
-	if err != nil {
-		return [sha256.Size]byte{}, err
-	}
-	return sha256.Sum256(data), nil
-}
-
-// startReloads makes Run reload the config file on SIGHUP and, with
-// server.watchConfig, when the file changes. stop ends both.
-func (a *Agent) startReloads(ctx context.Context) (stop func()) {
-	path := a.opts.ConfigPath
-	if path == "" {
-		return func() {}
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				a.log.Info("SIGHUP: reloading the config", "path", path)
-				_, _ = a.ReloadFile(ctx)
-			}
-		}
-	})
-	if a.cfg.Server.WatchConfig {
-		w, err := a.newConfigWatcher(path)
-		if err != nil {
-			a.log.Error("cannot watch the config file; SIGHUP still reloads it", "path", path, "err", err)
-		} else {
-			a.log.Info("watching the config file", "path", path)
-			wg.Go(func() { w.run(ctx) })
-		}
-	}
-	return func() {
-		signal.Stop(hup)
-		cancel()
-		wg.Wait()
-	}
-}
-
-// configWatcher reloads the config when its file changes. It watches the
-// file's directory, so that a file replaced by rename (editors, `mv`,
-// Kubernetes ConfigMap symlink swaps) is seen like one written in place;
-// after watchDebounce without further events it reads the file and
-// reloads when the content differs from the last one loaded.
-type configWatcher struct {
-	a    *Agent
-	path string
-	w    *fsnotify.Watcher
-}
-
-func (a *Agent) newConfigWatcher(path string) (*configWatcher, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, err
-	}
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return nil, err
-	}
-	if err := w.Add(filepath.Dir(abs)); err != nil {
-		w.Close()
-		return nil, fmt.Errorf("watch %s: %w", filepath.Dir(abs), err)
-	}
-	if h, err := hashFile(context.Background(), abs); err == nil {
-		a.reload.mu.Lock()
-		a.reload.fileHash = h
-		a.reload.mu.Unlock()
-	}
-	return &configWatcher{a: a, path: abs, w: w}, nil
-}
-
-func (cw *configWatcher) run(ctx context.Context) {
-	defer cw.w.Close()
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case _, ok := <-cw.w.Events:
-			if !ok {
-				return
-			}
-			timer.Reset(watchDebounce)
-		case err, ok := <-cw.w.Errors:
-			if !ok {
-				return
-			}
-			cw.a.log.Warn("config watcher", "path", cw.path, "err", err)
-		case <-timer.C:
-			h, err := hashFile(ctx, cw.path)
-			if err != nil {
-				continue // mid-replace: the next event brings it back
-			}
-			st := &cw.a.reload
-			st.mu.Lock()
-			same := h == st.fileHash
-			st.mu.Unlock()
-			if same {
-				continue
-			}
-			cw.a.log.Info("config file changed: reloading", "path", cw.path)
-			_, _ = cw.a.ReloadFile(ctx)
-		}
-	}
 }

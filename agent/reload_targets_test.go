@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/proxy-hopper/proxy-hopper/agent"
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
@@ -234,7 +234,7 @@ func TestReloadRejectsInvalid(t *testing.T) {
 		if err := os.WriteFile(ra.path, []byte(bad.body), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		cfg, lerr := agent.Load(ra.path, nil)
+		cfg, lerr := config.Load(ra.path, nil)
 		if lerr == nil {
 			_, lerr = cfg.Resolve()
 		}

@@ -29,6 +29,7 @@ import (
 	"log/slog"
 
 	"github.com/proxy-hopper/proxy-hopper/agent"
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
@@ -189,7 +190,7 @@ func (ra *rlAgent) start() {
 	t := ra.t
 	t.Helper()
 	metricsPort := ra.metricsPort
-	cfg, err := agent.Load(ra.path, nil)
+	cfg, err := config.Load(ra.path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +200,7 @@ func (ra *rlAgent) start() {
 	}
 	ra.proxyURL, _ = url.Parse("http://" + ln.Addr().String())
 	log := slog.New(slog.NewTextHandler(ra.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	ra.a, err = agent.New(context.Background(), cfg, agent.Options{Listener: ln, Logger: log, ConfigPath: ra.path, Clock: ra.clock})
+	ra.a, err = agent.New(context.Background(), resolve(t, cfg), agent.Options{Listener: ln, Logger: log, ConfigPath: ra.path, Clock: ra.clock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -697,4 +698,14 @@ func testReloadIPs(t *testing.T, server string, mport int) {
 	if got := ra.metric(`proxy_hopper_config_reloads_total{result="failure"}`); got != 0 {
 		t.Errorf("config_reloads_total{failure} = %v, want 0", got)
 	}
+}
+
+// resolve resolves a loaded config, failing the test on a problem.
+func resolve(t *testing.T, cfg *config.Config) *config.Resolved {
+	t.Helper()
+	res, err := cfg.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
 }

@@ -68,7 +68,7 @@ transparent:
 		}
 	}
 	write(`"198.18.7.1:3128"`)
-	cfg, err := Load(path, nil)
+	cfg, err := loadResolved(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/proxy-hopper/proxy-hopper/agent"
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/metrics"
 )
 
@@ -27,13 +28,15 @@ func runBPFCounters(args []string, stdout, stderr io.Writer, usage func(error) e
 	}
 	var labels map[netip.Addr]metrics.UpstreamLabels
 	if *cfgPath != "" {
-		cfg, err := agent.Load(*cfgPath, nil)
+		cfg, err := config.Load(*cfgPath, nil)
 		if err != nil {
 			return &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
 		}
-		if labels, err = cfg.UpstreamLabels(); err != nil {
+		res, err := cfg.Resolve()
+		if err != nil {
 			return &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
 		}
+		labels = agent.UpstreamLabels(res)
 	}
 	sets, err := readCounterSets(*pid)
 	if err != nil {

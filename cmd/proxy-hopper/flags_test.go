@@ -5,7 +5,7 @@ import (
 	"io"
 	"testing"
 
-	"github.com/proxy-hopper/proxy-hopper/agent"
+	"github.com/proxy-hopper/proxy-hopper/config"
 )
 
 // The prober flags reach the config, over the YAML server block.
@@ -34,7 +34,7 @@ targets:
 		if err := fs.Parse(tc.args); err != nil {
 			t.Fatalf("%v: %v", tc.args, err)
 		}
-		cfg, err := agent.Load(cfgPath, sf.overrides)
+		cfg, err := config.Load(cfgPath, sf.overrides)
 		if err != nil {
 			t.Fatalf("%v: %v", tc.args, err)
 		}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/agent"
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/internal/demo"
 )
 
@@ -188,16 +189,16 @@ func configPath(p string) (string, error) {
 }
 
 // loadConfig loads and validates; validation problems exit with 2.
-func loadConfig(ctx context.Context, path string, overrides map[string]any) (*agent.Config, []agent.ResolvedTarget, error) {
-	cfg, err := agent.LoadContext(ctx, path, overrides)
+func loadConfig(ctx context.Context, path string, overrides map[string]any) (*config.Resolved, error) {
+	cfg, err := config.LoadContext(ctx, path, overrides)
 	if err != nil {
-		return nil, nil, &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
+		return nil, &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
 	}
-	targets, err := cfg.Resolve()
+	res, err := cfg.Resolve()
 	if err != nil {
-		return nil, nil, &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
+		return nil, &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
 	}
-	return cfg, targets, nil
+	return res, nil
 }
 
 func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
@@ -213,24 +214,27 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// The agent reloads on SIGHUP while it runs; one arriving before (or
-	// during shutdown) is dropped here instead of killing the process.
+	// The agent reloads on SIGHUP while it runs, from this channel: one
+	// arriving during start-up waits in it and reloads once the agent
+	// takes reloads; one during shutdown is dropped here instead of
+	// killing the process.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	cfg, targets, err := loadConfig(ctx, path, sf.overrides)
+	res, err := loadConfig(ctx, path, sf.overrides)
 	if err != nil {
 		return err
 	}
-	log, closer, err := agent.NewLogger(cfg.Server.LogLevel, cfg.Server.LogFormat, cfg.Server.LogFile)
+	cfg, targets := res.Config, res.Targets
+	log, closer, err := agent.NewLogger(res.LogLevel, cfg.Server.LogFormat, cfg.Server.LogFile)
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
 	defer closer.Close()
-	for _, w := range agent.RegexWarnings(targets) {
+	for _, w := range config.RegexWarnings(targets) {
 		log.Warn("config: " + w)
 	}
-	a, err := agent.New(ctx, cfg, agent.Options{Logger: log, ConfigPath: path, Overrides: sf.overrides})
+	a, err := agent.New(ctx, res, agent.Options{Logger: log, ConfigPath: path, Overrides: sf.overrides, Hangup: hup})
 	if err != nil {
 		return err
 	}
@@ -249,12 +253,13 @@ func validate(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, targets, err := loadConfig(context.Background(), path, nil)
+	res, err := loadConfig(context.Background(), path, nil)
 	if err != nil {
 		return err
 	}
+	cfg, targets := res.Config, res.Targets
 	fmt.Fprint(stdout, cfg.Summary(targets))
-	for _, w := range agent.RegexWarnings(targets) {
+	for _, w := range config.RegexWarnings(targets) {
 		fmt.Fprintln(stderr, "warning: "+w)
 	}
 	for _, n := range cfg.AuthNotes() {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/agent"
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/internal/miniproxy"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
@@ -143,12 +145,16 @@ func run(ctx context.Context, opts Options) (res *result, err error) {
 	if err := os.WriteFile(cfgPath, []byte(configYAML(ln.Addr().(*net.TCPAddr).Port, org.URL(), addrs, roles)), 0o600); err != nil {
 		return nil, fmt.Errorf("write demo config: %w", err)
 	}
-	cfg, err := agent.Load(cfgPath, nil)
+	cfg, err := config.Load(cfgPath, nil)
 	if err != nil {
 		return nil, fmt.Errorf("load demo config %s: %w", cfgPath, err)
 	}
+	resolved, err := cfg.Resolve()
+	if err != nil {
+		return nil, fmt.Errorf("build agent: %w", err)
+	}
 	logPath := filepath.Join(dir, "agent.log")
-	log, logCloser, err := agent.NewLogger("INFO", "text", logPath)
+	log, logCloser, err := agent.NewLogger(slog.LevelInfo, "text", logPath)
 	if err != nil {
 		return nil, fmt.Errorf("open agent log: %w", err)
 	}
@@ -156,7 +162,7 @@ func run(ctx context.Context, opts Options) (res *result, err error) {
 	start := time.Now()
 	col := newCollector(start, addrs, roles)
 	backend := memory.New(nil)
-	a, err := agent.New(ctx, cfg, agent.Options{Logger: log, Listener: ln, Hooks: col.hooks(), Backend: backend})
+	a, err := agent.New(ctx, resolved, agent.Options{Logger: log, Listener: ln, Hooks: col.hooks(), Backend: backend})
 	if err != nil { // the agent closed the backend
 		return nil, fmt.Errorf("build agent: %w", err)
 	}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/proxy-hopper/proxy-hopper/agent"
+	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
@@ -140,14 +140,15 @@ func TestConfigYAML(t *testing.T) {
 	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := agent.Load(path, nil)
+	cfg, err := config.Load(path, nil)
 	if err != nil {
 		t.Fatalf("load:\n%s\n%v", y, err)
 	}
-	rts, err := cfg.Resolve()
+	res, err := cfg.Resolve()
 	if err != nil {
 		t.Fatalf("resolve:\n%s\n%v", y, err)
 	}
+	rts := res.Targets
 	if cfg.Server.Port != 8080 || cfg.Server.ShutdownTimeout.D() != 2*time.Second || cfg.Server.Probe || cfg.Server.Metrics {
 		t.Errorf("server config %+v", cfg.Server)
 	}

@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"net/netip"
@@ -47,68 +47,88 @@ const (
 	maxGatewayEntries      = 1 << 22
 )
 
-// checkGateway validates transparent.gateway and fills its defaults.
-func (c *Config) checkGateway(p *problems) {
-	g := &c.Transparent.Gateway
-	const label = "transparent.gateway"
+// GatewayOptions are transparent.gateway resolved: what gateway mode's
+// start-up takes as it is.
+type GatewayOptions struct {
+	Enabled          bool
+	Interfaces       []string // LAN-facing, validated names
+	Uplinks          []string
+	Ports            []uint16       // destination ports intercepted (none: all)
+	Include          []netip.Prefix // destinations intercepted (none: all), masked
+	Exclude          []netip.Prefix // destinations never intercepted, masked
+	Sources          []netip.Prefix // LAN clients intercepted (none: all), masked
+	Port             uint16         // of the IP_TRANSPARENT listeners (0: any free port)
+	Mark             uint32
+	Table            uint32
+	RulePriority     int    // 1 to 32765
+	TCAttach         string // auto, tcx or clsact
+	MaxIPEntries     uint32
+	MaxClientEntries uint32
+}
+
+// setDefaults fills in transparent.gateway's defaults.
+func (g *GatewayConfig) setDefaults() {
 	if g.Mark == 0 {
 		g.Mark = DefaultGatewayMark
-	}
-	if g.Mark < 0 || g.Mark > 0xffffffff {
-		p.add("%s: mark: %d is not a 32-bit mark", label, g.Mark)
-	}
-	if c.Transparent.Local.Enabled && g.Enabled && g.Mark == c.Transparent.Local.Mark {
-		p.add("%s: mark: %#x is also transparent.local.mark (the agent's own sockets): they must differ", label, g.Mark)
 	}
 	if g.Table == 0 {
 		g.Table = DefaultGatewayTable
 	}
-	if g.Table < 1 || g.Table > 0xffffffff || g.Table == 253 || g.Table == 254 || g.Table == 255 {
-		p.add("%s: table: %d is not a free routing table (want 1-4294967295, not 253/254/255)", label, g.Table)
-	}
 	if g.RulePriority == 0 {
 		g.RulePriority = DefaultGatewayPriority
+	}
+	if g.TCAttach == "" {
+		g.TCAttach = "auto"
+	}
+	if g.MaxIPEntries == 0 {
+		g.MaxIPEntries = DefaultGatewayEntries
+	}
+	if g.MaxClientEntries == 0 {
+		g.MaxClientEntries = DefaultGatewayEntries
+	}
+}
+
+// checkGateway validates transparent.gateway and resolves it.
+func (c *Config) checkGateway(p *problems) GatewayOptions {
+	g := &c.Transparent.Gateway
+	g.setDefaults()
+	const label = "transparent.gateway"
+	o := GatewayOptions{Enabled: g.Enabled, Interfaces: g.Interfaces, Uplinks: g.Uplinks, RulePriority: g.RulePriority}
+	o.Mark = checkMark(p, label, g.Mark)
+	if c.Transparent.Local.Enabled && g.Enabled && g.Mark == c.Transparent.Local.Mark {
+		p.add("%s: mark: %#x is also transparent.local.mark (the agent's own sockets): they must differ", label, g.Mark)
+	}
+	if g.Table < 1 || g.Table > 0xffffffff || g.Table == 253 || g.Table == 254 || g.Table == 255 {
+		p.add("%s: table: %d is not a free routing table (want 1-4294967295, not 253/254/255)", label, g.Table)
+	} else {
+		o.Table = uint32(g.Table)
 	}
 	if g.RulePriority < 1 || g.RulePriority >= 32766 {
 		p.add("%s: rulePriority: %d must be from 1 to 32765 (before the main table)", label, g.RulePriority)
 	}
 	switch strings.ToLower(g.TCAttach) {
-	case "":
-		g.TCAttach = "auto"
 	case "auto", "tcx", "clsact":
 		g.TCAttach = strings.ToLower(g.TCAttach)
+		o.TCAttach = g.TCAttach
 	default:
 		p.add("%s: tcAttach: %q is not a mode (want auto, tcx or clsact)", label, g.TCAttach)
 	}
 	for _, f := range []struct {
 		name string
-		v    *int
-	}{{"maxIpEntries", &g.MaxIPEntries}, {"maxClientEntries", &g.MaxClientEntries}} {
-		if *f.v == 0 {
-			*f.v = DefaultGatewayEntries
+		v    int
+		out  *uint32
+	}{{"maxIpEntries", g.MaxIPEntries, &o.MaxIPEntries}, {"maxClientEntries", g.MaxClientEntries, &o.MaxClientEntries}} {
+		if f.v < 1 || f.v > maxGatewayEntries {
+			p.add("%s: %s: %d must be from 1 to %d", label, f.name, f.v, maxGatewayEntries)
+			continue
 		}
-		if *f.v < 1 || *f.v > maxGatewayEntries {
-			p.add("%s: %s: %d must be from 1 to %d", label, f.name, *f.v, maxGatewayEntries)
-		}
+		*f.out = uint32(f.v)
 	}
-	if g.Port != 0 {
-		checkPort(p, label, "port", g.Port)
-	}
-	for i, port := range g.Ports {
-		if port < 1 || port > 65535 {
-			p.add("%s: ports[%d]: must be a port from 1 to 65535, got %d", label, i, port)
-		}
-	}
-	for _, f := range []struct {
-		name  string
-		cidrs []string
-	}{{"includeCidrs", g.IncludeCIDRs}, {"excludeCidrs", g.ExcludeCIDRs}, {"sourceCidrs", g.SourceCIDRs}} {
-		for i, s := range f.cidrs {
-			if _, err := parseCIDR(s); err != nil {
-				p.add("%s: %s[%d]: %q is not an IP address or CIDR", label, f.name, i, s)
-			}
-		}
-	}
+	o.Port = checkListenPort(p, label, g.Port)
+	o.Ports = checkPorts(p, label, g.Ports)
+	o.Include = checkCIDRs(p, label, "includeCidrs", g.IncludeCIDRs)
+	o.Exclude = checkCIDRs(p, label, "excludeCidrs", g.ExcludeCIDRs)
+	o.Sources = checkCIDRs(p, label, "sourceCidrs", g.SourceCIDRs)
 	if g.Enabled && len(g.Interfaces) == 0 {
 		p.add("%s: interfaces: at least one LAN interface is needed when enabled", label)
 	}
@@ -128,15 +148,5 @@ func (c *Config) checkGateway(p *problems) {
 			seen[name] = f.name
 		}
 	}
-}
-
-// gatewayPrefixes parses validated CIDRs.
-func gatewayPrefixes(ss []string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range ss {
-		if p, err := parseCIDR(s); err == nil {
-			out = append(out, p.Masked())
-		}
-	}
-	return out
+	return o
 }

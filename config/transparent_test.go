@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"os"
@@ -26,13 +26,14 @@ func TestTransparentExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cfg.Resolve(); err != nil {
+	r, err := cfg.Resolve()
+	if err != nil {
 		t.Fatal(err)
 	}
 	tr := cfg.Transparent
 	l := tr.Local
 	if tr.Unmatched != "reject" || l.Enabled || l.Pinned || l.Port != 0 || l.Mark != DefaultTransparentMark ||
-		l.sockmap() != sockmapDefault || l.PinDir != DefaultPinDir || len(l.Cgroups) == 0 {
+		r.Transparent.Local.Sockmap != sockmapDefault || l.PinDir != DefaultPinDir || len(l.Cgroups) == 0 {
 		t.Errorf("config.example.yaml transparent block: %+v", tr)
 	}
 }
@@ -105,16 +106,17 @@ func TestTransparentConfig(t *testing.T) {
 		})
 	}
 	cfg, _ := loadString(t, head+"transparent:\n  local:\n    enabled: true\n    cgroups: [a]\n    ports: [80]\n    sockmap: false\n    mark: 0x77\n    pinned: true\n", nil)
-	if _, err := cfg.Resolve(); err != nil {
+	r, err := cfg.Resolve()
+	if err != nil {
 		t.Fatal(err)
 	}
 	l := cfg.Transparent.Local
-	if cfg.Transparent.Unmatched != "reject" || l.Mark != 0x77 || l.sockmap() || l.Ports[0] != 80 || !l.Enabled || !l.Pinned || l.PinDir != DefaultPinDir {
+	if cfg.Transparent.Unmatched != "reject" || l.Mark != 0x77 || r.Transparent.Local.Sockmap || l.Ports[0] != 80 || !l.Enabled || !l.Pinned || l.PinDir != DefaultPinDir {
 		t.Errorf("decoded %+v", cfg.Transparent)
 	}
 	cfg, _ = loadString(t, head, nil)
-	_, _ = cfg.Resolve()
-	if l := cfg.Transparent.Local; l.Mark != DefaultTransparentMark || !l.sockmap() || l.Pinned || l.PinDir != DefaultPinDir {
+	r, _ = cfg.Resolve()
+	if l := cfg.Transparent.Local; l.Mark != DefaultTransparentMark || !r.Transparent.Local.Sockmap || l.Pinned || l.PinDir != DefaultPinDir {
 		t.Errorf("defaults: %+v", cfg.Transparent.Local)
 	}
 }

@@ -1,9 +1,11 @@
-package agent
+package config
 
 import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/proxy-hopper/proxy-hopper/auth"
 )
 
 // An omitted targets list means all targets (as proxy-hopper); an explicit
@@ -27,10 +29,11 @@ targets:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cfg.Resolve(); err != nil {
+	r, err := cfg.Resolve()
+	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := cfg.authenticator()
+	a, err := auth.New(r.Auth)
 	if err != nil {
 		t.Fatal(err)
 	}

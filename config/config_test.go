@@ -1,4 +1,4 @@
-package agent
+package config
 
 import (
 	"crypto/ecdsa"
@@ -61,10 +61,19 @@ func mustLoad(t *testing.T, body string, overrides map[string]any) *Config {
 	return cfg
 }
 
+// targetsOf resolves cfg and returns its targets.
+func targetsOf(cfg *Config) ([]ResolvedTarget, error) {
+	r, err := cfg.Resolve()
+	if err != nil {
+		return nil, err
+	}
+	return r.Targets, nil
+}
+
 func mustResolve(t *testing.T, body string) (*Config, []ResolvedTarget) {
 	t.Helper()
 	cfg := mustLoad(t, body, nil)
-	targets, err := cfg.Resolve()
+	targets, err := targetsOf(cfg)
 	if err != nil {
 		t.Fatalf("Resolve: %v", err)
 	}
@@ -127,7 +136,7 @@ func TestProxyHopperExamples(t *testing.T) {
 				t.Fatalf("Load: %v", err)
 			}
 			giveAdminToken(cfg)
-			targets, err := cfg.Resolve()
+			targets, err := targetsOf(cfg)
 			if err != nil {
 				t.Fatalf("Resolve: %v", err)
 			}
@@ -166,7 +175,7 @@ func TestProxyHopperExampleValues(t *testing.T) {
 			t.Fatal(err)
 		}
 		giveAdminToken(cfg)
-		targets, err := cfg.Resolve()
+		targets, err := targetsOf(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1080,7 +1089,7 @@ targets:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts, err := cfg.Resolve()
+	ts, err := targetsOf(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1301,7 +1310,7 @@ func FuzzConfig(f *testing.F) {
 		for i := range cfg.Targets {
 			cfg.Targets[i].CAFile = "" // no reading of arbitrary files
 		}
-		if ts, err := cfg.Resolve(); err == nil {
+		if ts, err := targetsOf(cfg); err == nil {
 			_ = cfg.Summary(ts)
 		}
 	})
@@ -1322,7 +1331,7 @@ func TestDeployExamples(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
-			ts, err := cfg.Resolve()
+			ts, err := targetsOf(cfg)
 			if err != nil {
 				t.Fatalf("Resolve: %v", err)
 			}
