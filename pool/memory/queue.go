@@ -22,6 +22,9 @@ func (r *ring) push(e *entry) {
 	r.size++
 }
 
+// at returns the i-th entry from the head; 0 <= i < len.
+func (r *ring) at(i int) *entry { return r.buf[(r.head+i)%len(r.buf)] }
+
 func (r *ring) pop() *entry {
 	e := r.buf[r.head]
 	r.buf[r.head] = nil
