@@ -241,7 +241,7 @@ return {got, nextAt}
 // every IP not quarantined is in its set (IPs in use count: they may come
 // back). An IP skipped stays in ready for the next caller. Work is bounded
 // by the callers and their sets, not by the pool. Returns {got, next}:
-// got has one entry per caller, the IP leased to token or '' for none;
+// got has one entry per caller, the IP leased to token, or an empty string;
 // next is as popScript's.
 var popExceptScript = goredis.NewScript(preamble + `
 promote(ARGV[1])
