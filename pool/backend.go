@@ -36,11 +36,17 @@ const MaxExcept = 32
 // dropped, and only the last MaxExcept entries (the latest tries) kept.
 // It returns nil for an empty set.
 func ExceptSet(except []string) []string {
-	var out []string
+	if len(except) == 0 {
+		return nil
+	}
+	out := make([]string, 0, min(len(except), MaxExcept))
 	for i := len(except) - 1; i >= 0 && len(out) < MaxExcept; i-- {
 		if a := except[i]; a != "" && !slices.Contains(out, a) {
 			out = append(out, a)
 		}
+	}
+	if len(out) == 0 {
+		return nil
 	}
 	slices.Reverse(out)
 	return out

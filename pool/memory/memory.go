@@ -146,8 +146,8 @@ func (b *Backend) pop(ctx context.Context, name string, timeout time.Duration, e
 		// would hand them out may not have fired yet.
 		t.dispatch(t.clock.Now())
 	}
-	if e := t.pick(except); e != nil {
-		t.take(e)
+	if i := t.pick(except); i >= 0 {
+		e := t.take(i)
 		t.mu.Unlock()
 		return e.addr, nil
 	}
@@ -184,36 +184,34 @@ func (b *Backend) pop(ctx context.Context, name string, timeout time.Duration, e
 	return "", cause
 }
 
-// take takes e (from pick) out of the ready queue and marks it in use.
-// Caller holds mu.
-func (t *target) take(e *entry) {
-	if t.ready.at(0) == e {
-		t.ready.pop()
-	} else {
-		t.ready.remove(e)
-	}
+// take takes the i-th IP of the ready queue (from pick) and marks it in
+// use. Caller holds mu.
+func (t *target) take(i int) *entry {
+	e := t.ready.removeAt(i)
 	e.state = pool.StateInUse
 	e.at = t.clock.Now()
+	return e
 }
 
-// pick returns the ready IP a caller that may not have except gets: the
-// head, or with a non-empty except the first IP outside it among the
-// first len(except)+1 (there is one if the queue is that long), unless
-// every IP outside quarantine is in except. nil if there is none.
-// O(len(except)) map and queue look-ups. Caller holds mu.
-func (t *target) pick(except []string) *entry {
+// pick returns the position in the ready queue of the IP a caller that
+// may not have except gets: the head, or with a non-empty except the
+// first IP outside it among the first len(except)+1 (there is one if the
+// queue is that long), unless every IP outside quarantine is in except.
+// -1 if there is none. O(len(except)) map and queue look-ups. Caller
+// holds mu.
+func (t *target) pick(except []string) int {
 	if t.ready.len() == 0 {
-		return nil
+		return -1
 	}
 	if len(except) == 0 || !t.untriedLeft(except) {
-		return t.ready.at(0)
+		return 0
 	}
 	for i := range min(t.ready.len(), len(except)+1) {
-		if e := t.ready.at(i); !slices.Contains(except, e.addr) {
-			return e
+		if !slices.Contains(except, t.ready.at(i).addr) {
+			return i
 		}
 	}
-	return nil
+	return -1
 }
 
 // untriedLeft reports whether target has an IP outside except (a set,
@@ -244,8 +242,8 @@ func (t *target) dispatch(now time.Time) {
 	t.promote(now)
 	for i := 0; i < len(t.waiters) && t.ready.len() > 0; {
 		w := t.waiters[i]
-		e := t.pick(w.except)
-		if e == nil {
+		j := t.pick(w.except)
+		if j < 0 {
 			i++
 			continue
 		}
@@ -255,8 +253,7 @@ func (t *target) dispatch(now time.Time) {
 		} else {
 			t.waiters = slices.Delete(t.waiters, i, i+1)
 		}
-		t.take(e)
-		w.addr, w.served = e.addr, true
+		w.addr, w.served = t.take(j).addr, true
 		close(w.ch)
 	}
 	t.arm()
