@@ -93,7 +93,9 @@ type Backend interface {
 	// PopExcept is Pop for a caller that must not get an IP in except
 	// (the IPs its request already tried; see ExceptSet for the bound)
 	// while target has another IP that is not quarantined: available,
-	// cooling or in use, so that it may free up within the wait. It takes
+	// cooling or in use, so that it may free up within the wait (an IP in
+	// use counts until it is returned, also one marked by Hold or no
+	// longer seeded; waiters look again when it goes). It takes
 	// the available IP outside except that has waited longest, waiting up
 	// to timeout for one. Only while every IP of target that is not
 	// quarantined is in except does it take any IP, as Pop would. A caller

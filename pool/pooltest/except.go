@@ -148,6 +148,41 @@ func testExceptReusesWhenAllTried(t *testing.T, e *env) {
 	if r := e.await(ch, "c quarantined"); r.err != nil || r.addr != "b" {
 		t.Fatalf("PopExcept(a, b) waiter after c left = %v, want IP \"b\"", r)
 	}
+
+	// An IP in use marked by Hold counts until it is returned (into
+	// quarantine); so does one no longer configured, until it leaves.
+	// (The clock stays: a Redis backend would end the leases of IPs held
+	// past its lease TTL.)
+	e.push("t", "b", e.now())
+	if inUse, err := e.b.Unquarantine(e.ctx, "t", "c"); err != nil || inUse {
+		t.Fatalf("Unquarantine(c) = %v, %v", inUse, err)
+	}
+	if !e.hold("t", "c", e.now().Add(time.Hour)) {
+		t.Fatal("Hold(c) of an IP in use: not marked")
+	}
+	ch = e.goPopExcept("t", forever, "a", "b") // a is still in use
+	e.blocked("t", 1)
+	e.stillBlocked(ch, "b free but tried, c in use (marked)")
+	e.push("t", "c", e.now())
+	if r := e.await(ch, "c returned into quarantine"); r.err != nil || r.addr != "b" {
+		t.Fatalf("PopExcept(a, b) waiter after c went into quarantine = %v, want IP \"b\"", r)
+	}
+	e.isState("t", "c", pool.StateQuarantined, e.now().Add(time.Hour))
+
+	// A cooling IP counts; held out of the pool (Hold), it no longer does.
+	e.push("t", "b", e.now())
+	e.push("t", "a", e.now())
+	if inUse, err := e.b.Unquarantine(e.ctx, "t", "c"); err != nil || inUse {
+		t.Fatalf("Unquarantine(c) = %v, %v", inUse, err)
+	}
+	e.push("t", "c", e.now().Add(time.Hour))
+	ch = e.goPopExcept("t", forever, "a", "b")
+	e.blocked("t", 1)
+	e.stillBlocked(ch, "a and b free but tried, c cooling")
+	e.hold("t", "c", e.now().Add(time.Minute))
+	if r := e.await(ch, "c held out"); r.err != nil || r.addr != "b" {
+		t.Fatalf("PopExcept(a, b) waiter after Hold(c) = %v, want IP \"b\"", r)
+	}
 }
 
 // Waiters keep their FIFO order among the IPs each may take.
