@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -24,6 +25,32 @@ var (
 	// quarantine while in use).
 	ErrNotQuarantined = errors.New("IP not quarantined")
 )
+
+// MaxExcept bounds the IPs a PopExcept looks at: a request retried more
+// often than this may get one of its earliest tries again. It bounds the
+// work per call in the backend (a Redis script scans at most MaxExcept+1
+// queued IPs per caller).
+const MaxExcept = 32
+
+// ExceptSet is except as backends use it: duplicates and empty strings
+// dropped, and only the last MaxExcept entries (the latest tries) kept.
+// It returns nil for an empty set.
+func ExceptSet(except []string) []string {
+	if len(except) == 0 {
+		return nil
+	}
+	out := make([]string, 0, min(len(except), MaxExcept))
+	for i := len(except) - 1; i >= 0 && len(out) < MaxExcept; i-- {
+		if a := except[i]; a != "" && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	slices.Reverse(out)
+	return out
+}
 
 // State is where an IP stands in its target's pool.
 type State string
@@ -63,6 +90,20 @@ type Backend interface {
 	// returns ErrNoIP on timeout, ErrClosed once the backend is closed, and
 	// ctx.Err() when ctx ends.
 	Pop(ctx context.Context, target string, timeout time.Duration) (string, error)
+	// PopExcept is Pop for a caller that must not get an IP in except
+	// (the IPs its request already tried; see ExceptSet for the bound)
+	// while target has another IP that is not quarantined: available,
+	// cooling or in use, so that it may free up within the wait (an IP in
+	// use counts until it is returned, also one marked by Hold or no
+	// longer seeded; waiters look again when it goes). It takes
+	// the available IP outside except that has waited longest, waiting up
+	// to timeout for one. Only while every IP of target that is not
+	// quarantined is in except does it take any IP, as Pop would. A caller
+	// keeps its place in the FIFO: an IP it may take goes to it before
+	// any caller that came later, and an IP it may not take goes to the
+	// next caller that may (no caller holds back an IP it skips). Errors
+	// are Pop's.
+	PopExcept(ctx context.Context, target string, timeout time.Duration, except []string) (string, error)
 	// Push returns addr to the pool; it can be popped from readyAt on.
 	Push(ctx context.Context, target, addr string, readyAt time.Time) error
 	// IncrFailures adds one to addr's consecutive failures and returns the count.

@@ -172,18 +172,43 @@ func (p *Pool) Update(ctx context.Context, addrs []string, cfg Config) error {
 // Acquire already (the cap is per process: with a shared backend each agent
 // has its own).
 func (p *Pool) Acquire(ctx context.Context) (string, error) {
+	return p.acquire(ctx, nil)
+}
+
+// AcquireExcept is Acquire for a retry: tried are the IPs the request has
+// used already (in the order it used them). It never hands out an IP in
+// tried while the target has another IP that is not quarantined (free,
+// cooling down or in use, so that it may come free within MaxQueueWait):
+// it waits for one of those instead, and returns ErrNoIP if none came free
+// in time. Only when every IP of the target outside quarantine was tried
+// does it behave as Acquire and may hand one out again. A caller waiting
+// here keeps its FIFO place among waiters; an IP it skips goes to the next
+// waiter, or stays free for the next caller. MaxQueueLength applies as in
+// Acquire. Only the last MaxExcept entries of tried count. With an empty
+// tried it is Acquire.
+func (p *Pool) AcquireExcept(ctx context.Context, tried []string) (string, error) {
+	return p.acquire(ctx, ExceptSet(tried))
+}
+
+func (p *Pool) acquire(ctx context.Context, except []string) (string, error) {
 	cfg := p.cfg.Load()
 	n := p.waiting.Add(1)
 	defer p.waiting.Add(-1)
+	pop := p.backend.Pop
+	if len(except) > 0 {
+		pop = func(ctx context.Context, target string, timeout time.Duration) (string, error) {
+			return p.backend.PopExcept(ctx, target, timeout, except)
+		}
+	}
 	if cfg.MaxQueueLength > 0 && n > int64(cfg.MaxQueueLength) {
 		// No room to wait: only an IP free right now will do.
-		addr, err := p.backend.Pop(ctx, p.target, 0)
+		addr, err := pop(ctx, p.target, 0)
 		if errors.Is(err, ErrNoIP) {
 			return "", ErrQueueFull
 		}
 		return addr, err
 	}
-	return p.backend.Pop(ctx, p.target, cfg.MaxQueueWait)
+	return pop(ctx, p.target, cfg.MaxQueueWait)
 }
 
 // Waiting is the number of calls in Acquire now (waiting for an IP, or

@@ -42,6 +42,7 @@ type entry struct {
 }
 
 type waiter struct {
+	except []string // PopExcept's set; nil for Pop
 	ch     chan struct{}
 	addr   string
 	err    error
@@ -118,6 +119,19 @@ func (b *Backend) Seed(_ context.Context, name string, addrs []string) error {
 
 // Pop implements pool.Backend.
 func (b *Backend) Pop(ctx context.Context, name string, timeout time.Duration) (string, error) {
+	return b.pop(ctx, name, timeout, nil)
+}
+
+// PopExcept implements pool.Backend.
+func (b *Backend) PopExcept(ctx context.Context, name string, timeout time.Duration, except []string) (string, error) {
+	return b.pop(ctx, name, timeout, pool.ExceptSet(except))
+}
+
+// pop is Pop and PopExcept. Every change under mu that can give a waiter
+// an IP it may take ends with dispatch, so a waiter never sits while the
+// ready queue holds an IP for it: a new caller that finds one it may take
+// takes it without overtaking anyone.
+func (b *Backend) pop(ctx context.Context, name string, timeout time.Duration, except []string) (string, error) {
 	t, err := b.get(name)
 	if err != nil {
 		return "", err
@@ -132,8 +146,8 @@ func (b *Backend) Pop(ctx context.Context, name string, timeout time.Duration) (
 		// would hand them out may not have fired yet.
 		t.dispatch(t.clock.Now())
 	}
-	if len(t.waiters) == 0 && t.ready.len() > 0 {
-		e := t.take()
+	if i := t.pick(except); i >= 0 {
+		e := t.take(i)
 		t.mu.Unlock()
 		return e.addr, nil
 	}
@@ -141,7 +155,7 @@ func (b *Backend) Pop(ctx context.Context, name string, timeout time.Duration) (
 		t.mu.Unlock()
 		return "", pool.ErrNoIP
 	}
-	w := &waiter{ch: make(chan struct{})}
+	w := &waiter{except: except, ch: make(chan struct{})}
 	t.waiters = append(t.waiters, w)
 	t.arm()
 	// The timeout starts with the wait, under mu: once a caller is counted
@@ -170,12 +184,46 @@ func (b *Backend) Pop(ctx context.Context, name string, timeout time.Duration) (
 	return "", cause
 }
 
-// take pops the ready head and marks it in use. Caller holds mu.
-func (t *target) take() *entry {
-	e := t.ready.pop()
+// take takes the i-th IP of the ready queue (from pick) and marks it in
+// use. Caller holds mu.
+func (t *target) take(i int) *entry {
+	e := t.ready.removeAt(i)
 	e.state = pool.StateInUse
 	e.at = t.clock.Now()
 	return e
+}
+
+// pick returns the position in the ready queue of the IP a caller that
+// may not have except gets: the head, or with a non-empty except the
+// first IP outside it among the first len(except)+1 (there is one if the
+// queue is that long), unless every IP outside quarantine is in except.
+// -1 if there is none. O(len(except)) map and queue look-ups. Caller
+// holds mu.
+func (t *target) pick(except []string) int {
+	if t.ready.len() == 0 {
+		return -1
+	}
+	if len(except) == 0 || !t.untriedLeft(except) {
+		return 0
+	}
+	for i := range min(t.ready.len(), len(except)+1) {
+		if !slices.Contains(except, t.ready.at(i).addr) {
+			return i
+		}
+	}
+	return -1
+}
+
+// untriedLeft reports whether target has an IP outside except (a set,
+// without duplicates) that is not quarantined. Caller holds mu.
+func (t *target) untriedLeft(except []string) bool {
+	n := len(t.ips) - t.quarantine.len()
+	for _, a := range except {
+		if e, ok := t.ips[a]; ok && e.state != pool.StateQuarantined {
+			n--
+		}
+	}
+	return n > 0
 }
 
 // promote moves cooled-down IPs to the ready queue. Caller holds mu.
@@ -187,14 +235,25 @@ func (t *target) promote(now time.Time) {
 	}
 }
 
-// dispatch hands ready IPs to waiters in arrival order. Caller holds mu.
+// dispatch hands ready IPs to waiters in arrival order: each waiter gets
+// the IP pick gives it; a waiter that may take none of them keeps its
+// place and the next one is served. Caller holds mu.
 func (t *target) dispatch(now time.Time) {
 	t.promote(now)
-	for len(t.waiters) > 0 && t.ready.len() > 0 {
-		w := t.waiters[0]
-		t.waiters[0] = nil
-		t.waiters = t.waiters[1:]
-		w.addr, w.served = t.take().addr, true
+	for i := 0; i < len(t.waiters) && t.ready.len() > 0; {
+		w := t.waiters[i]
+		j := t.pick(w.except)
+		if j < 0 {
+			i++
+			continue
+		}
+		if i == 0 {
+			t.waiters[0] = nil
+			t.waiters = t.waiters[1:]
+		} else {
+			t.waiters = slices.Delete(t.waiters, i, i+1)
+		}
+		w.addr, w.served = t.take(j).addr, true
 		close(w.ch)
 	}
 	t.arm()
@@ -235,17 +294,19 @@ func (b *Backend) Push(_ context.Context, name, addr string, readyAt time.Time) 
 	if !ok || e.state != pool.StateInUse {
 		return nil
 	}
+	now := t.clock.Now()
 	if e.removed {
 		delete(t.ips, addr)
+		t.dispatch(now) // one IP fewer: a PopExcept waiter may take a tried one now
 		return nil
 	}
-	now := t.clock.Now()
 	if !e.hold.IsZero() {
 		until := e.hold
 		e.hold = time.Time{}
 		if until.After(now) {
 			e.state = pool.StateQuarantined
 			t.quarantine.push(e, until)
+			t.dispatch(now)
 			return nil
 		}
 	}
@@ -301,6 +362,9 @@ func (b *Backend) Quarantine(_ context.Context, name, addr string, until time.Ti
 		}
 		e.state, e.hold = pool.StateQuarantined, time.Time{}
 		t.quarantine.push(e, until)
+		// One IP fewer outside quarantine: a PopExcept waiter may take
+		// an IP it tried now.
+		t.dispatch(t.clock.Now())
 	})
 }
 
@@ -360,6 +424,7 @@ func (b *Backend) Hold(_ context.Context, name, addr string, until time.Time) (b
 	}
 	e.state = pool.StateQuarantined
 	t.quarantine.push(e, until)
+	t.dispatch(t.clock.Now()) // as in Quarantine
 	return false, nil
 }
 

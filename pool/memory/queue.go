@@ -22,6 +22,23 @@ func (r *ring) push(e *entry) {
 	r.size++
 }
 
+// at returns the i-th entry from the head; 0 <= i < len.
+func (r *ring) at(i int) *entry { return r.buf[(r.head+i)%len(r.buf)] }
+
+// removeAt deletes the i-th entry from the head, keeping the order of the
+// rest: O(i), for entries near the head.
+func (r *ring) removeAt(i int) *entry {
+	n := len(r.buf)
+	e := r.buf[(r.head+i)%n]
+	for j := i; j > 0; j-- {
+		r.buf[(r.head+j)%n] = r.buf[(r.head+j-1)%n]
+	}
+	r.buf[r.head] = nil
+	r.head = (r.head + 1) % n
+	r.size--
+	return e
+}
+
 func (r *ring) pop() *entry {
 	e := r.buf[r.head]
 	r.buf[r.head] = nil

@@ -97,6 +97,10 @@ func Run(t *testing.T, newBackend func(t *testing.T, clock pool.Clock) pool.Back
 		{"Snapshot", testSnapshot},
 		{"Take", testTake},
 		{"TakeYieldsToWaiters", testTakeYieldsToWaiters},
+		{"ExceptSkipsTried", testExceptSkipsTried},
+		{"ExceptWaitsForUntried", testExceptWaitsForUntried},
+		{"ExceptReusesWhenAllTried", testExceptReusesWhenAllTried},
+		{"ExceptFIFO", testExceptFIFO},
 		{"Hold", testHold},
 		{"Unquarantine", testUnquarantine},
 		{"State", testState},
@@ -1164,10 +1168,21 @@ func testConcurrency(t *testing.T, e *env) {
 		wg.Go(func() {
 			who := fmt.Sprintf("worker %d", w)
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			var tried []string // odd workers retry with PopExcept
 			for !stop.Load() {
-				addr, err := e.b.Pop(ctx, "t", time.Duration(rng.IntN(5))*time.Millisecond)
+				timeout := time.Duration(rng.IntN(5)) * time.Millisecond
+				var addr string
+				var err error
+				if w%2 == 1 && len(tried) > 0 {
+					addr, err = e.b.PopExcept(ctx, "t", timeout, tried)
+				} else {
+					addr, err = e.b.Pop(ctx, "t", timeout)
+				}
 				if errors.Is(err, pool.ErrNoIP) {
 					continue
+				}
+				if tried = append(tried, addr); len(tried) > 3 {
+					tried = tried[1:]
 				}
 				if err != nil {
 					t.Errorf("%s: Pop: %v", who, err)

@@ -51,3 +51,16 @@ func (b realTimeouts) Pop(ctx context.Context, target string, timeout time.Durat
 	}
 	return addr, err
 }
+
+func (b realTimeouts) PopExcept(ctx context.Context, target string, timeout time.Duration, except []string) (string, error) {
+	if timeout <= 0 {
+		return b.Backend.PopExcept(ctx, target, timeout, except)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	addr, err := b.Backend.PopExcept(waitCtx, target, 1<<62, except) // never by the fake clock
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return "", pool.ErrNoIP
+	}
+	return addr, err
+}

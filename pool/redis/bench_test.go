@@ -99,3 +99,79 @@ func cycle(b *testing.B, ctx context.Context, p *pool.Pool) {
 		b.Fatal(err)
 	}
 }
+
+// BenchmarkAcquireExcept compares Acquire with AcquireExcept over Redis
+// (one agent; benchIPs IPs, no cooldown): acquire+release pairs, as in
+// BenchmarkAcquireRelease. tried=1 skips the IP of the caller's previous
+// pair; head=k has the first k IPs seeded tried, which stay at the head
+// of the queue, so every call skips k IPs (the worst case).
+//
+//	go test -run '^$' -bench AcquireExcept ./pool/redis/
+func BenchmarkAcquireExcept(b *testing.B) {
+	srv := testenv.StartRedis(b, testenv.RedisOptions{})
+	for _, callers := range []int{1, 64} {
+		for _, mode := range []struct {
+			name string
+			k    int
+			head bool
+		}{{"acquire", 0, false}, {"tried=1", 1, false}, {fmt.Sprintf("head=%d", pool.MaxExcept), pool.MaxExcept, true}} {
+			b.Run(fmt.Sprintf("callers=%d/%s", callers, mode.name), func(b *testing.B) {
+				o := redis.Options{Prefix: newPrefix()}
+				ctx := context.Background()
+				cfg := pool.Config{MaxQueueWait: time.Second, FailuresUntilQuarantine: 5, QuarantineTime: time.Minute}
+				p, err := pool.New(ctx, "bench", benchAddrs(), newBackend(b, srv.URL(0), o), cfg, pool.Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(p.Close)
+				var tried []string
+				if mode.head {
+					tried = benchAddrs()[:mode.k]
+				}
+				one := func(prev string) string {
+					var ip string
+					var err error
+					switch {
+					case mode.k == 0:
+						ip, err = p.Acquire(ctx)
+					case mode.head:
+						ip, err = p.AcquireExcept(ctx, tried)
+					default:
+						ip, err = p.AcquireExcept(ctx, []string{prev})
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := p.Release(ctx, ip, pool.Success); err != nil {
+						b.Fatal(err)
+					}
+					return ip
+				}
+				b.SetParallelism(max(1, callers/runtime.GOMAXPROCS(0)))
+				self0, selfOK := cputime.Self()
+				srv0, srvOK := cputime.Proc(srv.Pid())
+				b.ResetTimer()
+				if callers == 1 {
+					prev := ""
+					for range b.N {
+						prev = one(prev)
+					}
+				} else {
+					b.RunParallel(func(pb *testing.PB) {
+						prev := ""
+						for pb.Next() {
+							prev = one(prev)
+						}
+					})
+				}
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+				if self1, ok := cputime.Self(); ok && selfOK {
+					b.ReportMetric(float64((self1-self0).Microseconds())/float64(b.N), "agent-cpu-µs/op")
+				}
+				if srv1, ok := cputime.Proc(srv.Pid()); ok && srvOK {
+					b.ReportMetric(float64((srv1-srv0).Microseconds())/float64(b.N), "redis-cpu-µs/op")
+				}
+			})
+		}
+	}
+}

@@ -201,6 +201,7 @@ type popResult struct {
 }
 
 type waiter struct {
+	except []string       // PopExcept's set; nil for Pop
 	ch     chan popResult // cap 1
 	noWait bool           // timeout <= 0: answered by the next fetch
 	done   bool           // a result was sent
@@ -538,6 +539,55 @@ func (b *Backend) pop(ctx context.Context, t *target, n int) (addrs []string, ne
 	return b.hold(t, addrs, tok), next, nil
 }
 
+// popEach leases an IP for each caller of excepts, in order, each
+// outside its except set (nil: any IP) as popExceptScript picks them, and
+// records the leases. addrs has one entry per caller, "" for none; next
+// is as pop's.
+func (b *Backend) popEach(ctx context.Context, t *target, excepts [][]string) (addrs []string, next int64, err error) {
+	b.outstanding.Add(1)
+	defer b.release(1)
+	now := msFloor(b.clock.Now())
+	tok := b.token()
+	args := []any{now, tok, now + b.opts.LeaseTTL.Milliseconds()}
+	for _, ex := range excepts {
+		args = append(args, len(ex))
+		for _, a := range ex {
+			args = append(args, a)
+		}
+	}
+	res, err := b.run(context.WithoutCancel(ctx), t, popExceptScript, args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	arr, _ := res.([]any)
+	if len(arr) != 2 {
+		return nil, 0, fmt.Errorf("redis: pop: unexpected reply %v", res)
+	}
+	got, _ := arr[0].([]any)
+	next, _ = arr[1].(int64)
+	if len(got) != len(excepts) {
+		return nil, 0, fmt.Errorf("redis: pop: unexpected reply %v", res)
+	}
+	addrs = make([]string, len(got))
+	var leased []string
+	for i, g := range got {
+		if s, ok := g.(string); ok && s != "" {
+			addrs[i] = s
+			leased = append(leased, s)
+		}
+	}
+	// An IP hold keeps with its holder here is no one's to hand out.
+	kept := b.hold(t, leased, tok)
+	if len(kept) < len(leased) {
+		for i, a := range addrs {
+			if a != "" && !slices.Contains(kept, a) {
+				addrs[i] = ""
+			}
+		}
+	}
+	return addrs, next, nil
+}
+
 // hold records leases taken with tok and returns the IPs to hand out. An
 // IP still held here (its lease ran out before it came back, and Redis
 // gave it out again) stays with its holder, under the new lease: handing
@@ -578,6 +628,17 @@ func (b *Backend) release(n int64) {
 // agent's queue: callers of one agent are served in arrival order; agents
 // compete for IPs as they come free.
 func (b *Backend) Pop(ctx context.Context, name string, timeout time.Duration) (string, error) {
+	return b.popWait(ctx, name, timeout, nil)
+}
+
+// PopExcept implements pool.Backend. Callers of one agent are served in
+// arrival order, each with an IP outside its set; agents compete for IPs
+// as they come free, as in Pop.
+func (b *Backend) PopExcept(ctx context.Context, name string, timeout time.Duration, except []string) (string, error) {
+	return b.popWait(ctx, name, timeout, pool.ExceptSet(except))
+}
+
+func (b *Backend) popWait(ctx context.Context, name string, timeout time.Duration, except []string) (string, error) {
 	if b.closed.Load() {
 		return "", pool.ErrClosed
 	}
@@ -592,18 +653,24 @@ func (b *Backend) Pop(ctx context.Context, name string, timeout time.Duration) (
 	ahead := len(t.queue)+len(t.batch) > 0
 	t.mu.Unlock()
 	if !ahead {
-		addrs, _, err := b.pop(ctx, t, 1)
+		var addrs []string
+		var err error
+		if except == nil {
+			addrs, _, err = b.pop(ctx, t, 1)
+		} else {
+			addrs, _, err = b.popEach(ctx, t, [][]string{except})
+		}
 		if err != nil {
 			return "", err
 		}
-		if len(addrs) == 1 {
+		if len(addrs) == 1 && addrs[0] != "" {
 			return addrs[0], nil
 		}
 		if timeout <= 0 {
 			return "", pool.ErrNoIP
 		}
 	}
-	return b.wait(ctx, t, timeout)
+	return b.wait(ctx, t, timeout, except)
 }
 
 // Push implements pool.Backend. Only the holder of addr's lease returns

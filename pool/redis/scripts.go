@@ -233,6 +233,65 @@ end
 return {got, nextAt}
 `)
 
+// popExceptScript: ARGV now, token, lease deadline, then one group per
+// caller, in queue order: k, then the k IPs the caller may not get (its
+// except set; k = 0: any IP). Each caller in turn gets the first IP of
+// ready (after promoting) outside its set, looking at the first k+1 only
+// (one of them is outside it if ready is that long), or the head when
+// every IP not quarantined is in its set (IPs in use count: they may come
+// back). An IP skipped stays in ready for the next caller. Work is bounded
+// by the callers and their sets, not by the pool. Returns {got, next}:
+// got has one entry per caller, the IP leased to token, or an empty string;
+// next is as popScript's.
+var popExceptScript = goredis.NewScript(preamble + `
+promote(ARGV[1])
+local val = 'u' .. ARGV[2] .. '|' .. ARGV[1]
+local rotation = redis.call('HLEN', KEYS[2]) - redis.call('ZCARD', KEYS[6])
+local got = {}
+local served = 0
+local i = 4
+while i <= #ARGV do
+  local k = tonumber(ARGV[i])
+  local ex = {}
+  local left = rotation
+  for j = i + 1, i + k do
+    ex[ARGV[j]] = true
+    local st = redis.call('HGET', KEYS[2], ARGV[j])
+    if st and st ~= 'q' then left = left - 1 end
+  end
+  i = i + k + 1
+  local a = false
+  if k == 0 or left <= 0 then
+    a = redis.call('LPOP', KEYS[3])
+  else
+    for _, h in ipairs(redis.call('LRANGE', KEYS[3], 0, k)) do
+      if not ex[h] then
+        a = h
+        break
+      end
+    end
+    if a then redis.call('LREM', KEYS[3], 1, a) end
+  end
+  if a then
+    redis.call('HSET', KEYS[2], a, val)
+    redis.call('ZADD', KEYS[5], ARGV[3], a)
+    got[#got + 1] = a
+    served = served + 1
+  else
+    got[#got + 1] = ''
+  end
+end
+local nextAt = -1
+if served == 0 then unknown() end
+if served < #got then
+  local c = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  if #c > 0 then nextAt = tonumber(c[2]) end
+  local l = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+  if #l > 0 and (nextAt < 0 or tonumber(l[2]) < nextAt) then nextAt = tonumber(l[2]) end
+end
+return {got, nextAt}
+`)
+
 // pushScript: ARGV now, addr, token, readyAt, reset (1: zero the failure
 // count too). Returns 1 when addr was in use by token and went back (or
 // left, if no longer configured), 0 for a no-op: not in use, or leased to

@@ -10,8 +10,8 @@ import (
 
 // wait queues the caller until the dispatcher serves it, its timeout
 // (on the backend's clock) runs out, or ctx ends.
-func (b *Backend) wait(ctx context.Context, t *target, timeout time.Duration) (string, error) {
-	w := &waiter{ch: make(chan popResult, 1), noWait: timeout <= 0}
+func (b *Backend) wait(ctx context.Context, t *target, timeout time.Duration, except []string) (string, error) {
+	w := &waiter{except: except, ch: make(chan popResult, 1), noWait: timeout <= 0}
 	var expired chan struct{}
 	t.mu.Lock()
 	switch {
@@ -22,8 +22,11 @@ func (b *Backend) wait(ctx context.Context, t *target, timeout time.Duration) (s
 		t.mu.Unlock()
 		return "", errDown
 	}
+	// A caller behind PopExcept waiters may find an IP they skipped:
+	// the dispatcher looks now rather than at its next poll.
+	skipping := slices.ContainsFunc(slices.Concat(t.queue, t.batch), func(w *waiter) bool { return w.except != nil })
 	t.queue = append(t.queue, w)
-	if w.noWait {
+	if w.noWait || skipping {
 		t.signal()
 	} else {
 		// The timeout starts under mu: once Waiting counts the caller,
@@ -79,6 +82,16 @@ func (b *Backend) dispatch(t *target) {
 		t.batch = batch
 		t.mu.Unlock()
 
+		if slices.ContainsFunc(batch, func(w *waiter) bool { return w.except != nil }) {
+			next, served, err := b.dispatchEach(t, batch)
+			if served || err != nil {
+				backoff = pollMin
+				continue
+			}
+			b.sleep(t, next, backoff)
+			backoff = min(2*backoff, b.opts.PollInterval)
+			continue
+		}
 		addrs, next, err := b.pop(b.ctx, t, len(batch))
 
 		t.mu.Lock()
@@ -115,6 +128,52 @@ func (b *Backend) dispatch(t *target) {
 		b.sleep(t, next, backoff)
 		backoff = min(2*backoff, b.opts.PollInterval)
 	}
+}
+
+// dispatchEach is one round of dispatch for a batch with PopExcept
+// callers: each caller gets the IP fetched for it, if any. It reports
+// whether anyone was served.
+func (b *Backend) dispatchEach(t *target, batch []*waiter) (next int64, served bool, err error) {
+	excepts := make([][]string, len(batch))
+	for i, w := range batch {
+		excepts[i] = w.except
+	}
+	addrs, next, err := b.popEach(b.ctx, t, excepts)
+	var back []string
+	t.mu.Lock()
+	var rest []*waiter
+	for i, w := range batch {
+		a := ""
+		if err == nil {
+			a = addrs[i]
+		}
+		switch {
+		case w.done || w.gone:
+			if a != "" {
+				back = append(back, a)
+			}
+		case err != nil:
+			w.done = true
+			w.ch <- popResult{err: err}
+		case a != "":
+			w.done = true
+			w.ch <- popResult{addr: a}
+			served = true
+		case w.noWait:
+			w.done = true
+			w.ch <- popResult{err: pool.ErrNoIP}
+		default:
+			rest = append(rest, w)
+		}
+	}
+	t.batch = nil
+	t.queue = append(rest, t.queue...)
+	t.mu.Unlock()
+	// IPs fetched for callers who gave up meanwhile go back.
+	for _, a := range back {
+		_ = b.Push(b.ctx, t.name, a, time.Time{})
+	}
+	return next, served || len(back) > 0, err
 }
 
 func (b *Backend) sleep(t *target, next int64, poll time.Duration) {
