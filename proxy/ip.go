@@ -11,14 +11,14 @@ import (
 // acquire takes an IP of t for one attempt of a request from cc. When the
 // client has nothing more to send (watch), a hang-up while it waits ends
 // the wait with errClientGone instead of taking an IP for nobody.
-func (s *Server) acquire(cc *clientConn, t *Target, watch bool) (string, error) {
+func (s *Server) acquire(cc *clientConn, t *Target, watch bool, tried []string) (string, error) {
 	if !watch || cc == nil {
-		return t.Pool.Acquire(s.ctx)
+		return t.Pool.AcquireExcept(s.ctx, tried)
 	}
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	defer cancel(nil)
 	w := watchClient(cc, cancel)
-	ip, err := t.Pool.Acquire(ctx)
+	ip, err := t.Pool.AcquireExcept(ctx, tried)
 	w.stop()
 	if err != nil && errors.Is(context.Cause(ctx), errClientGone) && s.ctx.Err() == nil {
 		return "", errClientGone

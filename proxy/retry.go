@@ -53,6 +53,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 	sus := suspicion{dest: hostPort(req.url)}
 	faults := t.destFaults()
 	var stop string // why the retries ended early: a local or destination fault
+	var tried []string // a retry takes another IP while the target has one (pool.AcquireExcept)
 	for i := 0; i <= retries && stop == ""; i++ {
 		if i > 0 {
 			if !body.Replayable() && body.used {
@@ -62,7 +63,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		}
 		waitStart := time.Now()
 		// A client with nothing more to send is watched while it waits.
-		ip, err := s.acquire(cc, t, body.Replayable())
+		ip, err := s.acquire(cc, t, body.Replayable(), tried)
 		ev.QueueWait += time.Since(waitStart)
 		if errors.Is(err, errClientGone) {
 			return false, OutcomeClientClosed, 0
@@ -73,6 +74,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			}
 			return s.poolError(cc, req, t, err, keep, body, i, attempts)
 		}
+		tried = append(tried, ip)
 		up := t.upstream(ip)
 		aStart := time.Now()
 		var id *identity.Session

@@ -116,15 +116,17 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 	var res tunnelResult
 	sus := suspicion{dest: hostport}
 	faults := t.destFaults()
+	var tried []string // a retry takes another IP while the target has one (pool.AcquireExcept)
 	for i := 0; i <= retries && res.stop == ""; i++ {
 		if i > 0 {
 			ev.Retries++
 		}
-		ip, err := s.acquire(cc, t, true)
+		ip, err := s.acquire(cc, t, true, tried)
 		if err != nil {
 			res.poolErr = err
 			return res, err
 		}
+		tried = append(tried, ip)
 		up := t.upstream(ip)
 		aStart := time.Now()
 		raw, pre, err := t.tr.tunnel(s.ctx, up, hostport)
