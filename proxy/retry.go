@@ -52,7 +52,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 	var held *heldResponse
 	sus := suspicion{dest: hostPort(req.url)}
 	faults := t.destFaults()
-	var stop string // why the retries ended early: a local or destination fault
+	var stop string    // why the retries ended early: a local or destination fault
 	var tried []string // a retry takes another IP while the target has one (pool.AcquireExcept)
 	for i := 0; i <= retries && stop == ""; i++ {
 		if i > 0 {
@@ -69,7 +69,9 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			return false, OutcomeClientClosed, 0
 		}
 		if err != nil {
-			if held != nil {
+			// No IP, or (a retry) no untried IP came free: a held response
+			// or the attempts made are the answer.
+			if held != nil || (i > 0 && errors.Is(err, pool.ErrNoIP)) {
 				break
 			}
 			return s.poolError(cc, req, t, err, keep, body, i, attempts)

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
 // serveConnect answers a CONNECT request: it opens a tunnel through one of
@@ -122,6 +124,9 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 			ev.Retries++
 		}
 		ip, err := s.acquire(cc, t, true, tried)
+		if err != nil && i > 0 && errors.Is(err, pool.ErrNoIP) {
+			break // no untried IP came free: the attempts made are the answer
+		}
 		if err != nil {
 			res.poolErr = err
 			return res, err
