@@ -34,6 +34,9 @@ type Options struct {
 	// changes with server.watchConfig); see reload.go.
 	ConfigPath string
 	Overrides  map[string]any
+
+	// Version is the agent's version, for proxy_hopper_build_info.
+	Version string
 }
 
 // Agent is a wired proxy-hopper instance.

@@ -226,7 +226,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	for _, w := range agent.RegexWarnings(targets) {
 		log.Warn("config: " + w)
 	}
-	a, err := agent.New(ctx, cfg, agent.Options{Logger: log, ConfigPath: path, Overrides: sf.overrides})
+	a, err := agent.New(ctx, cfg, agent.Options{Logger: log, ConfigPath: path, Overrides: sf.overrides, Version: buildVersion()})
 	if err != nil {
 		return err
 	}
