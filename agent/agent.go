@@ -45,6 +45,9 @@ type Options struct {
 	// takes reloads, so one that arrives during start-up is queued (the
 	// channel's buffer) instead of lost. Without it, Run registers its own.
 	Hangup <-chan os.Signal
+
+	// Version is the agent's version, for proxy_hopper_build_info.
+	Version string
 }
 
 // Agent is a wired proxy-hopper instance.

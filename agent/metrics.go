@@ -37,12 +37,11 @@ func newAgentMetrics(a *Agent) (*agentMetrics, error) {
 		return nil, nil
 	}
 	reg := metrics.NewRegistry()
-	m, err := metrics.NewWithOptions(reg, metrics.Options{TagLimit: s.MetricsTagLimit})
+	m, err := metrics.NewWithOptions(reg, metrics.Options{TagLimit: s.MetricsTagLimit, Version: a.opts.Version})
 	if err != nil {
 		return nil, err
 	}
-	queue, _ := a.backend.(metrics.QueueDepth)
-	if err := reg.Register(metrics.NewPoolCollector(a.Targets, queue, 0)); err != nil {
+	if err := reg.Register(metrics.NewPoolCollector(a.Targets, 0)); err != nil {
 		return nil, err
 	}
 	active := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "proxy_hopper", Name: "active_connections",

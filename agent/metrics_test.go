@@ -141,7 +141,9 @@ targets:
 	})
 	deadLabels := fmt.Sprintf(`{address=%q,provider="local",region="lab",target="web"}`, dead)
 	for _, want := range []string{
-		`proxy_hopper_requests_total{outcome="success",tag="e2e",target="web"} 3`,
+		`proxy_hopper_client_requests_total{outcome="success",tag="e2e",target="web"} 3`,
+		`proxy_hopper_requests_total{outcome="success",tag="",target="web"} 3`,
+		`proxy_hopper_requests_total{outcome="connection_error",tag="",target="web"} 1`,
 		`proxy_hopper_requests_total{outcome="no_match",tag="",target="unmatched"} 1`,
 		`proxy_hopper_responses_total{status_code="200",tag="e2e",target="web"} 3`,
 		`proxy_hopper_retries_total{target="web"} 1`,

@@ -11,18 +11,12 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
-// QueueDepth is a backend that can tell how many requests wait for an IP
-// of a target (the memory backend can; one shared by processes cannot).
-type QueueDepth interface {
-	Waiting(target string) int
-}
-
 // PoolCollector reads every target's pool when scraped: IP counts by
-// state, consecutive failures per IP and, when the backend can tell,
-// queue depth. Nothing is polled between scrapes.
+// state, consecutive failures per IP and the requests of this agent
+// waiting for an IP (queue depth, whatever the backend, as proxy-hopper
+// counts its own queue). Nothing is polled between scrapes.
 type PoolCollector struct {
 	targets func() []*proxy.Target
-	queue   QueueDepth
 	timeout time.Duration
 
 	available, quarantined, ips, failures, depth *prometheus.Desc
@@ -34,16 +28,14 @@ var _ prometheus.Collector = (*PoolCollector)(nil)
 var States = []pool.State{pool.StateAvailable, pool.StateInUse, pool.StateCooling, pool.StateQuarantined}
 
 // NewPoolCollector reads the pools of the targets returned by targets at
-// each scrape. queue may be nil: queue_depth is then left out. Each
-// snapshot is given timeout (5s when 0).
-func NewPoolCollector(targets func() []*proxy.Target, queue QueueDepth, timeout time.Duration) *PoolCollector {
+// each scrape. Each snapshot is given timeout (5s when 0).
+func NewPoolCollector(targets func() []*proxy.Target, timeout time.Duration) *PoolCollector {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
 	name := func(n string) string { return prometheus.BuildFQName(namespace, "", n) }
 	return &PoolCollector{
 		targets: targets,
-		queue:   queue,
 		timeout: timeout,
 		available: prometheus.NewDesc(name("available_ips"),
 			"IPs ready to be handed out now.", []string{"target"}, nil),
@@ -54,7 +46,7 @@ func NewPoolCollector(targets func() []*proxy.Target, queue QueueDepth, timeout 
 		failures: prometheus.NewDesc(name("ip_failure_count"),
 			"Consecutive failures of an IP (0 after a success).", []string{"target", "address", "provider", "region"}, nil),
 		depth: prometheus.NewDesc(name("queue_depth"),
-			"Requests waiting for an IP.", []string{"target"}, nil),
+			"Requests of this agent waiting for an IP of the target now.", []string{"target"}, nil),
 	}
 }
 
@@ -64,17 +56,12 @@ func (c *PoolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.quarantined
 	ch <- c.ips
 	ch <- c.failures
-	if c.queue != nil {
-		ch <- c.depth
-	}
+	ch <- c.depth
 }
 
 // Collect implements prometheus.Collector.
 func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, t := range c.targets() {
-		if c.queue != nil {
-			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(c.queue.Waiting(t.Name)), t.Name)
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 		snap, err := t.Pool.Snapshot(ctx)
 		cancel()
@@ -94,6 +81,8 @@ func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.failures, prometheus.GaugeValue, float64(ip.Failures),
 				t.Name, ip.Addr, u.Provider, u.Region)
 		}
+		// Like the other gauges, left out while the pool cannot be read.
+		ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(t.Pool.Waiting()), t.Name)
 		ch <- prometheus.MustNewConstMetric(c.available, prometheus.GaugeValue, float64(counts[0]), t.Name)
 		ch <- prometheus.MustNewConstMetric(c.quarantined, prometheus.GaugeValue, float64(counts[3]), t.Name)
 		for i, s := range States {

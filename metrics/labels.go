@@ -28,6 +28,9 @@ type Options struct {
 	// with a tag beyond them count with tag OtherTag. 0 counts every tag
 	// as OtherTag. Untagged requests keep the empty tag.
 	TagLimit int
+	// Version is the version label of proxy_hopper_build_info ("unknown"
+	// when empty).
+	Version string
 }
 
 // DefaultOptions are the options of New.

@@ -85,7 +85,9 @@ func TestTagCardinalityBounded(t *testing.T) {
 			m.Request(proxy.RequestEvent{Mode: "header", Tag: tag, Outcome: proxy.OutcomeAuthFailed, AuthReason: "missing", Status: 401})
 			m.Request(proxy.RequestEvent{Mode: "header", Tag: tag, Outcome: proxy.OutcomeNoMatch, Status: 502})
 		}
-		m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Outcome: proxy.OutcomeSuccess, Status: 200}) // untagged
+		for _, target := range []string{"api", "web"} { // untagged
+			m.Request(proxy.RequestEvent{Target: target, Mode: "header", Outcome: proxy.OutcomeSuccess, Status: 200})
+		}
 	}
 	round(0)
 	size := len(exposition(t, reg))
@@ -94,7 +96,7 @@ func TestTagCardinalityBounded(t *testing.T) {
 		t.Errorf("/metrics grew by %d bytes in a second round of %d new tags", grown, flood)
 	}
 	for _, target := range []string{"api", "web"} {
-		for _, name := range []string{"proxy_hopper_requests_total", "proxy_hopper_responses_total"} {
+		for _, name := range []string{"proxy_hopper_client_requests_total", "proxy_hopper_responses_total"} {
 			tags := tagsOf(t, reg, name, target)
 			if len(tags) > limit+2 || !tags[OtherTag] || !tags[""] {
 				t.Errorf("%s{target=%q}: %d tag values (want at most %d, with %q and \"\")", name, target, len(tags), limit+2, OtherTag)
@@ -106,17 +108,17 @@ func TestTagCardinalityBounded(t *testing.T) {
 			}
 		}
 	}
-	if tags := tagsOf(t, reg, "proxy_hopper_requests_total", UnmatchedTarget); len(tags) != 1 || !tags[""] {
+	if tags := tagsOf(t, reg, "proxy_hopper_client_requests_total", UnmatchedTarget); len(tags) != 1 || !tags[""] {
 		t.Errorf("unmatched requests carry tags %v, want only the empty one", tags)
 	}
-	if tags := tagsOf(t, reg, "proxy_hopper_requests_total", ""); len(tags) != 1 || !tags[""] {
+	if tags := tagsOf(t, reg, "proxy_hopper_client_requests_total", ""); len(tags) != 1 || !tags[""] {
 		t.Errorf("requests refused before a target carry tags %v, want only the empty one", tags)
 	}
 	// Every request is still counted.
-	if got := testutil.ToFloat64(m.requests.WithLabelValues("api", proxy.OutcomeSuccess, OtherTag)); got != 2*flood-limit {
+	if got := testutil.ToFloat64(m.clientReqs.WithLabelValues("api", proxy.OutcomeSuccess, OtherTag)); got != 2*flood-limit {
 		t.Errorf("api success other = %v, want %d", got, 2*flood-limit)
 	}
-	if got := testutil.ToFloat64(m.requests.WithLabelValues("api", proxy.OutcomeForbidden, "")); got != 2*flood {
+	if got := testutil.ToFloat64(m.clientReqs.WithLabelValues("api", proxy.OutcomeForbidden, "")); got != 2*flood {
 		t.Errorf("api forbidden = %v, want %d", got, 2*flood)
 	}
 	if got := testutil.ToFloat64(m.authFailures.WithLabelValues("missing")); got != 2*flood {
@@ -133,7 +135,7 @@ func TestTagLimitZero(t *testing.T) {
 	}
 	m.Request(proxy.RequestEvent{Target: "api", Tag: "search", Outcome: proxy.OutcomeSuccess, Status: 200})
 	m.Request(proxy.RequestEvent{Target: "api", Outcome: proxy.OutcomeSuccess, Status: 200})
-	if tags := tagsOf(t, reg, "proxy_hopper_requests_total", "api"); len(tags) != 2 || !tags[OtherTag] || !tags[""] {
+	if tags := tagsOf(t, reg, "proxy_hopper_client_requests_total", "api"); len(tags) != 2 || !tags[OtherTag] || !tags[""] {
 		t.Errorf("tags = %v", tags)
 	}
 }
@@ -148,7 +150,7 @@ func TestTagTruncated(t *testing.T) {
 	}
 	long := strings.Repeat("é", 100)
 	m.Request(proxy.RequestEvent{Target: "api", Tag: long, Outcome: proxy.OutcomeSuccess, Status: 200})
-	tags := tagsOf(t, reg, "proxy_hopper_requests_total", "api")
+	tags := tagsOf(t, reg, "proxy_hopper_client_requests_total", "api")
 	if want := strings.Repeat("é", 64); len(tags) != 1 || !tags[want] {
 		t.Errorf("tags = %v, want only %q", tags, want)
 	}

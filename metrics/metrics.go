@@ -33,7 +33,8 @@ var (
 // Attempt into proxy.Hooks and PoolHooks into each pool.Options; the
 // methods are safe for concurrent use and do not block.
 type Metrics struct {
-	requests     *prometheus.CounterVec   // target, outcome, tag
+	requests     *prometheus.CounterVec   // target, outcome, tag: attempts, as proxy-hopper counts them
+	clientReqs   *prometheus.CounterVec   // target, outcome, tag: client requests and tunnels
 	attempts     *prometheus.CounterVec   // target, outcome
 	duration     *prometheus.HistogramVec // target
 	responses    *prometheus.CounterVec   // target, status_code, tag
@@ -74,13 +75,15 @@ func NewWithOptions(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	}
 	m := &Metrics{
 		requests: counter("requests_total",
+			"Requests sent through an upstream IP (each attempt, retries included) by target, outcome (success, rate_limited, server_error, connection_error, error) and tag, plus requests no target matched (target unmatched, outcome no_match).", "target", "outcome", "tag"),
+		clientReqs: counter("client_requests_total",
 			"Client requests and tunnels by target, final outcome and tag.", "target", "outcome", "tag"),
 		attempts: counter("attempts_total",
 			"Uses of an upstream IP (retries included) by target and outcome.", "target", "outcome"),
 		duration: histogram("request_duration_seconds",
-			"Time of HTTP requests through the upstream proxies, excluding queue wait.", RequestDurationBuckets, "target"),
+			"Time of HTTP requests through the upstream proxies (retries included, queue wait excluded); requests no target matched count as 0 under target unmatched.", RequestDurationBuckets, "target"),
 		responses: counter("responses_total",
-			"Responses returned to clients by target, HTTP status code and tag.", "target", "status_code", "tag"),
+			"Responses returned to clients of a target after its pool was asked for an IP, by target, HTTP status code and tag.", "target", "status_code", "tag"),
 		retries: counter("retries_total",
 			"Retry attempts (each further IP tried counts as one).", "target"),
 		exhaustions: counter("retry_exhaustions_total",
@@ -119,7 +122,7 @@ func NewWithOptions(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 		m.status[i] = strconv.Itoa(i)
 	}
 	for _, c := range []prometheus.Collector{
-		m.requests, m.attempts, m.duration, m.responses, m.retries, m.exhaustions, m.queueWait,
+		newBuildInfo(opts.Version), m.requests, m.clientReqs, m.attempts, m.duration, m.responses, m.retries, m.exhaustions, m.queueWait,
 		m.queueExpired, m.quarantines, m.rotations, m.authFailures, m.reloads, m.bytes, m.probeSuccess, m.probeFailure, m.probeDuration, m.reachable,
 		m.connRefused,
 	} {
@@ -151,14 +154,20 @@ func (m *Metrics) Request(ev proxy.RequestEvent) {
 			tag = labels.tag(proxy.CleanTag(ev.Tag), m.opts.TagLimit)
 		}
 	}
-	m.requests.WithLabelValues(target, ev.Outcome, tag).Inc()
+	m.clientReqs.WithLabelValues(target, ev.Outcome, tag).Inc()
+	if ev.Outcome == proxy.OutcomeNoMatch {
+		// proxy-hopper counts a request no target matched as one
+		// "request", of no duration.
+		m.requests.WithLabelValues(UnmatchedTarget, proxy.OutcomeNoMatch, tag).Inc()
+		m.duration.WithLabelValues(UnmatchedTarget).Observe(0)
+	}
 	if ev.AuthReason != "" {
 		m.authFailures.WithLabelValues(ev.AuthReason).Inc()
 	}
 	if ev.Target == "" {
 		return // refused before a target was chosen
 	}
-	if ev.Status > 0 && ev.Status < len(m.status) {
+	if ev.Status > 0 && ev.Status < len(m.status) && pooled(ev.Outcome) {
 		m.responses.WithLabelValues(ev.Target, m.statusLabel(labels, ev.Status), tag).Inc()
 	}
 	if ev.Retries > 0 {
@@ -190,6 +199,19 @@ func (m *Metrics) Request(ev proxy.RequestEvent) {
 	m.duration.WithLabelValues(ev.Target).Observe((ev.Duration - ev.QueueWait).Seconds())
 }
 
+// pooled reports the outcomes of requests that got as far as asking the
+// target's pool for an IP: proxy-hopper's responses_total counts only
+// their answers, not refusals (auth, ACL, destination, client limit, a
+// broken request) that come before.
+func pooled(outcome string) bool {
+	switch outcome {
+	case proxy.OutcomeSuccess, proxy.OutcomeRateLimited, proxy.OutcomeServerError,
+		proxy.OutcomeConnectionError, proxy.OutcomeNoIP, proxy.OutcomeQueueFull:
+		return true
+	}
+	return false
+}
+
 // exhausted reports a request answered with the failure of its last
 // allowed attempt: the proxy retries every failed attempt it can.
 func exhausted(ev proxy.RequestEvent) bool {
@@ -205,9 +227,40 @@ func exhausted(ev proxy.RequestEvent) bool {
 	return false
 }
 
-// Attempt records one use of an upstream IP.
+// Attempt records one use of an upstream IP: attempts_total, and
+// requests_total as proxy-hopper counts it (once per attempt, whatever its
+// outcome).
 func (m *Metrics) Attempt(ev proxy.AttemptEvent) {
 	m.attempts.WithLabelValues(ev.Target, AttemptOutcome(ev)).Inc()
+	// The proxy does not pass the request's tag with its attempts yet:
+	// attempts count untagged until it does.
+	m.requests.WithLabelValues(ev.Target, RequestOutcome(ev), "").Inc()
+}
+
+// Outcomes proxy-hopper gives an attempt besides the request outcomes.
+const (
+	// OutcomeError: the attempt broke on the agent's side (the client's
+	// body, a local resource), not the upstream's.
+	OutcomeError = "error"
+)
+
+// RequestOutcome classifies one attempt as proxy-hopper's requests_total
+// does: rate_limited for a 429, server_error for 502, 503 and 504 (the
+// statuses it retries; a 500 is a success), connection_error when the
+// upstream proxy or the origin failed before or while answering, error
+// when the agent's side broke it, else success.
+func RequestOutcome(ev proxy.AttemptEvent) string {
+	switch {
+	case ev.Reason == "client_body" || ev.Reason == proxy.ReasonLocal:
+		return OutcomeError
+	case ev.Reason != "" && !strings.HasPrefix(ev.Reason, "status_"), ev.Status == 0:
+		return proxy.OutcomeConnectionError
+	case ev.Status == 429:
+		return proxy.OutcomeRateLimited
+	case ev.Status == 502, ev.Status == 503, ev.Status == 504:
+		return proxy.OutcomeServerError
+	}
+	return proxy.OutcomeSuccess
 }
 
 // AttemptOutcome classifies one attempt with the request outcomes: the

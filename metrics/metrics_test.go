@@ -129,18 +129,13 @@ func TestGolden(t *testing.T) {
 	m.Probe(ProbeResult{Addr: "10.0.0.1:3128", IPLabels: IPLabels{"acme", "eu"}, OK: true, Duration: 400 * time.Millisecond})
 	m.Probe(ProbeResult{Addr: "10.0.0.3:3128", OK: false, Reason: "timeout", Duration: 10 * time.Second})
 
-	queue := waiting{"api": 3}
-	if err := reg.Register(NewPoolCollector(func() []*proxy.Target { return []*proxy.Target{tg} }, queue, 0)); err != nil {
+	if err := reg.Register(NewPoolCollector(func() []*proxy.Target { return []*proxy.Target{tg} }, 0)); err != nil {
 		t.Fatal(err)
 	}
 	compareGolden(t, reg, filepath.Join("testdata", "metrics.golden"))
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-type waiting map[string]int
-
-func (w waiting) Waiting(target string) int { return w[target] }
 
 func compareGolden(t *testing.T, g prometheus.Gatherer, path string) {
 	t.Helper()
@@ -177,7 +172,7 @@ func TestScrapeTime(t *testing.T) {
 	backend := memory.New(clock)
 	defer backend.Close()
 	tg := newTarget(t, nil, backend, clock)
-	reg.MustRegister(NewPoolCollector(func() []*proxy.Target { return []*proxy.Target{tg} }, nil, 0))
+	reg.MustRegister(NewPoolCollector(func() []*proxy.Target { return []*proxy.Target{tg} }, 0))
 	want := func(n int) {
 		t.Helper()
 		exp := "# HELP proxy_hopper_available_ips IPs ready to be handed out now.\n# TYPE proxy_hopper_available_ips gauge\n" +
@@ -198,8 +193,10 @@ func TestScrapeTime(t *testing.T) {
 	want(3) // cooling
 	clock.Advance(time.Minute)
 	want(4)
-	if n, err := testutil.GatherAndCount(reg, "proxy_hopper_queue_depth"); err != nil || n != 0 {
-		t.Errorf("queue_depth without a QueueDepth backend: %d series, %v; want none", n, err)
+	// queue_depth is the pool's own count of waiting requests, whatever
+	// the backend can tell.
+	if n, err := testutil.GatherAndCount(reg, "proxy_hopper_queue_depth"); err != nil || n != 1 {
+		t.Errorf("queue_depth: %d series, %v; want 1", n, err)
 	}
 }
 
@@ -233,7 +230,7 @@ func TestHandler(t *testing.T) {
 	}
 	defer p.Close()
 	down := &proxy.Target{Name: "down", Pool: p}
-	reg.MustRegister(NewPoolCollector(func() []*proxy.Target { return []*proxy.Target{down, tg} }, nil, 0))
+	reg.MustRegister(NewPoolCollector(func() []*proxy.Target { return []*proxy.Target{down, tg} }, 0))
 	m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Outcome: proxy.OutcomeSuccess, Status: 200})
 
 	srv := httptest.NewServer(Handler(reg, discard()))
@@ -249,7 +246,7 @@ func TestHandler(t *testing.T) {
 	}
 	for _, want := range []string{
 		"go_goroutines ",
-		`proxy_hopper_requests_total{outcome="success",tag="",target="api"} 1`,
+		`proxy_hopper_client_requests_total{outcome="success",tag="",target="api"} 1`,
 		`proxy_hopper_available_ips{target="api"} 4`,
 		"promhttp_metric_handler_errors_total",
 	} {
@@ -297,7 +294,7 @@ func TestClientBytesNeverPanic(t *testing.T) {
 	}
 	m.Request(proxy.RequestEvent{Target: "api", Outcome: proxy.OutcomeSuccess, Status: 200, Tag: "\xff\xfe"})
 	m.Request(proxy.RequestEvent{Target: "api", Outcome: proxy.OutcomeSuccess, Status: 200, Tag: strings.Repeat("\xff", 1<<16)})
-	if got := testutil.ToFloat64(m.requests.WithLabelValues("api", "success", "\uFFFD")); got != 2 {
+	if got := testutil.ToFloat64(m.clientReqs.WithLabelValues("api", "success", "\uFFFD")); got != 2 {
 		t.Errorf("requests with an invalid tag = %v, want 2", got)
 	}
 }
@@ -322,8 +319,11 @@ func TestConcurrentHooks(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	if got := testutil.ToFloat64(m.clientReqs.WithLabelValues("api", "success", "")); got != 1600 {
+		t.Errorf("client requests = %v, want 1600", got)
+	}
 	if got := testutil.ToFloat64(m.requests.WithLabelValues("api", "success", "")); got != 1600 {
-		t.Errorf("requests = %v, want 1600", got)
+		t.Errorf("requests (attempts) = %v, want 1600", got)
 	}
 	if got := testutil.ToFloat64(m.quarantines.WithLabelValues("api", "10.0.0.7:3128", "", "")); got != 1600 {
 		t.Errorf("quarantines of an IP added later = %v, want 1600", got)
@@ -360,5 +360,73 @@ func TestAuthFailuresCountedByReason(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(m.authFailures); n != 2 {
 		t.Errorf("%d auth failure series, want 2", n)
+	}
+}
+
+// TestRequestsTotalAsTheOriginal: proxy_hopper_requests_total counts what
+// proxy-hopper counts (each attempt through an IP, classified by its
+// status; unmatched requests), responses_total only answers after the
+// pool was asked, and the client requests keep their own counter.
+func TestRequestsTotalAsTheOriginal(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One client request: a 503, a refused upstream, then a 500 (which
+	// proxy-hopper neither retries nor calls a server error).
+	m.Attempt(proxy.AttemptEvent{Target: "api", Addr: "a", Reason: "status_503", Status: 503})
+	m.Attempt(proxy.AttemptEvent{Target: "api", Addr: "b", Reason: "upstream_refused"})
+	m.Attempt(proxy.AttemptEvent{Target: "api", Addr: "c", OK: true, Status: 500})
+	m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Tag: "t", Outcome: proxy.OutcomeServerError, Status: 500, Retries: 2})
+	// Refusals after the match: no attempt, no response counted.
+	m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Outcome: proxy.OutcomeForbidden, AuthReason: "forbidden", Status: 403})
+	m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Outcome: proxy.OutcomeClientLimit, Status: 429})
+	// No IP: answered 503, counted as a response and as expired.
+	m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Outcome: proxy.OutcomeNoIP, Status: 503})
+	m.Request(proxy.RequestEvent{Mode: "header", Outcome: proxy.OutcomeNoMatch, Status: 502})
+
+	want := `# HELP proxy_hopper_requests_total Requests sent through an upstream IP (each attempt, retries included) by target, outcome (success, rate_limited, server_error, connection_error, error) and tag, plus requests no target matched (target unmatched, outcome no_match).
+# TYPE proxy_hopper_requests_total counter
+proxy_hopper_requests_total{outcome="connection_error",tag="",target="api"} 1
+proxy_hopper_requests_total{outcome="no_match",tag="",target="unmatched"} 1
+proxy_hopper_requests_total{outcome="server_error",tag="",target="api"} 1
+proxy_hopper_requests_total{outcome="success",tag="",target="api"} 1
+# HELP proxy_hopper_responses_total Responses returned to clients of a target after its pool was asked for an IP, by target, HTTP status code and tag.
+# TYPE proxy_hopper_responses_total counter
+proxy_hopper_responses_total{status_code="500",tag="t",target="api"} 1
+proxy_hopper_responses_total{status_code="503",tag="",target="api"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "proxy_hopper_requests_total", "proxy_hopper_responses_total"); err != nil {
+		t.Error(err)
+	}
+	if got := testutil.ToFloat64(m.clientReqs.WithLabelValues("api", proxy.OutcomeServerError, "t")); got != 1 {
+		t.Errorf("client requests (server_error, t) = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.retries.WithLabelValues("api")); got != 2 {
+		t.Errorf("retries = %v, want 2", got)
+	}
+}
+
+func TestRequestOutcome(t *testing.T) {
+	for _, tc := range []struct {
+		ev   proxy.AttemptEvent
+		want string
+	}{
+		{proxy.AttemptEvent{OK: true, Status: 200}, proxy.OutcomeSuccess},
+		{proxy.AttemptEvent{OK: true, Status: 404}, proxy.OutcomeSuccess},
+		{proxy.AttemptEvent{OK: true, Status: 500}, proxy.OutcomeSuccess},
+		{proxy.AttemptEvent{Reason: "status_429", Status: 429}, proxy.OutcomeRateLimited},
+		{proxy.AttemptEvent{Reason: "status_502", Status: 502}, proxy.OutcomeServerError},
+		{proxy.AttemptEvent{Reason: "status_504", Status: 504}, proxy.OutcomeServerError},
+		{proxy.AttemptEvent{Reason: "proxy_status_407", Status: 407}, proxy.OutcomeConnectionError},
+		{proxy.AttemptEvent{Reason: "upstream_timeout"}, proxy.OutcomeConnectionError},
+		{proxy.AttemptEvent{Reason: "upstream_body", Status: 200}, proxy.OutcomeConnectionError},
+		{proxy.AttemptEvent{Reason: "client_body"}, OutcomeError},
+		{proxy.AttemptEvent{Reason: proxy.ReasonLocal}, OutcomeError},
+	} {
+		if got := RequestOutcome(tc.ev); got != tc.want {
+			t.Errorf("RequestOutcome(%+v) = %q, want %q", tc.ev, got, tc.want)
+		}
 	}
 }

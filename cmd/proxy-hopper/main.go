@@ -234,7 +234,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	for _, w := range config.RegexWarnings(targets) {
 		log.Warn("config: " + w)
 	}
-	a, err := agent.New(ctx, res, agent.Options{Logger: log, ConfigPath: path, Overrides: sf.overrides, Hangup: hup})
+	a, err := agent.New(ctx, res, agent.Options{Logger: log, ConfigPath: path, Overrides: sf.overrides, Hangup: hup, Version: buildVersion()})
 	if err != nil {
 		return err
 	}
