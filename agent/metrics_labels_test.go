@@ -100,7 +100,7 @@ targets:
 	// answer) have counted want requests of outcome.
 	scrapeAfter := func(outcome string, want int) string {
 		t.Helper()
-		re := regexp.MustCompile(`proxy_hopper_requests_total\{outcome="` + outcome + `",tag="[^"]*",target="[^"]*"\} (\d+)`)
+		re := regexp.MustCompile(`proxy_hopper_client_requests_total\{outcome="` + outcome + `",tag="[^"]*",target="[^"]*"\} (\d+)`)
 		var body string
 		testenv.Eventually(t, 5*time.Second, func() error {
 			body = scrape()
@@ -137,7 +137,7 @@ targets:
 		t.Errorf("/metrics grew by %d bytes (%d → %d) in a second round of %d new tags", grown, len(first), len(second), refused+admitted)
 	}
 	tags := map[string]map[string]bool{} // target → tag values
-	re := regexp.MustCompile(`proxy_hopper_(?:requests|responses)_total\{[^}]*tag="([^"]*)",target="([^"]*)"\}`)
+	re := regexp.MustCompile(`proxy_hopper_(?:client_requests|responses)_total\{[^}]*tag="([^"]*)",target="([^"]*)"\}`)
 	for _, m := range re.FindAllStringSubmatch(second, -1) {
 		if tags[m[2]] == nil {
 			tags[m[2]] = map[string]bool{}
@@ -151,9 +151,9 @@ targets:
 		t.Errorf("refused requests carry tags %v, want none", none)
 	}
 	for _, want := range []string{
-		fmt.Sprintf(`proxy_hopper_requests_total{outcome="auth_failed",tag="",target=""} %d`, 2*refused),
+		fmt.Sprintf(`proxy_hopper_client_requests_total{outcome="auth_failed",tag="",target=""} %d`, 2*refused),
 		fmt.Sprintf(`proxy_hopper_auth_failures_total{reason="missing"} %d`, 2*refused),
-		fmt.Sprintf(`proxy_hopper_requests_total{outcome="success",tag="other",target="web"} %d`, 2*admitted-limit),
+		fmt.Sprintf(`proxy_hopper_client_requests_total{outcome="success",tag="other",target="web"} %d`, 2*admitted-limit),
 	} {
 		if !strings.Contains(second, want) {
 			t.Errorf("/metrics lacks %s", want)
