@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -126,6 +127,33 @@ func newFileAgent(t *testing.T, cfgPath string) (*Agent, net.Listener) {
 		t.Fatal(err)
 	}
 	return a, ln
+}
+
+// runMetricsAgent builds the agent of cfgPath, runs it and waits for its
+// metrics listener on metricsPort. It returns the agent, its proxy listener,
+// the metrics address and stop, which ends Run and returns its error
+// (once; later calls return the same). The test's cleanup stops the agent
+// if the test did not, and Run must then return nil.
+func runMetricsAgent(t *testing.T, cfgPath string, metricsPort int) (a *Agent, ln net.Listener, metricsAddr string, stop func() error) {
+	t.Helper()
+	a, ln = newFileAgent(t, cfgPath)
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-runErr })
+		return err
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	metricsAddr = net.JoinHostPort("127.0.0.1", fmt.Sprint(metricsPort))
+	testenv.WaitListening(t, metricsAddr, 5*time.Second)
+	return a, ln, metricsAddr, stop
 }
 
 // failingListener fails its first Accept with an error that is not a

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -186,18 +185,7 @@ targets:
 `, metricsPort, origin.URL, backendCfg, tp.Addr, dead, dead2)), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			a, ln := newFileAgent(t, cfgPath)
-			ctx, cancel := context.WithCancel(context.Background())
-			runErr := make(chan error, 1)
-			go func() { runErr <- a.Run(ctx) }()
-			defer func() {
-				cancel()
-				if err := <-runErr; err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			}()
-			metricsAddr := net.JoinHostPort("127.0.0.1", fmt.Sprint(metricsPort))
-			testenv.WaitListening(t, metricsAddr, 5*time.Second)
+			_, ln, metricsAddr, _ := runMetricsAgent(t, cfgPath, metricsPort)
 
 			client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
 			defer client.CloseIdleConnections()

@@ -1,10 +1,8 @@
 package agent
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -52,18 +50,7 @@ targets:
 `, metricsPort, limit, tp.Addr)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a, ln := newFileAgent(t, cfgPath)
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-runErr; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	metricsAddr := net.JoinHostPort("127.0.0.1", fmt.Sprint(metricsPort))
-	testenv.WaitListening(t, metricsAddr, 5*time.Second)
+	_, ln, metricsAddr, _ := runMetricsAgent(t, cfgPath, metricsPort)
 
 	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()

@@ -63,18 +63,7 @@ targets:
 `, metricsPort, tp.Addr, dead)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a, ln := newFileAgent(t, cfgPath)
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-runErr; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	metricsAddr := net.JoinHostPort("127.0.0.1", fmt.Sprint(metricsPort))
-	testenv.WaitListening(t, metricsAddr, 5*time.Second)
+	a, ln, metricsAddr, stop := runMetricsAgent(t, cfgPath, metricsPort)
 	// The port accepts as soon as Run has opened it, a moment before
 	// MetricsAddr is set.
 	testenv.Eventually(t, 5*time.Second, func() error {
@@ -171,11 +160,9 @@ targets:
 		t.Logf("/metrics:\n%s", grepLines(body, "proxy_hopper_"))
 	}
 
-	cancel()
-	if err := <-runErr; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("Run: %v", err)
 	}
-	runErr <- nil // for the deferred check
 	if c, err := net.Dial("tcp", metricsAddr); err == nil {
 		c.Close()
 		t.Errorf("metrics endpoint still open after Run returned")

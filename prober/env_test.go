@@ -139,41 +139,25 @@ func closing(t *testing.T) string {
 }
 
 // closingAfterHead reads a request head and closes without answering.
-func closingAfterHead(t *testing.T) string {
-	return serveUpstream(t, func(c net.Conn) {
-		defer c.Close()
-		r := bufio.NewReader(c)
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil || line == "\r\n" {
-				return
-			}
-		}
-	})
-}
+func closingAfterHead(t *testing.T) string { return answering(t, "") }
 
 // badGateway answers every request head with 502, as a proxy whose own
 // upstream failed.
 func badGateway(t *testing.T) string {
-	return serveUpstream(t, func(c net.Conn) {
-		defer c.Close()
-		r := bufio.NewReader(c)
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return
-			}
-			if line == "\r\n" {
-				io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-				return
-			}
-		}
-	})
+	return answering(t, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 }
 
 // bigHead is a fake upstream proxy that answers every request 200 with a
 // complete but oversized head: 100 KiB, over the prober's 64 KiB bound.
 func bigHead(t *testing.T) string {
+	return answering(t, "HTTP/1.1 200 OK\r\n"+
+		strings.Repeat("X-Filler: "+strings.Repeat("a", 1012)+"\r\n", 100)+
+		"Content-Length: 0\r\nConnection: close\r\n\r\n")
+}
+
+// answering is a fake upstream proxy that reads a request head and writes
+// answer (nothing when empty), then closes.
+func answering(t *testing.T, answer string) string {
 	return serveUpstream(t, func(c net.Conn) {
 		defer c.Close()
 		r := bufio.NewReader(c)
@@ -183,11 +167,7 @@ func bigHead(t *testing.T) string {
 				return
 			}
 			if line == "\r\n" {
-				io.WriteString(c, "HTTP/1.1 200 OK\r\n")
-				for range 100 {
-					io.WriteString(c, "X-Filler: "+strings.Repeat("a", 1012)+"\r\n")
-				}
-				io.WriteString(c, "Content-Length: 0\r\nConnection: close\r\n\r\n")
+				io.WriteString(c, answer)
 				return
 			}
 		}

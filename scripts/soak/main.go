@@ -191,16 +191,7 @@ targets:
 		calmWG.Add(1)
 		go func() {
 			defer calmWG.Done()
-			g := newGood(agentAddr, originURL, 1)
-			g.src = src
-			defer g.close()
-			for calmCtx.Err() == nil {
-				if g.once() != nil {
-					calmFailed.Add(1)
-				} else {
-					calmOK.Add(1)
-				}
-			}
+			goodClient(calmCtx, agentAddr, originURL, src, &calmOK, &calmFailed, nil)
 		}()
 	}
 	calmWG.Wait()
@@ -226,17 +217,7 @@ targets:
 				defer wg.Done()
 				switch role {
 				case 0:
-					g := newGood(agentAddr, originURL, 1)
-					g.src = src
-					defer g.close()
-					for ctx.Err() == nil {
-						if err := g.once(); err != nil {
-							goodFailed.Add(1)
-							lastGoodErr.Store(err.Error())
-						} else {
-							goodOK.Add(1)
-						}
-					}
+					goodClient(ctx, agentAddr, originURL, src, &goodOK, &goodFailed, &lastGoodErr)
 				case 1:
 					for ctx.Err() == nil {
 						silentSocket(ctx, src, agentAddr)
@@ -385,6 +366,24 @@ func (g *good) once() error {
 }
 
 func (g *good) close() { g.c.CloseIdleConnections() }
+
+// goodClient sends good requests from src until ctx ends, counting them;
+// lastErr (when not nil) keeps the last failure.
+func goodClient(ctx context.Context, agentAddr, originURL string, src *net.TCPAddr, ok, failed *atomic.Int64, lastErr *atomic.Value) {
+	g := newGood(agentAddr, originURL, 1)
+	g.src = src
+	defer g.close()
+	for ctx.Err() == nil {
+		if err := g.once(); err != nil {
+			failed.Add(1)
+			if lastErr != nil {
+				lastErr.Store(err.Error())
+			}
+		} else {
+			ok.Add(1)
+		}
+	}
+}
 
 // silentSocket connects and sends nothing until the agent closes the
 // connection (or the attack ends).
