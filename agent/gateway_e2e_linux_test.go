@@ -410,9 +410,13 @@ func TestGateway(t *testing.T) {
 		if err != nil || !strings.Contains(out, "status=403") || !strings.Contains(out, "source_not_allowed") {
 			t.Errorf("client %s not in allowCidrs got %q", gwClientDeny, out)
 		}
-		if !strings.Contains(e.log(t, e.agents), "source_not_allowed") && !strings.Contains(e.log(t, e.agents), "not in auth.transparent.allowCidrs") {
-			t.Errorf("agent log has no refusal for %s", gwClientDeny)
-		}
+		// The request line is logged after the answer is written: wait for it.
+		testenv.Eventually(t, 5*time.Second, func() error {
+			if l := e.log(t, e.agents); !strings.Contains(l, "source_not_allowed") && !strings.Contains(l, "not in auth.transparent.allowCidrs") {
+				return fmt.Errorf("agent log has no refusal for %s", gwClientDeny)
+			}
+			return nil
+		})
 	})
 
 	t.Run("IPv6ExcludedPortRouted", func(t *testing.T) { direct(t, gwClient6, "-g", "http://["+gwOrigin6+"]:8080/p6") })
