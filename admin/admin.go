@@ -81,8 +81,17 @@ type Pinger interface {
 
 // Options configures a Server.
 type Options struct {
-	// Token is the admin bearer token (required).
+	// Token is the static admin bearer token: it may read and change
+	// everything. Optional: see Auth.
 	Token string
+	// Auth, when enabled, lets auth's tokens in too (JWTs of POST
+	// /auth/login and of an OIDC issuer): GET needs a role with read,
+	// changes a role with write. With neither Token nor Auth enabled the
+	// API is open to read and refuses changes.
+	Auth Authenticator
+	// Login serves POST /auth/login (auth.NewLoginHandler); nil answers
+	// 404, as proxy-hopper without auth.admin.
+	Login http.Handler
 	// Targets returns the wired targets, in match order, at each request.
 	Targets func() []*proxy.Target
 	// Backend is the pool backend; /readyz pings it when it is a Pinger.
@@ -133,9 +142,6 @@ type Server struct {
 
 // New builds the admin handler; Listen opens its socket.
 func New(opts Options) (*Server, error) {
-	if opts.Token == "" {
-		return nil, errors.New("admin: a token is required")
-	}
 	if opts.Targets == nil {
 		return nil, errors.New("admin: no targets")
 	}
@@ -253,6 +259,13 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /login", s.login)
 	mux.HandleFunc("GET /login", s.loginLink)
 	mux.HandleFunc("POST /logout", s.logout)
+	login := s.opts.Login
+	if login == nil {
+		login = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusNotFound, map[string]any{"detail": "Local authentication is not configured"})
+		})
+	}
+	mux.Handle("POST /auth/login", login)
 	mux.Handle("/api/", s.requireToken(api))
 	return securityHeaders(mux)
 }
@@ -275,21 +288,17 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 
 // readyz: the backend answers and every pool can be read. A target with
 // no IPs (all removed) is not a reason: the other targets serve. Without
-// the admin token the answer says only which check failed; the details
-// (the backend's error with its address, the target) need the token.
+// a token that may read the answer says only which check failed; the
+// details (the backend's error with its address, the target) need one.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	detailed := false
-	if tok, ok := bearer(r); ok {
-		switch res, wait := s.checkToken(r, tok, "readyz"); res {
-		case tokenLimited:
-			tooMany(w, wait)
-			return
-		case tokenWrong:
-			w.Header().Set("WWW-Authenticate", `Bearer realm="proxy-hopper admin", error="invalid_token"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized", "wrong admin token")
+	detailed := s.open()
+	if tok, ok := bearer(r); ok && !s.open() {
+		res, acc, wait := s.checkToken(r, tok, "readyz")
+		if res != tokenOK {
+			s.refuseToken(w, res, wait)
 			return
 		}
-		detailed = true
+		detailed = acc.can("read")
 	}
 	notReady := func(reason, detail string) {
 		body := map[string]any{"ready": false, "reason": reason, "backend": s.opts.BackendName}

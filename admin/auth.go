@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -13,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/internal/authfail"
 )
 
@@ -129,20 +131,71 @@ const (
 	tokenLimited // the source has used up its failures: not checked
 )
 
+// Authenticator resolves bearer tokens other than Options.Token: auth's
+// JWTs (local, from POST /auth/login, and OIDC) and API keys, whose
+// principals carry the permissions of their roles.
+type Authenticator interface {
+	Enabled() bool
+	Verify(ctx context.Context, token string) (*auth.Principal, error)
+}
+
+// access is what a checked token may do: everything (the static admin
+// token, or anyone when the API is open), or what a principal's roles grant.
+type access struct {
+	all bool
+	p   *auth.Principal
+}
+
+// can reports whether a may use a permission (read, write).
+func (a access) can(perm string) bool { return a.all || a.p.Can(perm) }
+
+// authOn reports whether auth's tokens are accepted here.
+func (s *Server) authOn() bool { return s.opts.Auth != nil && s.opts.Auth.Enabled() }
+
+// open reports whether the API has no guard at all (no admin token, auth
+// off): then anyone may read, and nobody may change anything.
+func (s *Server) open() bool { return s.opts.Token == "" && !s.authOn() }
+
 // checkToken checks tok from r's source under the failure limit, logging
 // failures; for tokenLimited it returns how long until the next attempt.
-func (s *Server) checkToken(r *http.Request, tok, via string) (tokenCheck, time.Duration) {
+func (s *Server) checkToken(r *http.Request, tok, via string) (tokenCheck, access, time.Duration) {
 	src := authfail.Source(r.RemoteAddr)
 	if wait, ok := s.fails.Take(src); !ok {
 		s.fails.Refused(src)
-		return tokenLimited, wait
+		return tokenLimited, access{}, wait
 	}
-	if equal(tok, s.opts.Token) {
+	if s.opts.Token != "" && equal(tok, s.opts.Token) {
 		s.fails.Succeeded(src)
-		return tokenOK, 0
+		return tokenOK, access{all: true}, 0
+	}
+	if s.authOn() {
+		p, err := s.opts.Auth.Verify(r.Context(), tok)
+		if err == nil {
+			s.fails.Succeeded(src)
+			return tokenOK, access{p: p}, 0
+		}
+		s.fails.Failed(src, "token refused ("+via+"): "+auth.Reason(err))
+		return tokenWrong, access{}, 0
 	}
 	s.fails.Failed(src, "wrong token ("+via+")")
-	return tokenWrong, 0
+	return tokenWrong, access{}, 0
+}
+
+// refuseToken answers a token checkToken did not accept.
+func (s *Server) refuseToken(w http.ResponseWriter, res tokenCheck, wait time.Duration) {
+	if res == tokenLimited {
+		tooMany(w, wait)
+		return
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="proxy-hopper admin", error="invalid_token"`)
+	detail := "wrong admin token"
+	if s.authOn() {
+		detail = "invalid token: send Authorization: Bearer with the admin token or a JWT (POST /auth/login, or your OIDC issuer's)"
+		if s.opts.Token == "" {
+			detail = "invalid token: send Authorization: Bearer with a JWT (POST /auth/login, or your OIDC issuer's)"
+		}
+	}
+	writeError(w, http.StatusUnauthorized, "unauthorized", detail)
 }
 
 // tooMany answers 429 with Retry-After.
@@ -169,36 +222,54 @@ func (s *Server) cookieOK(r *http.Request) bool {
 	return ok
 }
 
-// requireToken lets a request through with the right bearer token, or with
-// a live session cookie when it only reads (GET, HEAD): a cookie is sent by
+// requireToken lets a request through with a bearer token that grants
+// what the method needs (read for GET and HEAD, write for the rest): the
+// admin token grants both, a JWT what its roles grant, as proxy-hopper's
+// admin API. A live session cookie is enough to read: a cookie is sent by
 // the browser on its own, so it must not be enough to change anything.
-// Wrong tokens count against the source; past the limit it gets 429.
+// With no admin token and auth off the API is open to read and refuses
+// changes. Wrong tokens count against the source; past the limit, 429.
 func (s *Server) requireToken(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		readOnly := r.Method == http.MethodGet || r.Method == http.MethodHead
+		need := "write"
+		if readOnly {
+			need = "read"
+		}
 		tok, hasHeader := bearer(r)
-		if hasHeader {
-			switch res, wait := s.checkToken(r, tok, "header"); res {
-			case tokenOK:
-				h.ServeHTTP(w, r)
-			case tokenLimited:
-				tooMany(w, wait)
+		if hasHeader && !s.open() {
+			res, acc, wait := s.checkToken(r, tok, "header")
+			switch {
+			case res != tokenOK:
+				s.refuseToken(w, res, wait)
+			case !acc.can(need):
+				writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("Permission '%s' required", need))
 			default:
-				w.Header().Set("WWW-Authenticate", `Bearer realm="proxy-hopper admin", error="invalid_token"`)
-				writeError(w, http.StatusUnauthorized, "unauthorized", "wrong admin token")
+				h.ServeHTTP(w, r)
 			}
 			return
 		}
-		readOnly := r.Method == http.MethodGet || r.Method == http.MethodHead
-		if readOnly && s.cookieOK(r) {
+		if readOnly && (s.open() || s.cookieOK(r)) {
 			h.ServeHTTP(w, r)
+			return
+		}
+		if s.open() {
+			writeError(w, http.StatusForbidden, "forbidden", "the admin API is open to read only: to change anything set server.adminToken, or turn auth on and use a JWT with write")
 			return
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="proxy-hopper admin"`)
 		if s.cookieOK(r) {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "changes need the Authorization: Bearer <admin token> header; the page's session cookie only reads")
+			writeError(w, http.StatusUnauthorized, "unauthorized", "changes need the Authorization: Bearer header (admin token or a JWT with write); the page's session cookie only reads")
 			return
 		}
-		writeError(w, http.StatusUnauthorized, "unauthorized", "missing admin token: send Authorization: Bearer <admin token>")
+		what := "<admin token>"
+		switch {
+		case s.authOn() && s.opts.Token != "":
+			what = "<admin token or JWT>"
+		case s.authOn():
+			what = "<JWT>"
+		}
+		writeError(w, http.StatusUnauthorized, "unauthorized", "missing token: send Authorization: Bearer "+what)
 	})
 }
 
@@ -221,13 +292,16 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.loginPage(w, http.StatusBadRequest, "The login form could not be read.")
 		return
 	}
-	switch res, wait := s.checkToken(r, r.PostForm.Get("token"), "login form"); res {
-	case tokenLimited:
+	switch res, acc, wait := s.checkToken(r, r.PostForm.Get("token"), "login form"); {
+	case res == tokenLimited:
 		w.Header().Set("Retry-After", retryAfter(wait))
 		s.loginPage(w, http.StatusTooManyRequests, fmt.Sprintf("Too many failed logins from this address; try again in %ss.", retryAfter(wait)))
 		return
-	case tokenWrong:
-		s.loginPage(w, http.StatusUnauthorized, "Wrong admin token.")
+	case res == tokenWrong:
+		s.loginPage(w, http.StatusUnauthorized, "Wrong token.")
+		return
+	case !acc.can("read"):
+		s.loginPage(w, http.StatusForbidden, "This token's role has no read permission.")
 		return
 	}
 	s.startSession(w, r)

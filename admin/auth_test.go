@@ -238,7 +238,7 @@ func TestAdminTokenInURLRefused(t *testing.T) {
 	if resp.StatusCode != 400 || len(resp.Cookies()) != 0 || !strings.Contains(body, "not accepted") {
 		t.Fatalf("/?token=: %d cookies=%v: %.300s", resp.StatusCode, resp.Cookies(), body)
 	}
-	if _, body := do(t, c, "POST", e.srv.URL+"/api/login-link", "", nil, ""); !strings.Contains(body, "missing admin token") {
+	if _, body := do(t, c, "POST", e.srv.URL+"/api/login-link", "", nil, ""); !strings.Contains(body, "missing token: send Authorization: Bearer") {
 		t.Fatalf("login link without the token: %s", body)
 	}
 	_, body = do(t, c, "POST", e.srv.URL+"/api/login-link", token, nil, "")

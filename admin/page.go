@@ -137,15 +137,15 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 			"or make a one-time link with POST /api/login-link.")
 		return
 	}
-	authed := s.cookieOK(r)
+	authed := s.open() || s.cookieOK(r)
 	if tok, hasHeader := bearer(r); hasHeader && !authed {
-		switch res, wait := s.checkToken(r, tok, "header"); res {
+		switch res, acc, wait := s.checkToken(r, tok, "header"); res {
 		case tokenLimited:
 			w.Header().Set("Retry-After", retryAfter(wait))
 			s.loginPage(w, http.StatusTooManyRequests, "Too many failed attempts from this address.")
 			return
 		case tokenOK:
-			authed = true
+			authed = acc.can("read")
 		}
 	}
 	if !authed {

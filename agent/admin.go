@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/admin"
+	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
@@ -64,6 +66,16 @@ func (x *agentAdmin) proxyHooks(h proxy.Hooks) proxy.Hooks {
 	return h.Then(proxy.Hooks{Attempt: x.rec.Attempt, Request: x.rec.Request})
 }
 
+// login is POST /auth/login when auth has a local admin user (else nil:
+// 404, as proxy-hopper). Its JWTs are good on the proxy and here.
+func (x *agentAdmin) login() http.Handler {
+	a := x.a
+	if !a.authn.LoginConfigured() {
+		return nil
+	}
+	return auth.NewLoginHandler(func() *auth.Authenticator { return a.authn }, auth.LoginOptions{Log: x.log})
+}
+
 // start opens the admin endpoint and serves it in the background.
 func (x *agentAdmin) start(ctx context.Context) error {
 	if x == nil {
@@ -72,6 +84,8 @@ func (x *agentAdmin) start(ctx context.Context) error {
 	a := x.a
 	srv, err := admin.New(admin.Options{
 		Token:        a.cfg.Server.AdminToken,
+		Auth:         a.authn,
+		Login:        x.login(),
 		Targets:      a.Targets,
 		Backend:      a.backend,
 		BackendName:  a.backendName(),

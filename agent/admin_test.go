@@ -185,12 +185,12 @@ func TestAdminAuth(t *testing.T) {
 		t.Errorf("/readyz: %d %s", code, body)
 	}
 	for _, c := range []struct{ method, path, token, wantMsg string }{
-		{"GET", "/api/targets", "", "missing admin token"},
+		{"GET", "/api/targets", "", "missing token"},
 		{"GET", "/api/targets", "wrong-token-0123456789", "wrong admin token"},
 		{"GET", "/api/targets", testAdminToken + "x", "wrong admin token"},
-		{"GET", "/api/status", "", "missing admin token"},
-		{"GET", "/api/no-such-endpoint", "", "missing admin token"},
-		{"POST", "/api/targets/web/ips", "", "missing admin token"},
+		{"GET", "/api/status", "", "missing token"},
+		{"GET", "/api/no-such-endpoint", "", "missing token"},
+		{"POST", "/api/targets/web/ips", "", "missing token"},
 		{"DELETE", "/api/targets/web/ips/" + tp.Addr, "nope", "wrong admin token"},
 	} {
 		code, body := e.call(c.method, c.path, c.token, `{"address":"127.0.0.9:1"}`)

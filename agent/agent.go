@@ -66,6 +66,7 @@ type Agent struct {
 	gw      atomic.Pointer[runningGateway] // gateway mode, when on
 	mx      *agentMetrics                  // server.metrics, when on
 	adm     *agentAdmin                    // server.admin, when on
+	authn   *auth.Authenticator            // auth, for the proxy and the admin API (restart-only)
 
 	prober     *prober.Prober     // server.probe, when on
 	proberStop context.CancelFunc // set by startProber
@@ -118,10 +119,13 @@ func New(ctx context.Context, res *config.Resolved, opts Options) (*Agent, error
 	if a.prober, err = a.newProber(opts.Clock); err != nil {
 		return nil, fmt.Errorf("prober: %w", err)
 	}
-	authn, err := auth.New(res.Auth)
+	ac := res.Auth
+	ac.Log = log
+	authn, err := auth.New(ac)
 	if err != nil {
 		return nil, err
 	}
+	a.authn = authn
 	s := cfg.Server
 	nofile, err := raiseFDLimit()
 	if err != nil {

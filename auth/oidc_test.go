@@ -2,134 +2,17 @@ package auth
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 )
-
-// issuer is a local OpenID Connect issuer on loopback: a discovery
-// document and a JWKS whose keys the test changes at will.
-type issuer struct {
-	srv        *httptest.Server
-	mu         sync.Mutex
-	keys       []jose.JSONWebKey // served (public)
-	jwksBody   []byte            // when set, served instead of keys
-	discIssuer string            // when set, the discovery document's issuer
-	block      chan struct{}     // when set, JWKS requests wait on it
-	discHits   atomic.Int64
-	jwksHits   atomic.Int64
-}
-
-func newIssuer(t *testing.T) *issuer {
-	t.Helper()
-	is := &issuer{}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
-		is.discHits.Add(1)
-		is.mu.Lock()
-		iss := is.discIssuer
-		is.mu.Unlock()
-		if iss == "" {
-			iss = is.srv.URL
-		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"issuer": iss, "jwks_uri": is.srv.URL + "/jwks",
-			"id_token_signing_alg_values_supported": []string{"RS256", "ES256"}})
-	})
-	mux.HandleFunc("GET /jwks", func(w http.ResponseWriter, r *http.Request) {
-		is.jwksHits.Add(1)
-		is.mu.Lock()
-		block, body, keys := is.block, is.jwksBody, is.keys
-		is.mu.Unlock()
-		if block != nil {
-			select {
-			case <-block:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		if body != nil {
-			_, _ = w.Write(body)
-			return
-		}
-		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: keys})
-	})
-	is.srv = httptest.NewServer(mux) // 127.0.0.1
-	t.Cleanup(is.srv.Close)
-	return is
-}
-
-// serve makes the JWKS hold exactly the public halves of keys.
-func (is *issuer) serve(keys ...*signer) {
-	is.mu.Lock()
-	defer is.mu.Unlock()
-	is.keys = nil
-	for _, k := range keys {
-		is.keys = append(is.keys, jose.JSONWebKey{Key: k.public, KeyID: k.kid, Algorithm: string(k.alg), Use: "sig"})
-	}
-}
-
-func (is *issuer) hits() int64 { return is.discHits.Load() + is.jwksHits.Load() }
-
-// signer is one key of the issuer.
-type signer struct {
-	kid    string
-	alg    jose.SignatureAlgorithm
-	key    any
-	public any
-}
-
-func rsaSigner(t *testing.T, kid string) *signer {
-	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &signer{kid: kid, alg: jose.RS256, key: k, public: &k.PublicKey}
-}
-
-func ecSigner(t *testing.T, kid string) *signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &signer{kid: kid, alg: jose.ES256, key: k, public: &k.PublicKey}
-}
-
-// sign makes a compact JWS of claims with s (its kid in the header).
-func (s *signer) sign(t *testing.T, claims map[string]any) string {
-	t.Helper()
-	opts := (&jose.SignerOptions{}).WithType("JWT")
-	if s.kid != "" {
-		opts = opts.WithHeader("kid", s.kid)
-	}
-	sg, err := jose.NewSigner(jose.SigningKey{Algorithm: s.alg, Key: s.key}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(claims)
-	jws, err := sg.Sign(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 // fakeClock is a settable clock.
 type fakeClock struct {
@@ -156,18 +39,18 @@ func oidcAuth(t *testing.T, clock *fakeClock, o OIDC, roles map[string]Role) *Au
 // TestOIDCTokens: tokens of a real local issuer, RSA and ECDSA, checked
 // for signature, iss, aud, exp and the roles claim as proxy-hopper maps it.
 func TestOIDCTokens(t *testing.T) {
-	is := newIssuer(t)
-	rk, ek := rsaSigner(t, "r1"), ecSigner(t, "e1")
-	is.serve(rk, ek)
-	stranger := rsaSigner(t, "r1") // same kid, a key the issuer never published
+	is := testenv.NewOIDCIssuer(t)
+	rk, ek := testenv.RSAKey(t, "r1"), testenv.ECKey(t, "e1")
+	is.Serve(rk, ek)
+	stranger := testenv.RSAKey(t, "r1") // same kid, a key the issuer never published
 	clock := &fakeClock{t: time.Now()}
 	now := clock.Now().Unix()
 	roles := map[string]Role{"scraper": {Permissions: []string{"read"}, Targets: []string{"api"}}}
-	withAud := oidcAuth(t, clock, OIDC{Issuer: is.srv.URL, Audience: "proxy-hopper"}, roles)
-	noAud := oidcAuth(t, clock, OIDC{Issuer: is.srv.URL}, roles)
-	custom := oidcAuth(t, clock, OIDC{Issuer: is.srv.URL, Audience: "proxy-hopper", RolesClaim: "groups"}, roles)
+	withAud := oidcAuth(t, clock, OIDC{Issuer: is.Srv.URL, Audience: "proxy-hopper"}, roles)
+	noAud := oidcAuth(t, clock, OIDC{Issuer: is.Srv.URL}, roles)
+	custom := oidcAuth(t, clock, OIDC{Issuer: is.Srv.URL, Audience: "proxy-hopper", RolesClaim: "groups"}, roles)
 	base := func(extra map[string]any) map[string]any {
-		c := map[string]any{"iss": is.srv.URL, "sub": "svc-1", "aud": "proxy-hopper", "exp": now + 300, "iat": now}
+		c := map[string]any{"iss": is.Srv.URL, "sub": "svc-1", "aud": "proxy-hopper", "exp": now + 300, "iat": now}
 		for k, v := range extra {
 			if v == nil {
 				delete(c, k)
@@ -187,24 +70,24 @@ func TestOIDCTokens(t *testing.T) {
 		web     bool // may use target web
 		canRead bool
 	}{
-		{"rsa operator", withAud, rk.sign(t, base(map[string]any{"proxy_hopper_role": "operator"})), "", "operator", true, true, true},
-		{"ecdsa admin", withAud, ek.sign(t, base(map[string]any{"proxy_hopper_role": "admin"})), "", "admin", true, true, true},
-		{"no role claim: viewer", withAud, rk.sign(t, base(nil)), "", "viewer", true, true, true},
-		{"custom role", withAud, rk.sign(t, base(map[string]any{"proxy_hopper_role": "scraper"})), "", "scraper", true, false, true},
-		{"unknown role", withAud, rk.sign(t, base(map[string]any{"proxy_hopper_role": "ghost"})), "", "ghost", false, false, false},
-		{"role list", withAud, rk.sign(t, base(map[string]any{"proxy_hopper_role": []string{"ghost", "scraper"}})), "", "ghost,scraper", true, false, true},
-		{"role not a string", withAud, rk.sign(t, base(map[string]any{"proxy_hopper_role": 7})), ReasonInvalid, "", false, false, false},
-		{"rolesClaim groups", custom, rk.sign(t, base(map[string]any{"groups": "operator", "proxy_hopper_role": "admin"})), "", "operator", true, true, true},
-		{"aud list", withAud, rk.sign(t, base(map[string]any{"aud": []string{"x", "proxy-hopper"}})), "", "viewer", true, true, true},
-		{"wrong aud", withAud, rk.sign(t, base(map[string]any{"aud": "other"})), ReasonInvalid, "", false, false, false},
-		{"no aud", withAud, rk.sign(t, base(map[string]any{"aud": nil})), ReasonInvalid, "", false, false, false},
-		{"aud without oidc.audience", noAud, rk.sign(t, base(nil)), ReasonInvalid, "", false, false, false},
-		{"no aud, no oidc.audience", noAud, rk.sign(t, base(map[string]any{"aud": nil})), "", "viewer", true, true, true},
-		{"expired", withAud, rk.sign(t, base(map[string]any{"exp": now - 1})), ReasonExpired, "", false, false, false},
-		{"no exp", withAud, rk.sign(t, base(map[string]any{"exp": nil})), ReasonExpired, "", false, false, false},
-		{"wrong iss", withAud, rk.sign(t, base(map[string]any{"iss": "http://127.0.0.9"})), ReasonInvalid, "", false, false, false},
-		{"unpublished key", withAud, stranger.sign(t, base(nil)), ReasonInvalid, "", false, false, false},
-		{"alg none", withAud, algNone(rk.sign(t, base(nil))), ReasonInvalid, "", false, false, false},
+		{"rsa operator", withAud, rk.Sign(t, base(map[string]any{"proxy_hopper_role": "operator"})), "", "operator", true, true, true},
+		{"ecdsa admin", withAud, ek.Sign(t, base(map[string]any{"proxy_hopper_role": "admin"})), "", "admin", true, true, true},
+		{"no role claim: viewer", withAud, rk.Sign(t, base(nil)), "", "viewer", true, true, true},
+		{"custom role", withAud, rk.Sign(t, base(map[string]any{"proxy_hopper_role": "scraper"})), "", "scraper", true, false, true},
+		{"unknown role", withAud, rk.Sign(t, base(map[string]any{"proxy_hopper_role": "ghost"})), "", "ghost", false, false, false},
+		{"role list", withAud, rk.Sign(t, base(map[string]any{"proxy_hopper_role": []string{"ghost", "scraper"}})), "", "ghost,scraper", true, false, true},
+		{"role not a string", withAud, rk.Sign(t, base(map[string]any{"proxy_hopper_role": 7})), ReasonInvalid, "", false, false, false},
+		{"rolesClaim groups", custom, rk.Sign(t, base(map[string]any{"groups": "operator", "proxy_hopper_role": "admin"})), "", "operator", true, true, true},
+		{"aud list", withAud, rk.Sign(t, base(map[string]any{"aud": []string{"x", "proxy-hopper"}})), "", "viewer", true, true, true},
+		{"wrong aud", withAud, rk.Sign(t, base(map[string]any{"aud": "other"})), ReasonInvalid, "", false, false, false},
+		{"no aud", withAud, rk.Sign(t, base(map[string]any{"aud": nil})), ReasonInvalid, "", false, false, false},
+		{"aud without oidc.audience", noAud, rk.Sign(t, base(nil)), ReasonInvalid, "", false, false, false},
+		{"no aud, no oidc.audience", noAud, rk.Sign(t, base(map[string]any{"aud": nil})), "", "viewer", true, true, true},
+		{"expired", withAud, rk.Sign(t, base(map[string]any{"exp": now - 1})), ReasonExpired, "", false, false, false},
+		{"no exp", withAud, rk.Sign(t, base(map[string]any{"exp": nil})), ReasonExpired, "", false, false, false},
+		{"wrong iss", withAud, rk.Sign(t, base(map[string]any{"iss": "http://127.0.0.9"})), ReasonInvalid, "", false, false, false},
+		{"unpublished key", withAud, stranger.Sign(t, base(nil)), ReasonInvalid, "", false, false, false},
+		{"alg none", withAud, algNone(rk.Sign(t, base(nil))), ReasonInvalid, "", false, false, false},
 		{"local HS256 still works", withAud, SignJWT("s", map[string]any{"sub": "u", "role": "operator", "exp": now + 60}), "", "operator", true, true, true},
 		{"HS256 with the issuer's claims", withAud, SignJWT("wrong", base(nil)), ReasonInvalid, "", false, false, false},
 	} {
@@ -235,32 +118,32 @@ func TestOIDCTokens(t *testing.T) {
 // and back to a new RSA key); a token of a new key is accepted once the
 // agent may fetch again, a token of a withdrawn key is refused.
 func TestOIDCKeyRotation(t *testing.T) {
-	is := newIssuer(t)
-	k1, k2, k3 := rsaSigner(t, "k1"), ecSigner(t, "k2"), rsaSigner(t, "k3")
-	is.serve(k1)
+	is := testenv.NewOIDCIssuer(t)
+	k1, k2, k3 := testenv.RSAKey(t, "k1"), testenv.ECKey(t, "k2"), testenv.RSAKey(t, "k3")
+	is.Serve(k1)
 	clock := &fakeClock{t: time.Now()}
-	a := oidcAuth(t, clock, OIDC{Issuer: is.srv.URL, Audience: "ph", MinRefreshInterval: 10 * time.Second}, nil)
-	tok := func(s *signer) string {
+	a := oidcAuth(t, clock, OIDC{Issuer: is.Srv.URL, Audience: "ph", MinRefreshInterval: 10 * time.Second}, nil)
+	tok := func(s *testenv.OIDCKey) string {
 		now := clock.Now().Unix()
-		return s.sign(t, map[string]any{"iss": is.srv.URL, "aud": "ph", "sub": s.kid, "exp": now + 3600, "proxy_hopper_role": "admin"})
+		return s.Sign(t, map[string]any{"iss": is.Srv.URL, "aud": "ph", "sub": s.Kid, "exp": now + 3600, "proxy_hopper_role": "admin"})
 	}
-	check := func(step string, s *signer, ok bool) {
+	check := func(step string, s *testenv.OIDCKey, ok bool) {
 		t.Helper()
 		p, err := a.Authenticate(tok(s))
 		if (err == nil) != ok {
-			t.Fatalf("%s: token of %s: %v, want ok=%v", step, s.kid, err, ok)
+			t.Fatalf("%s: token of %s: %v, want ok=%v", step, s.Kid, err, ok)
 		}
-		if ok && p.Name != s.kid {
+		if ok && p.Name != s.Kid {
 			t.Fatalf("%s: subject %q", step, p.Name)
 		}
 	}
 	check("start", k1, true)
-	is.serve(k1, k2) // k2 published
+	is.Serve(k1, k2) // k2 published
 	check("k2 right after a fetch", k2, false)
 	clock.Add(11 * time.Second)
 	check("k2 after the minimum interval", k2, true)
 	check("k1 still published", k1, true)
-	is.serve(k3) // k1 and k2 withdrawn
+	is.Serve(k3) // k1 and k2 withdrawn
 	clock.Add(11 * time.Second)
 	check("k3", k3, true)
 	clock.Add(11 * time.Second)
@@ -268,8 +151,8 @@ func TestOIDCKeyRotation(t *testing.T) {
 	check("withdrawn k2", k2, false)
 	// The keys are fetched again after RefreshEvery even when every kid
 	// is known: a key withdrawn under a known kid stops working.
-	k3b := rsaSigner(t, "k3")
-	is.serve(k3b)
+	k3b := testenv.RSAKey(t, "k3")
+	is.Serve(k3b)
 	check("old k3 before the refresh", k3, true)
 	clock.Add(DefaultOIDCRefreshEvery)
 	check("old k3 after the refresh", k3, false)
@@ -279,22 +162,22 @@ func TestOIDCKeyRotation(t *testing.T) {
 // TestOIDCUnknownKidFlood: tokens naming keys the issuer never had, sent
 // at once and again and again, make at most one fetch per minimum interval.
 func TestOIDCUnknownKidFlood(t *testing.T) {
-	is := newIssuer(t)
-	good := rsaSigner(t, "good")
-	is.serve(good)
+	is := testenv.NewOIDCIssuer(t)
+	good := testenv.RSAKey(t, "good")
+	is.Serve(good)
 	clock := &fakeClock{t: time.Now()}
-	a := oidcAuth(t, clock, OIDC{Issuer: is.srv.URL, Audience: "ph"}, nil)
+	a := oidcAuth(t, clock, OIDC{Issuer: is.Srv.URL, Audience: "ph"}, nil)
 	now := clock.Now().Unix()
-	claims := map[string]any{"iss": is.srv.URL, "aud": "ph", "sub": "x", "exp": now + 3600}
-	if _, err := a.Authenticate(good.sign(t, claims)); err != nil {
+	claims := map[string]any{"iss": is.Srv.URL, "aud": "ph", "sub": "x", "exp": now + 3600}
+	if _, err := a.Authenticate(good.Sign(t, claims)); err != nil {
 		t.Fatal(err)
 	}
-	before := is.hits()
+	before := is.Hits()
 	bogus := make([]string, 50)
 	for i := range bogus {
 		s := *good
-		s.kid = fmt.Sprintf("bogus-%d", i)
-		bogus[i] = s.sign(t, claims)
+		s.Kid = fmt.Sprintf("bogus-%d", i)
+		bogus[i] = s.Sign(t, claims)
 	}
 	for round := 0; round < 3; round++ {
 		var wg sync.WaitGroup
@@ -311,10 +194,10 @@ func TestOIDCUnknownKidFlood(t *testing.T) {
 		clock.Add(DefaultOIDCMinRefresh)
 	}
 	// Three rounds, each at most one fetch (discovery + JWKS).
-	if got := is.hits() - before; got > 6 {
+	if got := is.Hits() - before; got > 6 {
 		t.Errorf("600 tokens of unknown keys made %d requests to the issuer, want at most 6", got)
 	}
-	if _, err := a.Authenticate(good.sign(t, claims)); err != nil {
+	if _, err := a.Authenticate(good.Sign(t, claims)); err != nil {
 		t.Errorf("good token after the flood: %v", err)
 	}
 }
@@ -323,12 +206,12 @@ func TestOIDCUnknownKidFlood(t *testing.T) {
 // sends a huge JWKS, or hangs refuses the tokens, and a later fetch (after
 // the minimum interval) recovers.
 func TestOIDCIssuerFailures(t *testing.T) {
-	is := newIssuer(t)
-	k := ecSigner(t, "k")
-	is.serve(k)
+	is := testenv.NewOIDCIssuer(t)
+	k := testenv.ECKey(t, "k")
+	is.Serve(k)
 	clock := &fakeClock{t: time.Now()}
-	a := oidcAuth(t, clock, OIDC{Issuer: is.srv.URL, Audience: "ph", FetchTimeout: 500 * time.Millisecond, MaxResponseBytes: 64 << 10}, nil)
-	tok := k.sign(t, map[string]any{"iss": is.srv.URL, "aud": "ph", "sub": "x", "exp": clock.Now().Unix() + 3600})
+	a := oidcAuth(t, clock, OIDC{Issuer: is.Srv.URL, Audience: "ph", FetchTimeout: 500 * time.Millisecond, MaxResponseBytes: 64 << 10}, nil)
+	tok := k.Sign(t, map[string]any{"iss": is.Srv.URL, "aud": "ph", "sub": "x", "exp": clock.Now().Unix() + 3600})
 	fails := func(step string, setup func()) {
 		t.Helper()
 		setup()
@@ -337,26 +220,26 @@ func TestOIDCIssuerFailures(t *testing.T) {
 			t.Errorf("%s: %v, want refused as invalid", step, err)
 		}
 	}
-	fails("issuer mismatch", func() { is.mu.Lock(); is.discIssuer = "http://127.0.0.9"; is.mu.Unlock() })
+	fails("issuer mismatch", func() { is.Mu.Lock(); is.DiscIssuer = "http://127.0.0.9"; is.Mu.Unlock() })
 	fails("JWKS over the size limit", func() {
-		is.mu.Lock()
-		is.discIssuer = ""
+		is.Mu.Lock()
+		is.DiscIssuer = ""
 		// A valid JWKS but for its size.
-		set, _ := json.Marshal(jose.JSONWebKeySet{Keys: is.keys})
-		is.jwksBody = append(set[:len(set)-1], []byte(`,"pad":"`+strings.Repeat("x", 128<<10)+`"}`)...)
-		is.mu.Unlock()
+		set, _ := json.Marshal(jose.JSONWebKeySet{Keys: is.Keys})
+		is.JWKSBody = append(set[:len(set)-1], []byte(`,"pad":"`+strings.Repeat("x", 128<<10)+`"}`)...)
+		is.Mu.Unlock()
 	})
-	fails("JWKS without a usable key", func() { is.mu.Lock(); is.jwksBody = []byte(`{"keys":[{"kty":"oct","k":"AAAA"}]}`); is.mu.Unlock() })
+	fails("JWKS without a usable key", func() { is.Mu.Lock(); is.JWKSBody = []byte(`{"keys":[{"kty":"oct","k":"AAAA"}]}`); is.Mu.Unlock() })
 	block := make(chan struct{})
 	start := time.Now()
-	fails("hanging JWKS", func() { is.mu.Lock(); is.jwksBody, is.block = nil, block; is.mu.Unlock() })
+	fails("hanging JWKS", func() { is.Mu.Lock(); is.JWKSBody, is.Block = nil, block; is.Mu.Unlock() })
 	if el := time.Since(start); el > 5*time.Second {
 		t.Errorf("a hanging issuer held the token %s (fetch timeout 0.5s)", el)
 	}
 	close(block)
-	is.mu.Lock()
-	is.block = nil
-	is.mu.Unlock()
+	is.Mu.Lock()
+	is.Block = nil
+	is.Mu.Unlock()
 	// Within the minimum interval nothing is fetched, so still refused;
 	// after it, the issuer's keys are back.
 	if _, err := a.Authenticate(tok); err == nil {
@@ -367,9 +250,9 @@ func TestOIDCIssuerFailures(t *testing.T) {
 		t.Errorf("after the issuer recovered: %v", err)
 	}
 	// Once keys are known, a failing issuer leaves them in use.
-	is.mu.Lock()
-	is.discIssuer = "http://127.0.0.9"
-	is.mu.Unlock()
+	is.Mu.Lock()
+	is.DiscIssuer = "http://127.0.0.9"
+	is.Mu.Unlock()
 	clock.Add(DefaultOIDCRefreshEvery)
 	if _, err := a.Authenticate(tok); err != nil {
 		t.Errorf("known keys dropped when a refresh failed: %v", err)
@@ -379,20 +262,20 @@ func TestOIDCIssuerFailures(t *testing.T) {
 // TestOIDCCallerDeadline: a caller whose context ends stops waiting for
 // a fetch, while the fetch goes on for the others.
 func TestOIDCCallerDeadline(t *testing.T) {
-	is := newIssuer(t)
-	k := rsaSigner(t, "k")
-	is.serve(k)
+	is := testenv.NewOIDCIssuer(t)
+	k := testenv.RSAKey(t, "k")
+	is.Serve(k)
 	block := make(chan struct{})
-	is.block = block
+	is.Block = block
 	clock := &fakeClock{t: time.Now()}
-	a := oidcAuth(t, clock, OIDC{Issuer: is.srv.URL, Audience: "ph"}, nil)
-	tok := k.sign(t, map[string]any{"iss": is.srv.URL, "aud": "ph", "sub": "x", "exp": clock.Now().Unix() + 3600})
+	a := oidcAuth(t, clock, OIDC{Issuer: is.Srv.URL, Audience: "ph"}, nil)
+	tok := k.Sign(t, map[string]any{"iss": is.Srv.URL, "aud": "ph", "sub": "x", "exp": clock.Now().Unix() + 3600})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { _, err := a.AuthenticateContext(ctx, tok); done <- err }()
 	other := make(chan error, 1)
 	go func() { _, err := a.AuthenticateContext(context.Background(), tok); other <- err }()
-	for is.jwksHits.Load() == 0 {
+	for is.JWKSHits.Load() == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancel()

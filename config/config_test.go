@@ -158,12 +158,34 @@ func TestProxyHopperExamples(t *testing.T) {
 	}
 }
 
-// giveAdminToken sets server.adminToken when an example turns on
-// proxy-hopper's admin API: its login is auth.admin, ours needs a token,
-// given here as a deployment would (PROXY_HOPPER_ADMIN_TOKEN).
+// giveAdminToken fills what the examples leave for the deployer: their
+// auth.admin.passwordHash is a placeholder ("$2b$12$REPLACE_ME_RUN_…"),
+// which validation refuses (TestExamplePlaceholderHash) and a deployment
+// replaces with `proxy-hopper hash-password` output. (The admin API no
+// longer needs server.adminToken: auth's JWTs guard it, as proxy-hopper.)
 func giveAdminToken(cfg *Config) {
-	if cfg.Server.Admin {
-		cfg.Server.AdminToken = "compat-example-admin-token"
+	if a := cfg.Auth.Admin; a != nil && strings.Contains(a.PasswordHash, "REPLACE_ME") {
+		a.PasswordHash = exampleHash
+	}
+}
+
+// exampleHash is a bcrypt hash (cost 4) of "example".
+const exampleHash = "$2a$04$EiFxL5Kxo66vcr.4LE/N4OALNhLUWGIL9Wuo/Qbwt7izD1PD6uCtW"
+
+// TestExamplePlaceholderHash: an example used verbatim fails validation
+// with what to do about its placeholder hash, never echoing it.
+func TestExamplePlaceholderHash(t *testing.T) {
+	clearEnv(t)
+	for _, name := range []string{"compose-auth-api-keys.yaml", "compose-auth-oidc.yaml"} {
+		cfg, err := Load(filepath.Join("testdata/proxy-hopper", name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = cfg.Resolve()
+		if err == nil || !strings.Contains(err.Error(), "auth: admin.passwordHash is not a bcrypt hash: replace it with the output of `proxy-hopper hash-password`") ||
+			strings.Contains(err.Error(), "REPLACE_ME") {
+			t.Errorf("%s: Resolve: %v", name, err)
+		}
 	}
 }
 
@@ -948,8 +970,8 @@ server:
 auth:
   api_keys: [{name: k, key_hash: h}]
   jwt_expiry_minutes: 5
-  admin: {username: a, password_hash: h}
-  oidc: {issuer: i, roles_claim: r}
+  admin: {username: a, password_hash: "$2a$04$EiFxL5Kxo66vcr.4LE/N4OALNhLUWGIL9Wuo/Qbwt7izD1PD6uCtW"}
+  oidc: {issuer: "http://127.0.0.1:1/i", roles_claim: r}
 proxyProviders:
   - name: p
     ip_list: [a]
@@ -976,7 +998,7 @@ targets:
 	if s.LogLevel != "DEBUG" || s.MetricsPort != 9999 || len(s.ProbeURLs) != 1 || s.MaxBodySize != 1024 {
 		t.Errorf("server = %+v", s)
 	}
-	if a.APIKeys[0].KeyHash != "h" || a.JWTExpiryMinutes != 5 || a.Admin.PasswordHash != "h" || a.OIDC.RolesClaim != "r" {
+	if a.APIKeys[0].KeyHash != "h" || a.JWTExpiryMinutes != 5 || !strings.HasPrefix(a.Admin.PasswordHash, "$2a$04$") || a.OIDC.RolesClaim != "r" {
 		t.Errorf("auth = %+v", a)
 	}
 	if cfg.ProxyProviders[0].RegionTag != "EU" || ts[0].IPs[0].Addr() != "a:81" {

@@ -96,7 +96,7 @@ func TestRestartKeysCoverEveryKey(t *testing.T) {
 auth:
   apiKeys: [{name: k, key: secret-key-1}]
   roles: {r: {permissions: [read]}}
-  admin: {username: a, passwordHash: h}
+  admin: {username: a, passwordHash: "$2a$04$EiFxL5Kxo66vcr.4LE/N4OALNhLUWGIL9Wuo/Qbwt7izD1PD6uCtW"}
   transparent: {allowCidrs: [{cidr: 10.0.0.0/8}]}
 transparent:
   local: {sockmap: false, cgroups: [x]}

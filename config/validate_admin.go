@@ -37,7 +37,7 @@ func weakToken(tok string) string {
 
 // checkAdmin validates the admin API settings. server.admin turns it on
 // (server.adminPort alone does not: it always has a value, 8081 by
-// default); server.adminToken is then required.
+// default). server.adminToken is optional: see AuthNotes.
 func (c *Config) checkAdmin(p *problems) {
 	s := &c.Server
 	if s.Metrics && s.MetricsToken != "" {
@@ -48,9 +48,9 @@ func (c *Config) checkAdmin(p *problems) {
 	if !s.Admin {
 		return
 	}
-	if s.AdminToken == "" {
-		p.add("server: adminToken is required when admin is on (set server.adminToken or %s)", EnvName("adminToken"))
-	} else if why := weakToken(s.AdminToken); why != "" {
+	// Without server.adminToken the admin API takes the JWTs of auth (when
+	// on) or is open to read only (AuthNotes says which).
+	if why := weakToken(s.AdminToken); s.AdminToken != "" && why != "" {
 		p.add("server: adminToken %s (e.g. openssl rand -hex 32)", why)
 	}
 	if strings.TrimSpace(s.AdminHost) == "" {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/url"
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
@@ -48,13 +49,38 @@ func (c *Config) checkAuth(p *problems) {
 		if a.Admin.Username == "" {
 			p.add("auth: admin.username is required")
 		}
-		if a.Admin.PasswordHash == "" {
+		switch {
+		case a.Admin.PasswordHash == "":
 			p.add("auth: admin.passwordHash is required (proxy-hopper hash-password, or PROXY_HOPPER_AUTH_ADMIN_PASSWORD_HASH)")
+		case auth.CheckPasswordHash(a.Admin.PasswordHash) != nil:
+			// Never echo the value: it may be a password pasted by mistake.
+			p.add("auth: admin.passwordHash is not a bcrypt hash: replace it with the output of `proxy-hopper hash-password` (or set PROXY_HOPPER_AUTH_ADMIN_PASSWORD_HASH)")
+		}
+		if a.Admin.Role != "" && !a.isRole(a.Admin.Role) {
+			p.add("auth: admin.role: %q is not a role (want admin, operator, viewer or a role of auth.roles)", a.Admin.Role)
 		}
 	}
-	if a.OIDC != nil && a.OIDC.Issuer == "" {
-		p.add("auth: oidc.issuer is required")
+	if a.OIDC != nil {
+		switch u, err := url.Parse(a.OIDC.Issuer); {
+		case a.OIDC.Issuer == "":
+			p.add("auth: oidc.issuer is required")
+		case err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "":
+			p.add("auth: oidc.issuer: %q is not an http(s) URL", a.OIDC.Issuer)
+		}
 	}
+	if time.Duration(a.JWTExpiryMinutes)*time.Minute > time.Duration(a.JWTMaxLifetime) && a.Admin != nil && a.JWTExpiryMinutes >= 1 {
+		p.add("auth: jwtExpiryMinutes (%d) is longer than jwtMaxLifetime (%s): the JWTs POST /auth/login issues would be refused; lower jwtExpiryMinutes or raise jwtMaxLifetime",
+			a.JWTExpiryMinutes, time.Duration(a.JWTMaxLifetime))
+	}
+}
+
+// isRole reports whether name is a built-in role or one of auth.roles.
+func (a *AuthConfig) isRole(name string) bool {
+	if _, ok := auth.BuiltinRole(name); ok {
+		return true
+	}
+	_, ok := a.Roles[name]
+	return ok
 }
 
 func anyMap[V any](m map[string]V) map[string]any {
@@ -76,6 +102,13 @@ func (c *Config) resolveAuth(p *problems) auth.Config {
 	}
 	for name, r := range a.Roles {
 		cfg.Roles[name] = auth.Role{Permissions: r.Permissions, Targets: r.Targets}
+	}
+	cfg.JWTExpiry = time.Duration(a.JWTExpiryMinutes) * time.Minute
+	if a.Admin != nil {
+		cfg.Admins = []auth.AdminUser{{Username: a.Admin.Username, PasswordHash: a.Admin.PasswordHash, Role: a.Admin.Role}}
+	}
+	if a.OIDC != nil {
+		cfg.OIDC = &auth.OIDC{Issuer: a.OIDC.Issuer, Audience: a.OIDC.Audience, RolesClaim: a.OIDC.RolesClaim}
 	}
 	for i, r := range a.Transparent.AllowCIDRs {
 		pfx, err := parseCIDR(r.CIDR)
