@@ -105,6 +105,10 @@ func (x *agentAdmin) start(ctx context.Context) error {
 	x.srv.Store(srv)
 	x.done = make(chan struct{})
 	x.log.Info("admin listening", "addr", srv.Addr().String())
+	if a.cfg.Server.AdminToken == "" && !a.authn.Enabled() {
+		x.log.Warn("the admin API is open to read for whoever reaches it and refuses changes: set server.adminToken, or turn auth on and use JWTs",
+			"addr", srv.Addr().String())
+	}
 	go func() {
 		defer close(x.done)
 		if err := srv.Serve(); err != nil {

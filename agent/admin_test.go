@@ -42,6 +42,16 @@ type adminEnv struct {
 // %[1]s for the origin's host regex left to the caller).
 func startAdminAgent(t *testing.T, server, rest string) *adminEnv {
 	t.Helper()
+	return startAdminAgentToken(t, testAdminToken, server, rest)
+}
+
+// startAdminAgentToken is startAdminAgent with server.adminToken set to
+// token, or not set when token is "".
+func startAdminAgentToken(t *testing.T, token, server, rest string) *adminEnv {
+	t.Helper()
+	if token != "" {
+		server = "  adminToken: " + token + "\n" + server
+	}
 	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			time.Sleep(time.Second)
@@ -58,9 +68,8 @@ server:
   admin: true
   adminHost: 127.0.0.1
   adminPort: %d
-  adminToken: %s
 %s
-%s`, port, testAdminToken, server, rest))
+%s`, port, server, rest))
 	if err := os.WriteFile(cfgPath, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
