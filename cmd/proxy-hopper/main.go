@@ -148,7 +148,7 @@ func newServerFlags(fs *flag.FlagSet) *serverFlags {
 	boolean("metrics", "metrics", true, "enable the Prometheus /metrics endpoint")
 	boolean("no-metrics", "metrics", false, "disable the Prometheus /metrics endpoint")
 	str("metrics-port", "metricsPort", "port of the metrics endpoint (default 9090)")
-	boolean("admin", "admin", true, "enable the admin API and status page (needs server.adminToken)")
+	boolean("admin", "admin", true, "enable the admin API and status page (guarded by server.adminToken or auth's JWTs)")
 	boolean("no-admin", "admin", false, "disable the admin API and status page")
 	str("admin-port", "adminPort", "port of the admin API and status page (default 8081)")
 	str("admin-host", "adminHost", "interface of the admin API and status page (default 0.0.0.0)")
