@@ -137,7 +137,10 @@ func testNotifies(t *testing.T, a, b store.Store) {
 	// Many changes coalesce: the writer never blocks on a reader that
 	// does not read.
 	for i := range 50 {
-		if _, err := a.Update(ctx(t), func(d *store.Doc, _ bool) error { d.Targets = append(d.Targets, target(fmt.Sprint("y", i))); return nil }); err != nil {
+		if _, err := a.Update(ctx(t), func(d *store.Doc, _ bool) error {
+			d.Targets = append(d.Targets, target(fmt.Sprint("y", i)))
+			return nil
+		}); err != nil {
 			t.Fatal(err)
 		}
 	}
