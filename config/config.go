@@ -31,6 +31,9 @@ type Config struct {
 	// baseDir is the directory of the config file; relative caFile paths
 	// are resolved against it.
 	baseDir string
+	// entities are the entity sections as decoded (normalized YAML
+	// values), for Entities.
+	entities map[string][]map[string]any
 }
 
 // EnvPrefix starts every environment variable proxy-hopper reads: each

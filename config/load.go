@@ -108,24 +108,7 @@ func fromDocument(doc any, overrides map[string]any, env envVars) (*Config, erro
 	decodeSection(authMap, &cfg.Auth, "auth", fromEnv, &p)
 	cfg.Auth.setDefaults()
 
-	for i, raw := range listOf(root["proxyProviders"]) {
-		var pc ProviderConfig
-		decodeSection(raw, &pc, entityLabel("proxyProviders", i, raw), nil, &p)
-		pc.Mutable, pc.Static = orTrue(pc.Mutable), orTrue(pc.Static)
-		cfg.ProxyProviders = append(cfg.ProxyProviders, pc)
-	}
-	for i, raw := range listOf(root["ipPools"]) {
-		var pc IPPoolConfig
-		decodeSection(raw, &pc, entityLabel("ipPools", i, raw), nil, &p)
-		pc.Mutable, pc.Static = orTrue(pc.Mutable), orTrue(pc.Static)
-		cfg.IPPools = append(cfg.IPPools, pc)
-	}
-	for i, raw := range listOf(root["targets"]) {
-		tc := DefaultTargetConfig()
-		decodeSection(raw, &tc, entityLabel("targets", i, raw), nil, &p)
-		tc.setDefaults()
-		cfg.Targets = append(cfg.Targets, tc)
-	}
+	decodeEntities(root, cfg, &p)
 	decodeSection(root["transparent"], &cfg.Transparent, "transparent", nil, &p)
 	if err := p.err(); err != nil {
 		return nil, err
