@@ -182,7 +182,7 @@ func (x *agentAdmin) AddIP(ctx context.Context, target, addr string) error {
 	if err != nil || n < 1 || n > 65535 {
 		return fmt.Errorf("address %q: bad port", addr)
 	}
-	_, err = x.a.editIPs(ctx, target, func(ips []config.ResolvedIP) ([]config.ResolvedIP, error) {
+	err = x.a.editIPs(ctx, target, func(ips []config.ResolvedIP) ([]config.ResolvedIP, error) {
 		if slices.ContainsFunc(ips, func(ip config.ResolvedIP) bool { return ip.Addr() == addr }) {
 			return nil, admin.ErrIPExists
 		}
@@ -196,7 +196,7 @@ func (x *agentAdmin) AddIP(ctx context.Context, target, addr string) error {
 // last IP leaves the target with none: its requests wait up to
 // maxQueueWait, then get 503, until an IP is added.
 func (x *agentAdmin) RemoveIP(ctx context.Context, target, addr string) error {
-	_, err := x.a.editIPs(ctx, target, func(ips []config.ResolvedIP) ([]config.ResolvedIP, error) {
+	err := x.a.editIPs(ctx, target, func(ips []config.ResolvedIP) ([]config.ResolvedIP, error) {
 		i := slices.IndexFunc(ips, func(ip config.ResolvedIP) bool { return ip.Addr() == addr })
 		if i < 0 {
 			return nil, admin.ErrUnknownIP

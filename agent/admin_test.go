@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,6 +32,8 @@ const testAdminToken = "test-admin-token-0123456789"
 type adminEnv struct {
 	t      *testing.T
 	a      *Agent
+	stop   func() // ends Run and waits for it (once; the test's cleanup calls it too)
+	path   string // the config file
 	proxy  string // proxy listener host:port
 	base   string // http://admin host:port
 	origin *httptest.Server
@@ -77,12 +80,16 @@ server:
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
 	go func() { runErr <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-runErr; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-runErr; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
 	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
 	testenv.WaitListening(t, addr, 5*time.Second)
 	// The port accepts as soon as Run has opened it, a moment before
@@ -96,7 +103,7 @@ server:
 	if got := a.AdminAddr(); got.String() != addr {
 		t.Errorf("AdminAddr = %v, want %s", got, addr)
 	}
-	return &adminEnv{t: t, a: a, proxy: ln.Addr().String(), base: "http://" + addr, origin: origin,
+	return &adminEnv{t: t, a: a, stop: stop, path: cfgPath, proxy: ln.Addr().String(), base: "http://" + addr, origin: origin,
 		client: &http.Client{Transport: &http.Transport{}, Timeout: 15 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }

@@ -25,6 +25,7 @@ import (
 	redisbackend "github.com/proxy-hopper/proxy-hopper/pool/redis"
 	"github.com/proxy-hopper/proxy-hopper/prober"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
+	"github.com/proxy-hopper/proxy-hopper/store"
 )
 
 // Options are what a caller (the CLI, the demo, tests) adds to a Config.
@@ -34,6 +35,9 @@ type Options struct {
 	Hooks    proxy.Hooks  // observe requests and attempts
 	Clock    pool.Clock   // default wall clock
 	Backend  pool.Backend // default from server.backend
+	// Store holds the runtime configuration; default: the Redis backend's
+	// (shared by every agent on that Redis and prefix), else in memory.
+	Store store.Store
 
 	// ConfigPath is the file cfg was loaded from, with the Overrides (CLI
 	// flags) it was loaded with. When set, Run reloads it on SIGHUP (and on
@@ -56,6 +60,7 @@ type Agent struct {
 	res     *config.Resolved // cfg resolved, as started
 	log     *slog.Logger
 	backend pool.Backend
+	rs      store.Store // the runtime configuration (runtime.go)
 	opts    Options
 	live    atomic.Pointer[[]*proxy.Target] // the routing table in force
 	reload  reloadState                     // per-target runtime, see reload.go
@@ -111,7 +116,18 @@ func New(ctx context.Context, res *config.Resolved, opts Options) (*Agent, error
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	a.adm = newAgentAdmin(a) // before the pools: their hooks feed its recorder
-	targets, err := a.buildTargets(ctx, cfg, res.Targets)
+	a.rs = openStore(a.backend, opts)
+	defer func() {
+		if !ok && opts.Store == nil {
+			a.rs.Close()
+		}
+	}()
+	a.reload.file = cfg
+	effCfg, effTargets, err := a.initialTargets(ctx, res)
+	if err != nil {
+		return nil, err
+	}
+	targets, err := a.buildTargets(ctx, effCfg, effTargets)
 	if err != nil {
 		return nil, err
 	}
@@ -281,7 +297,8 @@ func (a *Agent) shutdown() error {
 	a.adm.stopping() // /readyz: 503 from now on
 	a.stopLocalTransparent()
 	a.drainGateway()
-	a.stopProber()    // probes in flight are cut
+	a.stopProber() // probes in flight are cut
+	a.closeStore()
 	a.backend.Close() // queued requests get 503 now
 	var err error
 	if a.ln != nil {
@@ -305,4 +322,12 @@ func (a *Agent) backendName() string {
 
 func (a *Agent) closePools() {
 	a.reload.closePools()
+}
+
+// closeStore stops the runtime store's notifications (one given in
+// Options is the caller's to close).
+func (a *Agent) closeStore() {
+	if a.opts.Store == nil {
+		a.rs.Close()
+	}
 }

@@ -44,6 +44,7 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/identity"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
+	"github.com/proxy-hopper/proxy-hopper/store"
 )
 
 // reloadTimeout bounds the backend operations of one reload.
@@ -72,9 +73,15 @@ type targetRT struct {
 // reloadState is the agent's reload side; mu serialises reloads.
 type reloadState struct {
 	mu       sync.Mutex
-	cfg      *config.Config // the config in force (targets as the file says; admin IP edits aside)
+	cfg      *config.Config // the config in force: the file's, with the runtime store's entities
 	rts      map[string]*targetRT
 	fileHash [sha256.Size]byte // of the config file last loaded by ReloadFile or the watcher start
+
+	// The runtime store's side (runtime.go).
+	file     *config.Config // the config file as last loaded: the base the store's entities resolve against
+	doc      store.Doc      // the store version in force
+	applied  int64          // its version (also a version that failed to apply, so it is not retried)
+	needSeed bool           // the store did not answer at start: seed it when it does
 }
 
 func (st *reloadState) closePools() {
@@ -226,12 +233,20 @@ func (a *Agent) ReloadFile(ctx context.Context) (ReloadResult, error) {
 // Reload applies res to the running agent, or rejects it in full and
 // keeps the running config. See the top of this file for what applies and
 // what waits for a restart.
+// The file seeds the runtime store first (see runtime.go); what the store
+// then holds is applied.
 func (a *Agent) Reload(ctx context.Context, res *config.Resolved) (ReloadResult, error) {
 	st := &a.reload
 	st.mu.Lock()
-	out, err := a.applyResolved(ctx, res.Config, res.Targets)
+	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	d, cfg, targets, err := a.seedStore(sctx, res.Config)
+	cancel()
+	var out ReloadResult
 	if err == nil {
-		st.cfg = res.Config
+		out, err = a.applyResolved(ctx, cfg, targets)
+	}
+	if err == nil {
+		st.cfg, st.file, st.doc, st.applied, st.needSeed = cfg, res.Config, d, d.Version, false
 	}
 	out.RestartRequired = config.RestartKeys(a.cfg, res.Config)
 	st.mu.Unlock()
@@ -255,36 +270,57 @@ func (a *Agent) reloadDone(res *ReloadResult, err error) {
 		"targets_changed", strings.Join(res.Changed, ","), "ips_added", res.IPsAdded, "ips_removed", res.IPsRemoved)
 }
 
-// editIPs changes one target's IP list at run time (the admin API) by the
-// same path as a reload of the config in force with that list changed:
+// editIPs changes one target's IP list at run time (the admin API): the
+// edit goes to the runtime store (so every agent on it serves it, and it
+// outlives reloads and restarts) and applies here by the reload path:
 // added IPs take traffic at once, removed ones drain, the prober and
-// transparent mode follow. It lasts until the next reload or restart,
-// which read the file again.
-func (a *Agent) editIPs(ctx context.Context, target string, edit func([]config.ResolvedIP) ([]config.ResolvedIP, error)) (ReloadResult, error) {
-	st := &a.reload
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	var resolved []config.ResolvedTarget
-	found := false
-	for _, t := range a.Targets() {
-		r := st.rts[t.Name]
-		if r == nil {
-			continue
+// transparent mode follow.
+func (a *Agent) editIPs(ctx context.Context, target string, edit func([]config.ResolvedIP) ([]config.ResolvedIP, error)) error {
+	return a.changeRuntime(ctx, func(d *store.Doc, targets []config.ResolvedTarget) error {
+		i := slices.IndexFunc(targets, func(t config.ResolvedTarget) bool { return t.Name == target })
+		if i < 0 {
+			return errUnknownTarget
 		}
-		rt := r.res
-		if t.Name == target {
-			ips, err := edit(slices.Clone(rt.IPs))
-			if err != nil {
-				return ReloadResult{}, err
+		before := targets[i].IPs
+		after, err := edit(slices.Clone(before))
+		if err != nil {
+			return err
+		}
+		if d.IPEdits == nil {
+			d.IPEdits = map[string]*store.IPEdit{}
+		}
+		e := d.IPEdits[target]
+		if e == nil {
+			e = &store.IPEdit{}
+			d.IPEdits[target] = e
+		}
+		has := func(ips []config.ResolvedIP, addr string) bool {
+			return slices.ContainsFunc(ips, func(ip config.ResolvedIP) bool { return ip.Addr() == addr })
+		}
+		// An addition undoes a removal of that IP, and the reverse, so
+		// that reverting an edit leaves none stored.
+		toggle := func(undo, do *[]string, addr string) {
+			if slices.Contains(*undo, addr) {
+				*undo = slices.DeleteFunc(*undo, func(s string) bool { return s == addr })
+			} else if !slices.Contains(*do, addr) {
+				*do = append(*do, addr)
 			}
-			rt.IPs, found = ips, true
 		}
-		resolved = append(resolved, rt)
-	}
-	if !found {
-		return ReloadResult{}, errUnknownTarget
-	}
-	return a.applyResolved(ctx, st.cfg, resolved)
+		for _, ip := range after {
+			if addr := ip.Addr(); !has(before, addr) {
+				toggle(&e.Removed, &e.Added, addr)
+			}
+		}
+		for _, ip := range before {
+			if addr := ip.Addr(); !has(after, addr) {
+				toggle(&e.Added, &e.Removed, addr)
+			}
+		}
+		if len(e.Added) == 0 && len(e.Removed) == 0 {
+			delete(d.IPEdits, target)
+		}
+		return nil
+	})
 }
 
 var errUnknownTarget = errors.New("unknown target")

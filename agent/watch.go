@@ -35,11 +35,16 @@ func hashFile(ctx context.Context, path string) ([sha256.Size]byte, error) {
 // startReloads makes Run reload the config file on SIGHUP and, with
 // server.watchConfig, when the file changes. stop ends both.
 func (a *Agent) startReloads(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { a.watchStore(ctx) })
 	path := a.opts.ConfigPath
 	if path == "" {
-		return func() {}
+		return func() {
+			cancel()
+			wg.Wait()
+		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	// The caller's channel, when given, holds a SIGHUP that arrived before
 	// this point: it is taken now.
 	hup, unregister := a.opts.Hangup, func() {}
@@ -48,7 +53,6 @@ func (a *Agent) startReloads(ctx context.Context) (stop func()) {
 		signal.Notify(own, syscall.SIGHUP)
 		hup, unregister = own, func() { signal.Stop(own) }
 	}
-	var wg sync.WaitGroup
 	wg.Go(func() {
 		for {
 			select {

@@ -32,6 +32,16 @@ type Doc struct {
 	Providers []Entity `json:"proxyProviders"`
 	Pools     []Entity `json:"ipPools"`
 	Targets   []Entity `json:"targets"`
+	// IPEdits are the admin JSON API's changes to targets' IP lists, by
+	// target name, applied after the entities resolve.
+	IPEdits map[string]*IPEdit `json:"ipEdits,omitempty"`
+}
+
+// IPEdit is what the admin API added to and removed from one target's
+// resolved IPs (host:port each).
+type IPEdit struct {
+	Added   []string `json:"added,omitempty"`
+	Removed []string `json:"removed,omitempty"`
 }
 
 // MaxDocBytes bounds a stored Doc (as JSON), as config.MaxConfigBytes

@@ -11,6 +11,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/store"
 )
 
@@ -55,8 +56,9 @@ type Store struct {
 	verKey, docKey, topic string
 	n                     *store.Notifier
 
-	mu   sync.Mutex
-	seen int64 // last version seen, -1 before the first look
+	mu     sync.Mutex
+	seen   int64 // last version seen, -1 before the first look
+	closed bool
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -86,9 +88,15 @@ func (s *Store) Load(ctx context.Context) (store.Doc, bool, error) {
 
 // load reads the Doc and the version key together (MGET: one moment).
 func (s *Store) load(ctx context.Context) (d store.Doc, seeded bool, version int64, err error) {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return store.Doc{}, false, 0, store.ErrClosed
+	}
 	vals, err := s.b.client.MGet(ctx, s.verKey, s.docKey).Result()
 	if err != nil {
-		return store.Doc{}, false, 0, fmt.Errorf("read runtime configuration: %w", err)
+		return store.Doc{}, false, 0, fmt.Errorf("%w: read runtime configuration: %w", pool.ErrBackendUnavailable, err)
 	}
 	if v, ok := vals[0].(string); ok {
 		if version, err = strconv.ParseInt(v, 10, 64); err != nil {
@@ -122,7 +130,7 @@ func (s *Store) Update(ctx context.Context, fn func(*store.Doc, bool) error) (st
 		}
 		got, err := storeCAS.Run(ctx, s.b.client, []string{s.verKey, s.docKey}, version, b, s.topic).Int64()
 		if err != nil {
-			return store.Doc{}, fmt.Errorf("store runtime configuration: %w", err)
+			return store.Doc{}, fmt.Errorf("%w: store runtime configuration: %w", pool.ErrBackendUnavailable, err)
 		}
 		if got == d.Version {
 			s.saw(got)
@@ -155,6 +163,9 @@ func (s *Store) Changed() <-chan struct{} { return s.n.C() }
 
 // Close implements store.Store.
 func (s *Store) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	s.cancel()
 	<-s.done
 	return nil
