@@ -171,8 +171,8 @@ func (x *agentAdmin) IPs(target string) ([]string, bool) {
 
 // AddIP implements admin.IPEditor: the IP joins the pool as available and
 // takes traffic at once (a request waiting for an IP gets it). It has no
-// credentials, provider or region: those come from the config file, and
-// the next reload puts the file's list back.
+// credentials, provider or region: those come from the config file. The
+// edit is kept in the runtime store (runtime.go).
 func (x *agentAdmin) AddIP(ctx context.Context, target, addr string) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
