@@ -16,7 +16,10 @@ require (
 
 require golang.org/x/oauth2 v0.37.0 // indirect
 
-require golang.org/x/sync v0.24.0
+require (
+	github.com/graph-gophers/graphql-go v1.11.1
+	golang.org/x/sync v0.24.0
+)
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	graphql "github.com/graph-gophers/graphql-go"
 	"log/slog"
 	"net"
 	"net/http"
@@ -92,6 +93,11 @@ type Options struct {
 	// Login serves POST /auth/login (auth.NewLoginHandler); nil answers
 	// 404, as proxy-hopper without auth.admin.
 	Login http.Handler
+	// Repository is the runtime configuration behind /graphql; nil
+	// answers 404 there.
+	Repository Repository
+	// AuthEnabled is reported by /api/v1/status (proxy-hopper's auth.enabled).
+	AuthEnabled bool
 	// Targets returns the wired targets, in match order, at each request.
 	Targets func() []*proxy.Target
 	// Backend is the pool backend; /readyz pings it when it is a Pinger.
@@ -134,6 +140,7 @@ type Server struct {
 	links    *sessionStore // one-time login links
 	fails    *authfail.Limiter
 	handler  http.Handler
+	gql      *graphql.Schema // nil without a Repository
 	stopping atomic.Bool
 
 	srv *http.Server
@@ -177,6 +184,13 @@ func New(opts Options) (*Server, error) {
 		opts: opts, log: log, fails: opts.Failures,
 		sessions: newSessionStore(opts.SessionTTL, opts.MaxSessions, opts.Now),
 		links:    newSessionStore(loginLinkTTL, maxLoginLinks, opts.Now),
+	}
+	if opts.Repository != nil {
+		g, err := newGraphQL(s, opts.Repository)
+		if err != nil {
+			return nil, fmt.Errorf("admin: graphql schema: %w", err)
+		}
+		s.gql = g
 	}
 	s.handler = s.routes()
 	return s, nil
@@ -248,6 +262,7 @@ func (s *Server) routes() http.Handler {
 	api.HandleFunc("POST /api/targets/{target}/ips/{ip}/quarantine", s.quarantine)
 	api.HandleFunc("POST /api/targets/{target}/ips/{ip}/release", s.release)
 	api.HandleFunc("POST /api/login-link", s.newLoginLink)
+	api.HandleFunc("GET /api/v1/status", s.v1Status)
 	api.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})
@@ -266,6 +281,8 @@ func (s *Server) routes() http.Handler {
 		})
 	}
 	mux.Handle("POST /auth/login", login)
+	mux.Handle("/graphql", s.requireCaller(http.HandlerFunc(s.serveGraphQL)))
+	mux.HandleFunc("GET /health", s.healthz) // proxy-hopper's liveness path
 	mux.Handle("/api/", s.requireToken(api))
 	return securityHeaders(mux)
 }

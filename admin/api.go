@@ -352,3 +352,34 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, map[string]string{"error": code, "message": msg})
 }
+
+// GET /api/v1/status: proxy-hopper's status answer (read permission):
+// the targets with their regex and IP count, the backend, whether auth is
+// on, and the caller.
+func (s *Server) v1Status(w http.ResponseWriter, r *http.Request) {
+	type target struct {
+		Name    string `json:"name"`
+		Regex   string `json:"regex"`
+		IPCount int    `json:"ip_count"`
+	}
+	targets := []target{}
+	for _, t := range s.opts.Targets() {
+		re := ""
+		if t.Regex != nil {
+			re = t.Regex.String()
+		}
+		n := len(t.Upstreams)
+		if snap, err := t.Pool.Snapshot(r.Context()); err == nil {
+			n = len(snap)
+		}
+		targets = append(targets, target{Name: t.Name, Regex: re, IPCount: n})
+	}
+	user := map[string]string{"sub": "anonymous", "role": "viewer"}
+	switch a := accessFrom(r.Context()); {
+	case a.p != nil:
+		user = map[string]string{"sub": a.p.Name, "role": a.p.Role}
+	case a.all && !a.readOnly:
+		user = map[string]string{"sub": "admin-token", "role": "admin"}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"targets": targets, "backend": s.opts.BackendName, "auth_enabled": s.opts.AuthEnabled, "user": user})
+}

@@ -142,12 +142,26 @@ type Authenticator interface {
 // access is what a checked token may do: everything (the static admin
 // token, or anyone when the API is open), or what a principal's roles grant.
 type access struct {
-	all bool
-	p   *auth.Principal
+	all      bool
+	p        *auth.Principal
+	readOnly bool // a session cookie, the open API, or a GraphQL GET: reads only
 }
 
 // can reports whether a may use a permission (read, write).
-func (a access) can(perm string) bool { return a.all || a.p.Can(perm) }
+func (a access) can(perm string) bool {
+	if a.readOnly && perm != "read" {
+		return false
+	}
+	return a.all || a.p.Can(perm)
+}
+
+// withAccess hands the caller's access to the handlers.
+func withAccess(r *http.Request, a access) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), accessKey{}, a))
+}
+
+// readAccess is what a session cookie or the open API grants.
+var readAccess = access{all: true, readOnly: true}
 
 // authOn reports whether auth's tokens are accepted here.
 func (s *Server) authOn() bool { return s.opts.Auth != nil && s.opts.Auth.Enabled() }
@@ -245,12 +259,12 @@ func (s *Server) requireToken(h http.Handler) http.Handler {
 			case !acc.can(need):
 				writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("Permission '%s' required", need))
 			default:
-				h.ServeHTTP(w, r)
+				h.ServeHTTP(w, withAccess(r, acc))
 			}
 			return
 		}
 		if readOnly && (s.open() || s.cookieOK(r)) {
-			h.ServeHTTP(w, r)
+			h.ServeHTTP(w, withAccess(r, readAccess))
 			return
 		}
 		if s.open() {
@@ -270,6 +284,32 @@ func (s *Server) requireToken(h http.Handler) http.Handler {
 			what = "<JWT>"
 		}
 		writeError(w, http.StatusUnauthorized, "unauthorized", "missing token: send Authorization: Bearer "+what)
+	})
+}
+
+// requireCaller lets through any caller with a valid token or session
+// (or anyone when the API is open), handing its access to h, which checks
+// the permission each operation needs (GraphQL: read for queries, write
+// for mutations). A session cookie only ever reads.
+func (s *Server) requireCaller(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, hasHeader := bearer(r)
+		switch {
+		case s.open():
+			h.ServeHTTP(w, withAccess(r, readAccess))
+		case hasHeader:
+			res, acc, wait := s.checkToken(r, tok, "header")
+			if res != tokenOK {
+				s.refuseToken(w, res, wait)
+				return
+			}
+			h.ServeHTTP(w, withAccess(r, acc))
+		case s.cookieOK(r):
+			h.ServeHTTP(w, withAccess(r, readAccess))
+		default:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="proxy-hopper admin"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "Authentication required")
+		}
 	})
 }
 
