@@ -324,6 +324,9 @@ func TestDefaults(t *testing.T) {
 			t.Errorf("%s = %v, want true", name, b)
 		}
 	}
+	if !ts[0].SpoofUserAgent {
+		t.Errorf("resolved target: SpoofUserAgent false, want proxy-hopper's default true")
+	}
 	if tc.Identity.Enabled || tc.Identity.Warmup != nil || tc.Identity.RotateAfterRequests != 0 {
 		t.Errorf("identity = %+v", tc.Identity)
 	}
@@ -1004,7 +1007,7 @@ targets:
 	if cfg.ProxyProviders[0].RegionTag != "EU" || ts[0].IPs[0].Addr() != "a:81" {
 		t.Errorf("provider = %+v, IPs %v", cfg.ProxyProviders[0], ts[0].IPs)
 	}
-	if tc.MaxQueueWait.D() != 7*time.Second || tc.NumRetries != 1 || tc.IPFailuresUntilQuarantine != 2 || *tc.SpoofUserAgent ||
+	if tc.MaxQueueWait.D() != 7*time.Second || tc.NumRetries != 1 || tc.IPFailuresUntilQuarantine != 2 || *tc.SpoofUserAgent || ts[0].SpoofUserAgent ||
 		!tc.TLSInsecureSkipVerify || tc.Identity.RotateAfterRequests != 4 || *tc.Identity.RotateOn429 || !tc.Identity.PreserveClientHeaders {
 		t.Errorf("target = %+v", tc)
 	}

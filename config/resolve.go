@@ -83,6 +83,9 @@ type ResolvedTarget struct {
 	// Identity is the per-IP identity policy; Identity.Enabled is false
 	// when the target's identity block is off.
 	Identity identity.Config
+	// SpoofUserAgent replaces the client's User-Agent with a browser's
+	// (spoofUserAgent, default true).
+	SpoofUserAgent bool
 }
 
 // String is the one-line summary `validate` prints.

@@ -124,7 +124,7 @@ func (c *Config) resolveTargets(p *problems, providers map[string]*providerInfo,
 	for i := range c.Targets {
 		t := &c.Targets[i]
 		label := entityLabel("targets", i, map[string]any{"name": t.Name})
-		rt := ResolvedTarget{Name: t.Name, NumRetries: t.NumRetries}
+		rt := ResolvedTarget{Name: t.Name, NumRetries: t.NumRetries, SpoofUserAgent: t.SpoofUserAgent == nil || *t.SpoofUserAgent}
 		if t.Name == "" {
 			p.add("%s: name is required", label)
 		} else if j, dup := first[t.Name]; dup {

@@ -87,6 +87,17 @@ func (p Profile) HeadersFor(u *url.URL) []Header {
 	return out
 }
 
+// UserAgent returns the User-Agent the profile sends ("" for the zero
+// Profile). It is the same to every origin.
+func (p Profile) UserAgent() string {
+	for _, f := range p.fields {
+		if strings.EqualFold(f.Name, "User-Agent") {
+			return f.Value
+		}
+	}
+	return ""
+}
+
 // Profiles returns the built-in profiles, sorted by name.
 func Profiles() []Profile {
 	return []Profile{

@@ -261,3 +261,28 @@ func TestProfilesGolden(t *testing.T) {
 		t.Errorf("profiles differ from %s (go test -update to accept):\n%s", path, got)
 	}
 }
+
+// TestProfileUserAgent checks UserAgent against the header the profile
+// sends, to secure and plain-http origins alike.
+func TestProfileUserAgent(t *testing.T) {
+	for _, p := range Profiles() {
+		ua := p.UserAgent()
+		if !strings.HasPrefix(ua, "Mozilla/5.0 (") {
+			t.Errorf("%s: UserAgent() = %q, want a browser User-Agent", p.Name(), ua)
+		}
+		for _, u := range []*url.URL{nil, {Scheme: "http", Host: "example.com"}} {
+			var sent []string
+			for _, h := range p.HeadersFor(u) {
+				if strings.EqualFold(h.Name, "User-Agent") {
+					sent = append(sent, h.Value)
+				}
+			}
+			if len(sent) != 1 || sent[0] != ua {
+				t.Errorf("%s to %v: sends User-Agent %q, UserAgent() = %q", p.Name(), u, sent, ua)
+			}
+		}
+	}
+	if ua := (Profile{}).UserAgent(); ua != "" {
+		t.Errorf("zero Profile: UserAgent() = %q, want empty", ua)
+	}
+}

@@ -60,6 +60,7 @@ type envOptions struct {
 	quiet            bool                     // no agent log in the test output
 	creds            []string                 // "user:pass" the agent sends to tinyproxy i
 	identity         *identity.Store          // per-IP identities of the target
+	spoofUA          bool                     // the target's SpoofUserAgent
 	poolHooks        pool.Hooks
 }
 
@@ -108,7 +109,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.regex == "" {
 		o.regex = ".*"
 	}
-	tg := &Target{Name: "t1", Regex: regexp.MustCompile(o.regex), Pool: p, Upstreams: ups, NumRetries: o.retries, MaxClientRetries: o.maxClientRetries, TLS: o.tls, Identity: o.identity}
+	tg := &Target{Name: "t1", Regex: regexp.MustCompile(o.regex), Pool: p, Upstreams: ups, NumRetries: o.retries, MaxClientRetries: o.maxClientRetries, TLS: o.tls, Identity: o.identity, SpoofUserAgent: o.spoofUA}
 	e.targets = []*Target{tg}
 	o.opts.Hooks.Attempt = func(a AttemptEvent) {
 		e.mu.Lock()

@@ -267,11 +267,23 @@ func writeRequest(bw *bufio.Writer, req *request, up Upstream, body *requestBody
 		}
 	} else {
 		conn := tokens(h.Fields.Values("Connection"))
+		uaSent := req.userAgent == ""
 		for _, f := range h.Fields {
 			if isHop(f.Name, conn) || (req.overrides != nil && req.overrides.Has(f.Name)) {
 				continue
 			}
+			if req.userAgent != "" && strings.EqualFold(f.Name, "User-Agent") {
+				// The spoofed User-Agent takes the place of the client's.
+				if !uaSent {
+					writeField(bw, Field{Name: "User-Agent", Value: req.userAgent})
+					uaSent = true
+				}
+				continue
+			}
 			writeField(bw, f)
+		}
+		if !uaSent {
+			writeField(bw, Field{Name: "User-Agent", Value: req.userAgent})
 		}
 		for _, f := range req.overrides {
 			writeField(bw, f)

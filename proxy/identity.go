@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
@@ -13,22 +14,27 @@ import (
 
 // identityFields builds the header fields of one attempt through an IP
 // with an identity: the client's fields without hop-by-hop and control
-// headers, merged by the identity (its headers, in its browser's order,
-// and its cookies), then the X-Proxy-Hopper-<Name> overrides, which win
-// and keep the place of the field they replace.
-func identityFields(req *request, id *identity.Session) Fields {
+// headers (and without its User-Agent when spoof is set), merged by the
+// identity (its headers, in its browser's order, and its cookies), then
+// the X-Proxy-Hopper-<Name> overrides, which win and keep the place of the
+// field they replace.
+func identityFields(req *request, id *identity.Session, spoof bool) Fields {
 	h := req.head
 	conn := tokens(h.Fields.Values("Connection"))
 	client := make([]identity.Header, 0, len(h.Fields))
 	for _, f := range h.Fields {
-		if !isHop(f.Name, conn) {
+		if !isHop(f.Name, conn) && !(spoof && strings.EqualFold(f.Name, "User-Agent")) {
 			client = append(client, identity.Header(f))
 		}
 	}
 	merged := id.Apply(client, req.url)
-	out := make(Fields, 0, len(merged)+len(req.overrides))
+	out := make(Fields, 0, len(merged)+len(req.overrides)+1)
 	for _, f := range merged {
 		out = append(out, Field(f))
+	}
+	if spoof && !out.Has("User-Agent") {
+		// Only when the identity sends none (its policy was just turned off).
+		out = append(out, Field{Name: "User-Agent", Value: randomUserAgent()})
 	}
 	for _, o := range req.overrides {
 		replaced := false
@@ -60,7 +66,7 @@ func (s *Server) warmup(ctx context.Context, t *Target, up Upstream, id *identit
 		return
 	}
 	wreq := &request{head: &RequestHead{Method: http.MethodGet, Target: wu.RequestURI(), Proto: "HTTP/1.1", Minor: 1}, url: wu, retries: 0}
-	wreq.fields = identityFields(wreq, id)
+	wreq.fields = identityFields(wreq, id, t.SpoofUserAgent)
 	resp, uc, err := t.tr.roundTrip(ctx, up, wreq, &requestBody{})
 	if err != nil {
 		s.log.Debug("identity warm-up failed", "target", t.Name, "address", up.Addr, "err", err)
@@ -78,6 +84,36 @@ func (s *Server) warmup(ctx context.Context, t *Target, up Upstream, id *identit
 	if t.Identity.OnResponse(up.Addr, resp.StatusCode) {
 		s.log.Debug("identity rotated by its warm-up", "target", t.Name, "address", up.Addr, "status", resp.StatusCode)
 	}
+}
+
+// browserUserAgents are the User-Agents of the built-in browser profiles,
+// read once; never modified.
+var browserUserAgents = func() []string {
+	var uas []string
+	for _, p := range identity.Profiles() {
+		if ua := p.UserAgent(); ua != "" {
+			uas = append(uas, ua)
+		}
+	}
+	return uas
+}()
+
+// randomUserAgent returns a random built-in profile's User-Agent, as
+// proxy-hopper picks a random profile's for each request without an
+// identity.
+func randomUserAgent() string {
+	return browserUserAgents[rand.IntN(len(browserUserAgents))]
+}
+
+// spoofedUserAgent is the User-Agent replacing the client's in an attempt
+// through t without an identity: a random browser's when t spoofs and the
+// client sent no X-Proxy-Hopper-User-Agent override (which wins); "" keeps
+// the client's.
+func (t *Target) spoofedUserAgent(req *request) string {
+	if !t.SpoofUserAgent || req.overrides.Has("User-Agent") {
+		return ""
+	}
+	return randomUserAgent()
 }
 
 // principalKey names an authenticated principal for its cookie jars: kind

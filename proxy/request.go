@@ -30,6 +30,9 @@ type request struct {
 	// identity's headers and cookies merged in); nil means the client's
 	// fields filtered, plus overrides.
 	fields Fields
+	// userAgent, when set (and fields nil), replaces the client's
+	// User-Agent in this attempt: spoofUserAgent without an identity.
+	userAgent string
 }
 
 // handle routes one request head by its form and reports whether the
@@ -44,7 +47,11 @@ func (s *Server) handle(cc *clientConn, head *RequestHead) bool {
 		s.serveConnect(cc, head)
 		return false
 	}
-	req := &request{head: head, retries: retriesOf(head), tag: tagOf(head), overrides: overridesOf(head.Fields)}
+	overrides, err := overridesOf(head.Fields)
+	if err != nil {
+		return bad(err.Error())
+	}
+	req := &request{head: head, retries: retriesOf(head), tag: tagOf(head), overrides: overrides}
 	switch t := head.Target; {
 	case hasSchemePrefix(t):
 		u, err := url.ParseRequestURI(t)
@@ -135,9 +142,17 @@ func CleanTag(tag string) string {
 // any other X-Proxy-Hopper-<Name> overrides the upstream header <Name>.
 var controlHeaders = []string{"Target", "Retries", "Tag", "Auth"}
 
+// MaxUserAgentLen bounds an X-Proxy-Hopper-User-Agent value, in bytes:
+// browsers send under 300, and a longer one is refused with 400 rather than
+// sent cut. (Control characters never get this far: the head parser
+// refuses them in every field.)
+const MaxUserAgentLen = 1024
+
 // overridesOf collects X-Proxy-Hopper-<Name> override headers, as
 // proxy-hopper does. Names that would change framing or routing are ignored.
-func overridesOf(f Fields) Fields {
+// A User-Agent override must come once and be at most MaxUserAgentLen
+// bytes; the error says what is wrong, for a 400.
+func overridesOf(f Fields) (Fields, error) {
 	var out Fields
 	for _, h := range f {
 		if len(h.Name) <= 15 || !strings.EqualFold(h.Name[:15], "X-Proxy-Hopper-") {
@@ -148,9 +163,17 @@ func overridesOf(f Fields) Fields {
 			isHop(name, nil) || strings.HasPrefix(strings.ToLower(name), "x-proxy-hopper-") {
 			continue
 		}
+		if strings.EqualFold(name, "User-Agent") {
+			if out.Has(name) {
+				return nil, errors.New("more than one " + HeaderUserAgent + " header")
+			}
+			if len(h.Value) > MaxUserAgentLen {
+				return nil, fmt.Errorf("%s is longer than %d bytes", HeaderUserAgent, MaxUserAgentLen)
+			}
+		}
 		out = append(out, Field{Name: name, Value: h.Value})
 	}
-	return out
+	return out, nil
 }
 
 // serveRequest is the one request path shared by every client mode: frame

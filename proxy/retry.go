@@ -83,7 +83,9 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		if t.Identity != nil {
 			s.warmup(ctx, t, up, t.Identity.Get(ip).Session(req.principal), req.url)
 			id = t.Identity.Get(ip).Session(req.principal) // a 429 to the warm-up rotates it
-			req.fields = identityFields(req, id)
+			req.fields = identityFields(req, id, t.SpoofUserAgent)
+		} else {
+			req.userAgent = t.spoofedUserAgent(req)
 		}
 		resp, uc, err := t.tr.roundTrip(ctx, up, req, body)
 		if err == nil && id != nil {

@@ -39,6 +39,9 @@ const (
 	HeaderTarget  = "X-Proxy-Hopper-Target"
 	HeaderRetries = "X-Proxy-Hopper-Retries"
 	HeaderTag     = "X-Proxy-Hopper-Tag"
+	// HeaderUserAgent overrides the User-Agent sent upstream (one of the
+	// X-Proxy-Hopper-<Name> overrides, bounded by MaxUserAgentLen).
+	HeaderUserAgent = "X-Proxy-Hopper-User-Agent"
 )
 
 // Options tunes the server; zero fields take the defaults shown.

@@ -30,6 +30,15 @@ type Target struct {
 	// Identity, when set, gives each IP a browser persona (headers, cookie
 	// jar) on plain-HTTP requests the agent makes itself.
 	Identity *identity.Store
+	// SpoofUserAgent (spoofUserAgent, proxy-hopper's default true) drops
+	// the client's User-Agent from every request the agent makes itself
+	// (plain HTTP, and https origins it connects to) and sends a browser's:
+	// the IP's identity's, else a random built-in profile's, drawn per
+	// attempt. Off, the client's User-Agent passes (an identity still
+	// replaces it unless preserveClientHeaders). An X-Proxy-Hopper-User-Agent
+	// override wins either way. CONNECT and TLS tunnels are opaque: never
+	// rewritten.
+	SpoofUserAgent bool
 
 	tr  *transport
 	dir *upstreamDir // shared by the generations of this target name

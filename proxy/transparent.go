@@ -185,7 +185,12 @@ func (s *Server) transparentHTTP(cc *clientConn, orig netip.AddrPort) {
 			_ = writeJSON(cc.bw, http.StatusBadRequest, head.Minor, false, clientError(err.Error()))
 			return false
 		}
-		req := &request{head: head, url: u, mode: "transparent", retries: retriesOf(head), tag: tagOf(head), overrides: overridesOf(head.Fields)}
+		overrides, err := overridesOf(head.Fields)
+		if err != nil {
+			_ = writeJSON(cc.bw, http.StatusBadRequest, head.Minor, false, clientError(err.Error()))
+			return false
+		}
+		req := &request{head: head, url: u, mode: "transparent", retries: retriesOf(head), tag: tagOf(head), overrides: overrides}
 		return s.serveRequest(cc, req, keep)
 	}, true, false)
 }
