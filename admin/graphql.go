@@ -88,10 +88,10 @@ input TargetInput {
 input ProviderInput {
   name: String!
   ipList: [String!]!
-  regionTag: String = null
+  regionTag: String
   mutable: Boolean! = true
   static: Boolean! = false
-  auth: BasicAuthInput = null
+  auth: BasicAuthInput
 }
 
 type Query {

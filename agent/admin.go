@@ -86,6 +86,8 @@ func (x *agentAdmin) start(ctx context.Context) error {
 		Token:        a.cfg.Server.AdminToken,
 		Auth:         a.authn,
 		Login:        x.login(),
+		Repository:   repository{a},
+		AuthEnabled:  a.authn.Enabled(),
 		Targets:      a.Targets,
 		Backend:      a.backend,
 		BackendName:  a.backendName(),

@@ -84,6 +84,14 @@ type reloadState struct {
 	needSeed bool           // the store did not answer at start: seed it when it does
 }
 
+// rtsByName returns the runtime of a target name, if it has one.
+func (st *reloadState) rtsByName(name string) (*targetRT, bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	r, ok := st.rts[name]
+	return r, ok
+}
+
 func (st *reloadState) closePools() {
 	st.mu.Lock()
 	defer st.mu.Unlock()
