@@ -118,7 +118,11 @@ func New(ctx context.Context, res *config.Resolved, opts Options) (*Agent, error
 	if a.prober, err = a.newProber(opts.Clock); err != nil {
 		return nil, fmt.Errorf("prober: %w", err)
 	}
-	authn, err := auth.New(res.Auth)
+	ac := res.Auth
+	if ac.Log == nil {
+		ac.Log = log.With("component", "auth") // not slog.Default: the agent's format
+	}
+	authn, err := auth.New(ac)
 	if err != nil {
 		return nil, err
 	}
@@ -258,11 +262,11 @@ func (a *Agent) start(ctx context.Context) (stopReloads func(), err error) {
 	if err := a.adm.start(ctx); err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
-	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.Targets()), "backend", a.backendName())
 	a.reload.mu.Lock()
 	a.startModes(ctx)
 	a.reload.mu.Unlock()
 	a.startProber(ctx)
+	a.logStarted()
 	return a.startReloads(ctx), nil
 }
 
