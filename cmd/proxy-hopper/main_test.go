@@ -215,7 +215,7 @@ targets:
 	if probes.Load() == 0 {
 		t.Errorf("the origin saw no probe\nlogs:\n%s", logs.String())
 	}
-	for _, msg := range []string{`"msg":"prober started"`, `"msg":"prober stopped"`} {
+	for _, msg := range []string{`"message":"prober started"`, `"message":"prober stopped"`} {
 		if !strings.Contains(logs.String(), msg) {
 			t.Errorf("logs lack %s\nlogs:\n%s", msg, logs.String())
 		}
