@@ -9,6 +9,7 @@ import (
 	"testing/slogtest"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/config"
 )
 
@@ -167,6 +168,35 @@ func TestLoggerName(t *testing.T) {
 	} {
 		if got := LoggerName(comp); got != want {
 			t.Errorf("LoggerName(%q) = %q, want %q", comp, got, want)
+		}
+	}
+}
+
+// TestStartupDescriptions: the start-up line's auth state and Redis
+// address (never its credentials or options).
+func TestStartupDescriptions(t *testing.T) {
+	for _, c := range []struct {
+		cfg  auth.Config
+		want string
+	}{
+		{auth.Config{APIKeys: []auth.APIKey{{Name: "a"}}, JWTSecret: "s"}, "off"},
+		{auth.Config{Enabled: true}, "on, no credentials accepted"},
+		{auth.Config{Enabled: true, APIKeys: []auth.APIKey{{Name: "a"}, {Name: "b"}, {Name: "c"}}}, "api keys 3"},
+		{auth.Config{Enabled: true, JWTSecret: "s", OIDC: &auth.OIDC{Issuer: "https://u:p@idp.example/realms/x"},
+			Admins: []auth.AdminUser{{Username: "root"}}}, "jwt, oidc https://idp.example/realms/x, admin login"},
+	} {
+		if got := authState(c.cfg); got != c.want {
+			t.Errorf("authState(%+v) = %q, want %q", c.cfg, got, c.want)
+		}
+	}
+	for raw, want := range map[string]string{
+		"redis://:pw@10.0.0.5:6379/2":              "redis://10.0.0.5:6379/2",
+		"rediss://user:pw@[::1]:6380/0?password=x": "rediss://[::1]:6380/0",
+		"unix://:pw@/run/redis.sock?db=1":          "unix:///run/redis.sock",
+		"redis://%zz":                              "(unparsable url)",
+	} {
+		if got := redisAddress(raw); got != want {
+			t.Errorf("redisAddress(%q) = %q, want %q", raw, got, want)
 		}
 	}
 }
