@@ -136,7 +136,9 @@ func New(ctx context.Context, res *config.Resolved, opts Options) (*Agent, error
 		return nil, fmt.Errorf("prober: %w", err)
 	}
 	ac := res.Auth
-	ac.Log = log
+	if ac.Log == nil {
+		ac.Log = log.With("component", "auth") // not slog.Default: the agent's format
+	}
 	authn, err := auth.New(ac)
 	if err != nil {
 		return nil, err
@@ -278,11 +280,11 @@ func (a *Agent) start(ctx context.Context) (stopReloads func(), err error) {
 	if err := a.adm.start(ctx); err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
-	a.log.Info("proxy-hopper listening", "addr", a.ln.Addr().String(), "targets", len(a.Targets()), "backend", a.backendName())
 	a.reload.mu.Lock()
 	a.startModes(ctx)
 	a.reload.mu.Unlock()
 	a.startProber(ctx)
+	a.logStarted()
 	return a.startReloads(ctx), nil
 }
 

@@ -79,7 +79,7 @@ func TestAcceptErrorsLogRateLimited(t *testing.T) {
 	}
 	srv.acceptLog.Flush()
 	_, sums := count()
-	if len(sums) != 1 || sums[0]["what"] != "accept" || sums[0]["suppressed"] != float64(fails-burst) || sums[0]["message"] != "accept failed; retrying" {
+	if len(sums) != 1 || sums[0]["what"] != "accept" || sums[0]["suppressed"] != float64(fails-burst) || sums[0]["suppressed_message"] != "accept failed; retrying" {
 		t.Errorf("summaries = %v, want one for accept with %d suppressed", sums, fails-burst)
 	}
 }

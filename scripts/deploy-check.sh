@@ -115,7 +115,7 @@ nsenter --net="/run/netns/$ns" unshare -m sh -ec '
 	timeout -s TERM 3 chroot --userspec=65532:65532 "$1" /usr/local/bin/proxy-hopper run --config /etc/proxy-hopper/config.yaml --no-probe || [ $? = 124 ]
 ' sh "$mnt" >"$work/image.log" 2>&1 || { cat "$work/image.log"; exit 1; }
 grep -q '^proxy-hopper deploy-check$' "$work/image.log" && grep -q 'Config OK' "$work/image.log" &&
-	grep -q 'msg="proxy-hopper listening"' "$work/image.log" && grep -q 'msg=stopped' "$work/image.log" ||
+	grep -q 'msg="Proxy Hopper running on ' "$work/image.log" && grep -q 'msg=stopped' "$work/image.log" ||
 	{ cat "$work/image.log"; echo "image binary: unexpected output"; exit 1; }
 buildah rmi "$img" >/dev/null 2>&1 || true
 step "ok"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -215,13 +216,29 @@ targets:
 	if probes.Load() == 0 {
 		t.Errorf("the origin saw no probe\nlogs:\n%s", logs.String())
 	}
-	for _, msg := range []string{`"msg":"prober started"`, `"msg":"prober stopped"`} {
+	for _, msg := range []string{`"message":"prober started"`, `"message":"prober stopped"`} {
 		if !strings.Contains(logs.String(), msg) {
 			t.Errorf("logs lack %s\nlogs:\n%s", msg, logs.String())
 		}
 	}
 	if strings.Contains(logs.String(), "secret") {
 		t.Errorf("logs leak credentials")
+	}
+	// The start-up line: memory, auth off, the proxy listener and the prober.
+	var started map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("line %q: %v", line, err)
+		}
+		if msg, _ := m["message"].(string); strings.HasPrefix(msg, "Proxy Hopper running on ") {
+			started = m
+		}
+	}
+	want := fmt.Sprintf("Proxy Hopper running on 127.0.0.1:%d (backend=memory, auth=disabled)", port)
+	if started == nil || started["message"] != want || started["backend"] != "memory" || started["auth"] != "off" ||
+		fmt.Sprint(started["modes"]) != "[explicit/header prober]" || started["version"] == "" || started["redis"] != nil {
+		t.Errorf("start-up line %v, want %q with backend memory, auth off, modes [explicit/header prober], a version", started, want)
 	}
 }
 

@@ -189,5 +189,5 @@ func (l *Limiter) Flush() {
 
 func (l *Limiter) write(ctx context.Context, s *summary) {
 	l.log.Log(ctx, s.level, "log lines suppressed", l.o.KeyAttr, s.key, "suppressed", s.n,
-		"message", s.msg, "interval", l.o.Interval)
+		"suppressed_message", s.msg, "interval", l.o.Interval)
 }

@@ -93,7 +93,7 @@ func TestFloodSummarised(t *testing.T) {
 		t.Fatalf("after the interval: %d summaries, %d lines; want 1 and 6: %v", len(sums), len(lines), lines)
 	}
 	s := sums[0]
-	if s["suppressed"] != float64(1995) || s["reason"] != "missing" || s["message"] != "request refused" || s["level"] != "INFO" {
+	if s["suppressed"] != float64(1995) || s["reason"] != "missing" || s["suppressed_message"] != "request refused" || s["level"] != "INFO" {
 		t.Fatalf("summary = %v", s)
 	}
 	// The next interval starts afresh, and no second summary comes.
