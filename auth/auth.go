@@ -137,7 +137,7 @@ type Config struct {
 	// OIDC, when set, makes the issuer's tokens acceptable.
 	OIDC *OIDC
 	Now  func() time.Time // default time.Now
-	Log  *slog.Logger     // default slog.Default(); never sees a token
+	Log  *slog.Logger     // default slog.Default() as component auth; never sees a token
 }
 
 // builtinRoles give proxy access to every target.
@@ -193,7 +193,7 @@ func New(cfg Config) (*Authenticator, error) {
 	}
 	a.log = cfg.Log
 	if a.log == nil {
-		a.log = slog.Default()
+		a.log = slog.Default().With("component", "auth")
 	}
 	for n, r := range builtinRoles {
 		a.roles[n] = r
@@ -221,7 +221,7 @@ func New(cfg Config) (*Authenticator, error) {
 		return nil, err
 	}
 	if cfg.OIDC != nil {
-		v, err := newOIDCVerifier(*cfg.OIDC, a.now, a.log.With("component", "auth"))
+		v, err := newOIDCVerifier(*cfg.OIDC, a.now, a.log)
 		if err != nil {
 			return nil, err
 		}
