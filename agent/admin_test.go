@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -77,19 +76,7 @@ server:
 		t.Fatal(err)
 	}
 	a, ln := newFileAgent(t, cfgPath)
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- a.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-runErr; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
+	stop := runInBackground(t, a)
 	addr := net.JoinHostPort("127.0.0.1", fmt.Sprint(port))
 	testenv.WaitListening(t, addr, 5*time.Second)
 	// The port accepts as soon as Run has opened it, a moment before

@@ -129,6 +129,27 @@ func newFileAgent(t *testing.T, cfgPath string) (*Agent, net.Listener) {
 	return a, ln
 }
 
+// runInBackground runs a until stop, which ends Run, waits for it and
+// fails the test on its error; stop runs once (the test's cleanup calls
+// it too).
+func runInBackground(t *testing.T, a *Agent) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
 // runMetricsAgent builds the agent of cfgPath, runs it and waits for its
 // metrics listener on metricsPort. It returns the agent, its proxy listener,
 // the metrics address and stop, which ends Run and returns its error

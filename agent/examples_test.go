@@ -61,15 +61,7 @@ func TestProxyHopperExamplesRun(t *testing.T) {
 				ln.Close()
 				t.Fatalf("New: %v", err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- a.Run(ctx) }()
-			defer func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("Run: %v", err)
-				}
-			}()
+			defer runInBackground(t, a)()
 			client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{}}
 			get := func(tok string) int {
 				t.Helper()
