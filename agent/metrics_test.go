@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -131,15 +132,15 @@ targets:
 	deadLabels := fmt.Sprintf(`{address=%q,provider="local",region="lab",target="web"}`, dead)
 	for _, want := range []string{
 		`proxy_hopper_client_requests_total{outcome="success",tag="e2e",target="web"} 3`,
-		`proxy_hopper_requests_total{outcome="success",tag="",target="web"} 3`,
-		`proxy_hopper_requests_total{outcome="connection_error",tag="",target="web"} 1`,
+		`proxy_hopper_requests_total{outcome="success",tag="e2e",target="web"} 3`,
+		`proxy_hopper_requests_total{outcome="connection_error",tag="e2e",target="web"} 1`,
 		`proxy_hopper_requests_total{outcome="no_match",tag="",target="unmatched"} 1`,
 		`proxy_hopper_responses_total{status_code="200",tag="e2e",target="web"} 3`,
 		`proxy_hopper_retries_total{target="web"} 1`,
 		`proxy_hopper_attempts_total{outcome="success",target="web"} 3`,
 		`proxy_hopper_attempts_total{outcome="connection_error",target="web"} 1`,
-		`proxy_hopper_request_duration_seconds_count{target="web"} 3`,
-		`proxy_hopper_queue_wait_seconds_count{target="web"} 3`,
+		`proxy_hopper_request_duration_seconds_count{target="web"} 4`,
+		`proxy_hopper_queue_wait_seconds_count{target="web"} 4`,
 		`proxy_hopper_ip_quarantine_events_total` + deadLabels + ` 1`,
 		`proxy_hopper_ip_failure_count` + deadLabels + ` 1`,
 		`proxy_hopper_quarantined_ips{target="web"} 1`,
@@ -252,5 +253,147 @@ targets:
 	}
 	if resp, _ := scrape("Bearer " + tok); resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("after 10 wrong tokens: %d, want 429 with Retry-After", resp.StatusCode)
+	}
+}
+
+// TestMetricsRecordedAsTheOriginal drives an agent over two real
+// tinyproxies and checks that each series is recorded when and with the
+// labels proxy-hopper records it: requests_total and
+// request_duration_seconds once per attempt, with the client's tag;
+// queue_wait_seconds once per IP obtained (retries too); a retry that
+// finds no untried IP within maxQueueWait counts in queue_expired_total,
+// not as a retry exhaustion; a CONNECT tunnel's attempt counts in
+// requests_total with its tag but its lifetime is no latency; a request no
+// target matched keeps its tag.
+func TestMetricsRecordedAsTheOriginal(t *testing.T) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/busy") { // the target header's path, then the request's
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		fmt.Fprint(w, "hello")
+	}))
+	defer origin.Close()
+	tpA := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
+	tpB := testenv.StartTinyproxy(t, "127.0.0.4", testenv.TinyproxyOptions{})
+	metricsPort := testenv.FreePort(t, "127.0.0.1")
+	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+	// An IP cools down 1.5s after each use, longer than maxQueueWait.
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+server:
+  host: 127.0.0.1
+  metrics: true
+  metricsPort: %d
+  shutdownTimeout: 2s
+  probe: false
+targets:
+  - name: web
+    regex: '127\.0\.0\.1'
+    ipList: ["%s", "%s"]
+    minRequestInterval: 1500ms
+    maxQueueWait: 200ms
+    numRetries: 1
+    ipFailuresUntilQuarantine: 10
+`, metricsPort, tpA.Addr, tpB.Addr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, ln, metricsAddr, _ := runMetricsAgent(t, cfgPath, metricsPort)
+	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
+	get := func(target, tag string) int {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+		req.Header.Set(proxy.HeaderTarget, target)
+		req.Header.Set(proxy.HeaderTag, tag)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// One IP answers and cools down; the next request's IP gets a 503 and
+	// its retry finds only the cooling IP, which does not come free within
+	// maxQueueWait: the 503 is the answer.
+	if code := get(origin.URL, "t1"); code != 200 {
+		t.Fatalf("first request: %d, want 200", code)
+	}
+	start := time.Now()
+	if code := get(origin.URL+"/busy", "t1"); code != 503 {
+		t.Fatalf("request whose retry finds no IP: %d, want the origin's 503", code)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("the retry waited %s, longer than the cooldown allows the test to hold", d)
+	}
+	// A tunnel once both IPs cooled down, tagged.
+	time.Sleep(1600 * time.Millisecond)
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	authority := strings.TrimPrefix(origin.URL, "http://")
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s: t2\r\n\r\n", authority, authority, proxy.HeaderTag)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", authority)
+	if resp, err = http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET through the tunnel: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	c.Close()
+	if code := get("http://unmatched.example/", "t3"); code != 502 {
+		t.Fatalf("unmatched request: %d, want 502", code)
+	}
+
+	want := []string{
+		`proxy_hopper_requests_total{outcome="success",tag="t1",target="web"} 1`,
+		`proxy_hopper_requests_total{outcome="server_error",tag="t1",target="web"} 1`,
+		`proxy_hopper_requests_total{outcome="success",tag="t2",target="web"} 1`,
+		`proxy_hopper_requests_total{outcome="no_match",tag="t3",target="unmatched"} 1`,
+		`proxy_hopper_responses_total{status_code="200",tag="t1",target="web"} 1`,
+		`proxy_hopper_responses_total{status_code="503",tag="t1",target="web"} 1`,
+		`proxy_hopper_retries_total{target="web"} 1`,
+		`proxy_hopper_queue_expired_total{target="web"} 1`,
+		`proxy_hopper_retry_exhaustions_total{target="web"} 0`,
+		// Two HTTP attempts; the tunnel's is left out.
+		`proxy_hopper_request_duration_seconds_count{target="web"} 2`,
+		`proxy_hopper_request_duration_seconds_count{target="unmatched"} 1`,
+		// Three IPs obtained: two for the HTTP requests, one for the tunnel.
+		`proxy_hopper_queue_wait_seconds_count{target="web"} 3`,
+	}
+	// The tunnel's attempt is counted when it ends, just after the
+	// client closed it: scrape until it shows.
+	var body string
+	testenv.Eventually(t, 5*time.Second, func() error {
+		resp, err := client.Get("http://" + metricsAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		if w := `proxy_hopper_attempts_total{outcome="success",target="web"} 2`; !strings.Contains(body, w) {
+			return fmt.Errorf("the tunnel's attempt is not counted yet (no %s)", w)
+		}
+		return nil
+	})
+	for _, w := range want {
+		if strings.HasSuffix(w, " 0") {
+			// A counter never incremented may be absent: absent is zero.
+			name, _, _ := strings.Cut(w, "{")
+			if strings.Contains(body, name+"{") && !strings.Contains(body, w) {
+				t.Errorf("/metrics has %s other than 0", name)
+			}
+			continue
+		}
+		if !strings.Contains(body, w) {
+			t.Errorf("/metrics lacks %s", w)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", grepLines(body, "proxy_hopper_"))
 	}
 }

@@ -61,10 +61,11 @@ func tagsOf(t *testing.T, reg *prometheus.Registry, name, target string) map[str
 	return out
 }
 
-// TestTagCardinalityBounded floods the request hook with thousands of
-// distinct tags, admitted and refused: each target keeps at most TagLimit
-// tags plus "other" (and the empty tag), refused requests keep none, and
-// the exposition stops growing.
+// TestTagCardinalityBounded floods the request and attempt hooks with
+// thousands of distinct tags, admitted, refused and unmatched: each target
+// (and "unmatched") keeps at most TagLimit tags plus "other" (and the
+// empty tag), refused requests keep none, and the exposition stops
+// growing.
 func TestTagCardinalityBounded(t *testing.T) {
 	const limit, flood = 20, 3000
 	reg := prometheus.NewRegistry()
@@ -76,6 +77,8 @@ func TestTagCardinalityBounded(t *testing.T) {
 		for i := range flood {
 			tag := fmt.Sprintf("r%d-tag-%d", r, i)
 			for _, target := range []string{"api", "web"} {
+				m.Attempt(proxy.AttemptEvent{Target: target, Addr: "10.0.0.1:3128", Mode: "header", Tag: tag, Reason: "status_503", Status: 503})
+				m.Attempt(proxy.AttemptEvent{Target: target, Addr: "10.0.0.2:3128", Mode: "header", Tag: tag, OK: true, Status: 200})
 				m.Request(proxy.RequestEvent{Target: target, Mode: "header", Tag: tag, Outcome: proxy.OutcomeSuccess, Status: 200})
 				m.Request(proxy.RequestEvent{Target: target, Mode: "header", Tag: tag, Outcome: proxy.OutcomeServerError, Status: 500})
 				// Refused: an ACL said no, after the target matched.
@@ -86,6 +89,7 @@ func TestTagCardinalityBounded(t *testing.T) {
 			m.Request(proxy.RequestEvent{Mode: "header", Tag: tag, Outcome: proxy.OutcomeNoMatch, Status: 502})
 		}
 		for _, target := range []string{"api", "web"} { // untagged
+			m.Attempt(proxy.AttemptEvent{Target: target, Addr: "10.0.0.1:3128", Mode: "header", OK: true, Status: 200})
 			m.Request(proxy.RequestEvent{Target: target, Mode: "header", Outcome: proxy.OutcomeSuccess, Status: 200})
 		}
 	}
@@ -96,7 +100,7 @@ func TestTagCardinalityBounded(t *testing.T) {
 		t.Errorf("/metrics grew by %d bytes in a second round of %d new tags", grown, flood)
 	}
 	for _, target := range []string{"api", "web"} {
-		for _, name := range []string{"proxy_hopper_client_requests_total", "proxy_hopper_responses_total"} {
+		for _, name := range []string{"proxy_hopper_client_requests_total", "proxy_hopper_responses_total", "proxy_hopper_requests_total"} {
 			tags := tagsOf(t, reg, name, target)
 			if len(tags) > limit+2 || !tags[OtherTag] || !tags[""] {
 				t.Errorf("%s{target=%q}: %d tag values (want at most %d, with %q and \"\")", name, target, len(tags), limit+2, OtherTag)
@@ -108,8 +112,11 @@ func TestTagCardinalityBounded(t *testing.T) {
 			}
 		}
 	}
-	if tags := tagsOf(t, reg, "proxy_hopper_client_requests_total", UnmatchedTarget); len(tags) != 1 || !tags[""] {
-		t.Errorf("unmatched requests carry tags %v, want only the empty one", tags)
+	for _, name := range []string{"proxy_hopper_client_requests_total", "proxy_hopper_requests_total"} {
+		// Tagged as proxy-hopper tags them, bounded like a target's.
+		if tags := tagsOf(t, reg, name, UnmatchedTarget); len(tags) != limit+1 || !tags[OtherTag] || !tags["r0-tag-0"] {
+			t.Errorf("%s{target=unmatched}: tags %v, want the first %d and %q", name, tags, limit, OtherTag)
+		}
 	}
 	if tags := tagsOf(t, reg, "proxy_hopper_client_requests_total", ""); len(tags) != 1 || !tags[""] {
 		t.Errorf("requests refused before a target carry tags %v, want only the empty one", tags)

@@ -5,6 +5,7 @@
 package metrics
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,7 +82,7 @@ func NewWithOptions(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 		attempts: counter("attempts_total",
 			"Uses of an upstream IP (retries included) by target and outcome.", "target", "outcome"),
 		duration: histogram("request_duration_seconds",
-			"Time of HTTP requests through the upstream proxies (retries included, queue wait excluded); requests no target matched count as 0 under target unmatched.", RequestDurationBuckets, "target"),
+			"Time of each HTTP request attempt through an upstream IP (queue wait excluded; tunnels left out); requests no target matched count as 0 under target unmatched.", RequestDurationBuckets, "target"),
 		responses: counter("responses_total",
 			"Responses returned to clients of a target after its pool was asked for an IP, by target, HTTP status code and tag.", "target", "status_code", "tag"),
 		retries: counter("retries_total",
@@ -89,9 +90,9 @@ func NewWithOptions(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 		exhaustions: counter("retry_exhaustions_total",
 			"Requests whose last allowed attempt failed and whose error went to the client.", "target"),
 		queueWait: histogram("queue_wait_seconds",
-			"Time requests waited for a free IP.", QueueWaitBuckets, "target"),
+			"Time a request (or a retry of it) waited for a free IP, once per IP it got.", QueueWaitBuckets, "target"),
 		queueExpired: counter("queue_expired_total",
-			"Requests answered 503 because no IP could be had.", "target"),
+			"Waits for an IP (a request's or a retry's) that ended after maxQueueWait without one.", "target"),
 		quarantines: counter("ip_quarantine_events_total",
 			"Times an IP was quarantined.", "target", "address", "provider", "region"),
 		rotations: counter("identity_rotations_total",
@@ -135,20 +136,23 @@ func NewWithOptions(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 
 // ProxyHooks returns the proxy hooks that feed m.
 func (m *Metrics) ProxyHooks() proxy.Hooks {
-	return proxy.Hooks{Attempt: m.Attempt, Request: m.Request}
+	return proxy.Hooks{Acquire: m.Acquire, Attempt: m.Attempt, Request: m.Request}
 }
 
-// Request records one finished client request or tunnel. Only admitted
+// Request records one finished client request or tunnel. Admitted
 // requests (a target matched, auth let them through) keep their tag, at
-// most Options.TagLimit distinct ones per target; see labels.go.
+// most Options.TagLimit distinct ones per target, and so do requests no
+// target matched (after auth, as proxy-hopper tags them), at most
+// Options.TagLimit under target "unmatched"; see labels.go.
 func (m *Metrics) Request(ev proxy.RequestEvent) {
 	target := ev.Target
-	if ev.Outcome == proxy.OutcomeNoMatch {
-		target = UnmatchedTarget
-	}
 	var labels *targetLabels
 	tag := ""
-	if ev.Target != "" {
+	switch {
+	case ev.Outcome == proxy.OutcomeNoMatch:
+		target = UnmatchedTarget
+		tag = m.labelsOf(UnmatchedTarget).tag(proxy.CleanTag(ev.Tag), m.opts.TagLimit)
+	case ev.Target != "":
 		labels = m.labelsOf(ev.Target)
 		if ev.AuthReason == "" {
 			tag = labels.tag(proxy.CleanTag(ev.Tag), m.opts.TagLimit)
@@ -179,24 +183,22 @@ func (m *Metrics) Request(ev proxy.RequestEvent) {
 	if ev.BytesDown > 0 {
 		m.bytes.WithLabelValues(ev.Target, "down").Add(float64(ev.BytesDown))
 	}
-	switch ev.Outcome {
-	case proxy.OutcomeNoIP:
-		m.queueExpired.WithLabelValues(ev.Target).Inc()
-		return
-	case proxy.OutcomeSuccess, proxy.OutcomeRateLimited, proxy.OutcomeServerError, proxy.OutcomeConnectionError:
-	default:
-		return // refused or broken before any IP was used
-	}
 	if exhausted(ev) {
 		m.exhaustions.WithLabelValues(ev.Target).Inc()
 	}
-	if ev.Mode == "connect" || strings.HasPrefix(ev.Mode, "transparent-") {
-		// A tunnel's duration is its lifetime, not a latency, and the
-		// proxy does not report its queue wait.
-		return
+}
+
+// Acquire records one wait for an IP, as proxy-hopper does each time a
+// request (or a retry of it) is dispatched: queue_wait_seconds when it got
+// one, queue_expired_total when maxQueueWait passed without one (a retry's
+// too). A full queue, a closed pool or an unreachable backend is neither.
+func (m *Metrics) Acquire(ev proxy.AcquireEvent) {
+	switch {
+	case ev.Err == nil:
+		m.queueWait.WithLabelValues(ev.Target).Observe(ev.Wait.Seconds())
+	case errors.Is(ev.Err, pool.ErrNoIP):
+		m.queueExpired.WithLabelValues(ev.Target).Inc()
 	}
-	m.queueWait.WithLabelValues(ev.Target).Observe(ev.QueueWait.Seconds())
-	m.duration.WithLabelValues(ev.Target).Observe((ev.Duration - ev.QueueWait).Seconds())
 }
 
 // pooled reports the outcomes of requests that got as far as asking the
@@ -213,8 +215,13 @@ func pooled(outcome string) bool {
 }
 
 // exhausted reports a request answered with the failure of its last
-// allowed attempt: the proxy retries every failed attempt it can.
+// allowed attempt: the proxy retries every failed attempt it can. A
+// request whose retry found no IP in time did not use up its retries
+// (proxy-hopper counts it in queue_expired_total only).
 func exhausted(ev proxy.RequestEvent) bool {
+	if ev.RetryNoIP {
+		return false
+	}
 	switch ev.Outcome {
 	case proxy.OutcomeConnectionError:
 		return true
@@ -227,14 +234,19 @@ func exhausted(ev proxy.RequestEvent) bool {
 	return false
 }
 
-// Attempt records one use of an upstream IP: attempts_total, and
-// requests_total as proxy-hopper counts it (once per attempt, whatever its
-// outcome).
+// Attempt records one use of an upstream IP: attempts_total, and as
+// proxy-hopper records each attempt, requests_total with the request's
+// tag (bounded per target like the client requests' tags) and
+// request_duration_seconds with the attempt's time. A tunnel's attempts
+// count in requests_total, but their time is the tunnel's lifetime (or
+// its failed opening), not a request latency: not observed.
 func (m *Metrics) Attempt(ev proxy.AttemptEvent) {
 	m.attempts.WithLabelValues(ev.Target, AttemptOutcome(ev)).Inc()
-	// The proxy does not pass the request's tag with its attempts yet:
-	// attempts count untagged until it does.
-	m.requests.WithLabelValues(ev.Target, RequestOutcome(ev), "").Inc()
+	tag := m.labelsOf(ev.Target).tag(proxy.CleanTag(ev.Tag), m.opts.TagLimit)
+	m.requests.WithLabelValues(ev.Target, RequestOutcome(ev), tag).Inc()
+	if !ev.Tunnel() {
+		m.duration.WithLabelValues(ev.Target).Observe(ev.Duration.Seconds())
+	}
 }
 
 // Outcomes proxy-hopper gives an attempt besides the request outcomes.

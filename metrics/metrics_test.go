@@ -111,11 +111,25 @@ func TestGolden(t *testing.T) {
 		m.Request(ev)
 	}
 	for _, ev := range []proxy.AttemptEvent{
-		{Target: "api", Addr: "10.0.0.1:3128", OK: true, Status: 200},
-		{Target: "api", Addr: "10.0.0.1:3128", Reason: "status_429", Status: 429},
-		{Target: "api", Addr: "10.0.0.2:3128", Reason: "upstream_refused"},
+		{Target: "api", Addr: "10.0.0.1:3128", Mode: "header", Tag: "search", OK: true, Status: 200, Duration: 250 * time.Millisecond},
+		{Target: "api", Addr: "10.0.0.1:3128", Mode: "proxy", Reason: "status_429", Status: 429, Duration: time.Second},
+		{Target: "api", Addr: "10.0.0.2:3128", Mode: "proxy", Reason: "upstream_refused", Duration: 30 * time.Millisecond},
+		// A tunnel's attempt counts in requests_total; its lifetime is no latency.
+		{Target: "api", Addr: "10.0.0.3:3128", Mode: "connect", Tag: "search", OK: true, Status: 200, Duration: time.Minute},
 	} {
 		m.Attempt(ev)
+	}
+	for _, ev := range []proxy.AcquireEvent{
+		{Target: "api", Mode: "header", Wait: 20 * time.Millisecond},
+		{Target: "api", Mode: "proxy", Retry: true, Wait: 2 * time.Second},
+		{Target: "api", Mode: "connect", Wait: time.Millisecond},
+		// maxQueueWait passed: expired; a full queue or a closed pool is not.
+		{Target: "api", Mode: "proxy", Wait: 5 * time.Second, Err: pool.ErrNoIP},
+		{Target: "api", Mode: "proxy", Retry: true, Wait: 5 * time.Second, Err: pool.ErrNoIP},
+		{Target: "api", Mode: "proxy", Err: pool.ErrQueueFull},
+		{Target: "api", Mode: "proxy", Err: pool.ErrClosed},
+	} {
+		m.Acquire(ev)
 	}
 	m.ConnRefused(proxy.RefusedClientLimit)
 	m.ConnRefused(proxy.RefusedClientLimit)
@@ -375,23 +389,24 @@ func TestRequestsTotalAsTheOriginal(t *testing.T) {
 	}
 	// One client request: a 503, a refused upstream, then a 500 (which
 	// proxy-hopper neither retries nor calls a server error).
-	m.Attempt(proxy.AttemptEvent{Target: "api", Addr: "a", Reason: "status_503", Status: 503})
-	m.Attempt(proxy.AttemptEvent{Target: "api", Addr: "b", Reason: "upstream_refused"})
-	m.Attempt(proxy.AttemptEvent{Target: "api", Addr: "c", OK: true, Status: 500})
+	m.Attempt(proxy.AttemptEvent{Target: "api", Addr: "a", Mode: "header", Tag: "t", Reason: "status_503", Status: 503})
+	m.Attempt(proxy.AttemptEvent{Target: "api", Addr: "b", Mode: "header", Tag: "t", Reason: "upstream_refused"})
+	m.Attempt(proxy.AttemptEvent{Target: "api", Addr: "c", Mode: "header", Tag: "t", OK: true, Status: 500})
 	m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Tag: "t", Outcome: proxy.OutcomeServerError, Status: 500, Retries: 2})
 	// Refusals after the match: no attempt, no response counted.
 	m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Outcome: proxy.OutcomeForbidden, AuthReason: "forbidden", Status: 403})
 	m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Outcome: proxy.OutcomeClientLimit, Status: 429})
-	// No IP: answered 503, counted as a response and as expired.
+	// No IP: answered 503, counted as a response (and as expired by its
+	// Acquire event).
 	m.Request(proxy.RequestEvent{Target: "api", Mode: "header", Outcome: proxy.OutcomeNoIP, Status: 503})
-	m.Request(proxy.RequestEvent{Mode: "header", Outcome: proxy.OutcomeNoMatch, Status: 502})
+	m.Request(proxy.RequestEvent{Mode: "header", Outcome: proxy.OutcomeNoMatch, Status: 502, Tag: "u"})
 
 	want := `# HELP proxy_hopper_requests_total Requests sent through an upstream IP (each attempt, retries included) by target, outcome (success, rate_limited, server_error, connection_error, error) and tag, plus requests no target matched (target unmatched, outcome no_match).
 # TYPE proxy_hopper_requests_total counter
-proxy_hopper_requests_total{outcome="connection_error",tag="",target="api"} 1
-proxy_hopper_requests_total{outcome="no_match",tag="",target="unmatched"} 1
-proxy_hopper_requests_total{outcome="server_error",tag="",target="api"} 1
-proxy_hopper_requests_total{outcome="success",tag="",target="api"} 1
+proxy_hopper_requests_total{outcome="connection_error",tag="t",target="api"} 1
+proxy_hopper_requests_total{outcome="no_match",tag="u",target="unmatched"} 1
+proxy_hopper_requests_total{outcome="server_error",tag="t",target="api"} 1
+proxy_hopper_requests_total{outcome="success",tag="t",target="api"} 1
 # HELP proxy_hopper_responses_total Responses returned to clients of a target after its pool was asked for an IP, by target, HTTP status code and tag.
 # TYPE proxy_hopper_responses_total counter
 proxy_hopper_responses_total{status_code="500",tag="t",target="api"} 1

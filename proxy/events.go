@@ -32,24 +32,57 @@ const (
 	OutcomeClientLimit = "client_limit"
 )
 
-// AttemptEvent is one use of one upstream IP.
+// AttemptEvent is one use of one upstream IP, passed to Hooks.Attempt when
+// the IP is released (for a tunnel: when the tunnel ends).
 type AttemptEvent struct {
-	Target   string
-	Addr     string
+	Target string
+	Addr   string
+	// Mode and Tag are those of the request or tunnel the attempt served
+	// (RequestEvent.Mode, RequestEvent.Tag).
+	Mode     string
+	Tag      string
 	OK       bool   // not counted against the IP (success, or not its fault)
 	Reason   string // failure reason, empty on success
 	Status   int    // response status, 0 when there was none
 	Duration time.Duration
 }
 
+// Tunnel reports an attempt of a CONNECT or transparent tunnel, whose
+// Duration (once the tunnel opened) is the tunnel's lifetime.
+func (a AttemptEvent) Tunnel() bool { return tunnelMode(a.Mode) }
+
+// AcquireEvent is one wait for an IP of a target, passed to Hooks.Acquire
+// when it ends: with the IP (Err nil) or without (pool.ErrNoIP once
+// maxQueueWait passed, pool.ErrQueueFull, pool.ErrClosed…). A wait the
+// client ended by hanging up is not reported.
+type AcquireEvent struct {
+	Target string
+	Mode   string // of the request or tunnel (RequestEvent.Mode)
+	Retry  bool   // a retry's wait, not the request's first
+	Wait   time.Duration
+	Err    error
+}
+
+// Tunnel reports a wait of a CONNECT or transparent tunnel.
+func (a AcquireEvent) Tunnel() bool { return tunnelMode(a.Mode) }
+
+func tunnelMode(mode string) bool {
+	return mode == "connect" || strings.HasPrefix(mode, "transparent-")
+}
+
 // RequestEvent is one finished client request or tunnel.
 type RequestEvent struct {
-	Target    string // empty when nothing matched
-	Mode      string // header, proxy, connect
-	Tag       string
-	Outcome   string
-	Status    int
-	Retries   int
+	Target  string // empty when nothing matched
+	Mode    string // header, proxy, connect
+	Tag     string
+	Outcome string
+	Status  int
+	Retries int
+	// RetryNoIP: a retry found no IP it had not tried within
+	// maxQueueWait, so the answer is the earlier attempts' (their last
+	// response or their failures), not the failure of a last allowed
+	// attempt.
+	RetryNoIP bool
 	Duration  time.Duration
 	QueueWait time.Duration
 	// AuthReason says why auth refused the request (auth.Reason*), if it did.
@@ -62,13 +95,14 @@ type RequestEvent struct {
 
 // Hooks observe the data path; they run synchronously and must not block.
 type Hooks struct {
+	Acquire func(AcquireEvent)
 	Attempt func(AttemptEvent)
 	Request func(RequestEvent)
 }
 
 // Then returns hooks that call h's hooks, then next's (either may be nil).
 func (h Hooks) Then(next Hooks) Hooks {
-	return Hooks{Attempt: then(h.Attempt, next.Attempt), Request: then(h.Request, next.Request)}
+	return Hooks{Acquire: then(h.Acquire, next.Acquire), Attempt: then(h.Attempt, next.Attempt), Request: then(h.Request, next.Request)}
 }
 
 func then[E any](a, b func(E)) func(E) {

@@ -8,10 +8,23 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/pool"
 )
 
-// acquire takes an IP of t for one attempt of a request from cc. When the
-// client has nothing more to send (watch), a hang-up while it waits ends
-// the wait with errClientGone instead of taking an IP for nobody.
-func (s *Server) acquire(cc *clientConn, t *Target, watch bool, tried []string) (string, error) {
+// acquire takes an IP of t for one attempt of the request or tunnel whose
+// event is ev, adding the wait to ev.QueueWait and reporting it to
+// Hooks.Acquire. When the client has nothing more to send (watch), a
+// hang-up while it waits ends the wait with errClientGone instead of
+// taking an IP for nobody (not reported: nobody waits any more).
+func (s *Server) acquire(cc *clientConn, t *Target, watch bool, tried []string, ev *RequestEvent) (string, error) {
+	start := time.Now()
+	ip, err := s.acquireWatched(cc, t, watch, tried)
+	wait := time.Since(start)
+	ev.QueueWait += wait
+	if h := s.opts.Hooks.Acquire; h != nil && !errors.Is(err, errClientGone) {
+		h(AcquireEvent{Target: t.Name, Mode: ev.Mode, Retry: len(tried) > 0, Wait: wait, Err: err})
+	}
+	return ip, err
+}
+
+func (s *Server) acquireWatched(cc *clientConn, t *Target, watch bool, tried []string) (string, error) {
 	if !watch || cc == nil {
 		return t.Pool.AcquireExcept(s.ctx, tried)
 	}
@@ -36,21 +49,21 @@ func (s *Server) acquire(cc *clientConn, t *Target, watch bool, tried []string) 
 // attemptFailed releases ip after an attempt that failed before any
 // response, as whose fault it was decides (faults.go), and returns why the
 // request must stop retrying ("local", "destination"), or "".
-func (s *Server) attemptFailed(t *Target, ip string, err error, reason string, sus *suspicion, faults *destFaults, d time.Duration) string {
+func (s *Server) attemptFailed(ev *RequestEvent, t *Target, ip string, err error, reason string, sus *suspicion, faults *destFaults, d time.Duration) string {
 	a := AttemptEvent{Reason: reason, Duration: d}
 	switch {
 	case IsLocalError(err):
 		a.Reason = ReasonLocal
-		s.release(t, ip, pool.Neutral, a)
+		s.release(ev, t, ip, pool.Neutral, a)
 		return "local"
 	case suspectReason(reason):
-		s.release(t, ip, pool.Neutral, a)
+		s.release(ev, t, ip, pool.Neutral, a)
 		if sus.judge(faults, ip, reason, time.Now()) == destination {
 			return "destination"
 		}
 		return ""
 	}
-	s.release(t, ip, s.failure(), a)
+	s.release(ev, t, ip, s.failure(), a)
 	return ""
 }
 
@@ -73,12 +86,15 @@ func (s *Server) failure() pool.Outcome {
 	return pool.Failure
 }
 
-func (s *Server) release(t *Target, ip string, outcome pool.Outcome, a AttemptEvent) {
+// release gives ip back to t's pool after an attempt of the request or
+// tunnel whose event is ev, and reports the attempt to Hooks.Attempt.
+func (s *Server) release(ev *RequestEvent, t *Target, ip string, outcome pool.Outcome, a AttemptEvent) {
 	if err := t.Pool.Release(context.Background(), ip, outcome); err != nil {
 		s.log.Error("release ip", "target", t.Name, "address", ip, "err", err)
 	}
 	if s.opts.Hooks.Attempt != nil {
 		a.Target, a.Addr, a.OK = t.Name, ip, outcome != pool.Failure
+		a.Mode, a.Tag = ev.Mode, ev.Tag
 		s.opts.Hooks.Attempt(a)
 	}
 }
@@ -89,6 +105,6 @@ func (s *Server) release(t *Target, ip string, outcome pool.Outcome, a AttemptEv
 func (s *Server) holdTunnel(rec *recorder, t *Target, tun *tunnelResult) {
 	rec.hold(func() {
 		tun.raw.Close()
-		s.release(t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
+		s.release(&rec.ev, t, tun.ip, pool.Success, AttemptEvent{Status: 200, Duration: time.Since(tun.start)})
 	})
 }

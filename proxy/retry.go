@@ -61,10 +61,8 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			}
 			ev.Retries++
 		}
-		waitStart := time.Now()
 		// A client with nothing more to send is watched while it waits.
-		ip, err := s.acquire(cc, t, body.Replayable(), tried)
-		ev.QueueWait += time.Since(waitStart)
+		ip, err := s.acquire(cc, t, body.Replayable(), tried, ev)
 		if errors.Is(err, errClientGone) {
 			return false, OutcomeClientClosed, 0
 		}
@@ -72,6 +70,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			// No IP, or (a retry) no untried IP came free: a held response
 			// or the attempts made are the answer.
 			if held != nil || (i > 0 && errors.Is(err, pool.ErrNoIP)) {
+				ev.RetryNoIP = errors.Is(err, pool.ErrNoIP)
 				break
 			}
 			return s.poolError(cc, req, t, err, keep, body, i, attempts)
@@ -95,7 +94,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		if err != nil && body.clientErr != nil {
 			// The client's body broke (too large, malformed, stalled): not
 			// the IP's fault, and not retryable.
-			s.release(t, ip, pool.Neutral, AttemptEvent{Reason: "client_body", Duration: time.Since(aStart)})
+			s.release(ev, t, ip, pool.Neutral, AttemptEvent{Reason: "client_body", Duration: time.Since(aStart)})
 			status, reason := bodyErrorStatus(body.clientErr)
 			_ = writeJSON(cc.bw, status, req.head.Minor, false, clientError(reason))
 			return false, OutcomeBadRequest, status
@@ -108,14 +107,14 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			}
 			if reason == reasonOriginHeadTooLarge {
 				// Not the IP's fault, and no other IP would fare better.
-				s.release(t, ip, pool.Neutral, AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
+				s.release(ev, t, ip, pool.Neutral, AttemptEvent{Reason: reason, Duration: time.Since(aStart)})
 				attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
 				keep = keep && (body.Replayable() || !body.used)
 				_ = writeJSON(cc.bw, http.StatusBadGateway, req.head.Minor, keep, errorBody(reason,
 					"The origin's response head is larger than the agent accepts", req, t, i, retries, attempts))
 				return keep, OutcomeConnectionError, http.StatusBadGateway
 			}
-			stop = s.attemptFailed(t, ip, err, reason, &sus, faults, time.Since(aStart))
+			stop = s.attemptFailed(ev, t, ip, err, reason, &sus, faults, time.Since(aStart))
 			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
 			s.log.Debug("attempt failed", "target", t.Name, "address", ip, "reason", reason, "err", err)
 			continue
@@ -124,7 +123,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 			// The upstream proxy rejected our credentials: not an origin answer.
 			uc.Close()
 			reason := "proxy_status_407"
-			s.release(t, ip, pool.Failure, AttemptEvent{Reason: reason, Status: 407, Duration: time.Since(aStart)})
+			s.release(ev, t, ip, pool.Failure, AttemptEvent{Reason: reason, Status: 407, Duration: time.Since(aStart)})
 			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
 			continue
 		}
@@ -144,7 +143,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		}
 		if outcome != pool.Success && stop == "" && i < retries && (body.Replayable() || !body.used) {
 			held = holdResponse(resp, uc, t)
-			s.release(t, ip, outcome, AttemptEvent{Reason: reason, Status: resp.StatusCode, Duration: time.Since(aStart)})
+			s.release(ev, t, ip, outcome, AttemptEvent{Reason: reason, Status: resp.StatusCode, Duration: time.Since(aStart)})
 			attempts = append(attempts, attemptRecord{IP: ip, Reason: reason})
 			continue
 		}
@@ -170,7 +169,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		if outcome != pool.Success && a.Reason == "" {
 			a.Reason = reason
 		}
-		s.release(t, ip, outcome, a)
+		s.release(ev, t, ip, outcome, a)
 		if upErr != nil {
 			return false, OutcomeConnectionError, resp.StatusCode
 		}

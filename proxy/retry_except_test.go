@@ -67,3 +67,40 @@ func TestE2ERetryTakesAnUntriedIP(t *testing.T) {
 		t.Errorf("attempts %+v, want B's retry via %s", log, live)
 	}
 }
+
+// Each wait for an IP is reported (Hooks.Acquire), the retry's marked, and
+// each attempt carries its request's mode and tag, which metrics label
+// per attempt as proxy-hopper does.
+func TestE2EAcquireAndAttemptEventsCarryTheRequest(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t, false, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
+	var mu sync.Mutex
+	var waits []AcquireEvent
+	e := newEnv(t, envOptions{leading: []string{deadAddr(t)}, upstreams: 1, retries: 1, quiet: true,
+		cfg: pool.Config{FailuresUntilQuarantine: 10},
+		opts: Options{Hooks: Hooks{Acquire: func(a AcquireEvent) {
+			mu.Lock()
+			waits = append(waits, a)
+			mu.Unlock()
+		}}}})
+	req := e.newReq(t, "GET", o.URL, "/", nil)
+	req.Header.Set(HeaderTag, "search")
+	if resp, body := do(t, e.headerClient(), req); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("request: %d %q", resp.StatusCode, body)
+	}
+	log := e.attemptsN(t, 2)
+	for i, a := range log {
+		if a.Mode != "header" || a.Tag != "search" || a.Tunnel() {
+			t.Errorf("attempt %d: mode %q tag %q tunnel %v, want header, search, false", i, a.Mode, a.Tag, a.Tunnel())
+		}
+	}
+	if len(log) != 2 || log[0].OK || !log[1].OK {
+		t.Errorf("attempts %+v, want the dead IP's failure, then a success", log)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(waits) != 2 || waits[0].Retry || !waits[1].Retry || waits[0].Err != nil || waits[1].Err != nil ||
+		waits[0].Target != "t1" || waits[1].Mode != "header" {
+		t.Errorf("acquire events %+v, want the first wait and the retry's, both with an IP", waits)
+	}
+}

@@ -123,8 +123,9 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 		if i > 0 {
 			ev.Retries++
 		}
-		ip, err := s.acquire(cc, t, true, tried)
+		ip, err := s.acquire(cc, t, true, tried, ev)
 		if err != nil && i > 0 && errors.Is(err, pool.ErrNoIP) {
+			ev.RetryNoIP = true
 			break // no untried IP came free: the attempts made are the answer
 		}
 		if err != nil {
@@ -141,7 +142,7 @@ func (s *Server) openTunnel(cc *clientConn, t *Target, hostport string, retries 
 			if errors.As(err, &ae) {
 				reason = ae.Reason
 			}
-			res.stop = s.attemptFailed(t, ip, err, reason, &sus, faults, time.Since(aStart))
+			res.stop = s.attemptFailed(ev, t, ip, err, reason, &sus, faults, time.Since(aStart))
 			res.attempts = append(res.attempts, attemptRecord{IP: ip, Reason: reason})
 			continue
 		}
