@@ -26,7 +26,9 @@ func TestTunnelIdleTimeout(t *testing.T) {
 			io.WriteString(c, line)
 		}
 	})
-	const idle = 300 * time.Millisecond
+	// Long enough that a loaded machine (race detector, parallel tests)
+	// never goes a whole idle period between two echoes (300ms did, once).
+	const idle = time.Second
 	e := newEnv(t, envOptions{upstreams: 1, opts: Options{TunnelIdleTimeout: idle}})
 	c, br := e.dialConnect(t, origin)
 	// Busy for well over the idle timeout: stays open.
@@ -37,7 +39,7 @@ func TestTunnelIdleTimeout(t *testing.T) {
 			t.Fatalf("echo %d: %q %v", i, line, err)
 		}
 		lastByte = time.Now()
-		time.Sleep(idle / 3)
+		time.Sleep(idle / 5)
 	}
 	snap, _ := e.pool().Snapshot(t.Context())
 	if snap[0].State != pool.StateInUse {
