@@ -349,15 +349,6 @@ targets:
 		}
 	})
 
-	t.Run("empty file is valid with no targets", func(t *testing.T) {
-		cfg, ts := mustResolve(t, "")
-		if len(ts) != 0 || cfg.Server.Port != 8080 {
-			t.Errorf("targets %v, server %+v", ts, cfg.Server)
-		}
-		if got := cfg.Summary(ts); !strings.Contains(got, "Config OK — 0 target(s) defined.") {
-			t.Errorf("Summary = %q", got)
-		}
-	})
 }
 
 func TestPrecedence(t *testing.T) {
@@ -800,9 +791,9 @@ func TestValidationErrors(t *testing.T) {
 		{"pool with no IPs", "ipPools:\n  - {name: q}\ntargets:\n  - {name: t, regex: a, ipPool: q}\n",
 			[]string{"ipPools[0] (q): needs ipRequests or ipList (it has no IPs)"}},
 		{"duplicate pool and provider names", provider + "  - name: p\n    ipList: [b]\nipPools:\n  - {name: q, ipList: [a]}\n  - {name: q, ipList: [b]}\n",
-			[]string{`proxyProviders[1] (p): name "p" is already used by proxyProviders[0]`, `ipPools[1] (q): name "q" is already used by ipPools[0]`}},
+			[]string{`proxyProviders[1] (p): name "p" is already used by proxyProviders[0]`, `ipPools[1] (q): name "q" is already used by ipPools[0]`, "targets: no targets defined: define at least one target under targets: (every request would be refused)"}},
 		{"provider without IPs and bad auth", "proxyProviders:\n  - name: p\n    auth: {type: digest}\n",
-			[]string{"proxyProviders[0] (p): ipList is required and must not be empty", `proxyProviders[0] (p): auth.type: "digest" is not supported (want basic)`, "proxyProviders[0] (p): auth.username is required"}},
+			[]string{"proxyProviders[0] (p): ipList is required and must not be empty", `proxyProviders[0] (p): auth.type: "digest" is not supported (want basic)`, "proxyProviders[0] (p): auth.username is required", "targets: no targets defined: define at least one target under targets: (every request would be refused)"}},
 		{"bad upstream entries", "proxyProviders:\n  - name: p\n    ipList: ['10.0.0.1:x', 'socks5://h:1']\ntargets:\n  - {name: t, regex: a, ipList: ['[::1', 'a b']}\n",
 			[]string{
 				`proxyProviders[0] (p): ipList[0]: host "10.0.0.1": port must be a number from 1 to 65535`,

@@ -1,0 +1,220 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+)
+
+// Warnings are what `validate` prints as "warning:" lines on stderr and
+// `run` logs as WARN at start-up (and a reload logs): configurations that
+// load and run but do not do what they say. None is an error, because
+// proxy-hopper configs that worked keep loading:
+//
+//   - a regex open to more than its author likely meant (RegexWarnings);
+//   - a target never selected because an earlier one takes every URL it
+//     could match (ShadowedTargets);
+//   - the admin API on a non-loopback address over plain HTTP;
+//   - keys set that nothing reads: settings under a switch that is off
+//     (auth while auth.enabled is false, a target's identity while
+//     identity.enabled is false, transparent.local or .gateway while off,
+//     the admin, metrics, prober and Redis keys of a feature that is off),
+//     and the proxy-hopper keys this version accepts but does not act on
+//     (UnreadKeys).
+func (r *Resolved) Warnings() []string {
+	out := RegexWarnings(r.Targets)
+	out = append(out, ShadowedTargets(r.Targets)...)
+	out = append(out, r.Config.adminWarnings()...)
+	out = append(out, r.Config.switchedOffKeys()...)
+	out = append(out, r.Config.UnreadKeys()...)
+	return out
+}
+
+// catchAllSamples are URLs of every shape a target is matched against
+// (scheme://host[:port]/path, and host:port for CONNECT).
+var catchAllSamples = []string{
+	"", "http://a.example/", "https://b.example:8443/c/d", "c.example:443", "[2001:db8::1]:443", "http://10.0.0.1",
+}
+
+// matchesEverything reports whether re, searched in a target URL, matches
+// any URL at all: it matches the empty string and every sample shape
+// (.*, ^, (.*), ^.*$, .?).
+func matchesEverything(re *regexp.Regexp) bool {
+	for _, s := range catchAllSamples {
+		if !re.MatchString(s) {
+			return false
+		}
+	}
+	return true
+}
+
+// ShadowedTargets are the targets that can never be selected because an
+// earlier target matches first every URL they could match: one with a
+// catch-all regex (.* and the like), or one with the very same regex.
+// Each line names both targets.
+func ShadowedTargets(targets []ResolvedTarget) []string {
+	var out []string
+	for j, t := range targets {
+		if t.Regex == nil {
+			continue
+		}
+		for _, e := range targets[:j] {
+			if e.Regex == nil {
+				continue
+			}
+			why := ""
+			switch {
+			case e.Regex.String() == t.Regex.String():
+				why = "has the same regex"
+			case matchesEverything(e.Regex):
+				why = fmt.Sprintf("has the catch-all regex %s, which matches every URL", pyRepr(e.Regex.String()))
+			default:
+				continue
+			}
+			out = append(out, fmt.Sprintf("target %s is never selected: target %s, earlier in the list, %s and targets are matched top to bottom; "+
+				"move %s above it or remove it", pyRepr(t.Name), pyRepr(e.Name), why, pyRepr(t.Name)))
+			break
+		}
+	}
+	return out
+}
+
+// adminWarnings: the admin API listening beyond loopback in plain HTTP,
+// where its bearer token and session cookies cross the network in clear.
+// adminSecureCookie says a TLS proxy fronts it, and silences this.
+func (c *Config) adminWarnings() []string {
+	s := &c.Server
+	if !s.Admin || s.AdminSecureCookie || isLoopbackHost(s.AdminHost) {
+		return nil
+	}
+	return []string{fmt.Sprintf("server.admin: the admin API listens on %s over plain HTTP (this version has no TLS for it): "+
+		"its token and session cookies cross the network in clear; bind server.adminHost to 127.0.0.1, "+
+		"or put a TLS proxy in front and set server.adminSecureCookie: true",
+		net.JoinHostPort(s.AdminHost, fmt.Sprint(s.AdminPort)))}
+}
+
+// isLoopbackHost reports whether a listen host is only reachable from
+// this machine.
+func isLoopbackHost(h string) bool {
+	h = strings.Trim(strings.TrimSpace(h), "[]")
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// switchedOffKeys are keys set in the file (or, for auth, the
+// environment) under a feature that is off, so nothing reads them; one
+// line per feature, naming the keys and the switch.
+func (c *Config) switchedOffKeys() []string {
+	var out []string
+	off := func(m map[string]any, prefix, sw string, keys []string) {
+		var set []string
+		for _, k := range keys {
+			if v, ok := m[k]; ok && v != nil {
+				set = append(set, prefix+k)
+			}
+		}
+		if len(set) > 0 {
+			out = append(out, fmt.Sprintf("%s is off: %s %s set and %s nothing; turn %s on or remove %s",
+				sw, strings.Join(set, ", "), plural(len(set), "is", "are"), plural(len(set), "does", "do"), sw, plural(len(set), "it", "them")))
+		}
+	}
+	otherThan := func(m map[string]any, sw string) []string {
+		var keys []string
+		for _, k := range sortedKeys(m) {
+			if k != sw {
+				keys = append(keys, k)
+			}
+		}
+		return keys
+	}
+
+	if am, _ := c.doc["auth"].(map[string]any); !c.Auth.Enabled && am != nil {
+		off(am, "auth.", "auth.enabled", otherThan(am, "enabled"))
+	}
+	tl, _ := c.doc["targets"].([]any)
+	for i, raw := range tl {
+		tm, _ := raw.(map[string]any)
+		im, _ := tm["identity"].(map[string]any)
+		if im == nil || i >= len(c.Targets) || c.Targets[i].Identity.Enabled {
+			continue
+		}
+		label := entityLabel("targets", i, map[string]any{"name": c.Targets[i].Name})
+		before := len(out)
+		off(im, "identity.", "identity.enabled", otherThan(im, "enabled"))
+		for k := before; k < len(out); k++ {
+			out[k] = label + ": " + out[k]
+		}
+	}
+	if tm, _ := c.doc["transparent"].(map[string]any); tm != nil {
+		if lm, _ := tm["local"].(map[string]any); lm != nil && !c.Transparent.Local.Enabled {
+			off(lm, "transparent.local.", "transparent.local.enabled", otherThan(lm, "enabled"))
+		}
+		if gm, _ := tm["gateway"].(map[string]any); gm != nil && !c.Transparent.Gateway.Enabled {
+			off(gm, "transparent.gateway.", "transparent.gateway.enabled", otherThan(gm, "enabled"))
+		}
+	}
+	if sm, _ := c.doc["server"].(map[string]any); sm != nil {
+		s := &c.Server
+		if !s.Admin {
+			off(sm, "server.", "server.admin", []string{"adminPort", "adminHost", "adminToken", "adminSessionTtl", "adminSecureCookie"})
+		}
+		if !s.Metrics {
+			off(sm, "server.", "server.metrics", []string{"metricsPort", "metricsHost", "metricsToken", "metricsTagLimit"})
+		}
+		if !s.Probe {
+			off(sm, "server.", "server.probe", []string{"probeInterval", "probeTimeout", "probeUrls", "debugProbes",
+				"probeFailuresUntilQuarantine", "probeReleasesQuarantine", "probeMaxPerHour"})
+		}
+		if s.Backend != "redis" {
+			off(sm, "server.", "server.backend: redis", []string{"redisUrl", "redisKeyPrefix", "redisLeaseTtl"})
+		}
+	}
+	return out
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// UnreadKeys are the proxy-hopper keys this version accepts, so that
+// proxy-hopper configs load, but does not act on, each named where it is
+// set to a value that would change proxy-hopper's behaviour:
+// server.debugQuarantine and server.debugBackend (extra DEBUG logging in
+// proxy-hopper; nothing here logs more for them), and mutable: false or
+// static: false on a provider, pool or target (proxy-hopper's API
+// permissions; this version has no API that creates, changes or deletes
+// them, and the admin API's IP edits do not consult them).
+func (c *Config) UnreadKeys() []string {
+	var out []string
+	if c.Server.DebugQuarantine {
+		out = append(out, "server.debugQuarantine is set but not read by this version (it logs no more: quarantines and releases are always logged, at WARN and INFO); remove it")
+	}
+	if c.Server.DebugBackend {
+		out = append(out, "server.debugBackend is set but not read by this version (no backend debug logging); remove it")
+	}
+	flags := func(label string, mutable, static *bool) {
+		if mutable != nil && !*mutable {
+			out = append(out, label+": mutable: false is not read by this version: the admin API's IP edits (add, remove, quarantine) do not check it; remove it")
+		}
+		if static != nil && !*static {
+			out = append(out, label+": static: false is not read by this version: nothing is managed by an API here, the config file always wins at start and at a reload; remove it")
+		}
+	}
+	for i, pc := range c.ProxyProviders {
+		flags(entityLabel("proxyProviders", i, map[string]any{"name": pc.Name}), pc.Mutable, pc.Static)
+	}
+	for i, pc := range c.IPPools {
+		flags(entityLabel("ipPools", i, map[string]any{"name": pc.Name}), pc.Mutable, pc.Static)
+	}
+	for i, tc := range c.Targets {
+		flags(entityLabel("targets", i, map[string]any{"name": tc.Name}), tc.Mutable, tc.Static)
+	}
+	return out
+}
