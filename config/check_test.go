@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -278,4 +279,42 @@ func mustCompile(t *testing.T, re string) *regexp.Regexp {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// TestProxyHopperExampleWarnings: proxy-hopper's own examples load with
+// no warning but the anchoring advice, except the admin API on every
+// interface in plain HTTP where they turn it on.
+func TestProxyHopperExampleWarnings(t *testing.T) {
+	clearEnv(t)
+	files, err := filepath.Glob("testdata/proxy-hopper/*.yaml")
+	if err != nil || len(files) < 10 {
+		t.Fatalf("examples: %v %v", files, err)
+	}
+	admin := map[string]bool{"compose-auth-api-keys.yaml": true, "compose-auth-oidc.yaml": true}
+	for _, f := range files {
+		cfg, err := Load(f, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		giveAdminToken(cfg)
+		res, err := cfg.Resolve()
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		var got []string
+		for _, w := range res.Warnings() {
+			if !strings.Contains(w, "is not anchored with ^") {
+				got = append(got, w)
+			}
+		}
+		name := filepath.Base(f)
+		switch {
+		case admin[name]:
+			if len(got) != 1 || !strings.HasPrefix(got[0], "server.admin: the admin API listens on 0.0.0.0:8081 over plain HTTP") {
+				t.Errorf("%s: warnings %q", name, got)
+			}
+		case len(got) != 0:
+			t.Errorf("%s: warnings %q", name, got)
+		}
+	}
 }
