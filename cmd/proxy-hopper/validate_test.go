@@ -2,12 +2,17 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/proxy-hopper/proxy-hopper/internal/testenv"
 )
 
 // runBin runs the built binary with a clean PROXY_HOPPER_CONFIG and
@@ -173,6 +178,58 @@ targets:
 	} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+}
+
+// TestRunLogsWarnings: `run` logs each of validate's warnings as a WARN
+// line at start-up, and starts.
+func TestRunLogsWarnings(t *testing.T) {
+	bin := buildBinary(t)
+	port := testenv.FreePort(t, "127.0.0.1")
+	cfg := writeConfig(t, `
+server:
+  host: 127.0.0.1
+  logFormat: json
+  debugQuarantine: true
+targets:
+  - {name: all, regex: '.*', ipList: ['127.0.0.2:3128']}
+  - {name: api, regex: '^api\.example\.com', ipList: ['127.0.0.3:3128']}
+`)
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "run", "--config", cfg, "--port", fmt.Sprint(port))
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	testenv.WaitListening(t, fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, logs.String())
+	}
+	want := map[string]bool{
+		"config: target 'api' is never selected: target 'all'": false,
+		"config: server.debugQuarantine is set but not read":   false,
+	}
+	for _, line := range strings.Split(logs.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil {
+			continue
+		}
+		for w := range want {
+			for _, v := range rec {
+				if s, ok := v.(string); ok && strings.HasPrefix(s, w) && strings.Contains(line, `"WARN`) { // WARN or WARNING
+					want[w] = true
+				}
+			}
+		}
+	}
+	for w, seen := range want {
+		if !seen {
+			t.Errorf("no WARN line %q in the logs:\n%s", w, logs.String())
 		}
 	}
 }
