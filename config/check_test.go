@@ -231,10 +231,31 @@ transparent: {local: {enabled: false}}
 `); len(got) != 0 {
 		t.Errorf("switches alone: %q", got)
 	}
+	// Keys set to their defaults change nothing and are not named:
+	// deploy/config.example.yaml lists every key so, and warns only about
+	// its example values under switches that are off.
+	clearEnv(t)
+	res, err := LoadResolved(context.Background(), "../deploy/config.example.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var example []string
+	for _, w := range res.Warnings() {
+		if !strings.Contains(w, "is not anchored with ^") {
+			example = append(example, w)
+		}
+	}
+	if want := []string{
+		"auth.enabled is off: auth.apiKeys, auth.roles are set and do nothing; turn auth.enabled on or remove them",
+		"transparent.local.enabled is off: transparent.local.cgroups, transparent.local.excludeCidrs, transparent.local.ports are set and do nothing; turn transparent.local.enabled on or remove them",
+		"transparent.gateway.enabled is off: transparent.gateway.excludeCidrs, transparent.gateway.interfaces, transparent.gateway.ports, transparent.gateway.uplinks are set and do nothing; turn transparent.gateway.enabled on or remove them",
+	}; !slices.Equal(example, want) {
+		t.Errorf("config.example.yaml warnings:\n%s", strings.Join(example, "\n"))
+	}
 	// Auth set from the environment counts as set.
 	clearEnv(t)
 	t.Setenv("PROXY_HOPPER_AUTH_JWT_SECRET", "from-the-environment")
-	res, err := LoadResolved(context.Background(), writeConfig(t, "targets:\n  - {name: t, regex: '^a', ipList: [a]}\n"), nil)
+	res, err = LoadResolved(context.Background(), writeConfig(t, "targets:\n  - {name: t, regex: '^a', ipList: [a]}\n"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

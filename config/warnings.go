@@ -3,8 +3,11 @@ package config
 import (
 	"fmt"
 	"net"
+	"reflect"
 	"regexp"
 	"strings"
+
+	"github.com/proxy-hopper/proxy-hopper/auth"
 )
 
 // Warnings are what `validate` prints as "warning:" lines on stderr and
@@ -106,14 +109,18 @@ func isLoopbackHost(h string) bool {
 }
 
 // switchedOffKeys are keys set in the file (or, for auth, the
-// environment) under a feature that is off, so nothing reads them; one
-// line per feature, naming the keys and the switch.
+// environment) to something other than their default under a feature
+// that is off, so nothing reads them; one line per feature, naming the
+// keys and the switch. A key set to its default changes nothing either
+// way (deploy/config.example.yaml lists every key so), and is not named.
 func (c *Config) switchedOffKeys() []string {
 	var out []string
-	off := func(m map[string]any, prefix, sw string, keys []string) {
+	// off names the keys of m (set in the document) whose value in got
+	// differs from def (both structs of the same type).
+	off := func(m map[string]any, prefix, sw string, keys []string, got, def any) {
 		var set []string
 		for _, k := range keys {
-			if v, ok := m[k]; ok && v != nil {
+			if v, ok := m[k]; ok && v != nil && !sameAsDefault(got, def, k) {
 				set = append(set, prefix+k)
 			}
 		}
@@ -133,8 +140,11 @@ func (c *Config) switchedOffKeys() []string {
 	}
 
 	if am, _ := c.doc["auth"].(map[string]any); !c.Auth.Enabled && am != nil {
-		off(am, "auth.", "auth.enabled", otherThan(am, "enabled"))
+		def := AuthConfig{JWTExpiryMinutes: 60, JWTMaxLifetime: Duration(auth.DefaultJWTMaxLifetime), DefaultRole: auth.DefaultRole}
+		off(am, "auth.", "auth.enabled", otherThan(am, "enabled"), c.Auth, def)
 	}
+	defTarget := DefaultTargetConfig()
+	defTarget.setDefaults()
 	tl, _ := c.doc["targets"].([]any)
 	for i, raw := range tl {
 		tm, _ := raw.(map[string]any)
@@ -144,36 +154,67 @@ func (c *Config) switchedOffKeys() []string {
 		}
 		label := entityLabel("targets", i, map[string]any{"name": c.Targets[i].Name})
 		before := len(out)
-		off(im, "identity.", "identity.enabled", otherThan(im, "enabled"))
+		off(im, "identity.", "identity.enabled", otherThan(im, "enabled"), c.Targets[i].Identity, defTarget.Identity)
 		for k := before; k < len(out); k++ {
 			out[k] = label + ": " + out[k]
 		}
 	}
 	if tm, _ := c.doc["transparent"].(map[string]any); tm != nil {
-		if lm, _ := tm["local"].(map[string]any); lm != nil && !c.Transparent.Local.Enabled {
-			off(lm, "transparent.local.", "transparent.local.enabled", otherThan(lm, "enabled"))
+		var def TransparentConfig
+		def.setDefaults()
+		def.Local.Sockmap = orTrue(nil) // left out: on
+		got := c.Transparent
+		got.setDefaults()
+		if lm, _ := tm["local"].(map[string]any); lm != nil && !got.Local.Enabled {
+			off(lm, "transparent.local.", "transparent.local.enabled", otherThan(lm, "enabled"), got.Local, def.Local)
 		}
-		if gm, _ := tm["gateway"].(map[string]any); gm != nil && !c.Transparent.Gateway.Enabled {
-			off(gm, "transparent.gateway.", "transparent.gateway.enabled", otherThan(gm, "enabled"))
+		if gm, _ := tm["gateway"].(map[string]any); gm != nil && !got.Gateway.Enabled {
+			off(gm, "transparent.gateway.", "transparent.gateway.enabled", otherThan(gm, "enabled"), got.Gateway, def.Gateway)
 		}
 	}
 	if sm, _ := c.doc["server"].(map[string]any); sm != nil {
-		s := &c.Server
+		s, def := c.Server, DefaultServerConfig()
 		if !s.Admin {
-			off(sm, "server.", "server.admin", []string{"adminPort", "adminHost", "adminToken", "adminSessionTtl", "adminSecureCookie"})
+			off(sm, "server.", "server.admin", []string{"adminPort", "adminHost", "adminToken", "adminSessionTtl", "adminSecureCookie"}, s, def)
 		}
 		if !s.Metrics {
-			off(sm, "server.", "server.metrics", []string{"metricsPort", "metricsHost", "metricsToken", "metricsTagLimit"})
+			off(sm, "server.", "server.metrics", []string{"metricsPort", "metricsHost", "metricsToken", "metricsTagLimit"}, s, def)
 		}
 		if !s.Probe {
 			off(sm, "server.", "server.probe", []string{"probeInterval", "probeTimeout", "probeUrls", "debugProbes",
-				"probeFailuresUntilQuarantine", "probeReleasesQuarantine", "probeMaxPerHour"})
+				"probeFailuresUntilQuarantine", "probeReleasesQuarantine", "probeMaxPerHour"}, s, def)
 		}
 		if s.Backend != "redis" {
-			off(sm, "server.", "server.backend: redis", []string{"redisUrl", "redisKeyPrefix", "redisLeaseTtl"})
+			off(sm, "server.", "server.backend: redis", []string{"redisUrl", "redisKeyPrefix", "redisLeaseTtl"}, s, def)
 		}
 	}
 	return out
+}
+
+// sameAsDefault reports whether the field of key (canonical) holds the
+// same value in got as in def; empty lists and mappings count as equal
+// to none.
+func sameAsDefault(got, def any, key string) bool {
+	g, d := reflect.ValueOf(got), reflect.ValueOf(def)
+	t := g.Type()
+	for i := 0; i < t.NumField(); i++ {
+		if strings.Split(t.Field(i).Tag.Get("mapstructure"), ",")[0] != key {
+			continue
+		}
+		gf, df := g.Field(i), d.Field(i)
+		switch gf.Kind() {
+		case reflect.Slice, reflect.Map:
+			if gf.Len() == 0 && df.Len() == 0 {
+				return true
+			}
+		case reflect.Pointer:
+			if !gf.IsNil() && !df.IsNil() {
+				return reflect.DeepEqual(gf.Elem().Interface(), df.Elem().Interface())
+			}
+		}
+		return reflect.DeepEqual(gf.Interface(), df.Interface())
+	}
+	return false
 }
 
 func plural(n int, one, many string) string {
