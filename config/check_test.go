@@ -339,3 +339,23 @@ func TestProxyHopperExampleWarnings(t *testing.T) {
 		}
 	}
 }
+
+// Warnings are bounded like errors; shadowing is found in linear time.
+func TestWarningsAreBounded(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("targets:\n  - {name: all, regex: '.*', ipList: [a]}\n")
+	for i := range 5000 {
+		fmt.Fprintf(&b, "  - {name: t%d, regex: '^t%d', ipList: [a]}\n", i, i)
+	}
+	res, err := loadResolved(t, b.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := res.Warnings()
+	if len(w) != MaxProblemsShown+1 || w[MaxProblemsShown] != "… and 4950 more warnings" {
+		t.Errorf("%d warnings, last %q", len(w), w[len(w)-1])
+	}
+	if n := len(ShadowedTargets(res.Targets)); n != 5000 {
+		t.Errorf("%d shadowed, want 5000", n)
+	}
+}

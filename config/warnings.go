@@ -25,12 +25,18 @@ import (
 //     the admin, metrics, prober and Redis keys of a feature that is off),
 //     and the proxy-hopper keys this version accepts but does not act on
 //     (UnreadKeys).
+//
+// At most MaxProblemsShown lines, the last counting the rest.
 func (r *Resolved) Warnings() []string {
 	out := RegexWarnings(r.Targets)
 	out = append(out, ShadowedTargets(r.Targets)...)
 	out = append(out, r.Config.adminWarnings()...)
 	out = append(out, r.Config.switchedOffKeys()...)
 	out = append(out, r.Config.UnreadKeys()...)
+	if len(out) > MaxProblemsShown {
+		n := len(out) - MaxProblemsShown
+		out = append(out[:MaxProblemsShown], fmt.Sprintf("… and %d more warnings", n))
+	}
 	return out
 }
 
@@ -55,32 +61,36 @@ func matchesEverything(re *regexp.Regexp) bool {
 // ShadowedTargets are the targets that can never be selected because an
 // earlier target matches first every URL they could match: one with a
 // catch-all regex (.* and the like), or one with the very same regex.
-// Each line names both targets.
+// Each line names both targets. Linear in the number of targets.
 func ShadowedTargets(targets []ResolvedTarget) []string {
 	var out []string
+	firstWith := map[string]int{} // regex → first target with it
+	catchAll := -1                // first target with a catch-all regex
 	for j, t := range targets {
 		if t.Regex == nil {
 			continue
 		}
-		for _, e := range targets[:j] {
-			if e.Regex == nil {
-				continue
+		src := t.Regex.String()
+		i, same := firstWith[src]
+		switch {
+		case catchAll >= 0 && (!same || catchAll < i):
+			e := targets[catchAll]
+			out = append(out, shadowed(t.Name, e.Name, fmt.Sprintf("has the catch-all regex %s, which matches every URL", pyRepr(e.Regex.String()))))
+		case same:
+			out = append(out, shadowed(t.Name, targets[i].Name, "has the same regex"))
+		default:
+			firstWith[src] = j
+			if matchesEverything(t.Regex) {
+				catchAll = j
 			}
-			why := ""
-			switch {
-			case e.Regex.String() == t.Regex.String():
-				why = "has the same regex"
-			case matchesEverything(e.Regex):
-				why = fmt.Sprintf("has the catch-all regex %s, which matches every URL", pyRepr(e.Regex.String()))
-			default:
-				continue
-			}
-			out = append(out, fmt.Sprintf("target %s is never selected: target %s, earlier in the list, %s and targets are matched top to bottom; "+
-				"move %s above it or remove it", pyRepr(t.Name), pyRepr(e.Name), why, pyRepr(t.Name)))
-			break
 		}
 	}
 	return out
+}
+
+func shadowed(name, by, why string) string {
+	return fmt.Sprintf("target %s is never selected: target %s, earlier in the list, %s and targets are matched top to bottom; "+
+		"move %s above it or remove it", pyRepr(name), pyRepr(by), why, pyRepr(name))
 }
 
 // adminWarnings: the admin API listening beyond loopback in plain HTTP,
