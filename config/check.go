@@ -56,6 +56,14 @@ func aboutFailedField(msg string, decode []string) bool {
 		if containsWord(body, field) {
 			return true
 		}
+		// A list entry inside a section: "auth: apiKeys[0].key: …" and
+		// "auth: apiKeys[0] (ci): key is required".
+		if i := strings.LastIndex(field, "]."); i > 0 {
+			list, sub := field[:i+1], field[i+2:]
+			if rest, ok := strings.CutPrefix(body, list); ok && containsWord(rest, sub) {
+				return true
+			}
+		}
 	}
 	return false
 }

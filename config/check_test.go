@@ -67,6 +67,12 @@ targets:
 	if len(got) != len(want) {
 		t.Errorf("got %d problems, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
 	}
+
+	// Inside a section's list: the API key's wrong type is said once.
+	_, err = loadResolved(t, "auth:\n  apiKeys: [{name: ci, key: 5}]\ntargets:\n  - {name: t, regex: a, ipList: [a]}\n")
+	if got := problemsOf(t, err); len(got) != 1 || !strings.HasPrefix(got[0], "auth: apiKeys[0].key: want a string") {
+		t.Errorf("problems %q", got)
+	}
 }
 
 // An error lists at most MaxProblemsShown problems and counts the rest.
