@@ -224,17 +224,14 @@ func (a *Agent) ReloadFile(ctx context.Context) (ReloadResult, error) {
 		a.reload.fileHash = h
 		a.reload.mu.Unlock()
 	}
-	cfg, err := config.LoadContext(ctx, path, a.opts.Overrides)
+	res, err := config.LoadResolved(ctx, path, a.opts.Overrides)
 	if err != nil {
 		err = fmt.Errorf("config error: %w", err)
 		a.reloadDone(nil, err)
 		return ReloadResult{}, err
 	}
-	res, err := cfg.Resolve()
-	if err != nil {
-		err = fmt.Errorf("config error: %w", err)
-		a.reloadDone(nil, err)
-		return ReloadResult{}, err
+	for _, w := range res.Warnings() {
+		a.log.Warn("config: " + w)
 	}
 	return a.Reload(ctx, res)
 }

@@ -34,6 +34,13 @@ type Config struct {
 	// entities are the entity sections as decoded (normalized YAML
 	// values), for Entities.
 	entities map[string][]map[string]any
+	// doc is the normalized document (canonical keys), auth with the
+	// PROXY_HOPPER_AUTH_* values applied: Warnings reads which keys the
+	// operator set, as opposed to defaults.
+	doc map[string]any
+	// empty is set when the file holds no YAML at all (nothing, or only
+	// comments).
+	empty bool
 }
 
 // EnvPrefix starts every environment variable proxy-hopper reads: each
@@ -47,7 +54,19 @@ type ValidationError struct {
 	Problems []string
 }
 
-func (e *ValidationError) Error() string { return strings.Join(e.Problems, "\n") }
+// MaxProblemsShown bounds the problems an error message lists; the rest
+// are counted ("… and 12 more problems").
+const MaxProblemsShown = 50
+
+// Error lists the first MaxProblemsShown problems, one a line, and counts
+// the rest.
+func (e *ValidationError) Error() string {
+	if len(e.Problems) <= MaxProblemsShown {
+		return strings.Join(e.Problems, "\n")
+	}
+	return strings.Join(e.Problems[:MaxProblemsShown], "\n") +
+		fmt.Sprintf("\n… and %d more problems", len(e.Problems)-MaxProblemsShown)
+}
 
 type problems []string
 

@@ -374,15 +374,6 @@ targets:
 		}
 	})
 
-	t.Run("empty file is valid with no targets", func(t *testing.T) {
-		cfg, ts := mustResolve(t, "")
-		if len(ts) != 0 || cfg.Server.Port != 8080 {
-			t.Errorf("targets %v, server %+v", ts, cfg.Server)
-		}
-		if got := cfg.Summary(ts); !strings.Contains(got, "Config OK — 0 target(s) defined.") {
-			t.Errorf("Summary = %q", got)
-		}
-	})
 }
 
 func TestPrecedence(t *testing.T) {

@@ -19,8 +19,11 @@ import (
 // command line (camelCase, e.g. "port", "logLevel", "probeUrls"); a server
 // key is taken, highest first, from overrides, the file's server block,
 // PROXY_HOPPER_* environment variables, then the defaults. Unknown keys and
-// values of the wrong type are reported together as a *ValidationError.
-// Load does not check values; Resolve does.
+// values of the wrong type are reported together as a *ValidationError;
+// with it Load still returns the Config, every field that did decode set
+// and every bad one left at its default, so that LoadResolved can report
+// the problems Resolve finds too. Load does not check values; Resolve
+// does.
 func Load(path string, overrides map[string]any) (*Config, error) {
 	return LoadContext(context.Background(), path, overrides)
 }
@@ -37,13 +40,12 @@ func LoadContext(ctx context.Context, path string, overrides map[string]any) (*C
 		return nil, fmt.Errorf("parse config %s: %w", path, err)
 	}
 	cfg, err := fromDocument(doc, overrides, newEnv(os.Environ()))
-	if err != nil {
-		return nil, err
+	if cfg != nil {
+		if abs, aerr := filepath.Abs(path); aerr == nil {
+			cfg.baseDir = filepath.Dir(abs)
+		}
 	}
-	if abs, err := filepath.Abs(path); err == nil {
-		cfg.baseDir = filepath.Dir(abs)
-	}
-	return cfg, nil
+	return cfg, err
 }
 
 // MaxConfigBytes bounds the config file and each file it names (caFile):
@@ -86,9 +88,12 @@ func readFileLimited(ctx context.Context, path string, max int64) ([]byte, error
 // (spellings, unknown keys, shapes), then the server block through viper's
 // layers, then every other section with mapstructure straight from the
 // document, one entry at a time, so that problems name their entry and map
-// keys (role names) keep their case, which viper would lower-case.
+// keys (role names) keep their case, which viper would lower-case. On
+// problems it returns them with the Config as far as it decoded (nil only
+// when the top level is not a mapping).
 func fromDocument(doc any, overrides map[string]any, env envVars) (*Config, error) {
 	var p problems
+	empty := doc == nil
 	if doc == nil {
 		doc = map[string]any{}
 	}
@@ -98,22 +103,25 @@ func fromDocument(doc any, overrides map[string]any, env envVars) (*Config, erro
 	n := normalizer{p: &p}
 	root, _ := n.walk(doc, reflect.TypeOf(Config{}), "", "").(map[string]any)
 
-	cfg := &Config{}
+	if root == nil {
+		root = map[string]any{}
+	}
+	cfg := &Config{empty: empty, doc: root}
 	srvMap, _ := root["server"].(map[string]any)
 	cfg.Server = decodeServer(srvMap, overrides, env, &p)
 
 	authMap, _ := root["auth"].(map[string]any)
 	authMap, fromEnv := applyAuthEnv(authMap, env)
+	if authMap != nil {
+		root["auth"] = authMap
+	}
 	cfg.Auth = AuthConfig{JWTExpiryMinutes: 60, JWTMaxLifetime: Duration(auth.DefaultJWTMaxLifetime), DefaultRole: auth.DefaultRole}
 	decodeSection(authMap, &cfg.Auth, "auth", fromEnv, &p)
 	cfg.Auth.setDefaults()
 
 	decodeEntities(root, cfg, &p)
 	decodeSection(root["transparent"], &cfg.Transparent, "transparent", nil, &p)
-	if err := p.err(); err != nil {
-		return nil, err
-	}
-	return cfg, nil
+	return cfg, p.err()
 }
 
 func orTrue(b *bool) *bool {

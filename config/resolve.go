@@ -49,6 +49,7 @@ func (c *Config) Resolve() (*Resolved, error) {
 	providers := c.checkProviders(&p)
 	pools := c.checkPools(&p, providers)
 	r.Targets = c.resolveTargets(&p, providers, pools)
+	c.checkHasTargets(&p)
 	if err := p.err(); err != nil {
 		return nil, err
 	}

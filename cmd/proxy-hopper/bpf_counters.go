@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,7 +10,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/proxy-hopper/proxy-hopper/agent"
-	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/metrics"
 )
 
@@ -28,13 +28,9 @@ func runBPFCounters(args []string, stdout, stderr io.Writer, usage func(error) e
 	}
 	var labels map[netip.Addr]metrics.UpstreamLabels
 	if *cfgPath != "" {
-		cfg, err := config.Load(*cfgPath, nil)
+		res, err := loadConfig(context.Background(), *cfgPath, nil)
 		if err != nil {
-			return &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
-		}
-		res, err := cfg.Resolve()
-		if err != nil {
-			return &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
+			return err
 		}
 		labels = agent.UpstreamLabels(res)
 	}

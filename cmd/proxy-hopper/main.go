@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -54,6 +55,10 @@ type exitError struct {
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
+
+// Unwrap lets main see flag.ErrHelp (-h exits 0, as click's --help) and
+// callers the cause.
+func (e *exitError) Unwrap() error { return e.err }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -178,25 +183,38 @@ func newServerFlags(fs *flag.FlagSet) *serverFlags {
 	return sf
 }
 
-func configPath(p string) (string, error) {
+// Exit codes, as proxy-hopper's (click) CLI: 0 success; 1 an invalid
+// config and every failure at run time; 2 a usage error (unknown command
+// or flag, `validate` without --config, a --config file that does not
+// exist). `run` without --config exits 1, as proxy-hopper's does.
+const (
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// configPath is the --config value, else PROXY_HOPPER_CONFIG; missing
+// exits with missingCode (proxy-hopper: 2 for validate, 1 for run).
+func configPath(p string, missingCode int) (string, error) {
 	if p == "" {
 		p = os.Getenv("PROXY_HOPPER_CONFIG")
 	}
 	if p == "" {
-		return "", &exitError{code: 2, err: errors.New("--config (or PROXY_HOPPER_CONFIG) is required")}
+		return "", &exitError{code: missingCode, err: errors.New("--config (or PROXY_HOPPER_CONFIG) is required")}
 	}
 	return p, nil
 }
 
-// loadConfig loads and validates; validation problems exit with 2.
+// loadConfig loads and validates, reporting every problem of the file at
+// once: a config file that does not exist is a usage error (exit 2), any
+// other problem exits 1.
 func loadConfig(ctx context.Context, path string, overrides map[string]any) (*config.Resolved, error) {
-	cfg, err := config.LoadContext(ctx, path, overrides)
+	res, err := config.LoadResolved(ctx, path, overrides)
 	if err != nil {
-		return nil, &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
-	}
-	res, err := cfg.Resolve()
-	if err != nil {
-		return nil, &exitError{code: 2, err: fmt.Errorf("config error: %w", err)}
+		code := exitFailure
+		if errors.Is(err, fs.ErrNotExist) {
+			code = exitUsage
+		}
+		return nil, &exitError{code: code, err: fmt.Errorf("config error: %w", err)}
 	}
 	return res, nil
 }
@@ -208,9 +226,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(cfgPath, "c", "", "shorthand for --config")
 	sf := newServerFlags(fs)
 	if err := fs.Parse(args); err != nil {
-		return &exitError{code: 2, err: err}
+		return &exitError{code: exitUsage, err: err}
 	}
-	path, err := configPath(*cfgPath)
+	path, err := configPath(*cfgPath, exitFailure)
 	if err != nil {
 		return err
 	}
@@ -225,13 +243,13 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, targets := res.Config, res.Targets
+	cfg := res.Config
 	log, closer, err := agent.NewLogger(res.LogLevel, cfg.Server.LogFormat, cfg.Server.LogFile)
 	if err != nil {
-		return &exitError{code: 2, err: err}
+		return &exitError{code: exitFailure, err: err}
 	}
 	defer closer.Close()
-	for _, w := range config.RegexWarnings(targets) {
+	for _, w := range res.Warnings() {
 		log.Warn("config: " + w)
 	}
 	a, err := agent.New(ctx, res, agent.Options{Logger: log, ConfigPath: path, Overrides: sf.overrides, Hangup: hup, Version: buildVersion()})
@@ -247,9 +265,9 @@ func validate(args []string, stdout, stderr io.Writer) error {
 	cfgPath := fs.String("config", "", "path to the YAML config (or PROXY_HOPPER_CONFIG)")
 	fs.StringVar(cfgPath, "c", "", "shorthand for --config")
 	if err := fs.Parse(args); err != nil {
-		return &exitError{code: 2, err: err}
+		return &exitError{code: exitUsage, err: err}
 	}
-	path, err := configPath(*cfgPath)
+	path, err := configPath(*cfgPath, exitUsage)
 	if err != nil {
 		return err
 	}
@@ -259,7 +277,7 @@ func validate(args []string, stdout, stderr io.Writer) error {
 	}
 	cfg, targets := res.Config, res.Targets
 	fmt.Fprint(stdout, cfg.Summary(targets))
-	for _, w := range config.RegexWarnings(targets) {
+	for _, w := range res.Warnings() {
 		fmt.Fprintln(stderr, "warning: "+w)
 	}
 	for _, n := range cfg.AuthNotes() {

@@ -96,8 +96,8 @@ targets:
     numRetries: -1
 `)
 	out, err = exec.Command(bin, "validate", "--config", bad).CombinedOutput()
-	if code := exitCode(err); code != 2 {
-		t.Fatalf("bad config: exit %d, want 2\n%s", code, out)
+	if code := exitCode(err); code != 1 {
+		t.Fatalf("bad config: exit %d, want 1 (as proxy-hopper)\n%s", code, out)
 	}
 	for _, want := range []string{"api", "regex", "numRetries"} {
 		if !strings.Contains(string(out), want) {
