@@ -19,17 +19,26 @@ import (
 
 // requireAllAvailable fails unless every IP of the pool is available with
 // no failure counted.
+//
+// The last IP goes back to the pool just after its answer reaches the
+// client, so an IP still in use (with no failure) is waited for, briefly.
 func requireAllAvailable(t *testing.T, e *env) {
 	t.Helper()
-	snap, err := e.pool().Snapshot(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range snap {
-		if s.State != pool.StateAvailable || s.Failures != 0 {
-			t.Errorf("IP %s is %s with %d failures; want available with 0", s.Addr, s.State, s.Failures)
+	testenv.Eventually(t, 2*time.Second, func() error {
+		snap, err := e.pool().Snapshot(t.Context())
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		for _, s := range snap {
+			if s.Failures != 0 || s.State == pool.StateQuarantined || s.State == pool.StateCooling {
+				t.Fatalf("IP %s is %s with %d failures; want available with 0", s.Addr, s.State, s.Failures)
+			}
+			if s.State != pool.StateAvailable {
+				return fmt.Errorf("IP %s is %s; waiting for it back", s.Addr, s.State)
+			}
+		}
+		return nil
+	})
 }
 
 // connectStatus sends a CONNECT for authority and returns the agent's
