@@ -33,7 +33,7 @@ func TestRecorderEventsRing(t *testing.T) {
 	for i := range 5 {
 		clk.add(time.Second)
 		if i%2 == 0 {
-			r.Quarantined("t", fmt.Sprintf("10.0.0.%d:80", i), clk.now().Add(time.Minute))
+			r.Quarantined("t", fmt.Sprintf("10.0.0.%d:80", i), clk.now().Add(time.Minute), "admin")
 		} else {
 			r.Released("t", fmt.Sprintf("u:p@10.0.0.%d:80", i))
 		}
@@ -97,7 +97,7 @@ func TestRecorderConcurrent(t *testing.T) {
 			for j := range 200 {
 				r.Attempt(proxy.AttemptEvent{Target: "t", Addr: "a:1", OK: j%2 == 0})
 				r.Request(proxy.RequestEvent{Outcome: "success"})
-				r.Quarantined("t", fmt.Sprint(i), time.Now())
+				r.Quarantined("t", fmt.Sprint(i), time.Now(), "status_429")
 				_ = r.Traffic()
 				_ = r.Events()
 			}
