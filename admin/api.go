@@ -100,11 +100,11 @@ type StatusView struct {
 	UptimeSeconds int64     `json:"uptimeSeconds"`
 	// Gateway says whether BPF byte counters are shown (gateway mode on);
 	// BytesError why they could not be read, if so.
-	Gateway    bool   `json:"gateway"`
-	BytesError string `json:"bytesError,omitempty"`
-	Targets     []TargetView `json:"targets"`
-	Events      []Event      `json:"events"`
-	Traffic     Traffic      `json:"traffic"`
+	Gateway    bool         `json:"gateway"`
+	BytesError string       `json:"bytesError,omitempty"`
+	Targets    []TargetView `json:"targets"`
+	Events     []Event      `json:"events"`
+	Traffic    Traffic      `json:"traffic"`
 }
 
 func (s *Server) target(name string) *proxy.Target {

@@ -58,7 +58,7 @@ func (x *agentAdmin) poolHooks(target string, h pool.Hooks) pool.Hooks {
 	}
 	return h.Then(pool.Hooks{
 		QuarantinedWhy: func(addr string, until time.Time, cause string) { x.rec.Quarantined(target, addr, until, cause) },
-		Released:    func(addr string) { x.rec.Released(target, addr) },
+		Released:       func(addr string) { x.rec.Released(target, addr) },
 	})
 }
 
