@@ -175,7 +175,9 @@ func TestStatusPageActionsInChromium(t *testing.T) {
 	br := testenv.StartBrowser(t)
 	br.Navigate(e.base + link.Path)
 	br.WaitFor(`Number(document.body.dataset.refreshes) >= 1`, 10*time.Second)
-	box := func(addr string) string { return fmt.Sprintf(`document.querySelector('#targets div.ip[data-ip="%s"]')`, addr) }
+	box := func(addr string) string {
+		return fmt.Sprintf(`document.querySelector('#targets div.ip[data-ip="%s"]')`, addr)
+	}
 	var shown struct{ Reason, Text string }
 	br.Eval(fmt.Sprintf(`({reason: %[1]s.dataset.reason, text: %[1]s.querySelector(".reason").textContent})`, box(r429)), &shown)
 	if shown.Reason != "status_429" || !strings.Contains(shown.Text, "rate limited") || !strings.Contains(shown.Text, "429") {
