@@ -153,11 +153,11 @@ func parseFilter(q url.Values, def int) (ipFilter, error) {
 	return f, nil
 }
 
-func (f ipFilter) match(ip *IPView) bool {
-	if f.state != "" && ip.State != f.state {
+func (f ipFilter) match(addr string, state pool.State, provider, region string) bool {
+	if f.state != "" && state != f.state {
 		return false
 	}
-	return f.q == "" || strings.Contains(ip.Address, f.q) || strings.Contains(ip.Provider, f.q) || strings.Contains(ip.Region, f.q)
+	return f.q == "" || strings.Contains(addr, f.q) || strings.Contains(provider, f.q) || strings.Contains(region, f.q)
 }
 
 // byteSnapshot reads the gateway's counters once per answer.
@@ -197,11 +197,35 @@ func (s *Server) viewOf(ctx context.Context, t *proxy.Target, f ipFilter, bytes 
 			}
 		}
 	}
+	// The filter and the window are applied before the views are built,
+	// so a page of a large pool costs its page, not the pool.
+	type pick struct {
+		st   pool.IPState
+		addr string // public
+	}
+	picked := make([]pick, 0, len(snap))
 	for _, st := range snap {
+		v.Counts[st.State]++
+		up := t.Upstreams[st.Addr]
+		addr := PublicAddr(st.Addr)
+		if f.match(addr, st.State, up.Provider, up.Region) {
+			picked = append(picked, pick{st, addr})
+		}
+	}
+	v.Matched = len(picked)
+	slices.SortFunc(picked, func(a, b pick) int { return strings.Compare(a.addr, b.addr) })
+	lo := min(f.offset, len(picked))
+	hi := len(picked)
+	if f.limit > 0 {
+		hi = min(hi, lo+f.limit)
+	}
+	v.IPs = make([]IPView, 0, hi-lo)
+	for _, pk := range picked[lo:hi] {
+		st := pk.st
 		up := t.Upstreams[st.Addr]
 		c := s.opts.Recorder.IP(t.Name, st.Addr)
 		ip := IPView{
-			Address: PublicAddr(st.Addr), State: st.State, ConsecutiveFailures: st.Failures,
+			Address: pk.addr, State: st.State, ConsecutiveFailures: st.Failures,
 			Requests: c.Requests, FailedRequests: c.Failed, Provider: up.Provider, Region: up.Region,
 			Draining: member != nil && !member[st.Addr], QuarantinePendingUntil: st.PendingQuarantine,
 		}
@@ -234,20 +258,7 @@ func (s *Server) viewOf(ctx context.Context, t *proxy.Target, f ipFilter, bytes 
 				}
 			}
 		}
-		v.Counts[st.State]++
-		if f.match(&ip) {
-			v.IPs = append(v.IPs, ip)
-		}
-	}
-	v.Matched = len(v.IPs)
-	slices.SortFunc(v.IPs, func(a, b IPView) int { return strings.Compare(a.Address, b.Address) })
-	if f.offset > 0 || f.limit > 0 {
-		lo := min(f.offset, len(v.IPs))
-		hi := len(v.IPs)
-		if f.limit > 0 {
-			hi = min(hi, lo+f.limit)
-		}
-		v.IPs = slices.Clip(v.IPs[lo:hi])
+		v.IPs = append(v.IPs, ip)
 	}
 	return v
 }
