@@ -7,8 +7,10 @@
 // Every endpoint but /healthz and /readyz needs the admin token: an
 // `Authorization: Bearer <token>` header, or for the browser a session
 // cookie (a random id with a server-side expiry) set by the login form or
-// a one-time login link. The cookie is accepted for reading only; changes
-// need the header. Wrong tokens are limited per source address (429).
+// a one-time login link. A session remembers whether its login may write;
+// the page's changes need, besides the cookie, the session's CSRF token
+// in X-CSRF-Token and a same-origin request. Wrong tokens are limited per
+// source address (429).
 package admin
 
 import (

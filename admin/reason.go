@@ -22,6 +22,12 @@ func reasonText(code string) string {
 		return "the upstream proxy could not be reached"
 	case "tls_error":
 		return "TLS handshake failed"
+	case "timeout":
+		return "timed out"
+	case "connection_error":
+		return "connection error"
+	case "http_error":
+		return "answered 500 or more"
 	}
 	if n, ok := strings.CutPrefix(code, "connect_status_"); ok {
 		return "the upstream proxy answered CONNECT with " + n
