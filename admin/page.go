@@ -57,6 +57,7 @@ var templates = template.Must(template.New("").Funcs(template.FuncMap{
 	"bytes":         bytesText,
 	"pageLink":      pageLink,
 	"add":           func(a, b int) int { return a + b },
+	"ipBoxes":       ipBoxes,
 }).ParseFS(pageFS, "*.tmpl"))
 
 // pageData is what page.html.tmpl renders.
