@@ -2,10 +2,13 @@ package admin_test
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -198,5 +201,45 @@ func TestStatusFilter(t *testing.T) {
 		if code, _ := get(q); code != 400 {
 			t.Errorf("%s: %d, want 400", q, code)
 		}
+	}
+}
+
+// TestStatusVersionUptimeBytes: /api/status and the page carry the
+// version, the uptime, and the gateway's byte counters per IP address;
+// a counter read error is shown, not fatal.
+func TestStatusVersionUptimeBytes(t *testing.T) {
+	var fail atomic.Bool
+	e := newAuthEnv(t, false, func(o *admin.Options) {
+		o.Version = "v1.2.3-test"
+		o.Started = o.Now().Add(-90 * time.Minute)
+		o.Bytes = func() (map[netip.Addr]admin.ByteCounts, error) {
+			if fail.Load() {
+				return nil, errors.New("read ph_ip_stats: gone")
+			}
+			return map[netip.Addr]admin.ByteCounts{netip.MustParseAddr("10.0.0.1"): {In: 3 << 20, Out: 4096}}, nil
+		}
+	})
+	c := e.client(t, "127.0.0.1")
+	var v admin.StatusView
+	_, body := do(t, c, "GET", e.srv.URL+"/api/status", token, nil, "")
+	if err := json.Unmarshal([]byte(body), &v); err != nil {
+		t.Fatal(err)
+	}
+	ip := v.Targets[0].IPs[0]
+	if v.Version != "v1.2.3-test" || v.UptimeSeconds != 5400 || !v.Gateway || ip.Bytes == nil || *ip.Bytes != (admin.ByteCounts{In: 3 << 20, Out: 4096}) {
+		t.Fatalf("status: version %q uptime %d gateway %v bytes %+v", v.Version, v.UptimeSeconds, v.Gateway, ip.Bytes)
+	}
+	_, doc := do(t, c, "GET", e.srv.URL+"/", token, nil, "")
+	for _, want := range []string{"version v1.2.3-test", "up 1h 30m 0s", `data-in="3145728" data-out="4096">in 3.0 MiB, out 4.0 KiB`} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	fail.Store(true)
+	_, body = do(t, c, "GET", e.srv.URL+"/api/status", token, nil, "")
+	v = admin.StatusView{}
+	json.Unmarshal([]byte(body), &v)
+	if v.BytesError != "read ph_ip_stats: gone" || v.Targets[0].IPs[0].Bytes != nil {
+		t.Fatalf("status with a failing counter read: %q %+v", v.BytesError, v.Targets[0].IPs[0].Bytes)
 	}
 }
