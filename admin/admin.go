@@ -7,8 +7,10 @@
 // Every endpoint but /healthz and /readyz needs the admin token: an
 // `Authorization: Bearer <token>` header, or for the browser a session
 // cookie (a random id with a server-side expiry) set by the login form or
-// a one-time login link. The cookie is accepted for reading only; changes
-// need the header. Wrong tokens are limited per source address (429).
+// a one-time login link. A session remembers whether its login may write;
+// the page's changes need, besides the cookie, the session's CSRF token
+// in X-CSRF-Token and a same-origin request. Wrong tokens are limited per
+// source address (429).
 package admin
 
 import (
@@ -19,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -108,6 +111,16 @@ type Options struct {
 	IPs IPEditor
 	// Probes gives the last probe of an IP; nil shows none.
 	Probes ProbeSource
+	// Version is the agent's version, shown on the page.
+	Version string
+	// Started is when the agent started (default: when New ran).
+	Started time.Time
+	// Bytes reads the gateway's BPF byte counters per upstream IP
+	// address; nil when gateway mode is off (the page shows none).
+	Bytes func() (map[netip.Addr]ByteCounts, error)
+	// PageIPs is how many IPs per target the page lists at once
+	// (DefaultPageIPs); the rest are reached with its filter and pages.
+	PageIPs int
 	// Recorder feeds request counts, rate, outcomes and events; nil: a
 	// fresh one nobody feeds.
 	Recorder *Recorder
@@ -131,6 +144,9 @@ type Options struct {
 	// with authfail's defaults.
 	Failures *authfail.Limiter
 }
+
+// DefaultPageIPs is how many IPs per target the page lists at once.
+const DefaultPageIPs = 200
 
 // Server is the admin endpoint of one agent.
 type Server struct {
@@ -157,6 +173,12 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Started.IsZero() {
+		opts.Started = opts.Now()
+	}
+	if opts.PageIPs <= 0 {
+		opts.PageIPs = DefaultPageIPs
 	}
 	if opts.Recorder == nil {
 		opts.Recorder = NewRecorder(opts.Now, 0)

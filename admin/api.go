@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,6 +31,13 @@ type TargetView struct {
 	// Counts has the number of IPs in each state.
 	Counts map[pool.State]int `json:"counts"`
 	IPs    []IPView           `json:"ips"`
+	// Matched is the number of IPs the filter (state, q) matched; IPs
+	// holds those from Offset on, at most the limit. Without a filter
+	// and limit, Matched is every IP and IPs has them all.
+	Matched int `json:"matched"`
+	Offset  int `json:"offset"`
+	// Traffic is the target's client requests over the last minute.
+	Traffic TargetTraffic `json:"traffic"`
 	// Error says why the pool could not be read (IPs is then empty).
 	Error string `json:"error,omitempty"`
 }
@@ -56,6 +64,22 @@ type IPView struct {
 	// Draining: removed from the target, finishing the use in flight.
 	Draining bool       `json:"draining"`
 	Probe    *ProbeView `json:"probe"` // null until the prober has probed it
+	// QuarantineReason says why this agent last quarantined the IP
+	// (Event.Reason); QuarantinedAt when. Set while it is quarantined.
+	QuarantineReason string    `json:"quarantineReason,omitempty"`
+	QuarantinedAt    time.Time `json:"quarantinedAt,omitzero"`
+	// ReasonText describes QuarantineReason for people (quarantined only).
+	ReasonText string `json:"reasonText,omitempty"`
+	// Bytes are the gateway's BPF byte counters of the IP's address
+	// (null when gateway mode is off or it saw no packet of it).
+	Bytes *ByteCounts `json:"bytes"`
+}
+
+// ByteCounts are the bytes the gateway's BPF counters saw to (Out) and
+// from (In) one upstream IP address since they were loaded.
+type ByteCounts struct {
+	In  uint64 `json:"in"`
+	Out uint64 `json:"out"`
 }
 
 // ProbeView is the last probe of an IP.
@@ -68,11 +92,19 @@ type ProbeView struct {
 
 // StatusView is everything the page draws, in one answer.
 type StatusView struct {
-	GeneratedAt time.Time    `json:"generatedAt"`
-	Backend     string       `json:"backend"`
-	Targets     []TargetView `json:"targets"`
-	Events      []Event      `json:"events"`
-	Traffic     Traffic      `json:"traffic"`
+	GeneratedAt time.Time `json:"generatedAt"`
+	Backend     string    `json:"backend"`
+	// Version of the agent; StartedAt and UptimeSeconds of its process.
+	Version       string    `json:"version"`
+	StartedAt     time.Time `json:"startedAt"`
+	UptimeSeconds int64     `json:"uptimeSeconds"`
+	// Gateway says whether BPF byte counters are shown (gateway mode on);
+	// BytesError why they could not be read, if so.
+	Gateway    bool         `json:"gateway"`
+	BytesError string       `json:"bytesError,omitempty"`
+	Targets    []TargetView `json:"targets"`
+	Events     []Event      `json:"events"`
+	Traffic    Traffic      `json:"traffic"`
 }
 
 func (s *Server) target(name string) *proxy.Target {
@@ -84,10 +116,68 @@ func (s *Server) target(name string) *proxy.Target {
 	return nil
 }
 
-// view reads target t's pool and joins what the agent knows of each IP.
-func (s *Server) view(ctx context.Context, t *proxy.Target) TargetView {
+// MaxIPFilter bounds the q filter, in bytes.
+const MaxIPFilter = 100
+
+// ipFilter picks the IPs a view lists: by state, by a substring of the
+// address, provider or region, then a window (offset, limit; limit 0:
+// all).
+type ipFilter struct {
+	state         pool.State
+	q             string
+	offset, limit int
+}
+
+// parseFilter reads state, q, offset and limit from the query; limit
+// defaults to def (0: all).
+func parseFilter(q url.Values, def int) (ipFilter, error) {
+	f := ipFilter{state: pool.State(q.Get("state")), q: q.Get("q"), limit: def}
+	if f.state != "" && !slices.Contains(States, f.state) {
+		return f, fmt.Errorf("state %q: want one of available, in-use, cooling, quarantined", truncate(string(f.state), 40))
+	}
+	if len(f.q) > MaxIPFilter {
+		return f, fmt.Errorf("q is longer than %d bytes", MaxIPFilter)
+	}
+	for _, p := range []struct {
+		name string
+		v    *int
+	}{{"offset", &f.offset}, {"limit", &f.limit}} {
+		if raw := q.Get(p.name); raw != "" {
+			n, err := strconv.Atoi(raw)
+			if err != nil || n < 0 || n > 1_000_000 {
+				return f, fmt.Errorf("%s must be a number from 0 to 1000000", p.name)
+			}
+			*p.v = n
+		}
+	}
+	return f, nil
+}
+
+func (f ipFilter) match(addr string, state pool.State, provider, region string) bool {
+	if f.state != "" && state != f.state {
+		return false
+	}
+	return f.q == "" || strings.Contains(addr, f.q) || strings.Contains(provider, f.q) || strings.Contains(region, f.q)
+}
+
+// byteSnapshot reads the gateway's counters once per answer.
+func (s *Server) byteSnapshot() (map[netip.Addr]ByteCounts, string) {
+	if s.opts.Bytes == nil {
+		return nil, ""
+	}
+	m, err := s.opts.Bytes()
+	if err != nil {
+		return nil, truncate(err.Error(), 200)
+	}
+	return m, ""
+}
+
+// viewOf reads target t's pool, joins what the agent knows of each IP,
+// and lists the IPs f picks.
+func (s *Server) viewOf(ctx context.Context, t *proxy.Target, f ipFilter, bytes map[netip.Addr]ByteCounts) TargetView {
 	cfg := t.Pool.Config()
-	v := TargetView{Name: t.Name, QuarantineSeconds: cfg.QuarantineTime.Seconds(), Counts: map[pool.State]int{}, IPs: []IPView{}}
+	v := TargetView{Name: t.Name, QuarantineSeconds: cfg.QuarantineTime.Seconds(), Counts: map[pool.State]int{}, IPs: []IPView{},
+		Traffic: s.opts.Recorder.Target(t.Name), Offset: f.offset}
 	for _, st := range States {
 		v.Counts[st] = 0
 	}
@@ -107,17 +197,43 @@ func (s *Server) view(ctx context.Context, t *proxy.Target) TargetView {
 			}
 		}
 	}
+	// The filter and the window are applied before the views are built,
+	// so a page of a large pool costs its page, not the pool.
+	type pick struct {
+		st   pool.IPState
+		addr string // public
+	}
+	picked := make([]pick, 0, len(snap))
 	for _, st := range snap {
+		v.Counts[st.State]++
+		up := t.Upstreams[st.Addr]
+		addr := PublicAddr(st.Addr)
+		if f.match(addr, st.State, up.Provider, up.Region) {
+			picked = append(picked, pick{st, addr})
+		}
+	}
+	v.Matched = len(picked)
+	slices.SortFunc(picked, func(a, b pick) int { return strings.Compare(a.addr, b.addr) })
+	lo := min(f.offset, len(picked))
+	hi := len(picked)
+	if f.limit > 0 {
+		hi = min(hi, lo+f.limit)
+	}
+	v.IPs = make([]IPView, 0, hi-lo)
+	for _, pk := range picked[lo:hi] {
+		st := pk.st
 		up := t.Upstreams[st.Addr]
 		c := s.opts.Recorder.IP(t.Name, st.Addr)
 		ip := IPView{
-			Address: PublicAddr(st.Addr), State: st.State, ConsecutiveFailures: st.Failures,
+			Address: pk.addr, State: st.State, ConsecutiveFailures: st.Failures,
 			Requests: c.Requests, FailedRequests: c.Failed, Provider: up.Provider, Region: up.Region,
 			Draining: member != nil && !member[st.Addr], QuarantinePendingUntil: st.PendingQuarantine,
 		}
 		switch st.State {
 		case pool.StateQuarantined:
 			ip.ReleaseAt = st.Until
+			ip.QuarantineReason, ip.QuarantinedAt = c.QuarantineReason, c.QuarantinedAt
+			ip.ReasonText = reasonText(c.QuarantineReason)
 		case pool.StateCooling:
 			ip.ReadyAt = st.Until
 		case pool.StateInUse:
@@ -135,40 +251,78 @@ func (s *Server) view(ctx context.Context, t *proxy.Target) TargetView {
 				ip.Probe = &ProbeView{OK: r.OK, Result: res, LatencyMs: float64(r.Latency.Microseconds()) / 1000, At: r.At}
 			}
 		}
-		v.Counts[st.State]++
+		if bytes != nil {
+			if a, ok := hostAddr(st.Addr); ok {
+				if b, ok := bytes[a]; ok {
+					ip.Bytes = &b
+				}
+			}
+		}
 		v.IPs = append(v.IPs, ip)
 	}
-	slices.SortFunc(v.IPs, func(a, b IPView) int { return strings.Compare(a.Address, b.Address) })
 	return v
 }
 
-func (s *Server) views(ctx context.Context) []TargetView {
+// hostAddr is the IP address of a host:port upstream (false for a name).
+func hostAddr(addr string) (netip.Addr, bool) {
+	host, _, err := net.SplitHostPort(PublicAddr(addr))
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return a.Unmap(), true
+}
+
+func (s *Server) views(ctx context.Context, f ipFilter, bytes map[netip.Addr]ByteCounts) []TargetView {
 	ts := s.opts.Targets()
 	out := make([]TargetView, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, s.view(ctx, t))
+		out = append(out, s.viewOf(ctx, t, f, bytes))
 	}
 	return out
 }
 
-func (s *Server) status(ctx context.Context) StatusView {
+func (s *Server) status(ctx context.Context, f ipFilter) StatusView {
+	now := s.opts.Now()
+	bytes, bytesErr := s.byteSnapshot()
 	return StatusView{
-		GeneratedAt: s.opts.Now().UTC(),
-		Backend:     s.opts.BackendName,
-		Targets:     s.views(ctx),
-		Events:      s.opts.Recorder.Events(),
-		Traffic:     s.opts.Recorder.Traffic(),
+		GeneratedAt:   now.UTC(),
+		Backend:       s.opts.BackendName,
+		Version:       s.opts.Version,
+		StartedAt:     s.opts.Started.UTC(),
+		UptimeSeconds: int64(now.Sub(s.opts.Started).Seconds()),
+		Gateway:       s.opts.Bytes != nil,
+		BytesError:    bytesErr,
+		Targets:       s.views(ctx, f, bytes),
+		Events:        s.opts.Recorder.Events(),
+		Traffic:       s.opts.Recorder.Traffic(),
 	}
 }
 
 // GET /api/status: targets, events and traffic (what the page draws).
+// state, q, offset and limit pick the IPs listed per target (every IP
+// without them).
 func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.status(r.Context()))
+	f, err := parseFilter(r.URL.Query(), 0)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_filter", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, s.status(r.Context(), f))
 }
 
-// GET /api/targets
+// GET /api/targets (state, q, offset, limit as /api/status)
 func (s *Server) getTargets(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{"targets": s.views(r.Context())})
+	f, err := parseFilter(r.URL.Query(), 0)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_filter", err.Error())
+		return
+	}
+	bytes, _ := s.byteSnapshot()
+	writeJSON(w, http.StatusOK, map[string]any{"targets": s.views(r.Context(), f, bytes)})
 }
 
 // GET /api/targets/{target}
@@ -177,7 +331,8 @@ func (s *Server) getTarget(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, s.view(r.Context(), t))
+	bytes, _ := s.byteSnapshot()
+	writeJSON(w, http.StatusOK, s.viewOf(r.Context(), t, ipFilter{}, bytes))
 }
 
 // GET /api/events: quarantine events, newest first.
@@ -383,3 +538,15 @@ func (s *Server) v1Status(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"targets": targets, "backend": s.opts.BackendName, "auth_enabled": s.opts.AuthEnabled, "user": user})
 }
+
+// State, Q, Offset and Limit expose the filter to the page's template.
+func (f ipFilter) State() pool.State { return f.state }
+
+// Q is the filter's substring.
+func (f ipFilter) Q() string { return f.q }
+
+// Offset is the index of the first IP listed.
+func (f ipFilter) Offset() int { return f.offset }
+
+// Limit is the most IPs listed per target (0: all).
+func (f ipFilter) Limit() int { return f.limit }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,67 +30,85 @@ const (
 	maxLoginLinks     = 100
 )
 
+// session is what the store keeps of one id: when it ends, whether it
+// may change anything (its login's token granted write), and its CSRF
+// token, which the page sends back in a header with every change.
+type session struct {
+	expires time.Time
+	write   bool
+	csrf    string
+}
+
 // sessionStore holds random session ids (by their sha256, so a lookup's
-// timing says nothing about a valid id) with their expiry. It is bounded:
-// when full, the expired ones go, then the one that would expire first.
+// timing says nothing about a valid id) with their session. It is
+// bounded: when full, the expired ones go, then the one that would expire
+// first.
 type sessionStore struct {
 	mu  sync.Mutex
-	m   map[[sha256.Size]byte]time.Time
+	m   map[[sha256.Size]byte]session
 	max int
 	ttl time.Duration
 	now func() time.Time
 }
 
 func newSessionStore(ttl time.Duration, maxN int, now func() time.Time) *sessionStore {
-	return &sessionStore{m: map[[sha256.Size]byte]time.Time{}, max: maxN, ttl: ttl, now: now}
+	return &sessionStore{m: map[[sha256.Size]byte]session{}, max: maxN, ttl: ttl, now: now}
 }
 
-// create makes a new id (256 random bits) valid for the store's ttl.
-func (s *sessionStore) create() (id string, expires time.Time) {
+// randomID is 256 random bits, base64url.
+func randomID() string {
 	var b [32]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
-	id = base64.RawURLEncoding.EncodeToString(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// create makes a new id valid for the store's ttl, with its own CSRF token.
+func (s *sessionStore) create(write bool) (id string, ses session) {
+	id = randomID()
 	now := s.now()
-	expires = now.Add(s.ttl)
+	ses = session{expires: now.Add(s.ttl), write: write, csrf: randomID()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.m) >= s.max {
 		var first [sha256.Size]byte
 		var firstExp time.Time
-		for k, exp := range s.m {
-			if !now.Before(exp) {
+		for k, v := range s.m {
+			if !now.Before(v.expires) {
 				delete(s.m, k)
 				continue
 			}
-			if firstExp.IsZero() || exp.Before(firstExp) {
-				first, firstExp = k, exp
+			if firstExp.IsZero() || v.expires.Before(firstExp) {
+				first, firstExp = k, v.expires
 			}
 		}
 		if len(s.m) >= s.max {
 			delete(s.m, first)
 		}
 	}
-	s.m[sha256.Sum256([]byte(id))] = expires
-	return id, expires
+	s.m[sha256.Sum256([]byte(id))] = ses
+	return id, ses
 }
 
-// valid reports whether id is a live session; consume also ends it.
-func (s *sessionStore) valid(id string, consume bool) bool {
+// get returns id's session if it is live; consume also ends it.
+func (s *sessionStore) get(id string, consume bool) (session, bool) {
 	if id == "" || len(id) > 128 {
-		return false
+		return session{}, false
 	}
 	k := sha256.Sum256([]byte(id))
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	exp, ok := s.m[k]
+	v, ok := s.m[k]
 	if !ok {
-		return false
+		return session{}, false
 	}
-	if consume || !now.Before(exp) {
+	if consume || !now.Before(v.expires) {
 		delete(s.m, k)
 	}
-	return now.Before(exp)
+	if !now.Before(v.expires) {
+		return session{}, false
+	}
+	return v, true
 }
 
 func (s *sessionStore) remove(id string) {
@@ -223,12 +242,13 @@ func retryAfter(wait time.Duration) string {
 	return strconv.Itoa(int(math.Ceil(wait.Seconds())))
 }
 
-func (s *Server) sessionOf(r *http.Request) (string, bool) {
+// sessionOf returns the live session of r's cookie, if any.
+func (s *Server) sessionOf(r *http.Request) (session, bool) {
 	c, err := r.Cookie(CookieName)
 	if err != nil {
-		return "", false
+		return session{}, false
 	}
-	return c.Value, s.sessions.valid(c.Value, false)
+	return s.sessions.get(c.Value, false)
 }
 
 func (s *Server) cookieOK(r *http.Request) bool {
@@ -236,11 +256,56 @@ func (s *Server) cookieOK(r *http.Request) bool {
 	return ok
 }
 
+// CSRFHeader carries a session's CSRF token on every change the page makes.
+const CSRFHeader = "X-CSRF-Token"
+
+// crossSite says why a change sent with a session cookie is refused, or
+// "" when it may go on: the cookie is sent by the browser on its own, so
+// a change also needs the session's CSRF token in CSRFHeader (which only
+// the page, served to that session, knows), and must come from this
+// origin: Sec-Fetch-Site, when sent, is same-origin, and Origin, when
+// sent and not "null", is this host. A request with neither header is not a browser's
+// same-origin fetch and is refused as well.
+func crossSite(r *http.Request, ses session) string {
+	site := r.Header.Get("Sec-Fetch-Site")
+	origin := r.Header.Get("Origin")
+	if origin == "null" {
+		origin = "" // an opaque origin (e.g. under Referrer-Policy no-referrer) says nothing
+	}
+	switch {
+	case site != "" && site != "same-origin":
+		return "cross-site request (Sec-Fetch-Site is not same-origin)"
+	case origin == "" && site == "":
+		return "no Origin or Sec-Fetch-Site header"
+	case origin != "" && !sameOrigin(origin, r.Host):
+		return "cross-origin request (Origin is not this host)"
+	}
+	tok := r.Header.Get(CSRFHeader)
+	switch {
+	case tok == "":
+		return "missing " + CSRFHeader + " header"
+	case !equal(tok, ses.csrf):
+		return "wrong " + CSRFHeader
+	}
+	return ""
+}
+
+// sameOrigin reports whether origin (an Origin header) names host.
+func sameOrigin(origin, host string) bool {
+	if len(origin) > 300 {
+		return false
+	}
+	u, err := url.Parse(origin)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" &&
+		strings.EqualFold(u.Host, host) && u.Path == "" && u.User == nil
+}
+
 // requireToken lets a request through with a bearer token that grants
 // what the method needs (read for GET and HEAD, write for the rest): the
 // admin token grants both, a JWT what its roles grant, as proxy-hopper's
-// admin API. A live session cookie is enough to read: a cookie is sent by
-// the browser on its own, so it must not be enough to change anything.
+// admin API. A live session cookie reads; it changes only if the session
+// was started with write (admin token, or a JWT whose role has write) and
+// the request passes crossSite: the cookie alone never changes anything.
 // With no admin token and auth off the API is open to read and refuses
 // changes. Wrong tokens count against the source; past the limit, 429.
 func (s *Server) requireToken(h http.Handler) http.Handler {
@@ -263,7 +328,7 @@ func (s *Server) requireToken(h http.Handler) http.Handler {
 			}
 			return
 		}
-		if readOnly && (s.open() || s.cookieOK(r)) {
+		if readOnly && s.open() {
 			h.ServeHTTP(w, withAccess(r, readAccess))
 			return
 		}
@@ -271,11 +336,22 @@ func (s *Server) requireToken(h http.Handler) http.Handler {
 			writeError(w, http.StatusForbidden, "forbidden", "the admin API is open to read only: to change anything set server.adminToken, or turn auth on and use a JWT with write")
 			return
 		}
-		w.Header().Set("WWW-Authenticate", `Bearer realm="proxy-hopper admin"`)
-		if s.cookieOK(r) {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "changes need the Authorization: Bearer header (admin token or a JWT with write); the page's session cookie only reads")
+		if ses, ok := s.sessionOf(r); ok {
+			switch why := crossSite(r, ses); {
+			case readOnly:
+				h.ServeHTTP(w, withAccess(r, readAccess))
+			case !ses.write:
+				writeError(w, http.StatusForbidden, "forbidden", "Permission 'write' required: this session may only read (its login's role has no write)")
+			case why != "":
+				s.log.Warn("admin change refused: not from the status page", "source", authfail.Source(r.RemoteAddr).String(),
+					"method", r.Method, "path", truncate(r.URL.Path, 200), "why", why)
+				writeError(w, http.StatusForbidden, "csrf", "change refused: "+why+"; changes with the session cookie come from the status page only")
+			default:
+				h.ServeHTTP(w, withAccess(r, access{all: true}))
+			}
 			return
 		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="proxy-hopper admin"`)
 		what := "<admin token>"
 		switch {
 		case s.authOn() && s.opts.Token != "":
@@ -313,16 +389,26 @@ func (s *Server) requireCaller(h http.Handler) http.Handler {
 	})
 }
 
+// truncate cuts s to at most n bytes (for log lines).
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
 // startSession makes a session and sets its cookie: HttpOnly,
 // SameSite=Strict, Secure over TLS (or with SecureCookie), expiring with
 // the session.
-func (s *Server) startSession(w http.ResponseWriter, r *http.Request) {
-	id, exp := s.sessions.create()
+func (s *Server) startSession(w http.ResponseWriter, r *http.Request, write bool) {
+	id, ses := s.sessions.create(write)
+	exp := ses.expires
 	http.SetCookie(w, &http.Cookie{
 		Name: CookieName, Value: id, Path: "/", Expires: exp, MaxAge: int(s.opts.SessionTTL.Seconds()),
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil || s.opts.SecureCookie,
 	})
-	s.log.Info("admin session started", "source", authfail.Source(r.RemoteAddr).String(), "expires", exp.UTC().Format(time.RFC3339))
+	s.log.Info("admin session started", "source", authfail.Source(r.RemoteAddr).String(), "write", write,
+		"expires", exp.UTC().Format(time.RFC3339))
 }
 
 // login takes the token from the page's form and starts a session.
@@ -332,7 +418,12 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.loginPage(w, http.StatusBadRequest, "The login form could not be read.")
 		return
 	}
-	switch res, acc, wait := s.checkToken(r, r.PostForm.Get("token"), "login form"); {
+	if foreignForm(r) {
+		s.loginPage(w, http.StatusForbidden, "A login from another site is refused.")
+		return
+	}
+	res, acc, wait := s.checkToken(r, r.PostForm.Get("token"), "login form")
+	switch {
 	case res == tokenLimited:
 		w.Header().Set("Retry-After", retryAfter(wait))
 		s.loginPage(w, http.StatusTooManyRequests, fmt.Sprintf("Too many failed logins from this address; try again in %ss.", retryAfter(wait)))
@@ -344,31 +435,46 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.loginPage(w, http.StatusForbidden, "This token's role has no read permission.")
 		return
 	}
-	s.startSession(w, r)
+	s.startSession(w, r, acc.can("write"))
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 
 // loginLink redeems a one-time link made by POST /api/login-link: it
 // starts a session and redirects to the page. The link holds no token.
 func (s *Server) loginLink(w http.ResponseWriter, r *http.Request) {
-	if !s.links.valid(r.URL.Query().Get("ticket"), true) {
+	link, ok := s.links.get(r.URL.Query().Get("ticket"), true)
+	if !ok {
 		s.loginPage(w, http.StatusUnauthorized, "This login link is invalid, used or expired.")
 		return
 	}
-	s.startSession(w, r)
+	s.startSession(w, r, link.write)
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 
 // newLoginLink (POST /api/login-link: the bearer token, as every change) makes a link that
 // logs a browser in once within a minute, for scripts and bookmarks that
-// used /?token=.
+// used /?token=. Only a caller with write gets here, so the session it
+// starts may change things too.
 func (s *Server) newLoginLink(w http.ResponseWriter, r *http.Request) {
-	id, exp := s.links.create()
-	writeJSON(w, http.StatusCreated, map[string]any{"path": "/login?ticket=" + id, "expiresAt": exp.UTC()})
+	id, ses := s.links.create(true)
+	writeJSON(w, http.StatusCreated, map[string]any{"path": "/login?ticket=" + id, "expiresAt": ses.expires.UTC()})
+}
+
+// foreignForm reports whether a form post (login, logout) comes from
+// another site by its Sec-Fetch-Site or Origin header. Clients that send
+// neither (scripts) are let through: these forms change no pool state.
+func foreignForm(r *http.Request) bool {
+	site, origin := r.Header.Get("Sec-Fetch-Site"), r.Header.Get("Origin")
+	return (site != "" && site != "same-origin" && site != "none") ||
+		(origin != "" && origin != "null" && !sameOrigin(origin, r.Host))
 }
 
 // logout ends the browser's session on the server and drops its cookie.
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	if foreignForm(r) {
+		writeError(w, http.StatusForbidden, "csrf", "a logout from another site is refused")
+		return
+	}
 	if c, err := r.Cookie(CookieName); err == nil {
 		s.sessions.remove(c.Value)
 	}

@@ -50,18 +50,21 @@ func newAuthEnv(t *testing.T, tls bool, opt func(*admin.Options)) *authEnv {
 	t.Helper()
 	backend := memory.New(nil)
 	t.Cleanup(func() { backend.Close() })
+	e := &authEnv{clock: &fakeClock{t: time.Unix(1_800_000_000, 0)}, log: &syncBuffer{}}
+	rec := admin.NewRecorder(e.clock.now, 0)
 	p, err := pool.New(context.Background(), "web", []string{"10.0.0.1:3128"}, backend,
 		pool.Config{FailuresUntilQuarantine: 1, QuarantineTime: time.Hour, MaxQueueWait: time.Second},
-		pool.Options{Logger: slog.New(slog.DiscardHandler)})
+		pool.Options{Logger: slog.New(slog.DiscardHandler), Hooks: pool.Hooks{
+			QuarantinedWhy: func(addr string, until time.Time, cause string) { rec.Quarantined("web", addr, until, cause) },
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Close)
-	e := &authEnv{clock: &fakeClock{t: time.Unix(1_800_000_000, 0)}, log: &syncBuffer{}}
 	target := &proxy.Target{Name: "web", Pool: p}
 	o := admin.Options{
 		Token: token, Targets: func() []*proxy.Target { return []*proxy.Target{target} }, Backend: backend,
-		Now: e.clock.now, Logger: slog.New(slog.NewTextHandler(e.log, nil)),
+		Now: e.clock.now, Logger: slog.New(slog.NewTextHandler(e.log, nil)), Recorder: rec,
 	}
 	if opt != nil {
 		opt(&o)

@@ -11,6 +11,9 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
+// CauseAdmin is the cause of a quarantine through the admin API.
+const CauseAdmin = "admin"
+
 // maxQuarantine bounds the seconds of a quarantine through the API.
 const maxQuarantine = 366 * 24 * time.Hour
 
@@ -48,7 +51,7 @@ func (s *Server) quarantine(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	until := s.opts.Now().Add(d)
-	if err := t.Pool.Quarantine(r.Context(), addr, until); err != nil {
+	if err := t.Pool.Quarantine(pool.WithCause(r.Context(), CauseAdmin), addr, until); err != nil {
 		s.controlError(w, t.Name, addr, err)
 		return
 	}

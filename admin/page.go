@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,6 +53,11 @@ var templates = template.Must(template.New("").Funcs(template.FuncMap{
 	"sparkline":     sparkline,
 	"states":        func() []pool.State { return States },
 	"mix":           mix,
+	"duration":      duration,
+	"bytes":         bytesText,
+	"pageLink":      pageLink,
+	"add":           func(a, b int) int { return a + b },
+	"ipBoxes":       ipBoxes,
 }).ParseFS(pageFS, "*.tmpl"))
 
 // pageData is what page.html.tmpl renders.
@@ -58,6 +65,69 @@ type pageData struct {
 	StatusView
 	Nonce     string
 	RefreshMs int64
+	// CanWrite shows the actions (a session that may write); CSRF is its
+	// token, which the page's script sends in CSRFHeader.
+	CanWrite bool
+	CSRF     string
+	// Filter is the IP filter of the page's URL (state, q, offset; limit
+	// defaults to Options.PageIPs).
+	Filter ipFilter
+	// States are the filter's state choices.
+	States []pool.State
+}
+
+// pageLink is the page's URL with the filter f (for the pager).
+func pageLink(f ipFilter, offset int) string {
+	q := url.Values{}
+	if f.state != "" {
+		q.Set("state", string(f.state))
+	}
+	if f.q != "" {
+		q.Set("q", f.q)
+	}
+	if offset > 0 {
+		q.Set("offset", strconv.Itoa(offset))
+	}
+	if f.limit > 0 {
+		q.Set("limit", strconv.Itoa(f.limit))
+	}
+	if len(q) == 0 {
+		return "/"
+	}
+	return "/?" + q.Encode()
+}
+
+// duration prints whole seconds as 3d 4h 5m 6s (largest units first).
+func duration(sec int64) string {
+	if sec < 0 {
+		sec = 0
+	}
+	var b strings.Builder
+	for _, u := range []struct {
+		n    int64
+		name string
+	}{{86400, "d"}, {3600, "h"}, {60, "m"}} {
+		if sec >= u.n || b.Len() > 0 {
+			fmt.Fprintf(&b, "%d%s ", sec/u.n, u.name)
+			sec %= u.n
+		}
+	}
+	fmt.Fprintf(&b, "%ds", sec)
+	return b.String()
+}
+
+// bytesText prints n bytes with a binary unit.
+func bytesText(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
 
 // segment is one outcome's share of the outcome bar.
@@ -138,6 +208,7 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	authed := s.open() || s.cookieOK(r)
+	// A bearer token shows the page read-only: actions need a session.
 	if tok, hasHeader := bearer(r); hasHeader && !authed {
 		switch res, acc, wait := s.checkToken(r, tok, "header"); res {
 		case tokenLimited:
@@ -153,11 +224,24 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 		s.loginPage(w, http.StatusUnauthorized, "")
 		return
 	}
-	n := nonce()
-	s.render(w, http.StatusOK, "page.html.tmpl", pageData{
-		StatusView: s.status(r.Context()), Nonce: n, RefreshMs: s.opts.RefreshInterval.Milliseconds(),
-	}, n)
+	f, err := parseFilter(r.URL.Query(), s.opts.PageIPs)
+	if err != nil {
+		s.loginPage(w, http.StatusBadRequest, "Bad filter: "+err.Error())
+		return
+	}
+	if f.limit == 0 || f.limit > maxPageIPs {
+		f.limit = maxPageIPs
+	}
+	data := pageData{Nonce: nonce(), RefreshMs: s.opts.RefreshInterval.Milliseconds(), Filter: f, States: States}
+	if ses, ok := s.sessionOf(r); ok && ses.write {
+		data.CanWrite, data.CSRF = true, ses.csrf
+	}
+	data.StatusView = s.status(r.Context(), f)
+	s.render(w, http.StatusOK, "page.html.tmpl", data, data.Nonce)
 }
+
+// maxPageIPs bounds the IPs per target one page lists.
+const maxPageIPs = 2000
 
 func (s *Server) loginPage(w http.ResponseWriter, status int, msg string) {
 	n := nonce()

@@ -52,8 +52,8 @@ func oddServer(t *testing.T) (*admin.Server, *httptest.Server) {
 	if err := p.Quarantine(context.Background(), oddAddr, time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	rec.Quarantined(oddTarget, oddAddr, time.Now().Add(time.Hour))
-	rec.Quarantined(oddTarget, credAddr, time.Now().Add(time.Hour))
+	rec.Quarantined(oddTarget, oddAddr, time.Now().Add(time.Hour), "status_429")
+	rec.Quarantined(oddTarget, credAddr, time.Now().Add(time.Hour), "<script>\x00")
 	for range 3 {
 		rec.Attempt(proxy.AttemptEvent{Target: oddTarget, Addr: "10.0.0.2:3128", OK: true})
 		rec.Request(proxy.RequestEvent{Target: oddTarget, Outcome: `<i>odd</i>`})

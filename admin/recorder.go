@@ -1,9 +1,11 @@
 package admin
 
 import (
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
@@ -13,6 +15,18 @@ const rateWindow = 60
 
 // DefaultMaxEvents is how many quarantine events a Recorder keeps.
 const DefaultMaxEvents = 100
+
+// Bounds of what a Recorder keeps beyond the events.
+const (
+	// maxIPs bounds the IPs whose counts are kept; when full, the one
+	// used least recently goes.
+	maxIPs = 20_000
+	// maxTargets bounds the targets whose request stats are kept.
+	maxTargets = 1_000
+	// latencySamples is how many of a target's latest requests its
+	// median and p95 are taken from (those within the rate window).
+	latencySamples = 1024
+)
 
 // Event kinds.
 const (
@@ -28,13 +42,50 @@ type Event struct {
 	Address string    `json:"address"`
 	// Until is when a quarantined IP is due back (zero for released).
 	Until time.Time `json:"until,omitzero"`
+	// Reason says why an IP was quarantined: the failed attempt's reason
+	// (status_429, connect_refused, connect_timeout, status_503, ...),
+	// probe_<reason> for the prober, admin for the admin API; empty
+	// when not known. At most pool.MaxCauseLen bytes.
+	Reason string `json:"reason,omitempty"`
+	// ReasonText describes Reason for people (quarantined only).
+	ReasonText string `json:"reasonText,omitempty"`
 }
 
-// IPCounts are the attempts sent through one IP of a target since start.
+// IPCounts are the attempts sent through one IP of a target since start,
+// and its last quarantine.
 type IPCounts struct {
 	Requests uint64    // attempts through the IP
 	Failed   uint64    // of which counted against it
 	LastUsed time.Time // end of the last attempt
+	// QuarantineReason and QuarantinedAt are of the IP's last quarantine
+	// by this agent (Event.Reason).
+	QuarantineReason string
+	QuarantinedAt    time.Time
+}
+
+// TargetTraffic is one target's client requests over the rate window.
+type TargetTraffic struct {
+	// Requests finished within the window, and their rate per second.
+	Requests int     `json:"requests"`
+	Rate     float64 `json:"rate"`
+	// P50Ms and P95Ms are the median and 95th percentile of the request
+	// durations (queue wait and retries included), taken from the latest
+	// latencySamples requests within the window; 0 without requests.
+	P50Ms float64 `json:"p50Ms"`
+	P95Ms float64 `json:"p95Ms"`
+}
+
+// targetStats is a target's per-second request counts and latest durations.
+type targetStats struct {
+	seconds [rateWindow]struct {
+		at int64
+		n  int
+	}
+	samples [latencySamples]struct {
+		at int64 // unix second
+		d  time.Duration
+	}
+	next, n int // ring position and fill of samples
 }
 
 // Traffic is the request rate and outcome mix the status page draws.
@@ -70,6 +121,7 @@ type Recorder struct {
 
 	mu       sync.Mutex
 	ips      map[ipKey]*IPCounts
+	targets  map[string]*targetStats
 	buckets  [rateWindow]second
 	total    map[string]uint64
 	requests uint64
@@ -86,7 +138,7 @@ func NewRecorder(now func() time.Time, maxEvents int) *Recorder {
 	if maxEvents <= 0 {
 		maxEvents = DefaultMaxEvents
 	}
-	return &Recorder{now: now, ips: map[ipKey]*IPCounts{}, total: map[string]uint64{}, events: make([]Event, 0, maxEvents)}
+	return &Recorder{now: now, ips: map[ipKey]*IPCounts{}, targets: map[string]*targetStats{}, total: map[string]uint64{}, events: make([]Event, 0, maxEvents)}
 }
 
 // Attempt counts one use of an IP (a proxy.Hooks Attempt hook).
@@ -94,12 +146,7 @@ func (r *Recorder) Attempt(ev proxy.AttemptEvent) {
 	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	k := ipKey{ev.Target, ev.Addr}
-	c := r.ips[k]
-	if c == nil {
-		c = &IPCounts{}
-		r.ips[k] = c
-	}
+	c := r.ipLocked(ipKey{ev.Target, ev.Addr})
 	c.Requests++
 	if !ev.OK {
 		c.Failed++
@@ -107,11 +154,35 @@ func (r *Recorder) Attempt(ev proxy.AttemptEvent) {
 	c.LastUsed = now
 }
 
+// ipLocked returns k's counts, making them (and making room) if new.
+func (r *Recorder) ipLocked(k ipKey) *IPCounts {
+	if c := r.ips[k]; c != nil {
+		return c
+	}
+	if len(r.ips) >= maxIPs {
+		var oldest ipKey
+		var at time.Time
+		first := true
+		for k, c := range r.ips {
+			if first || c.LastUsed.Before(at) {
+				oldest, at, first = k, c.LastUsed, false
+			}
+		}
+		delete(r.ips, oldest)
+	}
+	c := &IPCounts{}
+	r.ips[k] = c
+	return c
+}
+
 // Request counts one finished client request (a proxy.Hooks Request hook).
 func (r *Recorder) Request(ev proxy.RequestEvent) {
 	now := r.now().Unix()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if ev.Target != "" {
+		r.targetRequest(ev.Target, now, ev.Duration)
+	}
 	b := &r.buckets[now%rateWindow]
 	if b.at != now {
 		*b = second{at: now, outcomes: map[string]int{}}
@@ -122,9 +193,75 @@ func (r *Recorder) Request(ev proxy.RequestEvent) {
 	r.requests++
 }
 
-// Quarantined records that addr of target is out until the given time.
-func (r *Recorder) Quarantined(target, addr string, until time.Time) {
-	r.add(Event{Time: r.now(), Kind: EventQuarantined, Target: target, Address: PublicAddr(addr), Until: until})
+// targetRequest counts a request of target at unix second now.
+func (r *Recorder) targetRequest(target string, now int64, d time.Duration) {
+	ts := r.targets[target]
+	if ts == nil {
+		if len(r.targets) >= maxTargets {
+			return
+		}
+		ts = &targetStats{}
+		r.targets[target] = ts
+	}
+	b := &ts.seconds[now%rateWindow]
+	if b.at != now {
+		b.at, b.n = now, 0
+	}
+	b.n++
+	ts.samples[ts.next].at, ts.samples[ts.next].d = now, d
+	ts.next = (ts.next + 1) % latencySamples
+	ts.n = min(ts.n+1, latencySamples)
+}
+
+// Target returns target's requests, rate and latency over the window.
+func (r *Recorder) Target(target string) TargetTraffic {
+	now := r.now().Unix()
+	from := now - rateWindow + 1
+	var tt TargetTraffic
+	var ds []time.Duration
+	r.mu.Lock()
+	if ts := r.targets[target]; ts != nil {
+		for _, b := range ts.seconds {
+			if b.at >= from && b.at <= now {
+				tt.Requests += b.n
+			}
+		}
+		ds = make([]time.Duration, 0, ts.n)
+		for _, s := range ts.samples[:ts.n] {
+			if s.at >= from && s.at <= now {
+				ds = append(ds, s.d)
+			}
+		}
+	}
+	r.mu.Unlock()
+	tt.Rate = float64(tt.Requests) / rateWindow
+	if len(ds) > 0 {
+		slices.Sort(ds)
+		tt.P50Ms = ms(percentile(ds, 0.50))
+		tt.P95Ms = ms(percentile(ds, 0.95))
+	}
+	return tt
+}
+
+// percentile of sorted ds by the nearest-rank method.
+func percentile(ds []time.Duration, p float64) time.Duration {
+	i := int(float64(len(ds))*p+0.999999) - 1
+	return ds[max(0, min(i, len(ds)-1))]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// Quarantined records that addr of target is out until the given time,
+// and why (a pool.Hooks QuarantinedWhy hook); the cause is cleaned and
+// cut as pool.CleanCause does.
+func (r *Recorder) Quarantined(target, addr string, until time.Time, cause string) {
+	now := r.now()
+	cause = pool.CleanCause(cause)
+	r.mu.Lock()
+	c := r.ipLocked(ipKey{target, addr})
+	c.QuarantineReason, c.QuarantinedAt = cause, now
+	r.mu.Unlock()
+	r.add(Event{Time: now, Kind: EventQuarantined, Target: target, Address: PublicAddr(addr), Until: until, Reason: cause, ReasonText: reasonText(cause)})
 }
 
 // Released records that addr of target is back from quarantine.

@@ -33,7 +33,7 @@ func TestRecorderEventsRing(t *testing.T) {
 	for i := range 5 {
 		clk.add(time.Second)
 		if i%2 == 0 {
-			r.Quarantined("t", fmt.Sprintf("10.0.0.%d:80", i), clk.now().Add(time.Minute))
+			r.Quarantined("t", fmt.Sprintf("10.0.0.%d:80", i), clk.now().Add(time.Minute), "admin")
 		} else {
 			r.Released("t", fmt.Sprintf("u:p@10.0.0.%d:80", i))
 		}
@@ -97,7 +97,7 @@ func TestRecorderConcurrent(t *testing.T) {
 			for j := range 200 {
 				r.Attempt(proxy.AttemptEvent{Target: "t", Addr: "a:1", OK: j%2 == 0})
 				r.Request(proxy.RequestEvent{Outcome: "success"})
-				r.Quarantined("t", fmt.Sprint(i), time.Now())
+				r.Quarantined("t", fmt.Sprint(i), time.Now(), "status_429")
 				_ = r.Traffic()
 				_ = r.Events()
 			}
@@ -143,3 +143,47 @@ func TestParseAddr(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestRecorderTargetTraffic: per target, the requests of the last 60 s,
+// their rate, and the median and p95 of the latest 1,024 of them; older
+// requests drop out; reasons are kept per IP and cut.
+func TestRecorderTargetTraffic(t *testing.T) {
+	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := admin.NewRecorder(clk.now, 0)
+	for i := 1; i <= 100; i++ { // 1..100 ms
+		r.Request(proxy.RequestEvent{Target: "a", Outcome: "success", Duration: time.Duration(i) * time.Millisecond})
+	}
+	r.Request(proxy.RequestEvent{Target: "b", Outcome: "success", Duration: time.Second})
+	r.Request(proxy.RequestEvent{Outcome: "no_match", Duration: time.Second}) // no target: not counted
+	got := r.Target("a")
+	if got.Requests != 100 || got.P50Ms != 50 || got.P95Ms != 95 || got.Rate != 100.0/60 {
+		t.Errorf("target a: %+v, want 100 requests, p50 50 ms, p95 95 ms", got)
+	}
+	if got := r.Target("b"); got.Requests != 1 || got.P50Ms != 1000 || got.P95Ms != 1000 {
+		t.Errorf("target b: %+v", got)
+	}
+	clk.add(30 * time.Second)
+	for range 2000 { // more than the samples kept: the latest count
+		r.Request(proxy.RequestEvent{Target: "a", Outcome: "success", Duration: 7 * time.Millisecond})
+	}
+	if got := r.Target("a"); got.Requests != 2100 || got.P50Ms != 7 || got.P95Ms != 7 {
+		t.Errorf("target a after 2,000 more: %+v", got)
+	}
+	clk.add(31 * time.Second)
+	if got := r.Target("a"); got.Requests != 2000 {
+		t.Errorf("target a 61 s after the first 100: %+v, want them gone", got)
+	}
+	clk.add(time.Minute)
+	if got := r.Target("a"); got != (admin.TargetTraffic{}) {
+		t.Errorf("target a after a quiet minute: %+v", got)
+	}
+
+	r.Quarantined("a", "u:p@10.0.0.1:80", clk.now().Add(time.Minute), strings.Repeat("status_429", 20))
+	c := r.IP("a", "u:p@10.0.0.1:80")
+	if len(c.QuarantineReason) != 64 || !c.QuarantinedAt.Equal(clk.now()) {
+		t.Errorf("IP counts after a quarantine: %+v", c)
+	}
+	if e := r.Events()[0]; e.Reason != c.QuarantineReason || e.Address != "10.0.0.1:80" || e.ReasonText == "" {
+		t.Errorf("event: %+v", e)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -30,6 +31,8 @@ type agentAdmin struct {
 	log  *slog.Logger
 	srv  atomic.Pointer[admin.Server] // set by start
 	done chan struct{}
+	// started is when the agent was built (the page's uptime).
+	started time.Time
 }
 
 var _ admin.IPEditor = (*agentAdmin)(nil)
@@ -42,19 +45,20 @@ func newAgentAdmin(a *Agent) *agentAdmin {
 		return nil
 	}
 	return &agentAdmin{
-		a: a, rec: admin.NewRecorder(nil, 0), log: a.log.With("component", "admin"),
+		a: a, rec: admin.NewRecorder(nil, 0), log: a.log.With("component", "admin"), started: time.Now(),
 		addr: net.JoinHostPort(s.AdminHost, strconv.Itoa(s.AdminPort)),
 	}
 }
 
-// poolHooks returns h with the recorder's quarantine events added.
+// poolHooks returns h with the recorder's quarantine events (with their
+// cause) added.
 func (x *agentAdmin) poolHooks(target string, h pool.Hooks) pool.Hooks {
 	if x == nil {
 		return h
 	}
 	return h.Then(pool.Hooks{
-		Quarantined: func(addr string, until time.Time) { x.rec.Quarantined(target, addr, until) },
-		Released:    func(addr string) { x.rec.Released(target, addr) },
+		QuarantinedWhy: func(addr string, until time.Time, cause string) { x.rec.Quarantined(target, addr, until, cause) },
+		Released:       func(addr string) { x.rec.Released(target, addr) },
 	})
 }
 
@@ -94,6 +98,9 @@ func (x *agentAdmin) start(ctx context.Context) error {
 		IPs:          x,
 		Probes:       x.probes(),
 		Recorder:     x.rec,
+		Version:      a.opts.Version,
+		Started:      x.started,
+		Bytes:        x.bytes(),
 		Logger:       a.log,
 		SessionTTL:   time.Duration(a.cfg.Server.AdminSessionTTL),
 		SecureCookie: a.cfg.Server.AdminSecureCookie,
@@ -118,6 +125,36 @@ func (x *agentAdmin) start(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// bytes gives the page the gateway's BPF byte counters per upstream IP
+// address (nil when gateway mode is not configured; none while it is not
+// running).
+func (x *agentAdmin) bytes() func() (map[netip.Addr]admin.ByteCounts, error) {
+	a := x.a
+	if !a.cfg.Transparent.Gateway.Enabled {
+		return nil
+	}
+	return func() (map[netip.Addr]admin.ByteCounts, error) {
+		ips, _, err := a.gatewayCounters()
+		if err != nil {
+			return nil, fmt.Errorf("read gateway counters: %w", err)
+		}
+		out := make(map[netip.Addr]admin.ByteCounts, len(ips)/2+1)
+		for _, c := range ips {
+			b := out[c.IP]
+			switch c.Direction {
+			case "in":
+				b.In += c.Bytes
+			case "out":
+				b.Out += c.Bytes
+			default:
+				continue
+			}
+			out[c.IP] = b
+		}
+		return out, nil
+	}
 }
 
 // probes gives the admin API the prober's last result per IP (nil when

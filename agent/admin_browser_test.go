@@ -3,6 +3,10 @@ package agent
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -123,4 +127,124 @@ func TestStatusPageInChromium(t *testing.T) {
 func atoi(s string) int {
 	n, _ := strconv.Atoi(s)
 	return n
+}
+
+// TestStatusPageActionsInChromium logs in headless Chromium with a
+// one-time link (a session that may write) and clicks through the page:
+// quarantine and release an IP, add one, remove one; each change shows on
+// the page and in the pool. The page shows why IPs are quarantined: 429
+// for one whose upstream really answers 429, admin action for the one
+// quarantined from the page.
+func TestStatusPageActionsInChromium(t *testing.T) {
+	testenv.Chromium(t)
+	a := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
+	b := testenv.StartTinyproxy(t, "127.0.0.3", testenv.TinyproxyOptions{})
+	c := testenv.StartTinyproxy(t, "127.0.0.4", testenv.TinyproxyOptions{})
+	// An upstream proxy that answers every request 429.
+	ln, err := net.Listen("tcp", "127.0.0.5:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "60")
+		http.Error(w, "slow down", http.StatusTooManyRequests)
+	}))
+	limited.Listener = ln
+	limited.Start()
+	t.Cleanup(limited.Close)
+	r429 := ln.Addr().String()
+	e := startAdminAgent(t, "", oneTarget(a.Addr, b.Addr, r429))
+
+	// Traffic until the 429 upstream is quarantined (the request is
+	// retried on another IP and succeeds).
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if code := e.fetch("/x"); code != 200 {
+			return fmt.Errorf("request: %d", code)
+		}
+		if ip, _ := findIP(e.target("web"), r429); ip.State != pool.StateQuarantined {
+			return errors.New("the 429 upstream is not quarantined yet")
+		}
+		return nil
+	})
+	if ip, _ := findIP(e.target("web"), r429); ip.QuarantineReason != "status_429" {
+		t.Fatalf("API: 429 upstream quarantined with reason %q, want status_429", ip.QuarantineReason)
+	}
+
+	var link struct{ Path string }
+	json.Unmarshal([]byte(e.api("POST", "/api/login-link", "", 201)), &link)
+	br := testenv.StartBrowser(t)
+	br.Navigate(e.base + link.Path)
+	br.WaitFor(`Number(document.body.dataset.refreshes) >= 1`, 10*time.Second)
+	box := func(addr string) string {
+		return fmt.Sprintf(`document.querySelector('#targets div.ip[data-ip="%s"]')`, addr)
+	}
+	var shown struct{ Reason, Text string }
+	br.Eval(fmt.Sprintf(`({reason: %[1]s.dataset.reason, text: %[1]s.querySelector(".reason").textContent})`, box(r429)), &shown)
+	if shown.Reason != "status_429" || !strings.Contains(shown.Text, "rate limited") || !strings.Contains(shown.Text, "429") {
+		t.Errorf("429 upstream on the page: %+v", shown)
+	}
+	click := func(action, addr string) {
+		t.Helper()
+		br.Eval(fmt.Sprintf(`document.querySelector('button[data-action="%s"][data-ip="%s"]').click()`, action, addr), nil)
+	}
+	waitDone := func(n int) {
+		t.Helper()
+		br.WaitFor(fmt.Sprintf(`Number(document.body.dataset.actions) >= %d`, n), 10*time.Second)
+		var res struct{ OK, Text string }
+		br.Eval(`({ok: document.getElementById("action-result").dataset.ok, text: document.getElementById("action-result").textContent})`, &res)
+		if res.OK != "true" {
+			t.Fatalf("action %d failed on the page: %s", n, res.Text)
+		}
+	}
+
+	// Quarantine a from the page.
+	click("quarantine", a.Addr)
+	waitDone(1)
+	br.WaitFor(box(a.Addr)+`.dataset.state === "quarantined"`, 5*time.Second)
+	br.Eval(fmt.Sprintf(`({reason: %[1]s.dataset.reason, text: %[1]s.querySelector(".reason").textContent})`, box(a.Addr)), &shown)
+	if ip, _ := findIP(e.target("web"), a.Addr); ip.State != pool.StateQuarantined || ip.QuarantineReason != admin.CauseAdmin ||
+		shown.Reason != admin.CauseAdmin || shown.Text != "admin action" {
+		t.Fatalf("after quarantine from the page: pool %+v, page %+v", ip, shown)
+	}
+	br.WaitFor(fmt.Sprintf(`document.querySelector('#events li[data-ip="%s"][data-reason="admin"]')`, a.Addr), 5*time.Second)
+	br.WaitFor(fmt.Sprintf(`document.querySelector('#events li[data-ip="%s"][data-reason="status_429"]')`, r429), 5*time.Second)
+
+	// Release it.
+	click("release", a.Addr)
+	waitDone(2)
+	br.WaitFor(box(a.Addr)+`.dataset.state === "available"`, 5*time.Second)
+	if ip, _ := findIP(e.target("web"), a.Addr); ip.State != pool.StateAvailable {
+		t.Fatalf("after release from the page: %+v", ip)
+	}
+
+	// Add c through the form.
+	br.Eval(fmt.Sprintf(`(() => { const f = document.getElementById("add-ip"); f.elements.target.value = "web"; f.elements.address.value = %q; f.requestSubmit(); })()`, c.Addr), nil)
+	waitDone(3)
+	br.WaitFor(box(c.Addr)+` !== null`, 5*time.Second)
+	if ip, ok := findIP(e.target("web"), c.Addr); !ok || ip.State != pool.StateAvailable {
+		t.Fatalf("after adding %s from the page: %+v %v", c.Addr, ip, ok)
+	}
+
+	// Remove b.
+	click("remove", b.Addr)
+	waitDone(4)
+	br.WaitFor(box(b.Addr)+` === null`, 5*time.Second)
+	if _, ok := findIP(e.target("web"), b.Addr); ok {
+		t.Fatalf("%s still in the pool after its removal from the page", b.Addr)
+	}
+	// The pool serves through what the page left: a and c.
+	for range 4 {
+		if code := e.fetch("/x"); code != 200 {
+			t.Fatalf("request after the changes: %d", code)
+		}
+	}
+	if ip, _ := findIP(e.target("web"), c.Addr); ip.Requests == 0 {
+		t.Errorf("the added IP took no request")
+	}
+	// A wrong CSRF token from the page's own origin is refused.
+	var code int
+	br.Eval(fmt.Sprintf(`fetch("/api/targets/web/ips/%s/quarantine", {method: "POST", headers: {"X-CSRF-Token": "forged"}}).then(r => r.status)`, a.Addr), &code)
+	if code != 403 {
+		t.Errorf("a change with a forged CSRF token from the page: %d, want 403", code)
+	}
 }

@@ -222,7 +222,7 @@ func TestAdminAuth(t *testing.T) {
 	}
 
 	// The page: login form without a token, a session cookie from the
-	// form, and that cookie only reads. A token in the URL is refused.
+	// form; the cookie alone changes nothing (403 csrf). A token in the URL is refused.
 	code, body := e.call("GET", "/", "", "")
 	if code != 401 || !strings.Contains(body, `action="/login"`) {
 		t.Errorf("page without token: %d %.200s", code, body)
@@ -263,8 +263,8 @@ func TestAdminAuth(t *testing.T) {
 	}
 	b, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 401 || !strings.Contains(string(b), "session cookie only reads") {
-		t.Errorf("POST with only the session cookie: %d %s", resp.StatusCode, b)
+	if resp.StatusCode != 403 || !strings.Contains(string(b), `"csrf"`) {
+		t.Errorf("POST with only the session cookie: %d %s, want 403 csrf", resp.StatusCode, b)
 	}
 	// Log out, then log in through the form.
 	if resp, err = browser.Post(e.base+"/logout", "", nil); err != nil {

@@ -109,6 +109,11 @@ func (r *targetRT) poolHooks() pool.Hooks {
 				h.Quarantined(addr, until)
 			}
 		},
+		QuarantinedWhy: func(addr string, until time.Time, cause string) {
+			if h := r.hooks.Load(); h != nil && h.QuarantinedWhy != nil {
+				h.QuarantinedWhy(addr, until, cause)
+			}
+		},
 		Released: func(addr string) {
 			if h := r.hooks.Load(); h != nil && h.Released != nil {
 				h.Released(addr)

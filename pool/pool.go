@@ -50,6 +50,10 @@ func (c Config) Validate() error {
 type Hooks struct {
 	// Quarantined is called after addr is taken out until the given time.
 	Quarantined func(addr string, until time.Time)
+	// QuarantinedWhy is called with Quarantined, with the cause the
+	// caller put in the context of the Release, Blame or Quarantine that
+	// decided it (WithCause; "" when none).
+	QuarantinedWhy func(addr string, until time.Time, cause string)
 	// Released is called before a quarantined addr re-enters the pool.
 	Released func(addr string)
 }
@@ -61,6 +65,11 @@ func (h Hooks) Then(next Hooks) Hooks {
 		out.Quarantined = b
 	} else if b != nil {
 		out.Quarantined = func(addr string, until time.Time) { a(addr, until); b(addr, until) }
+	}
+	if a, b := h.QuarantinedWhy, next.QuarantinedWhy; a == nil {
+		out.QuarantinedWhy = b
+	} else if b != nil {
+		out.QuarantinedWhy = func(addr string, until time.Time, cause string) { a(addr, until, cause); b(addr, until, cause) }
 	}
 	if a, b := h.Released, next.Released; a == nil {
 		out.Released = b
@@ -260,11 +269,19 @@ func (p *Pool) release(ctx context.Context, addr string, outcome Outcome) error 
 		return errors.Join(fmt.Errorf("quarantine %s: %w", addr, err), p.push(ctx, addr, readyAt))
 	}
 	p.log.Warn("ip quarantined", "address", addr, "failures", n, "until", until)
+	p.quarantined(ctx, addr, until)
+	p.schedule(until)
+	return nil
+}
+
+// quarantined fires the quarantine hooks.
+func (p *Pool) quarantined(ctx context.Context, addr string, until time.Time) {
 	if p.hooks.Quarantined != nil {
 		p.hooks.Quarantined(addr, until)
 	}
-	p.schedule(until)
-	return nil
+	if p.hooks.QuarantinedWhy != nil {
+		p.hooks.QuarantinedWhy(addr, until, CauseOf(ctx))
+	}
 }
 
 // Blame counts a failure against addr after its use ended: the caller
@@ -397,9 +414,7 @@ func (p *Pool) Quarantine(ctx context.Context, addr string, until time.Time) err
 		return fmt.Errorf("quarantine %s: %w", addr, err)
 	}
 	p.log.Warn("ip quarantined", "address", addr, "until", until, "in_use", inUse)
-	if p.hooks.Quarantined != nil {
-		p.hooks.Quarantined(addr, until)
-	}
+	p.quarantined(ctx, addr, until)
 	p.schedule(until)
 	return nil
 }

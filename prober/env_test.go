@@ -208,8 +208,8 @@ func (e *env) target(name string, cfg pool.Config, ups ...proxy.Upstream) *pool.
 		Clock:  e.clock,
 		Logger: slog.New(slog.DiscardHandler),
 		Hooks: pool.Hooks{
-			Quarantined: func(addr string, until time.Time) {
-				e.record(name + " quarantined " + addr + " for " + until.Sub(e.clock.Now()).String())
+			QuarantinedWhy: func(addr string, until time.Time, cause string) {
+				e.record(name + " quarantined " + addr + " for " + until.Sub(e.clock.Now()).String() + " (" + cause + ")")
 			},
 			Released: func(addr string) { e.record(name + " released " + addr) },
 		},

@@ -555,7 +555,7 @@ func (p *Prober) quarantine(ctx context.Context, e ip, st Status) {
 			continue
 		}
 		until := p.opts.Clock.Now().Add(pl.Config().QuarantineTime)
-		if err := pl.Quarantine(ctx, addr, until); err != nil {
+		if err := pl.Quarantine(pool.WithCause(ctx, "probe_"+st.Reason), addr, until); err != nil {
 			p.log.Error("probe: quarantine IP", "address", addr, "err", err)
 			continue
 		}

@@ -316,7 +316,7 @@ func TestQuarantineAfterFailedProbes(t *testing.T) {
 		}
 		ev := e.takeEvents()
 		slices.Sort(ev)
-		if want := []string{"one quarantined " + dead + " for 1m0s", "two quarantined " + dead + " for 5m0s"}; !slices.Equal(ev, want) {
+		if want := []string{"one quarantined " + dead + " for 1m0s (probe_proxy_unreachable)", "two quarantined " + dead + " for 5m0s (probe_proxy_unreachable)"}; !slices.Equal(ev, want) {
 			t.Errorf("hooks %q, want %q", ev, want)
 		}
 		if s := e.state(one, healthy); s.State != pool.StateAvailable {

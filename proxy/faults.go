@@ -191,13 +191,13 @@ func (s *suspicion) judge(d *destFaults, ip, reason string, now time.Time) verdi
 
 // reached is called when the destination answered through some IP: the
 // pending suspect IPs were at fault after all, and are returned to be
-// counted.
-func (s *suspicion) reached(d *destFaults, ip string) []string {
+// counted, with the reason of their answer.
+func (s *suspicion) reached(d *destFaults, ip string) []attemptRecord {
 	d.forget(s.dest)
-	var blame []string
+	var blame []attemptRecord
 	for _, p := range s.pending {
 		if p.IP != ip {
-			blame = append(blame, p.IP)
+			blame = append(blame, p)
 		}
 	}
 	s.pending = nil

@@ -357,7 +357,7 @@ func TestDestFaultsBounded(t *testing.T) {
 	s.judge(&d, "ip1", "status_502", now)
 	s.judge(&d, "ip1", "status_502", now)
 	s.judge(&d, "ip2", "status_504", now)
-	if got := s.reached(&d, "ip2"); len(got) != 1 || got[0] != "ip1" {
+	if got := s.reached(&d, "ip2"); len(got) != 1 || got[0].IP != "ip1" {
 		t.Errorf("reached through ip2 blames %v, want ip1 once", got)
 	}
 	d.confirm("c.invalid:443", "status_502", now)

@@ -67,12 +67,14 @@ func (s *Server) attemptFailed(ev *RequestEvent, t *Target, ip string, err error
 	return ""
 }
 
-// blame counts a failure against each of ips, released Neutral earlier
-// while their failure could have been the destination's.
-func (s *Server) blame(t *Target, ips []string) {
-	for _, ip := range ips {
-		if err := t.Pool.Blame(context.Background(), ip); err != nil && !errors.Is(err, pool.ErrUnknownIP) {
-			s.log.Error("count failure of ip", "target", t.Name, "address", ip, "err", err)
+// blame counts a failure against each IP of recs, released Neutral
+// earlier while their failure could have been the destination's; a
+// quarantine it causes carries the failure's reason.
+func (s *Server) blame(t *Target, recs []attemptRecord) {
+	for _, rec := range recs {
+		ctx := pool.WithCause(context.Background(), rec.Reason)
+		if err := t.Pool.Blame(ctx, rec.IP); err != nil && !errors.Is(err, pool.ErrUnknownIP) {
+			s.log.Error("count failure of ip", "target", t.Name, "address", rec.IP, "err", err)
 		}
 	}
 }
@@ -89,7 +91,12 @@ func (s *Server) failure() pool.Outcome {
 // release gives ip back to t's pool after an attempt of the request or
 // tunnel whose event is ev, and reports the attempt to Hooks.Attempt.
 func (s *Server) release(ev *RequestEvent, t *Target, ip string, outcome pool.Outcome, a AttemptEvent) {
-	if err := t.Pool.Release(context.Background(), ip, outcome); err != nil {
+	ctx := context.Background()
+	if outcome == pool.Failure {
+		// A failure may quarantine the IP: the hooks learn why.
+		ctx = pool.WithCause(ctx, a.Reason)
+	}
+	if err := t.Pool.Release(ctx, ip, outcome); err != nil {
 		s.log.Error("release ip", "target", t.Name, "address", ip, "err", err)
 	}
 	if s.opts.Hooks.Attempt != nil {

@@ -200,15 +200,22 @@ func (s *Store) watch(ctx context.Context, every time.Duration) {
 }
 
 // resync notifies when the stored version is not the last one seen.
+// After a Redis restart the pool's connections are stale and each fails
+// once: a failed read is tried again at once, then at the next tick.
 func (s *Store) resync(ctx context.Context) {
-	v, err := s.b.client.Get(ctx, s.verKey).Int64()
-	switch {
-	case errors.Is(err, goredis.Nil):
-		v = 0
-	case err != nil:
-		return // unreachable: the next tick tries again
-	}
-	if s.saw(v) {
-		s.n.Notify()
+	for range 2 {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		v, err := s.b.client.Get(rctx, s.verKey).Int64()
+		cancel()
+		switch {
+		case errors.Is(err, goredis.Nil):
+			v = 0
+		case err != nil:
+			continue
+		}
+		if s.saw(v) {
+			s.n.Notify()
+		}
+		return
 	}
 }
