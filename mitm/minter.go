@@ -267,11 +267,9 @@ func (m *Minter) mint(name string, ip netip.Addr, now time.Time) (*tls.Certifica
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("sign leaf for %s: %w", tmpl.Subject.CommonName, err)
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("parse leaf for %s: %w", tmpl.Subject.CommonName, err)
-	}
-	c := &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	// Leaf stays nil: crypto/tls does not need it to serve, and the
+	// parsed form would triple what a cached leaf holds.
+	c := &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 	return c, now.Add(notAfter.Sub(now) * 2 / 3), nil
 }
 

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,8 +163,11 @@ func TestHandshakeIP(t *testing.T) {
 	}
 	// An IP literal sent as SNI (some clients do) gets an IP SAN too.
 	c, err := m.ForName("10.1.2.3")
-	if err != nil || len(c.Leaf.IPAddresses) != 1 || c.Leaf.IPAddresses[0].String() != "10.1.2.3" {
-		t.Errorf("IP in SNI: %v, %v", err, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := parseLeaf(t, c); len(l.IPAddresses) != 1 || l.IPAddresses[0].String() != "10.1.2.3" || len(l.DNSNames) != 0 {
+		t.Errorf("IP in SNI: SANs %q %v", l.DNSNames, l.IPAddresses)
 	}
 	if _, err := m.Certificate(&tls.ClientHelloInfo{}); !errors.Is(err, ErrNoName) {
 		t.Errorf("no SNI, no conn: %v", err)
@@ -226,10 +231,10 @@ func TestCache(t *testing.T) {
 	t17 := now.Add(17 * time.Hour)
 	clock.Store(&t17)
 	a3, err := m.ForName("a.example")
-	if err != nil || a3 == a1 || a3.Leaf.SerialNumber.Cmp(a1.Leaf.SerialNumber) == 0 {
+	if err != nil || a3 == a1 || parseLeaf(t, a3).SerialNumber.Cmp(parseLeaf(t, a1).SerialNumber) == 0 {
 		t.Fatalf("not refreshed with 7h of 24h left: %v", err)
 	}
-	if !a3.Leaf.NotAfter.After(a1.Leaf.NotAfter) {
+	if !parseLeaf(t, a3).NotAfter.After(parseLeaf(t, a1).NotAfter) {
 		t.Error("the refreshed leaf ends no later")
 	}
 	// LRU: a, b, c; touch a; d evicts b.
@@ -355,6 +360,19 @@ func TestBadSNI(t *testing.T) {
 	}
 }
 
+// parseLeaf parses the leaf of c (the Minter leaves Leaf nil).
+func parseLeaf(t testing.TB, c *tls.Certificate) *x509.Certificate {
+	t.Helper()
+	if len(c.Certificate) != 1 || c.Leaf != nil {
+		t.Fatalf("%d certificates in the chain, Leaf %v; want the leaf alone", len(c.Certificate), c.Leaf != nil)
+	}
+	l, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 // longName is a valid DNS name of n bytes.
 func longName(n int) string {
 	var b strings.Builder
@@ -422,8 +440,32 @@ func FuzzValidName(f *testing.F) {
 		if err != nil {
 			t.Fatalf("%q: mint: %v", s, err)
 		}
-		if _, err := c.Leaf.Verify(x509.VerifyOptions{DNSName: n, Roots: pool}); err != nil {
+		if _, err := parseLeaf(t, c).Verify(x509.VerifyOptions{DNSName: n, Roots: pool}); err != nil {
 			t.Fatalf("%q: leaf does not verify for %q: %v", s, n, err)
 		}
 	})
+}
+
+// TestCacheMemory: a cached leaf holds its DER and little else (the
+// parsed certificate is not kept), so the default 10,000 leaves stay
+// under 20 MiB: under 2 KiB of live heap each.
+func TestCacheMemory(t *testing.T) {
+	m, _ := newMinter(t, MinterOptions{})
+	const n = 3000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		if _, err := m.ForName("name-" + strconv.Itoa(i) + ".a-longer-domain-name.example.com"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
+	t.Logf("%d bytes of heap per cached leaf", per)
+	if per > 2048 || m.Stats().Size != n {
+		t.Errorf("%d bytes per cached leaf (want ≤ 2048), size %d", per, m.Stats().Size)
+	}
+	runtime.KeepAlive(m)
 }

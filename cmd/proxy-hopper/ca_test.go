@@ -65,7 +65,11 @@ func TestCAInit(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
-	if _, err := leaf.Leaf.Verify(x509.VerifyOptions{DNSName: "cli.example", Roots: pool}); err != nil {
+	parsed, err := x509.ParseCertificate(leaf.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parsed.Verify(x509.VerifyOptions{DNSName: "cli.example", Roots: pool}); err != nil {
 		t.Fatal(err)
 	}
 
