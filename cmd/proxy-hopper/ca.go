@@ -55,10 +55,7 @@ func caInit(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *force {
-		if err := replaceFile(*keyPath, keyPEM, 0o600); err != nil {
-			return err
-		}
-		if err := replaceFile(*certPath, certPEM, 0o644); err != nil {
+		if err := replaceFiles(*keyPath, *certPath, keyPEM, certPEM); err != nil {
 			return err
 		}
 	} else {
@@ -125,21 +122,41 @@ func writeClose(f *os.File, b []byte, mode os.FileMode) error {
 	return err
 }
 
-// replaceFile writes b to a temporary file in path's directory (created
-// 0600, so the key is never readable by others, even briefly) and renames
-// it over path.
-func replaceFile(path string, b []byte, mode os.FileMode) error {
+// replaceFiles writes the key and the certificate to temporary files in
+// their directories (created 0600, so the key is never readable by others,
+// even briefly), and only when both are written renames them over the
+// old files, so a failed write leaves the old pair as it was.
+func replaceFiles(keyPath, certPath string, keyPEM, certPEM []byte) error {
+	tk, err := writeTemp(keyPath, keyPEM, 0o600)
+	if err != nil {
+		return err
+	}
+	tc, err := writeTemp(certPath, certPEM, 0o644)
+	if err != nil {
+		os.Remove(tk)
+		return err
+	}
+	if err := os.Rename(tk, keyPath); err != nil {
+		os.Remove(tk)
+		os.Remove(tc)
+		return fmt.Errorf("replace %s: %w", keyPath, err)
+	}
+	if err := os.Rename(tc, certPath); err != nil {
+		os.Remove(tc)
+		return fmt.Errorf("replace %s (the key was replaced: run ca init --force again): %w", certPath, err)
+	}
+	return nil
+}
+
+// writeTemp writes b to a new temporary file next to path.
+func writeTemp(path string, b []byte, mode os.FileMode) (string, error) {
 	f, err := os.CreateTemp(filepath.Dir(path), ".ca-*.tmp")
 	if err != nil {
-		return fmt.Errorf("create temporary file for %s: %w", path, err)
+		return "", fmt.Errorf("create temporary file for %s: %w", path, err)
 	}
 	if err := writeClose(f, b, mode); err != nil {
 		os.Remove(f.Name())
-		return fmt.Errorf("write %s: %w", path, err)
+		return "", fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("replace %s: %w", path, err)
-	}
-	return nil
+	return f.Name(), nil
 }

@@ -106,6 +106,18 @@ func TestCAInit(t *testing.T) {
 		t.Errorf("temporary files left: %v", left)
 	}
 
+	// --force whose certificate cannot be written leaves the old pair.
+	keyBefore, _ := os.ReadFile(key)
+	if _, _, code := caRun(t, bin, "ca", "init", "--cert", filepath.Join(dir, "missing", "ca.crt"), "--key", key, "--force"); code != 1 {
+		t.Errorf("--force into a missing directory: exit %d", code)
+	}
+	if b, _ := os.ReadFile(key); string(b) != string(keyBefore) {
+		t.Error("the key was replaced although the certificate could not be written")
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".ca-*")); len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+
 	for _, args := range [][]string{
 		{"ca"}, {"ca", "show"}, {"ca", "init"}, {"ca", "init", "--cert", cert},
 		{"ca", "init", "--cert", cert, "--key", cert}, {"ca", "init", "--cert", "a", "--key", "b", "--days", "0"},
