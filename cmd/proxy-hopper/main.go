@@ -1,7 +1,7 @@
 // Command proxy-hopper is the egress agent: `run` serves, `validate` checks a
 // config, `demo` runs the agent against embedded local upstreams,
-// `hash-password` makes an auth.admin password hash, `version` prints the
-// build.
+// `hash-password` makes an auth.admin password hash, `ca init` writes a
+// TLS interception CA, `version` prints the build.
 package main
 
 import (
@@ -88,6 +88,7 @@ commands:
   demo      run the agent against embedded local upstreams for about 20s
   bpf       status|detach|counters: the eBPF programs attached or pinned, gateway counters
   hash-password [PASSWORD]  print a bcrypt hash for auth.admin.passwordHash (asks without echo)
+  ca init --cert PATH --key PATH  write a TLS interception CA (key 0600), print its fingerprint
   version   print the version
 
 Run 'proxy-hopper <command> -h' for the flags of a command.
@@ -109,6 +110,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runBPF(args[1:], stdout, stderr)
 	case "hash-password":
 		return hashPassword(args[1:], os.Stdin, stdout, stderr)
+	case "ca":
+		return runCA(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "proxy-hopper", buildVersion())
 		return nil
