@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/internal/authfail"
+	"github.com/proxy-hopper/proxy-hopper/internal/logrl"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
@@ -157,6 +158,7 @@ type Server struct {
 	fails    *authfail.Limiter
 	handler  http.Handler
 	gql      *graphql.Schema // nil without a Repository
+	refusals *logrl.Limiter  // refused changes (CSRF), rate-limited
 	stopping atomic.Bool
 
 	srv *http.Server
@@ -207,6 +209,7 @@ func New(opts Options) (*Server, error) {
 		sessions: newSessionStore(opts.SessionTTL, opts.MaxSessions, opts.Now),
 		links:    newSessionStore(loginLinkTTL, maxLoginLinks, opts.Now),
 	}
+	s.refusals = logrl.New(log, logrl.Options{})
 	if opts.Repository != nil {
 		g, err := newGraphQL(s, opts.Repository)
 		if err != nil {

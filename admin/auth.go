@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/http"
 	"net/url"
@@ -343,7 +344,9 @@ func (s *Server) requireToken(h http.Handler) http.Handler {
 			case !ses.write:
 				writeError(w, http.StatusForbidden, "forbidden", "Permission 'write' required: this session may only read (its login's role has no write)")
 			case why != "":
-				s.log.Warn("admin change refused: not from the status page", "source", authfail.Source(r.RemoteAddr).String(),
+				// Rate-limited: a hostile page can make a logged-in
+				// browser send these as often as it likes.
+				s.refusals.Log(r.Context(), slog.LevelWarn, "csrf", "admin change refused: not from the status page", "source", authfail.Source(r.RemoteAddr).String(),
 					"method", r.Method, "path", truncate(r.URL.Path, 200), "why", why)
 				writeError(w, http.StatusForbidden, "csrf", "change refused: "+why+"; changes with the session cookie come from the status page only")
 			default:
