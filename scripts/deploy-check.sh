@@ -107,14 +107,15 @@ mkdir -p "$mnt/etc/proxy-hopper"
 # Then `run` with the image's default command, on a read-only root, in
 # the private network namespace of the eBPF check: it must listen.
 nsenter --net="/run/netns/$ns" unshare -m sh -ec '
-	mount --bind deploy/compose/memory/config.yaml "$1/etc/proxy-hopper/config.yaml"
 	mount --bind "$1" "$1"
 	mount -o remount,bind,ro "$1"
+	# After the read-only self-bind: a bind made before it would not be in it.
+	mount --bind deploy/compose/memory/config.yaml "$1/etc/proxy-hopper/config.yaml"
 	chroot --userspec=65532:65532 "$1" /usr/local/bin/proxy-hopper version
 	chroot --userspec=65532:65532 "$1" /usr/local/bin/proxy-hopper validate --config /etc/proxy-hopper/config.yaml
 	timeout -s TERM 3 chroot --userspec=65532:65532 "$1" /usr/local/bin/proxy-hopper run --config /etc/proxy-hopper/config.yaml --no-probe || [ $? = 124 ]
 ' sh "$mnt" >"$work/image.log" 2>&1 || { cat "$work/image.log"; exit 1; }
-grep -q '^proxy-hopper deploy-check$' "$work/image.log" && grep -q 'Config OK' "$work/image.log" &&
+grep -q '^proxy-hopper deploy-check$' "$work/image.log" && grep -q 'Config OK — [1-9][0-9]* target' "$work/image.log" &&
 	grep -q 'msg="Proxy Hopper running on ' "$work/image.log" && grep -q 'msg=stopped' "$work/image.log" ||
 	{ cat "$work/image.log"; echo "image binary: unexpected output"; exit 1; }
 buildah rmi "$img" >/dev/null 2>&1 || true

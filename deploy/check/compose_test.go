@@ -128,10 +128,10 @@ func TestComposeExamples(t *testing.T) {
 }
 
 // TestComposeValidateFails shows the Compose check can fail: the api-keys
-// example without its admin token is rejected (admin on, no token).
+// example with a guessable admin token is rejected.
 func TestComposeValidateFails(t *testing.T) {
 	config := filepath.Join(root(t), "deploy/compose/api-keys/config.yaml")
-	if err := validate(t, config, []string{"PROXY_HOPPER_ADMIN=true", "PROXY_HOPPER_ADMIN_TOKEN="}); err == nil {
-		t.Fatal("admin on without a token validated")
+	if err := validate(t, config, []string{"PROXY_HOPPER_ADMIN=true", "PROXY_HOPPER_ADMIN_TOKEN=aaaaaaaaaaaaaaaa"}); err == nil {
+		t.Fatal("admin on with a guessable token validated")
 	}
 }

@@ -118,10 +118,7 @@ configMap:
     {{- fail "backend.type must be memory or redis" }}
     {{- end }}
   env:
-    {{- if .Values.admin.enabled }}
-    {{- if and (not .Values.admin.existingSecret) (not .Values.admin.token) }}
-    {{- fail "admin.enabled needs admin.existingSecret or admin.token" }}
-    {{- end }}
+    {{- if and .Values.admin.enabled (or .Values.admin.existingSecret .Values.admin.token) }}
     - name: PROXY_HOPPER_ADMIN_TOKEN
       valueFrom:
         secretKeyRef:
