@@ -129,6 +129,20 @@ func newFileAgent(t *testing.T, cfgPath string) (*Agent, net.Listener) {
 	return a, ln
 }
 
+// writeMetricsConfig writes a config whose server block listens on
+// loopback with /metrics on a free port, followed by rest (more server
+// lines, then the other sections); it returns the file and that port.
+func writeMetricsConfig(t *testing.T, rest string) (cfgPath string, metricsPort int) {
+	t.Helper()
+	metricsPort = testenv.FreePort(t, "127.0.0.1")
+	cfgPath = filepath.Join(t.TempDir(), "config.yaml")
+	body := fmt.Sprintf("\nserver:\n  host: 127.0.0.1\n  metrics: true\n  metricsPort: %d\n", metricsPort) + rest
+	if err := os.WriteFile(cfgPath, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfgPath, metricsPort
+}
+
 // runInBackground runs a until stop, which ends Run, waits for it and
 // fails the test on its error; stop runs once (the test's cleanup calls
 // it too).

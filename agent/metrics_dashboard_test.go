@@ -142,13 +142,7 @@ func TestOriginalDashboardSeries(t *testing.T) {
 				srv := testenv.StartRedis(t, testenv.RedisOptions{})
 				backendCfg = fmt.Sprintf("  backend: redis\n  redisUrl: %q\n  redisKeyPrefix: \"dash-%d:\"\n", srv.URL(0), time.Now().UnixNano())
 			}
-			metricsPort := testenv.FreePort(t, "127.0.0.1")
-			cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-			if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
-server:
-  host: 127.0.0.1
-  metrics: true
-  metricsPort: %d
+			cfgPath, metricsPort := writeMetricsConfig(t, fmt.Sprintf(`
   shutdownTimeout: 2s
   probeInterval: 200ms
   probeTimeout: 2s
@@ -182,9 +176,7 @@ targets:
     numRetries: 2
     ipFailuresUntilQuarantine: 1
     quarantineTime: 1h
-`, metricsPort, origin.URL, backendCfg, tp.Addr, dead, dead2)), 0o600); err != nil {
-				t.Fatal(err)
-			}
+`, origin.URL, backendCfg, tp.Addr, dead, dead2))
 			_, ln, metricsAddr, _ := runMetricsAgent(t, cfgPath, metricsPort)
 
 			client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}

@@ -5,8 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -28,13 +26,7 @@ func TestMetricsTagCardinalityEndToEnd(t *testing.T) {
 	}))
 	defer origin.Close()
 	tp := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
-	metricsPort := testenv.FreePort(t, "127.0.0.1")
-	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
-server:
-  host: 127.0.0.1
-  metrics: true
-  metricsPort: %d
+	cfgPath, metricsPort := writeMetricsConfig(t, fmt.Sprintf(`
   metricsTagLimit: %d
   shutdownTimeout: 2s
   probe: false
@@ -47,9 +39,7 @@ targets:
     ipList: ["%s"]
     minRequestInterval: 0
     maxQueueWait: 5s
-`, metricsPort, limit, tp.Addr)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, limit, tp.Addr))
 	_, ln, metricsAddr, _ := runMetricsAgent(t, cfgPath, metricsPort)
 
 	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}

@@ -31,13 +31,7 @@ func TestMetricsEndToEnd(t *testing.T) {
 	defer origin.Close()
 	tp := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
 	dead := net.JoinHostPort("127.0.0.3", fmt.Sprint(testenv.FreePort(t, "127.0.0.3"))) // refuses
-	metricsPort := testenv.FreePort(t, "127.0.0.1")
-	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
-server:
-  host: 127.0.0.1
-  metrics: true
-  metricsPort: %d
+	cfgPath, metricsPort := writeMetricsConfig(t, fmt.Sprintf(`
   shutdownTimeout: 2s
   probe: false
 proxyProviders:
@@ -61,9 +55,7 @@ targets:
     identity:
       enabled: true
       rotateAfterRequests: 1
-`, metricsPort, tp.Addr, dead)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, tp.Addr, dead))
 	a, ln, metricsAddr, stop := runMetricsAgent(t, cfgPath, metricsPort)
 	// The port accepts as soon as Run has opened it, a moment before
 	// MetricsAddr is set.
@@ -275,14 +267,8 @@ func TestMetricsRecordedAsTheOriginal(t *testing.T) {
 	defer origin.Close()
 	tpA := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{})
 	tpB := testenv.StartTinyproxy(t, "127.0.0.4", testenv.TinyproxyOptions{})
-	metricsPort := testenv.FreePort(t, "127.0.0.1")
-	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
 	// An IP cools down 1.5s after each use, longer than maxQueueWait.
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
-server:
-  host: 127.0.0.1
-  metrics: true
-  metricsPort: %d
+	cfgPath, metricsPort := writeMetricsConfig(t, fmt.Sprintf(`
   shutdownTimeout: 2s
   probe: false
 targets:
@@ -293,9 +279,7 @@ targets:
     maxQueueWait: 200ms
     numRetries: 1
     ipFailuresUntilQuarantine: 10
-`, metricsPort, tpA.Addr, tpB.Addr)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, tpA.Addr, tpB.Addr))
 	_, ln, metricsAddr, _ := runMetricsAgent(t, cfgPath, metricsPort)
 	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
 	get := func(target, tag string) int {

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -37,13 +36,7 @@ func TestAgentProber(t *testing.T) {
 	defer origin.Close()
 	tp := testenv.StartTinyproxy(t, "127.0.0.2", testenv.TinyproxyOptions{BasicAuth: "prov:pw"})
 	dead := net.JoinHostPort("127.0.0.3", fmt.Sprint(testenv.FreePort(t, "127.0.0.3")))
-	metricsPort := testenv.FreePort(t, "127.0.0.1")
-	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
-server:
-  host: 127.0.0.1
-  metrics: true
-  metricsPort: %d
+	cfgPath, metricsPort := writeMetricsConfig(t, fmt.Sprintf(`
   shutdownTimeout: 2s
   probeInterval: 200ms
   probeTimeout: 2s
@@ -69,9 +62,7 @@ targets:
     ipPool: both
     minRequestInterval: 0
     quarantineTime: 2h
-`, metricsPort, origin.URL, tp.Addr, dead)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, origin.URL, tp.Addr, dead))
 	a, _ := newFileAgent(t, cfgPath)
 	if a.Prober() == nil {
 		t.Fatal("Prober() is nil with server.probe on")
