@@ -80,7 +80,7 @@ type reloadState struct {
 	// The runtime store's side (runtime.go).
 	file     *config.Config // the config file as last loaded: the base the store's entities resolve against
 	doc      store.Doc      // the store version in force
-	applied  int64          // its version (also a version that failed to apply, so it is not retried)
+	applied  string         // its store.Doc.ID (also of a version that failed to apply, so it is not retried)
 	needSeed bool           // the store did not answer at start: seed it when it does
 }
 
@@ -257,7 +257,7 @@ func (a *Agent) Reload(ctx context.Context, res *config.Resolved) (ReloadResult,
 		out, err = a.applyResolved(ctx, cfg, targets)
 	}
 	if err == nil {
-		st.cfg, st.file, st.doc, st.applied, st.needSeed = cfg, res.Config, d, d.Version, false
+		st.cfg, st.file, st.doc, st.applied, st.needSeed = cfg, res.Config, d, d.ID(), false
 	}
 	out.RestartRequired = config.RestartKeys(a.cfg, res.Config)
 	st.mu.Unlock()

@@ -174,7 +174,7 @@ func (a *Agent) initialTargets(ctx context.Context, res *config.Resolved) (*conf
 	var ve *config.ValidationError
 	switch {
 	case err == nil:
-		a.reload.applied, a.reload.doc = d.Version, d
+		a.reload.applied, a.reload.doc = d.ID(), d
 		return cfg, targets, nil
 	case errors.As(err, &ve):
 		return nil, nil, err
@@ -232,12 +232,12 @@ func (a *Agent) syncStore(ctx context.Context) {
 			a.log.Warn("the runtime configuration store was empty (storage restarted?): wrote back the configuration in force", "version", d.Version)
 		}
 	}
-	if d.Version == st.applied {
+	if d.ID() == st.applied {
 		return
 	}
 	cfg, targets, err := effectiveConfig(st.file, d)
 	if err != nil {
-		st.applied = d.Version // not again for this version
+		st.applied = d.ID() // not again for this version
 		a.log.Error("runtime configuration not applied; the running config stays", "version", d.Version, "reason", err.Error())
 		return
 	}
@@ -247,11 +247,11 @@ func (a *Agent) syncStore(ctx context.Context) {
 // applyDocLocked applies a store version; the caller holds a.reload.mu.
 func (a *Agent) applyDocLocked(ctx context.Context, d store.Doc, cfg *config.Config, targets []config.ResolvedTarget) {
 	st := &a.reload
-	if d.Version == st.applied && st.rts != nil {
+	if d.ID() == st.applied && st.rts != nil {
 		return
 	}
 	out, err := a.applyResolved(ctx, cfg, targets)
-	st.applied, st.doc = d.Version, d
+	st.applied, st.doc = d.ID(), d
 	if err != nil {
 		a.log.Error("runtime configuration not applied; the running config stays", "version", d.Version, "reason", err.Error())
 		return

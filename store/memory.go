@@ -77,7 +77,7 @@ func (m *Memory) Update(ctx context.Context, fn func(*Doc, bool) error) (Doc, er
 	if err := fn(&d, seeded); err != nil {
 		return Doc{}, err
 	}
-	d.Version = s.version + 1
+	d.Version, d.Write = s.version+1, NewWriteID()
 	b, err := Encode(d)
 	if err != nil {
 		return Doc{}, err

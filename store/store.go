@@ -14,6 +14,8 @@ package store
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,7 +30,11 @@ type Entity = map[string]any
 // Doc is the runtime configuration: every provider, pool and target, in
 // order (targets match first to last), and the version that stored it.
 type Doc struct {
-	Version   int64    `json:"version"`
+	Version int64 `json:"version"`
+	// Write is random, new at every update: versions count again from 1
+	// when the storage loses the Doc (a Redis restarted empty), so
+	// (Version, Write) is what tells two stored Docs apart.
+	Write     string   `json:"write,omitempty"`
 	Providers []Entity `json:"proxyProviders"`
 	Pools     []Entity `json:"ipPools"`
 	Targets   []Entity `json:"targets"`
@@ -123,6 +129,16 @@ func Clone(d Doc) Doc {
 	}
 	return c
 }
+
+// NewWriteID returns a fresh Doc.Write.
+func NewWriteID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
+}
+
+// ID names one stored Doc: its version and write.
+func (d Doc) ID() string { return fmt.Sprintf("%d:%s", d.Version, d.Write) }
 
 // Name returns e's "name" ("" when it has none or it is not a string).
 func Name(e Entity) string {

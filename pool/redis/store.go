@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,15 +30,20 @@ func StoreKeys(prefix string) (version, doc, channel string) {
 }
 
 // storeCAS stores ARGV[2] as the Doc of version ARGV[1]+1 if the stored
-// version is ARGV[1] (0: none), and announces the new version on ARGV[3].
-// It answers the new version, or -1 when another writer was first.
+// version is ARGV[1] (0: none). The version key holds "<version>:<write>"
+// (ARGV[4], the Doc's Write): versions count again from 1 after Redis
+// loses the keys, the pair does not repeat. The pair is announced on
+// ARGV[3]. It answers the new version, or -1 when another writer was first.
 var storeCAS = goredis.NewScript(`
-local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cur = redis.call('GET', KEYS[1])
+local v = 0
+if cur then v = tonumber(string.match(cur, '^(%d+)')) or 0 end
 if v ~= tonumber(ARGV[1]) then return -1 end
 v = v + 1
+local id = v .. ':' .. ARGV[4]
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[1], v)
-redis.call('PUBLISH', ARGV[3], v)
+redis.call('SET', KEYS[1], id)
+redis.call('PUBLISH', ARGV[3], id)
 return v
 `)
 
@@ -57,7 +63,7 @@ type Store struct {
 	n                     *store.Notifier
 
 	mu     sync.Mutex
-	seen   int64 // last version seen, -1 before the first look
+	seen   string // last "<version>:<write>" seen ("" none stored, "?" before the first look)
 	closed bool
 
 	cancel context.CancelFunc
@@ -72,7 +78,7 @@ func (b *Backend) Store(o StoreOptions) *Store {
 	if o.Resync <= 0 {
 		o.Resync = DefaultResync
 	}
-	s := &Store{b: b, n: store.NewNotifier(), seen: -1, done: make(chan struct{})}
+	s := &Store{b: b, n: store.NewNotifier(), seen: "?", done: make(chan struct{})}
 	s.verKey, s.docKey, s.topic = StoreKeys(b.opts.Prefix)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -99,7 +105,8 @@ func (s *Store) load(ctx context.Context) (d store.Doc, seeded bool, version int
 		return store.Doc{}, false, 0, fmt.Errorf("%w: read runtime configuration: %w", pool.ErrBackendUnavailable, err)
 	}
 	if v, ok := vals[0].(string); ok {
-		if version, err = strconv.ParseInt(v, 10, 64); err != nil {
+		n, _, _ := strings.Cut(v, ":")
+		if version, err = strconv.ParseInt(n, 10, 64); err != nil {
 			return store.Doc{}, false, 0, fmt.Errorf("read runtime configuration: version %q: %w", v, err)
 		}
 	}
@@ -123,17 +130,17 @@ func (s *Store) Update(ctx context.Context, fn func(*store.Doc, bool) error) (st
 		if err := fn(&d, seeded); err != nil {
 			return store.Doc{}, err
 		}
-		d.Version = version + 1
+		d.Version, d.Write = version+1, store.NewWriteID()
 		b, err := store.Encode(d)
 		if err != nil {
 			return store.Doc{}, err
 		}
-		got, err := storeCAS.Run(ctx, s.b.client, []string{s.verKey, s.docKey}, version, b, s.topic).Int64()
+		got, err := storeCAS.Run(ctx, s.b.client, []string{s.verKey, s.docKey}, version, b, s.topic, d.Write).Int64()
 		if err != nil {
 			return store.Doc{}, fmt.Errorf("%w: store runtime configuration: %w", pool.ErrBackendUnavailable, err)
 		}
 		if got == d.Version {
-			s.saw(got)
+			s.saw(d.ID())
 			s.n.Notify()
 			return store.Clone(d), nil
 		}
@@ -149,12 +156,13 @@ func (s *Store) Update(ctx context.Context, fn func(*store.Doc, bool) error) (st
 	return store.Doc{}, store.ErrContended
 }
 
-// saw records version as seen; it reports whether it is news.
-func (s *Store) saw(version int64) bool {
+// saw records a stored "<version>:<write>" as seen ("" none); it reports
+// whether it is news.
+func (s *Store) saw(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	news := version != s.seen
-	s.seen = version
+	news := id != s.seen
+	s.seen = id
 	return news
 }
 
@@ -189,8 +197,7 @@ func (s *Store) watch(ctx context.Context, every time.Duration) {
 			if !ok {
 				return
 			}
-			v, err := strconv.ParseInt(m.Payload, 10, 64)
-			if err != nil || s.saw(v) {
+			if s.saw(m.Payload) {
 				s.n.Notify()
 			}
 		case <-tick.C:
@@ -205,11 +212,11 @@ func (s *Store) watch(ctx context.Context, every time.Duration) {
 func (s *Store) resync(ctx context.Context) {
 	for range 2 {
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		v, err := s.b.client.Get(rctx, s.verKey).Int64()
+		v, err := s.b.client.Get(rctx, s.verKey).Result()
 		cancel()
 		switch {
 		case errors.Is(err, goredis.Nil):
-			v = 0
+			v = ""
 		case err != nil:
 			continue
 		}
