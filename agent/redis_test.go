@@ -578,3 +578,79 @@ func TestRedisConfig(t *testing.T) {
 		t.Errorf("memory backend: %v", err)
 	}
 }
+
+// TestRedisRuntimeSurvivesKill9: a GraphQL change and an admin IP edit
+// made through the real binary are in Redis: kill -9 the agent, start the
+// binary again, and it serves both.
+func TestRedisRuntimeSurvivesKill9(t *testing.T) {
+	t.Parallel()
+	bin := rdBinary(t)
+	srv := testenv.StartRedis(t, testenv.RedisOptions{})
+	ups := rdUpstreams(t, 2)
+	const token = "kill9-admin-token-0123456789"
+	port, adminPort := testenv.FreePort(t, "127.0.0.1"), testenv.FreePort(t, "127.0.0.1")
+	cfg := filepath.Join(t.TempDir(), "proxy-hopper.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`server:
+  host: 127.0.0.1
+  port: %d
+  backend: redis
+  redisUrl: %q
+  redisKeyPrefix: %q
+  probe: false
+  shutdownTimeout: 2s
+  admin: true
+  adminHost: 127.0.0.1
+  adminPort: %d
+  adminToken: %s
+proxyProviders:
+  - {name: lab, static: false, ipList: [%q]}
+ipPools:
+  - {name: pool, static: false, ipRequests: [{provider: lab, count: 10}]}
+targets:
+  - {name: web, regex: 'x\.example', ipPool: pool}
+`, port, srv.URL(0), rdPrefix(), adminPort, token, ups[0])), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	call := func(method, path, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, admin+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	start := func() *exec.Cmd {
+		cmd := exec.Command(bin, "run", "--config", cfg)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		testenv.WaitListening(t, fmt.Sprintf("127.0.0.1:%d", adminPort), 10*time.Second)
+		return cmd
+	}
+	first := start()
+	if code, body := call("POST", "/graphql", `{"query": "mutation { addIpToProvider(provider: \"lab\", address: \"`+ups[1]+`\") { ipList } }"}`); code != 200 || strings.Contains(body, "errors") {
+		t.Fatalf("addIpToProvider: %d %s", code, body)
+	}
+	if code, body := call("POST", "/api/targets/web/ips", `{"address": "127.0.0.9:3128"}`); code != 201 {
+		t.Fatalf("add IP: %d %s", code, body)
+	}
+	if err := first.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Wait()
+
+	start()
+	code, body := call("GET", "/api/targets/web", "")
+	for _, want := range []string{ups[0], ups[1], "127.0.0.9:3128"} {
+		if code != 200 || !strings.Contains(body, `"address": "`+want+`"`) {
+			t.Errorf("after kill -9 and a restart, web lacks %s: %d %.400s", want, code, body)
+		}
+	}
+}
