@@ -107,16 +107,8 @@ targets:
 
 	// Request hooks run just after the client has its answer: scrape until
 	// the last request is counted.
-	var body string
-	testenv.Eventually(t, 5*time.Second, func() error {
-		resp, err := client.Get("http://" + metricsAddr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		body = string(b)
-		if !strings.Contains(body, `target="unmatched"`) {
+	body := scrapeUntil(t, client, metricsAddr, func(b string) error {
+		if !strings.Contains(b, `target="unmatched"`) {
 			return errors.New("the unmatched request is not counted yet")
 		}
 		return nil
@@ -350,16 +342,8 @@ targets:
 	}
 	// The tunnel's attempt is counted when it ends, just after the
 	// client closed it: scrape until it shows.
-	var body string
-	testenv.Eventually(t, 5*time.Second, func() error {
-		resp, err := client.Get("http://" + metricsAddr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		body = string(b)
-		if w := `proxy_hopper_attempts_total{outcome="success",target="web"} 2`; !strings.Contains(body, w) {
+	body := scrapeUntil(t, client, metricsAddr, func(b string) error {
+		if w := `proxy_hopper_attempts_total{outcome="success",target="web"} 2`; !strings.Contains(b, w) {
 			return fmt.Errorf("the tunnel's attempt is not counted yet (no %s)", w)
 		}
 		return nil
@@ -380,4 +364,22 @@ targets:
 	if t.Failed() {
 		t.Logf("/metrics:\n%s", grepLines(body, "proxy_hopper_"))
 	}
+}
+
+// scrapeUntil scrapes metricsAddr until ready accepts the body (within 5s)
+// and returns that body.
+func scrapeUntil(t *testing.T, client *http.Client, metricsAddr string, ready func(body string) error) string {
+	t.Helper()
+	var body string
+	testenv.Eventually(t, 5*time.Second, func() error {
+		resp, err := client.Get("http://" + metricsAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		return ready(body)
+	})
+	return body
 }
