@@ -28,6 +28,7 @@ import (
 // not. The upstreams (documentation addresses) are unreachable here, so
 // requests end in 502/503 after the boundary.
 func TestProxyHopperExamplesRun(t *testing.T) {
+	testenv.RequireIsolated(t, "the examples' upstreams are documentation addresses (203.0.113.0/24), dialled for each request")
 	files, err := filepath.Glob("../config/testdata/proxy-hopper/*.yaml")
 	if err != nil || len(files) < 10 {
 		t.Fatalf("examples: %v %v", files, err)

@@ -18,7 +18,7 @@ import (
 func (e *adminEnv) gql(token, query string, vars map[string]any) (map[string]any, []string) {
 	e.t.Helper()
 	body, _ := json.Marshal(map[string]any{"query": query, "variables": vars})
-	code, out := e.callJSON("POST", "/graphql", token, string(body))
+	code, out := e.call("POST", "/graphql", token, string(body))
 	if code != 200 {
 		e.t.Fatalf("POST /graphql: %d %s", code, out)
 	}
@@ -36,11 +36,6 @@ func (e *adminEnv) gql(token, query string, vars map[string]any) (map[string]any
 		msgs = append(msgs, m.Message)
 	}
 	return resp.Data, msgs
-}
-
-// callJSON is call with a JSON body.
-func (e *adminEnv) callJSON(method, path, token, body string) (int, string) {
-	return e.call(method, path, token, body)
 }
 
 // resolvedOf lists target web's resolved IPs through GraphQL.

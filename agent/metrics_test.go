@@ -72,21 +72,7 @@ targets:
 	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
 	get := func(target, tag string, body ...byte) int {
 		t.Helper()
-		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/x", nil)
-		if body != nil {
-			req, _ = http.NewRequest("POST", "http://"+ln.Addr().String()+"/x", bytes.NewReader(body))
-		}
-		req.Header.Set(proxy.HeaderTarget, target)
-		if tag != "" {
-			req.Header.Set(proxy.HeaderTag, tag)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode
+		return headerRequest(t, client, ln.Addr().String(), target, tag, body)
 	}
 	// Two IPs in rotation: one of the three requests first meets the dead
 	// upstream, which is quarantined at once, and is retried on tinyproxy.
@@ -276,16 +262,7 @@ targets:
 	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
 	get := func(target, tag string) int {
 		t.Helper()
-		req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
-		req.Header.Set(proxy.HeaderTarget, target)
-		req.Header.Set(proxy.HeaderTag, tag)
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode
+		return headerRequest(t, client, ln.Addr().String(), target, tag, nil)
 	}
 	// One IP answers and cools down; the next request's IP gets a 503 and
 	// its retry finds only the cooling IP, which does not come free within
@@ -382,4 +359,26 @@ func scrapeUntil(t *testing.T, client *http.Client, metricsAddr string, ready fu
 		return ready(body)
 	})
 	return body
+}
+
+// headerRequest sends a header-mode request for target through the proxy
+// at proxyAddr (GET, or POST with body), tagged unless tag is "", and
+// returns the status.
+func headerRequest(t *testing.T, client *http.Client, proxyAddr, target, tag string, body []byte) int {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+proxyAddr+"/x", nil)
+	if body != nil {
+		req, _ = http.NewRequest("POST", "http://"+proxyAddr+"/x", bytes.NewReader(body))
+	}
+	req.Header.Set(proxy.HeaderTarget, target)
+	if tag != "" {
+		req.Header.Set(proxy.HeaderTag, tag)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
 }

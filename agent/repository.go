@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/proxy-hopper/proxy-hopper/admin"
 	"github.com/proxy-hopper/proxy-hopper/config"
@@ -120,7 +121,7 @@ func find(list []store.Entity, name string) int {
 func add(d *store.Doc, kind string, e store.Entity) error {
 	l := section(d, kind)
 	if find(*l, store.Name(e)) >= 0 {
-		return fmt.Errorf("%s '%s' already exists in the repository. Use update_%s to modify it.", kind, store.Name(e), lower(kind))
+		return fmt.Errorf("%s '%s' already exists in the repository. Use update_%s to modify it.", kind, store.Name(e), strings.ToLower(kind))
 	}
 	*l = append(*l, e)
 	return nil
@@ -166,16 +167,6 @@ func changeable(kind string, e store.Entity, verb string) error {
 	return nil
 }
 
-func lower(kind string) string {
-	switch kind {
-	case kindTarget:
-		return "target"
-	case kindPool:
-		return "pool"
-	}
-	return "provider"
-}
-
 func targetEntity(in admin.TargetInput) store.Entity {
 	return store.Entity{
 		"name": in.Name, "regex": in.Regex, "ipPool": in.PoolName,
@@ -214,34 +205,31 @@ func (r repository) change(ctx context.Context, fn func(d *store.Doc) error) err
 	return r.a.changeRuntime(ctx, func(d *store.Doc, _ []config.ResolvedTarget) error { return fn(d) })
 }
 
-func (r repository) target(ctx context.Context, name string) (admin.RepoTarget, error) {
-	ts, _ := r.Targets(ctx)
-	for _, t := range ts {
-		if t.Name == name {
-			return t, nil
+// byName returns the entity called name of list, or the error
+// proxy-hopper gives when kind has none of that name.
+func byName[T any](list []T, nameOf func(T) string, kind, name string) (T, error) {
+	for _, e := range list {
+		if nameOf(e) == name {
+			return e, nil
 		}
 	}
-	return admin.RepoTarget{}, fmt.Errorf("Target '%s' not found in the repository.", name)
+	var zero T
+	return zero, fmt.Errorf("%s '%s' not found in the repository.", kind, name)
+}
+
+func (r repository) target(ctx context.Context, name string) (admin.RepoTarget, error) {
+	ts, _ := r.Targets(ctx)
+	return byName(ts, func(t admin.RepoTarget) string { return t.Name }, kindTarget, name)
 }
 
 func (r repository) pool(ctx context.Context, name string) (admin.RepoPool, error) {
 	ps, _ := r.Pools(ctx)
-	for _, p := range ps {
-		if p.Name == name {
-			return p, nil
-		}
-	}
-	return admin.RepoPool{}, fmt.Errorf("Pool '%s' not found in the repository.", name)
+	return byName(ps, func(p admin.RepoPool) string { return p.Name }, kindPool, name)
 }
 
 func (r repository) provider(ctx context.Context, name string) (admin.RepoProvider, error) {
 	ps, _ := r.Providers(ctx)
-	for _, p := range ps {
-		if p.Name == name {
-			return p, nil
-		}
-	}
-	return admin.RepoProvider{}, fmt.Errorf("Provider '%s' not found in the repository.", name)
+	return byName(ps, func(p admin.RepoProvider) string { return p.Name }, kindProvider, name)
 }
 
 // checkPool refuses a target whose pool is not in d.

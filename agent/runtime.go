@@ -42,18 +42,13 @@ const storeTimeout = 10 * time.Second
 
 // openStore returns the runtime store that goes with backend b.
 func openStore(b pool.Backend, o Options) store.Store {
-	switch {
-	case o.Store != nil:
+	if o.Store != nil {
 		return o.Store
-	case isRedis(b):
-		return b.(*redisbackend.Backend).Store(redisbackend.StoreOptions{})
+	}
+	if rb, ok := b.(*redisbackend.Backend); ok {
+		return rb.Store(redisbackend.StoreOptions{})
 	}
 	return store.NewMemory()
-}
-
-func isRedis(b pool.Backend) bool {
-	_, ok := b.(*redisbackend.Backend)
-	return ok
 }
 
 // isStatic reports whether an entity is the file's (static, the default).

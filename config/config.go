@@ -31,9 +31,6 @@ type Config struct {
 	// baseDir is the directory of the config file; relative caFile paths
 	// are resolved against it.
 	baseDir string
-	// entities are the entity sections as decoded (normalized YAML
-	// values), for Entities.
-	entities map[string][]map[string]any
 	// doc is the normalized document (canonical keys), auth with the
 	// PROXY_HOPPER_AUTH_* values applied: Warnings reads which keys the
 	// operator set, as opposed to defaults.

@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"reflect"
 )
 
@@ -17,13 +18,6 @@ var entitySections = []string{"proxyProviders", "ipPools", "targets"}
 
 // decodeEntities decodes root's entity sections into cfg.
 func decodeEntities(root map[string]any, cfg *Config, p *problems) {
-	cfg.entities = map[string][]map[string]any{}
-	for _, sec := range entitySections {
-		for _, raw := range listOf(root[sec]) {
-			m, _ := raw.(map[string]any)
-			cfg.entities[sec] = append(cfg.entities[sec], m)
-		}
-	}
 	for i, raw := range listOf(root["proxyProviders"]) {
 		var pc ProviderConfig
 		decodeSection(raw, &pc, entityLabel("proxyProviders", i, raw), nil, p)
@@ -48,7 +42,15 @@ func decodeEntities(root map[string]any, cfg *Config, p *problems) {
 // holds them (key spellings normalized), as JSON values: deep copies the
 // caller may keep.
 func (c *Config) Entities() (providers, pools, targets []map[string]any) {
-	return jsonCopy(c.entities["proxyProviders"]), jsonCopy(c.entities["ipPools"]), jsonCopy(c.entities["targets"])
+	section := func(sec string) []map[string]any {
+		var out []map[string]any
+		for _, raw := range listOf(c.doc[sec]) {
+			m, _ := raw.(map[string]any)
+			out = append(out, m)
+		}
+		return jsonCopy(out)
+	}
+	return section("proxyProviders"), section("ipPools"), section("targets")
 }
 
 // WithEntities returns a copy of c whose providers, pools and targets are
@@ -69,6 +71,13 @@ func (c *Config) WithEntities(providers, pools, targets []map[string]any) (*Conf
 	root, _ := n.walk(doc, reflect.TypeOf(Config{}), "", "").(map[string]any)
 	out := *c
 	out.ProxyProviders, out.IPPools, out.Targets = nil, nil, nil
+	out.doc = maps.Clone(c.doc)
+	if out.doc == nil {
+		out.doc = map[string]any{}
+	}
+	for _, sec := range entitySections {
+		out.doc[sec] = root[sec]
+	}
 	decodeEntities(root, &out, &p)
 	if err := p.err(); err != nil {
 		return nil, err

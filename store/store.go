@@ -146,22 +146,19 @@ func Name(e Entity) string {
 	return s
 }
 
-// notify sends on ch without blocking (ch has room for one).
-func notify(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}
-
 // Notifier is the coalescing change channel implementations share.
 type Notifier struct{ ch chan struct{} }
 
 // NewNotifier returns a Notifier with room for one pending change.
 func NewNotifier() *Notifier { return &Notifier{ch: make(chan struct{}, 1)} }
 
-// Notify records a change without blocking.
-func (n *Notifier) Notify() { notify(n.ch) }
+// Notify records a change without blocking (a pending one absorbs it).
+func (n *Notifier) Notify() {
+	select {
+	case n.ch <- struct{}{}:
+	default:
+	}
+}
 
 // C is the channel Changed returns.
 func (n *Notifier) C() <-chan struct{} { return n.ch }

@@ -56,11 +56,7 @@ func StartBrowser(t testing.TB) *Browser {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin,
-		"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-		"--no-first-run", "--no-default-browser-check", "--disable-extensions",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir="+t.TempDir(), "--remote-debugging-pipe", "about:blank")
+	cmd := exec.Command(bin, chromiumArgs(t, "--remote-debugging-pipe", "about:blank")...)
 	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
 	cmd.ExtraFiles = []*os.File{cmdR, evW} // fd 3, fd 4
 	var stderr limitedBuffer

@@ -27,6 +27,17 @@ func Chromium(t testing.TB) string {
 	return ""
 }
 
+// chromiumArgs are headless Chromium's arguments with a fresh profile and
+// no background traffic (updates, sync), then more.
+func chromiumArgs(t testing.TB, more ...string) []string {
+	return append([]string{
+		"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+		"--no-first-run", "--no-default-browser-check", "--disable-extensions",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync",
+		"--user-data-dir=" + t.TempDir(),
+	}, more...)
+}
+
 // DumpDOM loads url in headless Chromium and returns the DOM after the
 // page's scripts have had budget of virtual time (timers run, fetches
 // complete). The whole run is bounded by 30s of real time.
@@ -35,13 +46,8 @@ func DumpDOM(t testing.TB, url string, budget time.Duration) string {
 	bin := Chromium(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin,
-		"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-		"--no-first-run", "--no-default-browser-check", "--disable-extensions",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir="+t.TempDir(),
-		fmt.Sprintf("--virtual-time-budget=%d", budget.Milliseconds()),
-		"--dump-dom", url)
+	cmd := exec.CommandContext(ctx, bin, chromiumArgs(t,
+		fmt.Sprintf("--virtual-time-budget=%d", budget.Milliseconds()), "--dump-dom", url)...)
 	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
 	var stderr limitedBuffer
 	cmd.Stderr = &stderr

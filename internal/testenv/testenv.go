@@ -282,3 +282,15 @@ func WriteCounted(w io.Writer, src io.Reader, chunk int, written *atomic.Int64) 
 		}
 	}
 }
+
+// RequireIsolated skips t unless it runs inside scripts/isolated.sh (a
+// network namespace with only loopback, PH_ISOLATED=1), for tests whose
+// traffic is addressed off this machine (why says where): outside it those
+// packets would leave. make test and CI always run isolated, where this
+// never skips.
+func RequireIsolated(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("PH_ISOLATED") != "1" {
+		t.Skipf("not run outside scripts/isolated.sh: %s", why)
+	}
+}
