@@ -228,4 +228,20 @@ func TestGraphQLRoles(t *testing.T) {
 	if code, body := e.call("GET", "/health", "", ""); code != 200 || !strings.Contains(body, `"ok"`) {
 		t.Errorf("/health: %d %s", code, body)
 	}
+	// Hostile requests: over the size limit, nested past the depth limit,
+	// not JSON; the agent answers each and keeps serving.
+	big := `{"query": "{ providers { name } }", "pad": "` + strings.Repeat("x", 70<<10) + `"}`
+	if code, body := e.call("POST", "/graphql", tok("viewer"), big); code != 413 {
+		t.Errorf("70 KiB request: %d %.200s", code, body)
+	}
+	deep := "{ targets { resolvedIps { " + strings.Repeat("a { ", 20) + "b" + strings.Repeat(" }", 20) + " } } }"
+	if _, errs := e.gql(tok("viewer"), deep, nil); len(errs) == 0 || !strings.Contains(strings.Join(errs, "\n"), "depth") {
+		t.Errorf("a query nested 22 deep: errors %q, want the depth limit", errs)
+	}
+	if code, _ := e.call("POST", "/graphql", tok("viewer"), `{"query": `); code != 400 {
+		t.Errorf("truncated JSON: %d, want 400", code)
+	}
+	if _, errs := e.gql(tok("viewer"), `{ status { authEnabled } }`, nil); errs != nil {
+		t.Errorf("after the hostile requests: %v", errs)
+	}
 }
