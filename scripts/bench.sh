@@ -6,6 +6,11 @@
 # installs redsocks and iptables for it when missing, then
 # scripts/benchgateway (gateway mode, issue #4: four network namespaces of
 # its own, ~90 s).
+# Then, as root or not, scripts/benchintercept (TLS interception, issue #18:
+# keep-alive HTTPS intercepted vs tunnelled vs mitmproxy, handshakes with a
+# warm and a cold certificate cache; ~3 min); as root it installs Debian's
+# mitmproxy for it when missing, otherwise the mitmproxy rows are left out
+# when mitmdump is missing.
 # Each harness re-executes itself in a private network namespace with only
 # loopback up (scripts/isolated.sh), so no benchmark packet leaves the
 # machine; the installs above and below happen before, outside it.
@@ -21,7 +26,32 @@ make build
 # bench-report-transparent.md (bench-report.md is left as it is).
 # PH_BENCH_GATEWAY_ONLY=1: only the gateway-mode rows (issue #4), reported in
 # bench-report-gateway.md.
+# PH_BENCH_INTERCEPT_ONLY=1: only the TLS interception rows (issue #18),
+# reported in bench-report-intercept.md.
 report=bench-report.md
+# intercept runs scripts/benchintercept, installing mitmproxy first when
+# root and missing; without mitmdump (not root) its rows are left out.
+intercept() {
+	local mitm=(-mitmdump mitmdump)
+	if ! command -v mitmdump >/dev/null 2>&1; then
+		if [ "$(id -u)" -eq 0 ]; then
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mitmproxy >/dev/null ||
+				{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mitmproxy >/dev/null; }
+		else
+			echo "bench: mitmdump is missing (apt-get install mitmproxy as root); the mitmproxy rows are left out" >&2
+			mitm=(-mitmdump '')
+		fi
+	fi
+	echo "TLS interception (issue #18):" | tee -a "$1"
+	echo | tee -a "$1"
+	go run ./scripts/benchintercept -bin bin/proxy-hopper "${mitm[@]}" | tee -a "$1"
+}
+if [ "${PH_BENCH_INTERCEPT_ONLY:-0}" = 1 ]; then
+	report=bench-report-intercept.md
+	: >"$report"
+	intercept "$report"
+	exit 0
+fi
 if [ "${PH_BENCH_GATEWAY_ONLY:-0}" = 1 ]; then
 	if [ "$(id -u)" -ne 0 ]; then echo "bench: gateway-mode rows need root" >&2; exit 1; fi
 	report=bench-report-gateway.md
@@ -59,3 +89,5 @@ if [ "$(id -u)" -eq 0 ]; then
 else
 	echo "bench: transparent-mode rows need root (eBPF, network namespace); skipped" >&2
 fi
+echo | tee -a "$report"
+intercept "$report"

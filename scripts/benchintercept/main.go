@@ -135,6 +135,7 @@ func run() error {
 	originRoots := x509.NewCertPool()
 	originRoots.AppendCertsFromPEM(originCAPEM)
 	body := bytes.Repeat([]byte("x"), bodySize)
+	var served atomic.Int64
 	ol, err := net.Listen("tcp", "0.0.0.0:0")
 	if err != nil {
 		return fmt.Errorf("listen origin: %w", err)
@@ -142,6 +143,7 @@ func run() error {
 	originPort := ol.Addr().(*net.TCPAddr).Port
 	origin := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			served.Add(1)
 			w.Header().Set("Content-Type", "text/plain")
 			w.Write(body)
 		}),
@@ -187,9 +189,11 @@ func run() error {
 			return errors.New("read agent CA: no certificate in it")
 		}
 		interception = fmt.Sprintf("interception:\n  caCert: %q\n  caKey: %q\n", agentCACert, agentCAKey)
-		// Host A, and 127.1.x.y for the cold-cache handshakes.
+		// Host A, and 127.1.x.y for the cold-cache handshakes; the regex
+		// sees host:port for the CONNECT, then https://host:port/path
+		// for each request inside.
 		interceptTarget = fmt.Sprintf(`  - name: intercepted
-    regex: '^(127\.0\.0\.2|127\.1\.\d+\.\d+):\d+$'
+    regex: '^(https://)?(127\.0\.0\.2|127\.1\.\d+\.\d+):\d+(/|$)'
     tlsIntercept: true
     caFile: %q
     ipList: [%s]
@@ -292,8 +296,16 @@ func run() error {
 	}
 
 	// Warm up every path (and check it works) with one short run.
+	upTunnels := func() int64 {
+		var n int64
+		for _, p := range ups {
+			n += p.Stats().Tunnels
+		}
+		return n
+	}
+	counters := func() (int64, int64) { return served.Load(), upTunnels() }
 	for _, r := range rows {
-		res, err := load(r.proxy, r.dest, r.roots, r.h2, 4, 500*time.Millisecond, r.pid)
+		res, err := load(r.proxy, r.dest, r.roots, r.h2, 4, 500*time.Millisecond, r.pid, counters)
 		if err != nil {
 			return fmt.Errorf("warm up %s: %w", r.name, err)
 		}
@@ -313,13 +325,13 @@ func run() error {
 					i = len(rows) - 1 - k
 				}
 				r := rows[i]
-				res, err := load(r.proxy, r.dest, r.roots, r.h2, c, o.dur, r.pid)
+				res, err := load(r.proxy, r.dest, r.roots, r.h2, c, o.dur, r.pid, counters)
 				if err != nil {
 					return fmt.Errorf("%s, %d connections: %w", r.name, c, err)
 				}
 				results[c][i] = append(results[c][i], res)
-				fmt.Fprintf(os.Stderr, "c=%d round %d: %-32s %8.0f req/s p50 %-9s p99 %-9s proxy CPU %6.1fµs/req errors %d %s\n",
-					c, round+1, r.name, res.rps, res.p50, res.p99, res.proxyCPU, res.errors, res.firstErr)
+				fmt.Fprintf(os.Stderr, "c=%d round %d: %-32s %8.0f req/s p50 %-9s p99 %-9s proxy CPU %6.1fµs/req upstream CONNECTs %d errors %d %s\n",
+					c, round+1, r.name, res.rps, res.p50, res.p99, res.proxyCPU, res.upConnects, res.errors, res.firstErr)
 			}
 		}
 	}
@@ -370,6 +382,9 @@ type loadResult struct {
 	p50, p99 time.Duration
 	proxyCPU float64 // µs of the proxy process's CPU per request
 	selfCPU  float64 // µs of this process's CPU (client, origin, upstreams) per request
+	// upConnects is how many CONNECT tunnels the upstream proxies opened
+	// during the run.
+	upConnects int64
 }
 
 // hist is a log-linear latency histogram: 16 sub-buckets per power of two
@@ -537,7 +552,9 @@ func (cc *clientConn) close() {
 // load runs conns keep-alive connections through proxy to dest for d,
 // one request after another on each; connections are opened before the
 // clock starts. A connection that fails is counted and opened again.
-func load(proxy, dest string, roots *x509.CertPool, h2 bool, conns int, d time.Duration, pid int) (loadResult, error) {
+// counters reads the origin's served requests and the upstreams' CONNECTs:
+// a run whose client counted more answers than the origin served fails.
+func load(proxy, dest string, roots *x509.CertPool, h2 bool, conns int, d time.Duration, pid int, counters func() (served, connects int64)) (loadResult, error) {
 	ccs := make([]*clientConn, conns)
 	var openErr error
 	var mu sync.Mutex
@@ -568,6 +585,7 @@ func load(proxy, dest string, roots *x509.CertPool, h2 bool, conns int, d time.D
 	counts := make([]int, conns)
 	errs := make([]int, conns)
 	firstErrs := make([]string, conns)
+	served0, connects0 := counters()
 	self0, _ := cputime.Self()
 	proc0, _ := cputime.Proc(pid)
 	start := time.Now()
@@ -621,7 +639,9 @@ func load(proxy, dest string, roots *x509.CertPool, h2 bool, conns int, d time.D
 	elapsed := time.Since(start)
 	self1, _ := cputime.Self()
 	proc1, _ := cputime.Proc(pid)
+	served1, connects1 := counters()
 	var r loadResult
+	r.upConnects = connects1 - connects0
 	var all hist
 	for i := range ccs {
 		r.requests += counts[i]
@@ -633,6 +653,9 @@ func load(proxy, dest string, roots *x509.CertPool, h2 bool, conns int, d time.D
 	}
 	if len(r.firstErr) > 200 {
 		r.firstErr = r.firstErr[:200]
+	}
+	if n := served1 - served0; n < int64(r.requests) {
+		return r, fmt.Errorf("the client counted %d answers, the origin served %d", r.requests, n)
 	}
 	r.rps = float64(r.requests) / elapsed.Seconds()
 	r.p50, r.p99 = all.quantile(0.5), all.quantile(0.99)
