@@ -858,6 +858,7 @@ func report(o options, names []string, results map[int][][]loadResult, warm, col
 		}
 		return -1
 	}
+	var summary []string
 	for _, c := range o.conns {
 		res := results[c]
 		med := func(i int, f func(loadResult) float64) float64 {
@@ -868,11 +869,11 @@ func report(o options, names []string, results map[int][][]loadResult, warm, col
 			return benchutil.Median(v)
 		}
 		rps := func(i int) float64 { return med(i, func(r loadResult) float64 { return r.rps }) }
-		// ratio is the median of the per-round ratios of row i to row j,
-		// with their range.
-		ratio := func(i, j int) string {
+		// ratioOf is the median of the per-round ratios of requests/s of
+		// row i to row j, formatted with their range, and the median.
+		ratioOf := func(i, j int) (string, float64) {
 			if i < 0 || j < 0 || i == j {
-				return ""
+				return "", 0
 			}
 			var v []float64
 			for k := range res[i] {
@@ -881,13 +882,18 @@ func report(o options, names []string, results map[int][][]loadResult, warm, col
 				}
 			}
 			if len(v) == 0 {
-				return ""
+				return "", 0
 			}
 			lo, hi := v[0], v[0]
 			for _, x := range v {
 				lo, hi = min(lo, x), max(hi, x)
 			}
-			return fmt.Sprintf("%.2f× (%.2f–%.2f)", benchutil.Median(v), lo, hi)
+			m := benchutil.Median(v)
+			return fmt.Sprintf("%.2f× (%.2f–%.2f)", m, lo, hi), m
+		}
+		ratio := func(i, j int) string {
+			s, _ := ratioOf(i, j)
+			return s
 		}
 		for i, name := range names {
 			proto := name[strings.LastIndex(name, ", ")+2:]
@@ -901,6 +907,35 @@ func report(o options, names []string, results map[int][][]loadResult, warm, col
 				med(i, func(r loadResult) float64 { return r.proxyCPU }),
 				med(i, func(r loadResult) float64 { return r.selfCPU }),
 				errs, ratio(i, idx("tunnel", proto)), ratio(i, idx("mitmproxy", proto)))
+		}
+		cpu := func(i int) float64 { return med(i, func(r loadResult) float64 { return r.proxyCPU }) }
+		for _, proto := range []string{"HTTP/1.1", "h2"} {
+			ic, tu, mi := idx("intercepted", proto), idx("tunnel", proto), idx("mitmproxy", proto)
+			if ic < 0 {
+				continue
+			}
+			line := fmt.Sprintf("| %d | %s | %s | %.2f× |", c, proto, ratio(ic, tu), cpu(ic)/cpu(tu))
+			if mi >= 0 {
+				s, m := ratioOf(ic, mi)
+				verdict := "met"
+				if m < 10 {
+					verdict = "not met"
+				}
+				line += fmt.Sprintf(" %s, goal ≥ 10×: %s | %.1f× |", s, verdict, cpu(mi)/cpu(ic))
+			} else {
+				line += " | |"
+			}
+			summary = append(summary, line)
+		}
+	}
+	if len(summary) > 0 {
+		fmt.Println()
+		fmt.Println("Ratios in this run (requests/s: median of the per-round ratios, their range in brackets; CPU: ratio of the medians):")
+		fmt.Println()
+		fmt.Println("| connections | client | intercepted ÷ tunnel, requests/s | intercepted ÷ tunnel, agent CPU per request | intercepted ÷ mitmproxy, requests/s | mitmproxy CPU per request ÷ agent's, intercepted |")
+		fmt.Println("|---|---|---|---|---|---|")
+		for _, l := range summary {
+			fmt.Println(l)
 		}
 	}
 	if len(warm) > 0 {
