@@ -48,6 +48,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,6 +93,7 @@ type options struct {
 	upstreams int
 	intercept bool
 	hsWorkers int
+	only      string
 }
 
 func run() error {
@@ -106,6 +108,7 @@ func run() error {
 	flag.IntVar(&o.upstreams, "upstreams", 4, "upstream proxies (internal/miniproxy) behind the pool's IPs")
 	flag.BoolVar(&o.intercept, "intercept", true, "configure the intercepting target (false: only the tunnel and mitmproxy rows)")
 	flag.IntVar(&o.hsWorkers, "handshake-workers", 8, "concurrent clients of the handshake runs")
+	flag.StringVar(&o.only, "only", "", "only the rows whose name contains this (e.g. 'intercepted by agent, h2', to profile the agent); no handshake runs")
 	flag.Parse()
 	for _, f := range strings.Split(connsFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -295,6 +298,13 @@ func run() error {
 			row{"mitmproxy, h2", mitmAddr, mitm.Process.Pid, origA, mitmRoots, true})
 	}
 
+	if o.only != "" {
+		rows = slices.DeleteFunc(rows, func(r row) bool { return !strings.Contains(r.name, o.only) })
+		if len(rows) == 0 {
+			return fmt.Errorf("-only %q: no such row", o.only)
+		}
+		fmt.Fprintf(os.Stderr, "agent pid %d\n", agent.Process.Pid)
+	}
 	// Warm up every path (and check it works) with one short run.
 	upTunnels := func() int64 {
 		var n int64
@@ -337,7 +347,7 @@ func run() error {
 	}
 
 	var warm, cold []hsResult
-	if o.intercept {
+	if o.intercept && o.only == "" {
 		seq := &atomic.Uint32{}
 		for round := 0; round < o.rounds; round++ {
 			for k := 0; k < 2; k++ {
