@@ -921,7 +921,7 @@ func report(o options, names []string, results map[int][][]loadResult, warm, col
 		cpu := func(i int) float64 { return med(i, func(r loadResult) float64 { return r.proxyCPU }) }
 		for _, proto := range []string{"HTTP/1.1", "h2"} {
 			ic, tu, mi := idx("intercepted", proto), idx("tunnel", proto), idx("mitmproxy", proto)
-			if ic < 0 {
+			if ic < 0 || tu < 0 {
 				continue
 			}
 			line := fmt.Sprintf("| %d | %s | %s | %.2f× |", c, proto, ratio(ic, tu), cpu(ic)/cpu(tu))
