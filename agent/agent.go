@@ -20,6 +20,7 @@ import (
 	"github.com/proxy-hopper/proxy-hopper/auth"
 	"github.com/proxy-hopper/proxy-hopper/config"
 	"github.com/proxy-hopper/proxy-hopper/intercept/local"
+	"github.com/proxy-hopper/proxy-hopper/mitm"
 	"github.com/proxy-hopper/proxy-hopper/pool"
 	"github.com/proxy-hopper/proxy-hopper/pool/memory"
 	redisbackend "github.com/proxy-hopper/proxy-hopper/pool/redis"
@@ -72,6 +73,7 @@ type Agent struct {
 	mx      *agentMetrics                  // server.metrics, when on
 	adm     *agentAdmin                    // server.admin, when on
 	authn   *auth.Authenticator            // auth, for the proxy and the admin API (restart-only)
+	minter  *mitm.Minter                   // interception's leaf certificates, when a CA is configured
 
 	prober     *prober.Prober     // server.probe, when on
 	proberStop context.CancelFunc // set by startProber
@@ -112,6 +114,11 @@ func New(ctx context.Context, res *config.Resolved, opts Options) (*Agent, error
 			a.backend.Close()
 		}
 	}()
+	if ca := res.Interception.CA; ca != nil {
+		if a.minter, err = mitm.NewMinter(ca, mitm.MinterOptions{}); err != nil {
+			return nil, fmt.Errorf("interception: %w", err)
+		}
+	}
 	if a.mx, err = newAgentMetrics(a); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
@@ -175,6 +182,7 @@ func New(ctx context.Context, res *config.Resolved, opts Options) (*Agent, error
 
 		RequestLogBurst:    s.RequestLogBurst,
 		RequestLogInterval: s.RequestLogInterval.D(),
+		Intercept:          interceptOptions(a.minter, res),
 	})
 	ok = true
 	return a, nil
@@ -332,4 +340,12 @@ func (a *Agent) closeStore() {
 	if a.opts.Store == nil {
 		a.rs.Close()
 	}
+}
+
+// interceptOptions turn TLS interception on when a CA is configured.
+func interceptOptions(m *mitm.Minter, res *config.Resolved) proxy.InterceptOptions {
+	if m == nil {
+		return proxy.InterceptOptions{}
+	}
+	return proxy.InterceptOptions{Minter: m, Bypass: res.Interception.Bypassed, HTTP2: true}
 }

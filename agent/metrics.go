@@ -55,6 +55,11 @@ func newAgentMetrics(a *Agent) (*agentMetrics, error) {
 	if err := reg.Register(active); err != nil {
 		return nil, err
 	}
+	if a.minter != nil {
+		if err := reg.Register(metrics.NewMinterCollector(a.minter.Stats)); err != nil {
+			return nil, err
+		}
+	}
 	if err := a.registerGatewayCollector(reg); err != nil {
 		return nil, err
 	}

@@ -150,7 +150,7 @@ func upstreamsOf(rt config.ResolvedTarget) ([]string, map[string]proxy.Upstream)
 func (r *targetRT) proxyTarget(rt config.ResolvedTarget, ups map[string]proxy.Upstream) *proxy.Target {
 	return &proxy.Target{
 		Name: rt.Name, Regex: rt.Regex, Pool: r.pool, Upstreams: ups, NumRetries: rt.NumRetries, MaxClientRetries: rt.MaxClientRetries, TLS: rt.TLS, Identity: r.ids,
-		SpoofUserAgent: rt.SpoofUserAgent,
+		SpoofUserAgent: rt.SpoofUserAgent, Intercept: rt.Intercept,
 	}
 }
 

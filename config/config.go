@@ -21,12 +21,13 @@ import (
 // snake_case spelling of every key is accepted too, as proxy-hopper does).
 // Load fills in every default, so after Load no *bool is nil.
 type Config struct {
-	Server         ServerConfig      `mapstructure:"server"`
-	Auth           AuthConfig        `mapstructure:"auth"`
-	ProxyProviders []ProviderConfig  `mapstructure:"proxyProviders"`
-	IPPools        []IPPoolConfig    `mapstructure:"ipPools"`
-	Targets        []TargetConfig    `mapstructure:"targets"`
-	Transparent    TransparentConfig `mapstructure:"transparent"`
+	Server         ServerConfig       `mapstructure:"server"`
+	Auth           AuthConfig         `mapstructure:"auth"`
+	ProxyProviders []ProviderConfig   `mapstructure:"proxyProviders"`
+	IPPools        []IPPoolConfig     `mapstructure:"ipPools"`
+	Targets        []TargetConfig     `mapstructure:"targets"`
+	Transparent    TransparentConfig  `mapstructure:"transparent"`
+	Interception   InterceptionConfig `mapstructure:"interception"`
 
 	// baseDir is the directory of the config file; relative caFile paths
 	// are resolved against it.

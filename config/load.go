@@ -121,6 +121,7 @@ func fromDocument(doc any, overrides map[string]any, env envVars) (*Config, erro
 
 	decodeEntities(root, cfg, &p)
 	decodeSection(root["transparent"], &cfg.Transparent, "transparent", nil, &p)
+	decodeSection(root["interception"], &cfg.Interception, "interception", nil, &p)
 	return cfg, p.err()
 }
 

@@ -31,6 +31,7 @@ type Resolved struct {
 	Auth         auth.Config
 	Destinations Destinations
 	Transparent  TransparentOptions
+	Interception InterceptionOptions
 }
 
 // Resolve validates the whole config, collecting every problem into one
@@ -43,6 +44,7 @@ func (c *Config) Resolve() (*Resolved, error) {
 	r.Transparent.Unmatched = c.checkUnmatched(&p)
 	r.Transparent.Local = c.checkTransparent(&p)
 	r.Transparent.Gateway = c.checkGateway(&p)
+	r.Interception = c.checkInterception(&p)
 	c.checkAuth(&p)
 	r.Auth = c.resolveAuth(&p)
 	c.checkAdmin(&p)
@@ -87,6 +89,9 @@ type ResolvedTarget struct {
 	// SpoofUserAgent replaces the client's User-Agent with a browser's
 	// (spoofUserAgent, default true).
 	SpoofUserAgent bool
+	// Intercept: CONNECT and transparent TLS flows this target matches
+	// are intercepted (tlsIntercept) unless their host is bypassed.
+	Intercept bool
 }
 
 // String is the one-line summary `validate` prints.

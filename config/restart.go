@@ -6,7 +6,7 @@ import (
 )
 
 // RestartKeys names the keys of the sections that only take effect at
-// start-up (server, auth, transparent) whose value in next differs from
+// start-up (server, auth, transparent, interception) whose value in next differs from
 // the running one, in the order of the sections' fields: what a reload
 // keeps at its running value and names in its WARN. The comparison is
 // written out key by key (TestRestartKeysCoverEveryKey checks that no key
@@ -17,6 +17,7 @@ func RestartKeys(running, next *Config) []string {
 	d.server(&running.Server, &next.Server)
 	d.auth(&running.Auth, &next.Auth)
 	d.transparent(&running.Transparent, &next.Transparent)
+	d.interception(&running.Interception, &next.Interception)
 	return d.keys
 }
 
@@ -141,4 +142,11 @@ func (d *keyDiff) transparent(ta, tb *TransparentConfig) {
 		d.add("transparent.gateway.maxIpEntries", a.MaxIPEntries == b.MaxIPEntries)
 		d.add("transparent.gateway.maxClientEntries", a.MaxClientEntries == b.MaxClientEntries)
 	}
+}
+
+func (d *keyDiff) interception(a, b *InterceptionConfig) {
+	d.add("interception.caCert", a.CACert == b.CACert)
+	d.add("interception.caKey", a.CAKey == b.CAKey)
+	d.add("interception.bypassDomains", slices.Equal(a.BypassDomains, b.BypassDomains))
+	d.add("interception.bypassRegex", slices.Equal(a.BypassRegex, b.BypassRegex))
 }

@@ -19,6 +19,7 @@ func reflectKeys(running, next *Config) []string {
 		{"server", running.Server, next.Server},
 		{"auth", running.Auth, next.Auth},
 		{"transparent", running.Transparent, next.Transparent},
+		{"interception", running.Interception, next.Interception},
 	} {
 		reflectDiff(sec.key, reflect.ValueOf(sec.a), reflect.ValueOf(sec.b), &out)
 	}
@@ -119,6 +120,7 @@ transparent:
 		{"server", reflect.ValueOf(&all.Server).Elem(), reflect.ValueOf(&running.Server).Elem()},
 		{"auth", reflect.ValueOf(&all.Auth).Elem(), reflect.ValueOf(&running.Auth).Elem()},
 		{"transparent", reflect.ValueOf(&all.Transparent).Elem(), reflect.ValueOf(&running.Transparent).Elem()},
+		{"interception", reflect.ValueOf(&all.Interception).Elem(), reflect.ValueOf(&running.Interception).Elem()},
 	} {
 		leaves(sec.key, sec.v, func(key string, v reflect.Value) {
 			want = append(want, key)
@@ -128,7 +130,7 @@ transparent:
 	for i, key := range want {
 		next := load()
 		j := 0
-		for _, v := range []reflect.Value{reflect.ValueOf(&next.Server).Elem(), reflect.ValueOf(&next.Auth).Elem(), reflect.ValueOf(&next.Transparent).Elem()} {
+		for _, v := range []reflect.Value{reflect.ValueOf(&next.Server).Elem(), reflect.ValueOf(&next.Auth).Elem(), reflect.ValueOf(&next.Transparent).Elem(), reflect.ValueOf(&next.Interception).Elem()} {
 			leaves("", v, func(_ string, v reflect.Value) {
 				if j == i {
 					change(t, key, v)

@@ -71,6 +71,10 @@ type TargetConfig struct {
 	Static                    *bool          `mapstructure:"static"`
 	CAFile                    string         `mapstructure:"caFile"`                // PEM, added to the system roots
 	TLSInsecureSkipVerify     bool           `mapstructure:"tlsInsecureSkipVerify"` // do not verify origin certificates
+	// TLSIntercept terminates the TLS of CONNECT and transparent HTTPS
+	// traffic this target matches, with a certificate from the
+	// interception CA, and sends each request inside on its own.
+	TLSIntercept bool `mapstructure:"tlsIntercept"`
 }
 
 // DefaultTargetConfig is a target with only the defaulted keys set.

@@ -170,6 +170,7 @@ func (c *Config) resolveTargets(p *problems, providers map[string]*providerInfo,
 		}
 		rt.IPs = c.targetIPs(p, label, t, providers, pools)
 		rt.TLS = c.targetTLS(p, label, t)
+		rt.Intercept = t.TLSIntercept
 		out = append(out, rt)
 	}
 	return out

@@ -34,6 +34,7 @@ func (r *Resolved) Warnings() []string {
 	out = append(out, r.Config.switchedOffKeys()...)
 	out = append(out, r.Config.UnreadKeys()...)
 	out = append(out, r.Config.noTargetsWarning()...)
+	out = append(out, r.Config.interceptionWarnings()...)
 	if len(out) > MaxProblemsShown {
 		n := len(out) - MaxProblemsShown
 		out = append(out[:MaxProblemsShown], fmt.Sprintf("… and %d more warnings", n))

@@ -55,6 +55,8 @@ type Metrics struct {
 	probeDuration *prometheus.HistogramVec // address, provider, region
 	reachable     *prometheus.GaugeVec     // address, provider, region
 
+	tls *tlsMetrics
+
 	status [600]string // status code label values, so hooks do not format them
 
 	opts      Options
@@ -111,6 +113,7 @@ func NewWithOptions(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 			"Duration of background probes, failed ones included.", ProbeDurationBuckets, "address", "provider", "region"),
 		reachable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "ip_reachable",
 			Help: "Whether the IP passed its last background probe (1) or not (0)."}, []string{"address", "provider", "region"}),
+		tls:  newTLSMetrics(),
 		opts: opts,
 	}
 	m.connRefused = counter("connections_refused_total",
@@ -125,7 +128,7 @@ func NewWithOptions(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 	for _, c := range []prometheus.Collector{
 		newBuildInfo(opts.Version), m.requests, m.clientReqs, m.attempts, m.duration, m.responses, m.retries, m.exhaustions, m.queueWait,
 		m.queueExpired, m.quarantines, m.rotations, m.authFailures, m.reloads, m.bytes, m.probeSuccess, m.probeFailure, m.probeDuration, m.reachable,
-		m.connRefused,
+		m.connRefused, m.tls.conns, m.tls.failures, m.tls.protos,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -136,7 +139,7 @@ func NewWithOptions(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 
 // ProxyHooks returns the proxy hooks that feed m.
 func (m *Metrics) ProxyHooks() proxy.Hooks {
-	return proxy.Hooks{Acquire: m.Acquire, Attempt: m.Attempt, Request: m.Request}
+	return proxy.Hooks{Acquire: m.Acquire, Attempt: m.Attempt, Request: m.Request, TLS: m.TLS}
 }
 
 // Request records one finished client request or tunnel. Admitted

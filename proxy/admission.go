@@ -23,10 +23,12 @@ import (
 type entryKind uint8
 
 const (
-	entryHTTP              entryKind = iota // header mode and absolute-form requests
-	entryTransparentHTTP                    // plain HTTP from a transparent client
-	entryConnect                            // CONNECT
-	entryTransparentTunnel                  // TLS or opaque TCP from a transparent client
+	entryHTTP                   entryKind = iota // header mode and absolute-form requests
+	entryTransparentHTTP                         // plain HTTP from a transparent client
+	entryConnect                                 // CONNECT
+	entryTransparentTunnel                       // TLS or opaque TCP from a transparent client
+	entryIntercepted                             // a request inside an intercepted CONNECT
+	entryInterceptedTransparent                  // a request inside an intercepted transparent TLS flow
 )
 
 // entry is a client request or tunnel at the boundary, as its entry point
@@ -86,6 +88,12 @@ var admissionSteps = [...][]check{
 	entryTransparentHTTP:   {(*Server).matchTarget, (*Server).allowTarget, (*Server).allowDestination, (*Server).requireTarget},
 	entryConnect:           {(*Server).authenticate, (*Server).matchTarget, (*Server).allowTarget, (*Server).allowDestination, (*Server).requireTarget, (*Server).limitTunnels},
 	entryTransparentTunnel: {(*Server).matchTarget, (*Server).requireTarget, (*Server).allowDestination, (*Server).allowTarget},
+	// Requests inside an intercepted connection: its client authenticated
+	// (or, transparent, was checked by its source) when the connection
+	// was admitted; each request is matched, allowed and counted on its
+	// own, as it may go to another target than the connection's.
+	entryIntercepted:            {(*Server).connectionPrincipal, (*Server).matchTarget, (*Server).allowTarget, (*Server).allowDestination, (*Server).requireTarget, (*Server).limitRequests},
+	entryInterceptedTransparent: {(*Server).matchTarget, (*Server).allowTarget, (*Server).allowDestination, (*Server).requireTarget},
 }
 
 // admit takes e through the admission steps of its kind. It returns the
@@ -115,6 +123,13 @@ func (s *Server) authenticate(e *entry, a *admitted) *refusal {
 		return &refusal{outcome: OutcomeAuthFailed, status: authStatus(err, e.proxyForm), authErr: err}
 	}
 	a.principal = p
+	return nil
+}
+
+// connectionPrincipal gives a request of an intercepted connection the
+// principal its CONNECT authenticated as.
+func (s *Server) connectionPrincipal(e *entry, a *admitted) *refusal {
+	a.principal = e.cc.icpt.principal
 	return nil
 }
 

@@ -98,11 +98,13 @@ type Hooks struct {
 	Acquire func(AcquireEvent)
 	Attempt func(AttemptEvent)
 	Request func(RequestEvent)
+	TLS     func(TLSEvent) // CONNECT and transparent TLS connections: intercepted or not (intercept.go)
 }
 
 // Then returns hooks that call h's hooks, then next's (either may be nil).
 func (h Hooks) Then(next Hooks) Hooks {
-	return Hooks{Acquire: then(h.Acquire, next.Acquire), Attempt: then(h.Attempt, next.Attempt), Request: then(h.Request, next.Request)}
+	return Hooks{Acquire: then(h.Acquire, next.Acquire), Attempt: then(h.Attempt, next.Attempt), Request: then(h.Request, next.Request),
+		TLS: then(h.TLS, next.TLS)}
 }
 
 func then[E any](a, b func(E)) func(E) {

@@ -204,6 +204,21 @@ func (s *suspicion) reached(d *destFaults, ip string) []attemptRecord {
 	return blame
 }
 
+// ReasonOriginCertificate is an attempt whose TLS handshake with the
+// origin failed certificate verification: the request was not sent.
+const ReasonOriginCertificate = "origin_certificate"
+
+// certificateFailures reports attempts that all failed certificate
+// verification with the origin.
+func certificateFailures(attempts []attemptRecord) bool {
+	for _, a := range attempts {
+		if a.Reason != ReasonOriginCertificate {
+			return false
+		}
+	}
+	return len(attempts) > 0
+}
+
 // failedAnswer is the status, error code and detail of the answer to a
 // request whose every attempt failed before a response; stop is why the
 // retries ended early ("local", "destination", or "").

@@ -11,6 +11,9 @@ import (
 	"strings"
 )
 
+// maxHeaderFields bounds the fields of a request head.
+const maxHeaderFields = 1000
+
 // Field is one header line; a head keeps its fields in arrival order.
 type Field struct {
 	Name  string
@@ -111,7 +114,7 @@ func ReadRequestHead(br *bufio.Reader, max int) (*RequestHead, error) {
 			return nil, err
 		}
 		h.Fields = append(h.Fields, f)
-		if len(h.Fields) > 1000 {
+		if len(h.Fields) > maxHeaderFields {
 			return nil, errHeadTooLarge
 		}
 	}

@@ -56,6 +56,11 @@ func (s *Server) attemptFailed(ev *RequestEvent, t *Target, ip string, err error
 		a.Reason = ReasonLocal
 		s.release(ev, t, ip, pool.Neutral, a)
 		return "local"
+	case reason == ReasonOriginCertificate:
+		// Not the IP's doing as a rule; another IP is tried all the same
+		// (an upstream that intercepts TLS would be).
+		s.release(ev, t, ip, pool.Neutral, a)
+		return ""
 	case suspectReason(reason):
 		s.release(ev, t, ip, pool.Neutral, a)
 		if sus.judge(faults, ip, reason, time.Now()) == destination {

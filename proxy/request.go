@@ -205,8 +205,13 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 
 	e := &entry{kind: entryHTTP, cc: cc, req: req, matchKey: req.matchKey, host: req.url.Hostname(),
 		port: urlPort(req.url, req.url.Scheme), proxyForm: req.mode == "proxy", shown: redactURL(req.url)}
-	if req.mode == "transparent" {
+	switch {
+	case req.mode == "transparent":
 		e.kind = entryTransparentHTTP
+	case cc.icpt != nil && cc.icpt.mode == "connect":
+		e.kind, e.proxyForm = entryIntercepted, false
+	case cc.icpt != nil:
+		e.kind = entryInterceptedTransparent
 	}
 	a, rf := s.admit(e)
 	if rf != nil {

@@ -182,6 +182,9 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		return keep2, outcomeOf(held.resp.StatusCode), held.resp.StatusCode
 	}
 	status, code, detail := failedAnswer(stop, "Every attempt failed before an origin response")
+	if certificateFailures(attempts) {
+		code, detail = ReasonOriginCertificate, "The origin's TLS certificate failed verification through every IP tried; nothing was sent to it. If the origin uses a private CA, name it in the target's caFile"
+	}
 	_ = writeJSON(cc.bw, status, req.head.Minor, keep, errorBody(code, detail, req, t, len(attempts)-1, retries, attempts))
 	return keep, OutcomeConnectionError, status
 }

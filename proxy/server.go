@@ -20,6 +20,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -94,6 +95,9 @@ type Options struct {
 	// retried with a backoff, are bounded the same way under one key.
 	RequestLogBurst    int
 	RequestLogInterval time.Duration
+	// Intercept turns TLS interception on for targets that ask for it
+	// (intercept.go).
+	Intercept InterceptOptions
 }
 
 func (o *Options) defaults() {
@@ -163,6 +167,9 @@ type Server struct {
 	reqLog    *logrl.Limiter // lines of failed and refused requests
 	acceptLog *logrl.Limiter // lines of failed accepts (EMFILE...), retried
 	inflight  clientLimits   // requests and tunnels in flight per client
+
+	icptOnce sync.Once   // builds icptConf
+	icptConf *tls.Config // intercepted connections' server config
 }
 
 // New returns a server routing to targets, in order: the first target
@@ -289,6 +296,12 @@ type clientConn struct {
 	// clients send the same one on every request.
 	lastTarget string
 	lastBase   *url.URL
+
+	// icpt is set on intercepted connections: the connection's
+	// destination and principal, which its requests carry.
+	icpt *interception
+	// done, when set, runs when the connection ends (untrack).
+	done func()
 }
 
 // track registers a new client connection, or closes it and returns nil
@@ -345,6 +358,9 @@ func (s *Server) ActiveConns() int {
 
 func (s *Server) untrack(cc *clientConn) {
 	cc.dropBufs()
+	if cc.done != nil {
+		cc.done()
+	}
 	s.mu.Lock()
 	delete(s.conns, cc)
 	if n := s.limits.perClient[cc.key] - 1; n > 0 {

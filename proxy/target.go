@@ -39,6 +39,10 @@ type Target struct {
 	// override wins either way. CONNECT and TLS tunnels are opaque: never
 	// rewritten.
 	SpoofUserAgent bool
+	// Intercept (tlsIntercept): CONNECT and transparent TLS connections
+	// this target takes are intercepted when Options.Intercept has a
+	// Minter and the host is not bypassed (intercept.go).
+	Intercept bool
 
 	tr  *transport
 	dir *upstreamDir // shared by the generations of this target name

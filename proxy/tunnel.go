@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,17 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	// The tunnel counts against its client until it ends (rec.finish).
 	rec.admitted(a)
 	t := a.target
+	if s.intercepting(t, host, "connect") {
+		// Answered at once: each request inside will take an IP of its own.
+		cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
+		if err := cc.bw.Flush(); err != nil {
+			rec.finish(OutcomeClientClosed, 0)
+			return
+		}
+		ic := &interception{authority: hostport, host: strings.ToLower(host), port: n, mode: "connect", principal: a.principal, target: t.Name}
+		s.intercept(cc, ic, func() { rec.finish(OutcomeSuccess, 200) })
+		return
+	}
 
 	retries := t.retriesFor(retriesOf(head))
 	tun, err := s.openTunnel(cc, t, hostport, retries, &rec.ev)

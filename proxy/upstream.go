@@ -345,6 +345,10 @@ func (t *transport) dial(ctx context.Context, up Upstream, key connKey, scheme, 
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		raw.Close()
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) {
+			return nil, failed(ReasonOriginCertificate, fmt.Errorf("tls handshake with %s: %w", hostport, err))
+		}
 		return nil, failed("tls_error", fmt.Errorf("tls handshake with %s: %w", hostport, err))
 	}
 	return t.wrap(tc, key), nil

@@ -1,0 +1,209 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"golang.org/x/net/http2"
+)
+
+// HTTP/2 on intercepted connections: Go's HTTP/2 server (x/net/http2)
+// frames the connection, and each stream becomes one HTTP/1.1 exchange on
+// an in-memory connection, served by the same serveRequest as every other
+// request. The stream's body is written into that connection with
+// HTTP/1.1 framing, and the HTTP/1.1 response serveRequest writes is read
+// back and sent as the stream's response. A stream the client resets
+// closes its in-memory connection: serveRequest sees the client gone, as
+// when an HTTP/1.1 client hangs up.
+
+// maxH2Streams bounds the streams one client connection has open at once
+// (each also counts against the client's request limit).
+const maxH2Streams = 100
+
+// serveH2 serves an intercepted connection that negotiated h2 until it
+// ends. The connection counts as idle while no stream is open, so a
+// shutdown closes it as it closes idle HTTP/1.1 connections.
+func (s *Server) serveH2(nc *clientConn) {
+	var open atomic.Int32
+	nc.state.Store(stateIdle)
+	srv := &http2.Server{
+		MaxConcurrentStreams: maxH2Streams,
+		IdleTimeout:          s.opts.IdleTimeout,
+	}
+	base := &http.Server{MaxHeaderBytes: s.opts.MaxHeaderBytes, ReadHeaderTimeout: s.opts.HeaderTimeout}
+	srv.ServeConn(nc.c, &http2.ServeConnOpts{
+		Context:    s.ctx,
+		BaseConfig: base,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if open.Add(1) == 1 {
+				nc.state.Store(stateActive)
+			}
+			defer func() {
+				if open.Add(-1) == 0 {
+					nc.state.Store(stateIdle)
+				}
+			}()
+			s.serveStream(nc, w, r)
+		}),
+	})
+}
+
+// streamConn is one stream's end of the in-memory connection, which the
+// request path sees as the client: the client connection's addresses.
+type streamConn struct {
+	net.Conn
+	outer net.Conn
+}
+
+func (c *streamConn) RemoteAddr() net.Addr { return c.outer.RemoteAddr() }
+func (c *streamConn) LocalAddr() net.Addr  { return c.outer.LocalAddr() }
+
+// serveStream serves one HTTP/2 stream through serveRequest.
+func (s *Server) serveStream(nc *clientConn, w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		w.Header().Set("Connection", "close") // ignored by h2; GOAWAY follows the close
+	}
+	head, err := h2Head(r, s.opts.MaxHeaderBytes)
+	if err != nil {
+		h2Error(w, err.Status, "bad_request", err.Reason)
+		return
+	}
+	agentEnd, bridgeEnd := net.Pipe()
+	cc := &clientConn{c: &streamConn{Conn: agentEnd, outer: nc.c}, bufs: s.cbufs, key: nc.key, icpt: nc.icpt}
+	cc.attachBufs()
+
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	// A stream reset (or the connection's end) cancels r's context: the
+	// request path then reads EOF from its client, as from a closed socket.
+	stop := context.AfterFunc(ctx, func() { bridgeEnd.Close() })
+	defer stop()
+
+	// The body, framed as head says.
+	go func() {
+		if r.Body == nil || r.Body == http.NoBody {
+			return
+		}
+		if head.Fields.Has("Transfer-Encoding") {
+			cw := httputil.NewChunkedWriter(bridgeEnd)
+			if _, err := io.Copy(cw, r.Body); err == nil && cw.Close() == nil {
+				_, _ = io.WriteString(bridgeEnd, "\r\n") // no trailers
+			}
+			return
+		}
+		_, _ = io.Copy(bridgeEnd, r.Body)
+	}()
+
+	// The response, back from HTTP/1.1 to the stream.
+	respDone := make(chan struct{})
+	go func() {
+		defer close(respDone)
+		defer bridgeEnd.Close()
+		br := bufio.NewReaderSize(bridgeEnd, 16<<10)
+		resp, err := http.ReadResponse(br, &http.Request{Method: head.Method})
+		if err != nil {
+			if ctx.Err() == nil {
+				h2Error(w, http.StatusBadGateway, "no_response", "the request ended without a response")
+			}
+			return
+		}
+		defer resp.Body.Close()
+		h := w.Header()
+		for k, vs := range resp.Header {
+			if isH2Forbidden(k) {
+				continue
+			}
+			h[k] = vs
+		}
+		if resp.ContentLength >= 0 {
+			h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+		}
+		w.WriteHeader(resp.StatusCode)
+		rc := http.NewResponseController(w)
+		buf := s.bufs.Get().(*[]byte)
+		defer s.bufs.Put(buf)
+		for {
+			n, err := resp.Body.Read(*buf)
+			if n > 0 {
+				if _, werr := w.Write((*buf)[:n]); werr != nil {
+					return
+				}
+				if br.Buffered() == 0 {
+					_ = rc.Flush() // stream what the origin sent as it comes (SSE)
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
+	s.handleIntercepted(cc, head)
+	if cc.bw != nil {
+		_ = cc.bw.Flush()
+	}
+	cc.dropBufs()
+	agentEnd.Close()
+	<-respDone
+	// The body's copy may still wait for the client: it ends when the
+	// stream does (the server closes r.Body after this handler returns).
+}
+
+// h2Head is the HTTP/1.1 request head of an HTTP/2 request: its
+// pseudo-headers as the request line and Host, its body framed by
+// Content-Length when known, else chunked.
+func h2Head(r *http.Request, maxBytes int) (*RequestHead, *HeadError) {
+	fields := make(Fields, 0, len(r.Header)+2)
+	size := 0
+	if r.Host != "" {
+		fields = append(fields, Field{Name: "Host", Value: r.Host})
+	}
+	for k, vs := range r.Header {
+		if isH2Forbidden(k) || strings.EqualFold(k, "Host") || strings.EqualFold(k, "Content-Length") {
+			continue
+		}
+		for _, v := range vs {
+			fields = append(fields, Field{Name: k, Value: v})
+			size += len(k) + len(v) + 4
+		}
+	}
+	if len(fields) > maxHeaderFields || size > maxBytes {
+		return nil, &HeadError{Status: http.StatusRequestHeaderFieldsTooLarge, Reason: "request header fields too large"}
+	}
+	switch {
+	case r.ContentLength > 0:
+		fields = append(fields, Field{Name: "Content-Length", Value: strconv.FormatInt(r.ContentLength, 10)})
+	case r.ContentLength < 0:
+		fields = append(fields, Field{Name: "Transfer-Encoding", Value: "chunked"})
+	}
+	target := r.URL.RequestURI()
+	if r.Method == http.MethodOptions && r.URL.Path == "*" {
+		target = "*"
+	}
+	return &RequestHead{Method: r.Method, Target: target, Proto: "HTTP/1.1", Minor: 1, Fields: fields}, nil
+}
+
+// isH2Forbidden names the connection-specific fields HTTP/2 has no place
+// for (RFC 9113, 8.2.2).
+func isH2Forbidden(name string) bool {
+	switch http.CanonicalHeaderKey(name) {
+	case "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Te":
+		return true
+	}
+	return false
+}
+
+// h2Error answers a stream with a JSON error, as writeJSON answers
+// HTTP/1.1 clients.
+func h2Error(w http.ResponseWriter, status int, code, detail string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, `{"error":`+strconv.Quote(code)+`,"detail":`+strconv.Quote(detail)+"}\n")
+}
