@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/proxy-hopper/proxy-hopper/auth"
 )
@@ -34,6 +35,10 @@ func (a *Agent) logStarted() {
 			args = append(args, "metrics", srv.Addr().String())
 		}
 	}
+	if ca := a.res.Interception.CA; ca != nil {
+		// The CA's fingerprint, to compare with the clients' copies; never the key.
+		args = append(args, "interceptionCa", ca.Fingerprint(), "interceptionCaExpires", ca.Cert.NotAfter.UTC().Format(time.RFC3339))
+	}
 	a.log.Info(fmt.Sprintf("Proxy Hopper running on %s (backend=%s, auth=%s)", addr, a.backendName(), enabled), args...)
 }
 
@@ -58,6 +63,9 @@ func (a *Agent) modes() []string {
 	}
 	if a.prober != nil {
 		m = append(m, "prober")
+	}
+	if a.minter != nil {
+		m = append(m, "tls-interception")
 	}
 	return m
 }

@@ -319,7 +319,10 @@ func interceptedURL(h *RequestHead, ic *interception) (*url.URL, int, error) {
 	if err != nil {
 		return nil, http.StatusBadRequest, errors.New("invalid request target")
 	}
-	return u, 0, checkHostPort(u)
+	if err := checkHostPort(u); err != nil {
+		return nil, http.StatusBadRequest, err
+	}
+	return u, 0, nil
 }
 
 // sameAuthority reports whether a Host value names ic's host and port

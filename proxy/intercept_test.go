@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -293,5 +292,3 @@ func testenvEventually(t *testing.T, cond func() bool, msg func() string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-var _ = net.Dial
