@@ -67,9 +67,6 @@ func (c *streamConn) LocalAddr() net.Addr  { return c.outer.LocalAddr() }
 
 // serveStream serves one HTTP/2 stream through serveRequest.
 func (s *Server) serveStream(nc *clientConn, w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
-		w.Header().Set("Connection", "close") // ignored by h2; GOAWAY follows the close
-	}
 	head, err := h2Head(r, s.opts.MaxHeaderBytes)
 	if err != nil {
 		h2Error(w, err.Status, "bad_request", err.Reason)

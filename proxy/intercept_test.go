@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -291,4 +292,40 @@ func testenvEventually(t *testing.T, cond func() bool, msg func() string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// An HTTP/2 stream the client resets ends its request; the connection
+// goes on serving the client's other streams.
+func TestInterceptH2StreamReset(t *testing.T) {
+	release := make(chan struct{})
+	o := newOrigin(t, true, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			select {
+			case <-release:
+			case <-time.After(5 * time.Second):
+			}
+		}
+		io.WriteString(w, "ok "+r.URL.Path)
+	})
+	ie := newInterceptEnv(t, envOptions{upstreams: 2, tls: caOf(o)}, true, nil)
+	c := ie.client(t, ie.roots, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", o.URL+"/slow", nil)
+	if resp, err := c.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatal("the slow request was answered before its reset")
+	}
+	for i := 0; i < 3; i++ {
+		resp, body := do(t, c, mustReq(t, "GET", o.URL+"/fast"))
+		if resp.StatusCode != 200 || body != "ok /fast" || resp.ProtoMajor != 2 {
+			t.Fatalf("after the reset: %d %q %s", resp.StatusCode, body, resp.Proto)
+		}
+	}
+	close(release)
+	if got := ie.accepted.Load(); got != 1 {
+		t.Fatalf("client connections = %d, want 1", got)
+	}
+	// The reset request ends too (its answer has no one to go to).
+	testenvEventually(t, func() bool { return len(ie.requestLog()) == 4 }, func() string { return toJSON(ie.requestLog()) })
 }
