@@ -55,6 +55,9 @@ type gwEnv struct {
 	agents                 int
 	lanIfaces              string // transparent.gateway.interfaces ([g0])
 	wantLog                string // startAgent waits for it ("gateway mode on")
+	// More config: top-level sections (before targets:) and keys of the
+	// target (each line indented for it).
+	topExtra, targetExtra string
 }
 
 func newGatewayEnv(t *testing.T) *gwEnv {
@@ -165,6 +168,8 @@ transparent:
 	for _, x := range extra {
 		cfg += "    " + x + "\n"
 	}
+	cfg = strings.Replace(cfg, "    minRequestInterval: 1ms\n", "    minRequestInterval: 1ms\n"+e.targetExtra, 1)
+	cfg = strings.Replace(cfg, "\ntargets:\n", "\n"+e.topExtra+"targets:\n", 1)
 	path := filepath.Join(e.dir, fmt.Sprintf("gw-agent-%d.yaml", e.agents))
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

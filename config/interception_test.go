@@ -85,6 +85,12 @@ interception:
 	if w := strings.Join(r.Warnings(), "\n"); strings.Contains(w, "interception") {
 		t.Errorf("warnings: %s", w)
 	}
+	sum := cfg.Summary(r.Targets)
+	for _, want := range []string{"regex='^https://shop\\\\.example\\\\.com(:443)?/', tlsIntercept\n", "TLS interception: CA ca.crt (key ca.key), bypass: 4 domain(s), 1 regex(es)\n"} {
+		if !strings.Contains(sum, want) {
+			t.Errorf("summary lacks %q:\n%s", want, sum)
+		}
+	}
 }
 
 // Every interception mistake is a validation error naming the key; a CA

@@ -50,9 +50,17 @@ func (c *Config) Summary(targets []ResolvedTarget) string {
 		if t.Regex != nil {
 			re = t.Regex.String()
 		}
-		fmt.Fprintf(&b, ", regex=%s\n", pyRepr(re))
+		fmt.Fprintf(&b, ", regex=%s", pyRepr(re))
+		if t.Intercept {
+			b.WriteString(", tlsIntercept")
+		}
+		b.WriteByte('\n')
 	}
 	fmt.Fprintf(&b, "Server defaults: host=%s, port=%d, backend=%s\n", c.Server.Host, c.Server.Port, c.Server.Backend)
+	if ic := c.Interception; ic.CACert != "" {
+		fmt.Fprintf(&b, "TLS interception: CA %s (key %s), bypass: %d domain(s), %d regex(es)\n",
+			ic.CACert, ic.CAKey, len(ic.BypassDomains), len(ic.BypassRegex))
+	}
 	return b.String()
 }
 

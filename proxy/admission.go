@@ -92,8 +92,8 @@ var admissionSteps = [...][]check{
 	// (or, transparent, was checked by its source) when the connection
 	// was admitted; each request is matched, allowed and counted on its
 	// own, as it may go to another target than the connection's.
-	entryIntercepted:            {(*Server).connectionPrincipal, (*Server).matchTarget, (*Server).allowTarget, (*Server).allowDestination, (*Server).requireTarget, (*Server).limitRequests},
-	entryInterceptedTransparent: {(*Server).matchTarget, (*Server).allowTarget, (*Server).allowDestination, (*Server).requireTarget},
+	entryIntercepted:            {(*Server).connectionPrincipal, (*Server).matchIntercepted, (*Server).allowTarget, (*Server).allowDestination, (*Server).requireTarget, (*Server).limitRequests},
+	entryInterceptedTransparent: {(*Server).matchIntercepted, (*Server).allowTarget, (*Server).allowDestination, (*Server).requireTarget},
 }
 
 // admit takes e through the admission steps of its kind. It returns the
@@ -130,6 +130,22 @@ func (s *Server) authenticate(e *entry, a *admitted) *refusal {
 // principal its CONNECT authenticated as.
 func (s *Server) connectionPrincipal(e *entry, a *admitted) *refusal {
 	a.principal = e.cc.icpt.principal
+	return nil
+}
+
+// matchIntercepted matches a request of an intercepted connection by its
+// URL, as any request; one that no target's regex matches goes to the
+// target that took the connection (whose regex matched host:port, the
+// form a CONNECT or a TLS flow is matched in, not the URL).
+func (s *Server) matchIntercepted(e *entry, a *admitted) *refusal {
+	if a.target = s.match(e.matchKey); a.target == nil {
+		for _, t := range *s.targets.Load() {
+			if t.Name == e.cc.icpt.target {
+				a.target = t
+				break
+			}
+		}
+	}
 	return nil
 }
 

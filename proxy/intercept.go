@@ -111,6 +111,9 @@ type interceptConn struct {
 	net.Conn
 	pre []byte
 	ic  *interception
+	// leafSent: GetCertificate gave the handshake a leaf (the client then
+	// judges it).
+	leafSent bool
 }
 
 func (c *interceptConn) Read(p []byte) (int, error) {
@@ -143,7 +146,7 @@ func (s *Server) interceptTLS() *tls.Config {
 		if !s.opts.Intercept.HTTP2 {
 			base.NextProtos = []string{"http/1.1"}
 		}
-		base.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		getCert := func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			ic := hello.Conn.(*interceptConn).ic
 			if hello.ServerName == "" {
 				if ip, err := netip.ParseAddr(ic.host); err == nil {
@@ -170,6 +173,13 @@ func (s *Server) interceptTLS() *tls.Config {
 			}
 			return c, nil
 		}
+		base.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c, err := getCert(hello)
+			if err == nil {
+				hello.Conn.(*interceptConn).leafSent = true
+			}
+			return c, err
+		}
 		s.icptConf = base
 	})
 	return s.icptConf
@@ -184,8 +194,14 @@ type handshakeErr struct {
 func (e *handshakeErr) Error() string { return e.reason + ": " + e.err.Error() }
 func (e *handshakeErr) Unwrap() error { return e.err }
 
-// handshakeReason classifies a failed server handshake.
-func handshakeReason(err error) string {
+// handshakeReason classifies a failed server handshake. A client that
+// refuses the leaf sends an alert: Go clients' reads as a remote error;
+// OpenSSL's (curl) arrives, under TLS 1.3, as a record the server cannot
+// decrypt ("bad record MAC") right after the leaf was sent.
+func handshakeReason(err error, leafSent bool) string {
+	if leafSent && strings.Contains(err.Error(), "bad record MAC") {
+		return HandshakeClientRejected
+	}
 	var he *handshakeErr
 	var oe *net.OpError
 	var rh tls.RecordHeaderError
@@ -232,7 +248,7 @@ func (s *Server) serveIntercepted(old *clientConn, conn *interceptConn, done fun
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		reason := handshakeReason(err)
+		reason := handshakeReason(err, conn.leafSent)
 		s.tlsEvent(TLSEvent{Target: ic.target, Mode: ic.mode, Handling: TLSFailed, Reason: reason})
 		s.reqLog.Log(context.Background(), slog.LevelInfo, "intercepted handshake failed:"+reason, "intercepted TLS handshake failed",
 			"reason", reason, "authority", ic.authority, "client", old.c.RemoteAddr().String(), "err", boundedErr(err))

@@ -123,6 +123,10 @@ func (s *Server) serveStream(nc *clientConn, w http.ResponseWriter, r *http.Requ
 			h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 		}
 		w.WriteHeader(resp.StatusCode)
+		// A body of known size goes out as the server batches frames (the
+		// stream's end flushes it); one of unknown size (a stream, SSE) is
+		// flushed as the origin sends it.
+		stream := resp.ContentLength < 0
 		rc := http.NewResponseController(w)
 		buf := s.bufs.Get().(*[]byte)
 		defer s.bufs.Put(buf)
@@ -132,8 +136,8 @@ func (s *Server) serveStream(nc *clientConn, w http.ResponseWriter, r *http.Requ
 				if _, werr := w.Write((*buf)[:n]); werr != nil {
 					return
 				}
-				if br.Buffered() == 0 {
-					_ = rc.Flush() // stream what the origin sent as it comes (SSE)
+				if stream && br.Buffered() == 0 {
+					_ = rc.Flush()
 				}
 			}
 			if err != nil {
