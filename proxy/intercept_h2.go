@@ -9,6 +9,7 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/net/http2"
@@ -54,6 +55,9 @@ func (s *Server) serveH2(nc *clientConn) {
 		}),
 	})
 }
+
+// h2RespReaders read the HTTP/1.1 answers of streams back.
+var h2RespReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
 
 // streamConn is one stream's end of the in-memory connection, which the
 // request path sees as the client: the client connection's addresses.
@@ -103,7 +107,9 @@ func (s *Server) serveStream(nc *clientConn, w http.ResponseWriter, r *http.Requ
 	go func() {
 		defer close(respDone)
 		defer bridgeEnd.Close()
-		br := bufio.NewReaderSize(bridgeEnd, 16<<10)
+		br := h2RespReaders.Get().(*bufio.Reader)
+		br.Reset(bridgeEnd)
+		defer func() { br.Reset(nil); h2RespReaders.Put(br) }()
 		resp, err := http.ReadResponse(br, &http.Request{Method: head.Method})
 		if err != nil {
 			if ctx.Err() == nil {
