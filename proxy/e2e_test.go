@@ -679,11 +679,11 @@ func TestE2EHeaderModeOrigins(t *testing.T) {
 		}
 	}
 	// A target that does not trust the origin's certificate (system roots)
-	// fails on every IP with tls_error.
+	// fails on every IP with origin_certificate.
 	e2 := newEnv(t, envOptions{upstreams: 1, retries: 1, cfg: pool.Config{FailuresUntilQuarantine: 5}})
 	before := len(tlsO.requests())
 	resp, body := do(t, e2.headerClient(), e2.newReq(t, "GET", tlsO.URL, "/", nil))
-	if resp.StatusCode != 502 || strings.Count(body, `"reason":"tls_error"`) != 2 {
+	if resp.StatusCode != 502 || strings.Count(body, `"reason":"`+ReasonOriginCertificate+`"`) != 2 {
 		t.Errorf("untrusted origin: %d %s", resp.StatusCode, body)
 	}
 	if len(tlsO.requests()) != before {
