@@ -103,6 +103,24 @@ func caInit(t *testing.T, bin, dir string) (certFile, keyFile string) {
 	return certFile, keyFile
 }
 
+// noKeyIn fails t if what (a log, a scrape) holds any of the CA key
+// file's PEM lines.
+func noKeyIn(t *testing.T, keyFile, name, what string) {
+	t.Helper()
+	b, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(what, "PRIVATE KEY") {
+		t.Errorf("the %s holds a private key", name)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if len(l) >= 16 && !strings.HasPrefix(l, "-----") && strings.Contains(what, l) {
+			t.Errorf("the %s holds a line of the CA key", name)
+		}
+	}
+}
+
 // icptCurlFormat follows each response curl prints.
 const icptCurlFormat = "connects=%{num_connects} http=%{http_version} code=%{response_code}\n"
 
@@ -222,11 +240,11 @@ func metricIs(t *testing.T, text, name string, labels map[string]string, want fl
 	t.Helper()
 	got, l := bpfMetric(t, text, name, labels)
 	if l == nil && want != 0 {
-		t.Errorf("no %s%v sample", name, labels)
+		t.Errorf("no %s %v sample", name, labels)
 		return
 	}
 	if got != want {
-		t.Errorf("%s%v = %v, want %v", name, labels, got, want)
+		t.Errorf("%s %v = %v, want %v", name, labels, got, want)
 	}
 }
 
@@ -362,6 +380,8 @@ targets:
 	metricIs(t, text, "proxy_hopper_requests_total", map[string]string{"target": "shop", "outcome": "rate_limited"}, 2)
 	metricIs(t, text, "proxy_hopper_retries_total", map[string]string{"target": "shop"}, 2)
 	metricIs(t, text, "proxy_hopper_identity_rotations_total", map[string]string{"target": "shop", "reason": "429"}, 2)
+	noKeyIn(t, caKey, "metrics", text)
+	noKeyIn(t, caKey, "agent log", ra.logs.String())
 }
 
 const (
@@ -487,5 +507,11 @@ targets:
 	metricIs(t, text, "proxy_hopper_requests_total", map[string]string{"target": "shop", "outcome": "rate_limited"}, 4)
 	metricIs(t, text, "proxy_hopper_retries_total", map[string]string{"target": "shop"}, 4)
 	metricIs(t, text, "proxy_hopper_identity_rotations_total", map[string]string{"target": "shop", "reason": "429"}, 4)
+	noKeyIn(t, caKey, "metrics", text)
+	if b, err := os.ReadFile(a.log); err != nil {
+		t.Fatal(err)
+	} else {
+		noKeyIn(t, caKey, "agent log (DEBUG)", string(b))
+	}
 	t.Logf("total %s", time.Since(start))
 }
