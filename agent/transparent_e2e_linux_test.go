@@ -441,13 +441,24 @@ func buildAgent(t *testing.T, dir string) string {
 
 func testCert(t *testing.T) (tls.Certificate, []byte) {
 	t.Helper()
+	return testCertFor(t, []string{"origin.test"}, nil)
+}
+
+// testCertFor is a self-signed certificate for names and ips (IP
+// literals), which is its own CA: the PEM a client or target trusts.
+func testCertFor(t *testing.T, names, ips []string) (tls.Certificate, []byte) {
+	t.Helper()
+	var addrs []net.IP
+	for _, ip := range ips {
+		addrs = append(addrs, net.ParseIP(ip))
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "origin.test"},
-		DNSNames: []string{"origin.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: names[0]},
+		DNSNames: names, IPAddresses: addrs, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
@@ -493,6 +504,14 @@ transparent:
 	for _, x := range extra {
 		cfg += "    " + x + "\n"
 	}
+	return e.launch(t, cfg)
+}
+
+// launch starts an agent on cfg (its server.port taken from
+// e.agentProcesses, which the caller has counted up) in the agent cgroup,
+// and waits for its transparent mode.
+func (e *e2eEnv) launch(t *testing.T, cfg string) *agentProc {
+	t.Helper()
 	path := filepath.Join(e.dir, fmt.Sprintf("agent-%d.yaml", e.agentProcesses))
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -541,6 +560,20 @@ transparent:
 // with no proxy settings in its environment.
 func (e *e2eEnv) run(t *testing.T, hooked bool, env []string, name string, args ...string) string {
 	t.Helper()
+	out, err := e.try(hooked, env, name, args...)
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("%s %v: %v\n%s%s", name, args, err, out, ee.Stderr)
+		}
+		t.Fatalf("%s %v: %v", name, args, err)
+	}
+	return out
+}
+
+// try is run for a program that may fail: its output and exit error
+// (an *exec.ExitError carrying its stderr).
+func (e *e2eEnv) try(hooked bool, env []string, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := e.ns.Command(name, args...)
@@ -550,14 +583,7 @@ func (e *e2eEnv) run(t *testing.T, hooked bool, env []string, name string, args 
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: e.clientCgFD}
 	}
 	out, err := cmd.Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			t.Fatalf("%s %v: %v\n%s%s", name, args, err, out, ee.Stderr)
-		}
-		t.Fatalf("%s %v: %v", name, args, err)
-	}
-	return string(out)
+	return string(out), err
 }
 
 func (e *e2eEnv) curl(t *testing.T, hooked bool, args ...string) string {

@@ -87,6 +87,15 @@ func bodyAllowed(method string, status int) bool {
 		status != http.StatusNotModified && (status < 100 || status >= 200)
 }
 
+// writeResponse writes resp to cc's client: an HTTP/2 stream's answer
+// goes to its stream (h2Out), every other one as HTTP/1.x (writeResponse).
+func (cc *clientConn) writeResponse(resp *http.Response, method string, clientMinor int, keepAlive bool, buf []byte, more func() bool, sent *int64) (keep bool, upErr, clientErr error) {
+	if cc.h2 != nil {
+		return cc.h2.writeResponse(resp, method, buf, more, sent)
+	}
+	return writeResponse(cc.bw, resp, method, clientMinor, keepAlive, buf, more, sent)
+}
+
 // writeResponse writes resp to the client, re-framing the body for the
 // client's protocol version, and streams the body. It reports whether the
 // client connection can carry another request, and the first error reading

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -111,18 +112,85 @@ type interceptConn struct {
 	net.Conn
 	pre []byte
 	ic  *interception
-	// leafSent: GetCertificate gave the handshake a leaf (the client then
-	// judges it).
-	leafSent bool
+	// records follows what the client sends during the handshake (nil
+	// after it, and on the agent's own client connections).
+	records *recordTail
 }
 
 func (c *interceptConn) Read(p []byte) (int, error) {
+	var n int
+	var err error
 	if len(c.pre) > 0 {
-		n := copy(p, c.pre)
+		n = copy(p, c.pre)
 		c.pre = c.pre[n:]
-		return n, nil
+	} else {
+		n, err = c.Conn.Read(p)
 	}
-	return c.Conn.Read(p)
+	if c.records != nil {
+		c.records.feed(p[:n])
+	}
+	return n, err
+}
+
+// recordTail follows the TLS record layer of the bytes a client sends,
+// keeping the type, length and first two body bytes of the latest
+// complete record. A TLS 1.3 client that rejects the leaf before it has
+// switched to its handshake keys (OpenSSL's: curl, Python, ...) sends its
+// alert in plaintext, which crypto/tls, expecting an encrypted record,
+// reports as "bad record MAC" and not as the remote error the encrypted
+// alert of a Go client gives.
+type recordTail struct {
+	hdr      [5]byte
+	nhdr     int // header bytes of the current record held
+	left     int // body bytes of the current record still to come
+	body     [2]byte
+	nbody    int
+	lastType byte
+	lastLen  int
+	lastBody [2]byte
+}
+
+func (r *recordTail) feed(b []byte) {
+	for len(b) > 0 {
+		if r.nhdr < len(r.hdr) {
+			k := copy(r.hdr[r.nhdr:], b)
+			r.nhdr += k
+			b = b[k:]
+			if r.nhdr == len(r.hdr) {
+				r.left, r.nbody = int(binary.BigEndian.Uint16(r.hdr[3:5])), 0
+				if r.left == 0 {
+					r.complete()
+				}
+			}
+			continue
+		}
+		k := min(len(b), r.left)
+		r.nbody += copy(r.body[r.nbody:], b[:k])
+		r.left -= k
+		b = b[k:]
+		if r.left == 0 {
+			r.complete()
+		}
+	}
+}
+
+func (r *recordTail) complete() {
+	r.lastType, r.lastLen, r.lastBody = r.hdr[0], int(binary.BigEndian.Uint16(r.hdr[3:5])), r.body
+	r.nhdr = 0
+}
+
+// rejectedCertificate reports whether the client's latest record is a
+// plaintext alert saying it does not accept the certificate
+// (bad_certificate, unsupported_certificate, certificate_revoked,
+// certificate_expired, certificate_unknown, unknown_ca). An encrypted
+// alert is never 2 bytes long.
+func (r *recordTail) rejectedCertificate() bool {
+	const recordTypeAlert = 21
+	if r.lastType != recordTypeAlert || r.lastLen != 2 {
+		return false
+	}
+	d := r.lastBody[1]
+	return (d >= 42 && d <= 46) || d == 48
 }
 
 // CloseWrite half-closes the socket (lingerClose, relays).
@@ -146,7 +214,7 @@ func (s *Server) interceptTLS() *tls.Config {
 		if !s.opts.Intercept.HTTP2 {
 			base.NextProtos = []string{"http/1.1"}
 		}
-		getCert := func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		base.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			ic := hello.Conn.(*interceptConn).ic
 			if hello.ServerName == "" {
 				if ip, err := netip.ParseAddr(ic.host); err == nil {
@@ -173,13 +241,6 @@ func (s *Server) interceptTLS() *tls.Config {
 			}
 			return c, nil
 		}
-		base.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-			c, err := getCert(hello)
-			if err == nil {
-				hello.Conn.(*interceptConn).leafSent = true
-			}
-			return c, err
-		}
 		s.icptConf = base
 	})
 	return s.icptConf
@@ -194,14 +255,9 @@ type handshakeErr struct {
 func (e *handshakeErr) Error() string { return e.reason + ": " + e.err.Error() }
 func (e *handshakeErr) Unwrap() error { return e.err }
 
-// handshakeReason classifies a failed server handshake. A client that
-// refuses the leaf sends an alert: Go clients' reads as a remote error;
-// OpenSSL's (curl) arrives, under TLS 1.3, as a record the server cannot
-// decrypt ("bad record MAC") right after the leaf was sent.
-func handshakeReason(err error, leafSent bool) string {
-	if leafSent && strings.Contains(err.Error(), "bad record MAC") {
-		return HandshakeClientRejected
-	}
+// handshakeReason classifies a failed server handshake (a plaintext
+// certificate alert, as OpenSSL clients send, is found by recordTail).
+func handshakeReason(err error) string {
 	var he *handshakeErr
 	var oe *net.OpError
 	var rh tls.RecordHeaderError
@@ -230,7 +286,7 @@ func handshakeReason(err error, leafSent bool) string {
 func (s *Server) intercept(cc *clientConn, ic *interception, done func()) {
 	pre := cc.detach()
 	cc.handedOff = true
-	go s.serveIntercepted(cc, &interceptConn{Conn: cc.c, pre: pre, ic: ic}, done)
+	go s.serveIntercepted(cc, &interceptConn{Conn: cc.c, pre: pre, ic: ic, records: &recordTail{}}, done)
 }
 
 func (s *Server) serveIntercepted(old *clientConn, conn *interceptConn, done func()) {
@@ -248,7 +304,10 @@ func (s *Server) serveIntercepted(old *clientConn, conn *interceptConn, done fun
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		reason := handshakeReason(err, conn.leafSent)
+		reason := handshakeReason(err)
+		if reason == HandshakeError && conn.records.rejectedCertificate() {
+			reason = HandshakeClientRejected
+		}
 		s.tlsEvent(TLSEvent{Target: ic.target, Mode: ic.mode, Handling: TLSFailed, Reason: reason})
 		s.reqLog.Log(context.Background(), slog.LevelInfo, "intercepted handshake failed:"+reason, "intercepted TLS handshake failed",
 			"reason", reason, "authority", ic.authority, "client", old.c.RemoteAddr().String(), "err", boundedErr(err))
@@ -257,6 +316,7 @@ func (s *Server) serveIntercepted(old *clientConn, conn *interceptConn, done fun
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
+	conn.records = nil
 	proto := tc.ConnectionState().NegotiatedProtocol
 	if proto == "" {
 		proto = "http/1.1"

@@ -9,6 +9,7 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/net/http2"
@@ -55,6 +56,9 @@ func (s *Server) serveH2(nc *clientConn) {
 	})
 }
 
+// h2RespReaders read the HTTP/1.1 answers of streams back.
+var h2RespReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+
 // streamConn is one stream's end of the in-memory connection, which the
 // request path sees as the client: the client connection's addresses.
 type streamConn struct {
@@ -73,7 +77,8 @@ func (s *Server) serveStream(nc *clientConn, w http.ResponseWriter, r *http.Requ
 		return
 	}
 	agentEnd, bridgeEnd := net.Pipe()
-	cc := &clientConn{c: &streamConn{Conn: agentEnd, outer: nc.c}, bufs: s.cbufs, key: nc.key, icpt: nc.icpt}
+	out := &h2Out{w: w}
+	cc := &clientConn{c: &streamConn{Conn: agentEnd, outer: nc.c}, bufs: s.cbufs, key: nc.key, icpt: nc.icpt, h2: out}
 	cc.attachBufs()
 
 	ctx, cancel := context.WithCancel(r.Context())
@@ -103,10 +108,12 @@ func (s *Server) serveStream(nc *clientConn, w http.ResponseWriter, r *http.Requ
 	go func() {
 		defer close(respDone)
 		defer bridgeEnd.Close()
-		br := bufio.NewReaderSize(bridgeEnd, 16<<10)
+		br := h2RespReaders.Get().(*bufio.Reader)
+		br.Reset(bridgeEnd)
+		defer func() { br.Reset(nil); h2RespReaders.Put(br) }()
 		resp, err := http.ReadResponse(br, &http.Request{Method: head.Method})
 		if err != nil {
-			if ctx.Err() == nil {
+			if ctx.Err() == nil && !out.written.Load() {
 				h2Error(w, http.StatusBadGateway, "no_response", "the request ended without a response")
 			}
 			return
@@ -207,4 +214,58 @@ func h2Error(w http.ResponseWriter, status int, code, detail string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = io.WriteString(w, `{"error":`+strconv.Quote(code)+`,"detail":`+strconv.Quote(detail)+"}\n")
+}
+
+// h2Out is an HTTP/2 stream's response writer as the request path sees
+// it: the origin's answer goes to the stream as it is (headers, then the
+// body), with no HTTP/1.1 framing in between. The agent's own answers
+// (JSON errors) take the in-memory connection and are read back instead.
+type h2Out struct {
+	w       http.ResponseWriter
+	written atomic.Bool // the answer went to the stream: nothing comes back through the connection
+}
+
+// writeResponse sends resp to the stream. A body of known size goes out
+// as the HTTP/2 server batches frames; one of unknown size (a stream,
+// SSE) is flushed whenever the upstream has nothing more buffered.
+func (o *h2Out) writeResponse(resp *http.Response, method string, buf []byte, more func() bool, sent *int64) (keep bool, upErr, clientErr error) {
+	o.written.Store(true)
+	h := o.w.Header()
+	conn := resp.Header.Values("Connection")
+	for k, vs := range resp.Header {
+		if responseDrop[k] || isH2Forbidden(k) || (len(conn) > 0 && hasToken(conn, k)) {
+			continue
+		}
+		h[k] = vs
+	}
+	hasBody := bodyAllowed(method, resp.StatusCode)
+	if resp.ContentLength >= 0 && (hasBody || (method == http.MethodHead && resp.Header.Get("Content-Length") != "")) {
+		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	o.w.WriteHeader(resp.StatusCode)
+	if !hasBody {
+		return false, nil, nil
+	}
+	stream := resp.ContentLength < 0
+	rc := http.NewResponseController(o.w)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			*sent += int64(n)
+			if _, werr := o.w.Write(buf[:n]); werr != nil {
+				return false, nil, werr
+			}
+			if stream && (more == nil || !more()) {
+				if werr := rc.Flush(); werr != nil {
+					return false, nil, werr
+				}
+			}
+		}
+		if err == io.EOF {
+			return false, nil, nil
+		}
+		if err != nil {
+			return false, err, nil
+		}
+	}
 }

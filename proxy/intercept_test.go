@@ -6,9 +6,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -190,6 +193,22 @@ func TestInterceptFailures(t *testing.T) {
 			return len(ev) == 1 && ev[0].Handling == TLSFailed && ev[0].Reason == HandshakeClientRejected
 		}, func() string { return "TLS events: " + toJSON(ie.tlsEvents()) })
 	})
+	t.Run("curl rejects the leaf", func(t *testing.T) {
+		// OpenSSL clients reject the leaf with a plaintext alert, which
+		// crypto/tls reads as a bad record MAC: counted as a rejection too.
+		ie := newInterceptEnv(t, envOptions{upstreams: 1, tls: caOf(o)}, false, nil)
+		other := filepath.Join(t.TempDir(), "other-ca.pem")
+		if err := os.WriteFile(other, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: o.Certificate().Raw}), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := curl(t, "-x", "http://"+ie.addr, "--cacert", other, o.URL+"/x"); err == nil || !strings.Contains(err.Error(), "exit status 60") {
+			t.Fatalf("curl without the interception CA: %v %q, want exit 60", err, out)
+		}
+		testenvEventually(t, func() bool {
+			ev := ie.tlsEvents()
+			return len(ev) == 1 && ev[0].Handling == TLSFailed && ev[0].Reason == HandshakeClientRejected
+		}, func() string { return "TLS events: " + toJSON(ie.tlsEvents()) })
+	})
 	t.Run("another host", func(t *testing.T) {
 		ie := newInterceptEnv(t, envOptions{upstreams: 1, tls: caOf(o)}, false, nil)
 		host := strings.TrimPrefix(o.URL, "https://")
@@ -328,4 +347,49 @@ func TestInterceptH2StreamReset(t *testing.T) {
 	}
 	// The reset request ends too (its answer has no one to go to).
 	testenvEventually(t, func() bool { return len(ie.requestLog()) == 4 }, func() string { return toJSON(ie.requestLog()) })
+}
+
+// recordTail finds a plaintext certificate alert as the client's latest
+// record however the bytes are split across reads; an encrypted record,
+// another alert or an unfinished record is not one.
+func TestRecordTailPlaintextAlert(t *testing.T) {
+	hello := append([]byte{22, 3, 1, 0, 4}, 1, 0, 0, 0)
+	ccs := []byte{20, 3, 3, 0, 1, 1}
+	for _, tc := range []struct {
+		name   string
+		stream []byte
+		want   bool
+	}{
+		{"unknown_ca", concat(hello, ccs, []byte{21, 3, 3, 0, 2, 2, 48}), true},
+		{"bad_certificate", concat(hello, []byte{21, 3, 3, 0, 2, 2, 42}), true},
+		{"protocol_version", concat(hello, []byte{21, 3, 3, 0, 2, 2, 70}), false},
+		{"encrypted", concat(hello, []byte{23, 3, 3, 0, 19}, make([]byte, 19)), false},
+		{"alert then more", concat(hello, []byte{21, 3, 3, 0, 2, 2, 48}, ccs), false},
+		{"unfinished alert", concat(hello, []byte{21, 3, 3, 0, 2, 2}), false},
+		{"empty record", concat(hello, []byte{21, 3, 3, 0, 0}), false},
+	} {
+		for split := 0; split <= len(tc.stream); split++ {
+			var r recordTail
+			r.feed(tc.stream[:split])
+			r.feed(tc.stream[split:])
+			if got := r.rejectedCertificate(); got != tc.want {
+				t.Errorf("%s split at %d: %v, want %v", tc.name, split, got, tc.want)
+			}
+		}
+		var r recordTail
+		for i := range tc.stream {
+			r.feed(tc.stream[i : i+1])
+		}
+		if got := r.rejectedCertificate(); got != tc.want {
+			t.Errorf("%s byte by byte: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func concat(bs ...[]byte) []byte {
+	var out []byte
+	for _, b := range bs {
+		out = append(out, b...)
+	}
+	return out
 }

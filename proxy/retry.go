@@ -150,7 +150,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 		bufp := s.bufs.Get().(*[]byte)
 		more := func() bool { return uc.br.Buffered() > 0 }
 		keep = keep && !s.draining.Load()
-		keep2, upErr, clientErr := writeResponse(cc.bw, resp, req.head.Method, req.head.Minor, keep, *bufp, more, &ev.BytesDown)
+		keep2, upErr, clientErr := cc.writeResponse(resp, req.head.Method, req.head.Minor, keep, *bufp, more, &ev.BytesDown)
 		s.bufs.Put(bufp)
 		a := AttemptEvent{Status: resp.StatusCode, Duration: time.Since(aStart)}
 		switch {
@@ -177,7 +177,7 @@ func (s *Server) forward(cc *clientConn, req *request, t *Target, body *requestB
 	}
 	if held != nil {
 		bufp := s.bufs.Get().(*[]byte)
-		keep2, _, _ := writeResponse(cc.bw, held.resp, req.head.Method, req.head.Minor, keep && !s.draining.Load(), *bufp, nil, &ev.BytesDown)
+		keep2, _, _ := cc.writeResponse(held.resp, req.head.Method, req.head.Minor, keep && !s.draining.Load(), *bufp, nil, &ev.BytesDown)
 		s.bufs.Put(bufp)
 		return keep2, outcomeOf(held.resp.StatusCode), held.resp.StatusCode
 	}

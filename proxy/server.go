@@ -302,6 +302,9 @@ type clientConn struct {
 	icpt *interception
 	// done, when set, runs when the connection ends (untrack).
 	done func()
+	// h2, on an HTTP/2 stream's in-memory connection, takes the origin's
+	// answer straight to the stream (intercept_h2.go).
+	h2 *h2Out
 }
 
 // track registers a new client connection, or closes it and returns nil
