@@ -192,6 +192,11 @@ func TestInterceptFailures(t *testing.T) {
 			ev := ie.tlsEvents()
 			return len(ev) == 1 && ev[0].Handling == TLSFailed && ev[0].Reason == HandshakeClientRejected
 		}, func() string { return "TLS events: " + toJSON(ie.tlsEvents()) })
+		// The CONNECT ends with the handshake, as a failed one.
+		testenvEventually(t, func() bool {
+			r := ie.requestLog()
+			return len(r) == 1 && r[0].Mode == "connect" && r[0].Outcome == OutcomeHandshakeFailed
+		}, func() string { return "requests: " + toJSON(ie.requestLog()) })
 	})
 	t.Run("curl rejects the leaf", func(t *testing.T) {
 		// OpenSSL clients reject the leaf with a plaintext alert, which
