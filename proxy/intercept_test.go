@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -397,4 +398,54 @@ func concat(bs ...[]byte) []byte {
 		out = append(out, b...)
 	}
 	return out
+}
+
+// Request bodies inside an intercepted connection reach the origin whole,
+// of known and unknown length, over HTTP/1.1 and h2; large answers come
+// back whole.
+func TestInterceptBodies(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 64<<10) // 1 MiB
+	o := newOrigin(t, true, func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		if r.URL.Path == "/big" {
+			io.WriteString(w, big)
+			return
+		}
+		io.WriteString(w, r.Method+" "+strconv.Itoa(len(b))+" "+strconv.FormatInt(r.ContentLength, 10))
+	})
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http1.1", true: "h2"}[h2], func(t *testing.T) {
+			ie := newInterceptEnv(t, envOptions{upstreams: 2, tls: caOf(o)}, h2, nil)
+			c := ie.client(t, ie.roots, h2)
+			body := strings.Repeat("x", 300<<10)
+			req, _ := http.NewRequest("POST", o.URL+"/p", strings.NewReader(body))
+			resp, got := do(t, c, req)
+			if resp.StatusCode != 200 || got != "POST 307200 307200" {
+				t.Fatalf("known length: %d %q", resp.StatusCode, got)
+			}
+			pr, pw := io.Pipe()
+			go func() {
+				for i := 0; i < 10; i++ {
+					pw.Write([]byte(strings.Repeat("y", 1000)))
+				}
+				pw.Close()
+			}()
+			req, _ = http.NewRequest("PUT", o.URL+"/p", pr)
+			resp, got = do(t, c, req)
+			if resp.StatusCode != 200 || !strings.HasPrefix(got, "PUT 10000 ") {
+				t.Fatalf("unknown length: %d %q", resp.StatusCode, got)
+			}
+			resp, got = do(t, c, mustReq(t, "GET", o.URL+"/big"))
+			if resp.StatusCode != 200 || got != big {
+				t.Fatalf("big answer: %d, %d bytes", resp.StatusCode, len(got))
+			}
+			if got := ie.accepted.Load(); got != 1 {
+				t.Fatalf("client connections = %d, want 1", got)
+			}
+		})
+	}
 }
