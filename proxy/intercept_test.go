@@ -449,3 +449,28 @@ func TestInterceptBodies(t *testing.T) {
 		})
 	}
 }
+
+// The agent's own answers reach h2 clients as HTTP/2 responses: a request
+// for another host than the connection's is 421 with the JSON error, and
+// the connection goes on.
+func TestInterceptH2AgentAnswers(t *testing.T) {
+	o := newOrigin(t, true, nil)
+	ie := newInterceptEnv(t, envOptions{upstreams: 1, tls: caOf(o)}, true, nil)
+	c := ie.client(t, ie.roots, true)
+	req := mustReq(t, "GET", o.URL+"/x")
+	req.Host = "other.example"
+	resp, body := do(t, c, req)
+	if resp.StatusCode != http.StatusMisdirectedRequest || resp.ProtoMajor != 2 || !strings.Contains(body, "is for 127.0.0.1:") {
+		t.Fatalf("other host: %d %s %q", resp.StatusCode, resp.Proto, body)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	resp, body = do(t, c, mustReq(t, "GET", o.URL+"/y"))
+	if resp.StatusCode != 200 || body != "GET /y" {
+		t.Fatalf("next request: %d %q", resp.StatusCode, body)
+	}
+	if got := ie.accepted.Load(); got != 1 {
+		t.Fatalf("client connections = %d, want 1", got)
+	}
+}
