@@ -30,6 +30,9 @@ const (
 	// auth, its address) had as many requests or tunnels in flight as it
 	// may.
 	OutcomeClientLimit = "client_limit"
+	// OutcomeHandshakeFailed: an intercepted connection whose client's
+	// TLS handshake with the agent failed (TLSEvent.Reason says why).
+	OutcomeHandshakeFailed = "tls_handshake_failed"
 )
 
 // AttemptEvent is one use of one upstream IP, passed to Hooks.Attempt when

@@ -282,17 +282,20 @@ func handshakeReason(err error) string {
 // as an intercepted connection: the handshake, then its requests, on a
 // goroutine of its own. cc's serving goroutine must leave cc alone after
 // this (cc.handedOff); the intercepted connection takes over cc's place
-// among the server's connections. done runs when the connection ends.
-func (s *Server) intercept(cc *clientConn, ic *interception, done func()) {
+// among the server's connections. done runs when the connection ends,
+// with OutcomeSuccess, or OutcomeHandshakeFailed when the client's TLS
+// handshake failed.
+func (s *Server) intercept(cc *clientConn, ic *interception, done func(outcome string)) {
 	pre := cc.detach()
 	cc.handedOff = true
 	go s.serveIntercepted(cc, &interceptConn{Conn: cc.c, pre: pre, ic: ic, records: &recordTail{}}, done)
 }
 
-func (s *Server) serveIntercepted(old *clientConn, conn *interceptConn, done func()) {
+func (s *Server) serveIntercepted(old *clientConn, conn *interceptConn, done func(outcome string)) {
 	ic := conn.ic
 	tc := tls.Server(conn, s.interceptTLS())
-	nc := &clientConn{c: tc, bufs: s.cbufs, key: old.key, icpt: ic, done: done}
+	outcome := OutcomeSuccess
+	nc := &clientConn{c: tc, bufs: s.cbufs, key: old.key, icpt: ic, done: func() { done(outcome) }}
 	nc.state.Store(stateActive)
 	s.mu.Lock()
 	delete(s.conns, old)
@@ -311,6 +314,7 @@ func (s *Server) serveIntercepted(old *clientConn, conn *interceptConn, done fun
 		s.tlsEvent(TLSEvent{Target: ic.target, Mode: ic.mode, Handling: TLSFailed, Reason: reason})
 		s.reqLog.Log(context.Background(), slog.LevelInfo, "intercepted handshake failed:"+reason, "intercepted TLS handshake failed",
 			"reason", reason, "authority", ic.authority, "client", old.c.RemoteAddr().String(), "err", boundedErr(err))
+		outcome = OutcomeHandshakeFailed
 		conn.Conn.Close()
 		s.untrack(nc)
 		return

@@ -2,27 +2,30 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"golang.org/x/net/http2"
 )
 
 // HTTP/2 on intercepted connections: Go's HTTP/2 server (x/net/http2)
-// frames the connection, and each stream becomes one HTTP/1.1 exchange on
-// an in-memory connection, served by the same serveRequest as every other
-// request. The stream's body is written into that connection with
-// HTTP/1.1 framing, and the HTTP/1.1 response serveRequest writes is read
-// back and sent as the stream's response. A stream the client resets
-// closes its in-memory connection: serveRequest sees the client gone, as
-// when an HTTP/1.1 client hangs up.
+// frames the connection, and each stream is served by the same request
+// path as every other request (handleIntercepted, serveRequest), on an
+// in-memory connection: the stream's head becomes a RequestHead, its body
+// is copied into the connection with HTTP/1.1 framing, the origin's answer
+// goes straight to the stream (h2Out), and the agent's own answers (JSON
+// errors), written to the connection as HTTP/1.1, are read back and sent
+// as the stream's response. A stream the client resets closes the body's
+// pipe: the request path sees its client gone, as when an HTTP/1.1 client
+// hangs up.
 
 // maxH2Streams bounds the streams one client connection has open at once
 // (each also counts against the client's request limit).
@@ -56,112 +59,86 @@ func (s *Server) serveH2(nc *clientConn) {
 	})
 }
 
-// h2RespReaders read the HTTP/1.1 answers of streams back.
-var h2RespReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+// maxStreamAnswer bounds what the request path may write to a stream's
+// in-memory connection: the agent's own answers (JSON errors), never an
+// origin's (h2Out takes those straight to the stream).
+const maxStreamAnswer = 1 << 20
 
-// streamConn is one stream's end of the in-memory connection, which the
-// request path sees as the client: the client connection's addresses.
+// streamConn is one stream's in-memory connection, which the request path
+// sees as its client: it reads the request body from the pipe the stream's
+// body is copied into (and EOF once the stream is reset), takes what the
+// agent answers itself into a buffer, and has the client connection's
+// addresses.
 type streamConn struct {
-	net.Conn
-	outer net.Conn
+	net.Conn // the agent's end of the body pipe: reads and deadlines
+	outer    net.Conn
+	answer   bytes.Buffer
 }
 
 func (c *streamConn) RemoteAddr() net.Addr { return c.outer.RemoteAddr() }
 func (c *streamConn) LocalAddr() net.Addr  { return c.outer.LocalAddr() }
 
-// serveStream serves one HTTP/2 stream through serveRequest.
+func (c *streamConn) Write(p []byte) (int, error) {
+	if c.answer.Len()+len(p) > maxStreamAnswer {
+		return 0, errors.New("stream answer too large")
+	}
+	return c.answer.Write(p)
+}
+
+// serveStream serves one HTTP/2 stream through the request path.
 func (s *Server) serveStream(nc *clientConn, w http.ResponseWriter, r *http.Request) {
-	head, err := h2Head(r, s.opts.MaxHeaderBytes)
-	if err != nil {
-		h2Error(w, err.Status, "bad_request", err.Reason)
+	head, herr := h2Head(r, s.opts.MaxHeaderBytes)
+	if herr != nil {
+		h2Error(w, herr.Status, "bad_request", herr.Reason)
 		return
 	}
-	agentEnd, bridgeEnd := net.Pipe()
+	agentEnd, bodyEnd := net.Pipe()
+	defer agentEnd.Close()
 	out := &h2Out{w: w}
-	cc := &clientConn{c: &streamConn{Conn: agentEnd, outer: nc.c}, bufs: s.cbufs, key: nc.key, icpt: nc.icpt, h2: out}
+	sc := &streamConn{Conn: agentEnd, outer: nc.c}
+	cc := &clientConn{c: sc, bufs: s.cbufs, key: nc.key, icpt: nc.icpt, h2: out}
 	cc.attachBufs()
 
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
 	// A stream reset (or the connection's end) cancels r's context: the
 	// request path then reads EOF from its client, as from a closed socket.
-	stop := context.AfterFunc(ctx, func() { bridgeEnd.Close() })
+	stop := context.AfterFunc(r.Context(), func() { bodyEnd.Close() })
 	defer stop()
+	defer bodyEnd.Close()
 
-	// The body, framed as head says.
-	go func() {
-		if r.Body == nil || r.Body == http.NoBody {
-			return
-		}
-		if head.Fields.Has("Transfer-Encoding") {
-			cw := httputil.NewChunkedWriter(bridgeEnd)
-			if _, err := io.Copy(cw, r.Body); err == nil && cw.Close() == nil {
-				_, _ = io.WriteString(bridgeEnd, "\r\n") // no trailers
-			}
-			return
-		}
-		_, _ = io.Copy(bridgeEnd, r.Body)
-	}()
-
-	// The response, back from HTTP/1.1 to the stream.
-	respDone := make(chan struct{})
-	go func() {
-		defer close(respDone)
-		defer bridgeEnd.Close()
-		br := h2RespReaders.Get().(*bufio.Reader)
-		br.Reset(bridgeEnd)
-		defer func() { br.Reset(nil); h2RespReaders.Put(br) }()
-		resp, err := http.ReadResponse(br, &http.Request{Method: head.Method})
-		if err != nil {
-			if ctx.Err() == nil && !out.written.Load() {
-				h2Error(w, http.StatusBadGateway, "no_response", "the request ended without a response")
-			}
-			return
-		}
-		defer resp.Body.Close()
-		h := w.Header()
-		for k, vs := range resp.Header {
-			if isH2Forbidden(k) {
-				continue
-			}
-			h[k] = vs
-		}
-		if resp.ContentLength >= 0 {
-			h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
-		}
-		w.WriteHeader(resp.StatusCode)
-		// A body of known size goes out as the server batches frames (the
-		// stream's end flushes it); one of unknown size (a stream, SSE) is
-		// flushed as the origin sends it.
-		stream := resp.ContentLength < 0
-		rc := http.NewResponseController(w)
-		buf := s.bufs.Get().(*[]byte)
-		defer s.bufs.Put(buf)
-		for {
-			n, err := resp.Body.Read(*buf)
-			if n > 0 {
-				if _, werr := w.Write((*buf)[:n]); werr != nil {
-					return
+	// The body, framed as head says. The copy may outlive this handler
+	// while the client sends: it ends when the stream does (the server
+	// closes r.Body once the handler returns) or the pipe closes.
+	if r.Body != nil && r.Body != http.NoBody {
+		go func() {
+			if head.Fields.Has("Transfer-Encoding") {
+				cw := httputil.NewChunkedWriter(bodyEnd)
+				if _, err := io.Copy(cw, r.Body); err == nil && cw.Close() == nil {
+					_, _ = io.WriteString(bodyEnd, "\r\n") // no trailers
 				}
-				if stream && br.Buffered() == 0 {
-					_ = rc.Flush()
-				}
-			}
-			if err != nil {
 				return
 			}
-		}
-	}()
+			_, _ = io.Copy(bodyEnd, r.Body)
+		}()
+	}
 
 	s.handleIntercepted(cc, head)
 	if cc.bw != nil {
 		_ = cc.bw.Flush()
 	}
 	cc.dropBufs()
-	agentEnd.Close()
-	<-respDone
-	// The body's copy may still wait for the client: it ends when the
-	// stream does (the server closes r.Body after this handler returns).
+	if out.written.Load() || r.Context().Err() != nil {
+		return
+	}
+	// The agent answered itself: its HTTP/1.1 answer, to the stream.
+	resp, err := http.ReadResponse(bufio.NewReader(&sc.answer), &http.Request{Method: head.Method})
+	if err != nil {
+		h2Error(w, http.StatusBadGateway, "no_response", "the request ended without a response")
+		return
+	}
+	defer resp.Body.Close()
+	buf := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(buf)
+	_, _, _ = out.writeResponse(resp, head.Method, *buf, nil, new(int64))
 }
 
 // h2Head is the HTTP/1.1 request head of an HTTP/2 request: its

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -192,6 +193,11 @@ func TestInterceptFailures(t *testing.T) {
 			ev := ie.tlsEvents()
 			return len(ev) == 1 && ev[0].Handling == TLSFailed && ev[0].Reason == HandshakeClientRejected
 		}, func() string { return "TLS events: " + toJSON(ie.tlsEvents()) })
+		// The CONNECT ends with the handshake, as a failed one.
+		testenvEventually(t, func() bool {
+			r := ie.requestLog()
+			return len(r) == 1 && r[0].Mode == "connect" && r[0].Outcome == OutcomeHandshakeFailed
+		}, func() string { return "requests: " + toJSON(ie.requestLog()) })
 	})
 	t.Run("curl rejects the leaf", func(t *testing.T) {
 		// OpenSSL clients reject the leaf with a plaintext alert, which
@@ -392,4 +398,79 @@ func concat(bs ...[]byte) []byte {
 		out = append(out, b...)
 	}
 	return out
+}
+
+// Request bodies inside an intercepted connection reach the origin whole,
+// of known and unknown length, over HTTP/1.1 and h2; large answers come
+// back whole.
+func TestInterceptBodies(t *testing.T) {
+	big := strings.Repeat("0123456789abcdef", 64<<10) // 1 MiB
+	o := newOrigin(t, true, func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		if r.URL.Path == "/big" {
+			io.WriteString(w, big)
+			return
+		}
+		io.WriteString(w, r.Method+" "+strconv.Itoa(len(b))+" "+strconv.FormatInt(r.ContentLength, 10))
+	})
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http1.1", true: "h2"}[h2], func(t *testing.T) {
+			ie := newInterceptEnv(t, envOptions{upstreams: 2, tls: caOf(o)}, h2, nil)
+			c := ie.client(t, ie.roots, h2)
+			body := strings.Repeat("x", 300<<10)
+			req, _ := http.NewRequest("POST", o.URL+"/p", strings.NewReader(body))
+			resp, got := do(t, c, req)
+			if resp.StatusCode != 200 || got != "POST 307200 307200" {
+				t.Fatalf("known length: %d %q", resp.StatusCode, got)
+			}
+			pr, pw := io.Pipe()
+			go func() {
+				for i := 0; i < 10; i++ {
+					pw.Write([]byte(strings.Repeat("y", 1000)))
+				}
+				pw.Close()
+			}()
+			req, _ = http.NewRequest("PUT", o.URL+"/p", pr)
+			resp, got = do(t, c, req)
+			if resp.StatusCode != 200 || !strings.HasPrefix(got, "PUT 10000 ") {
+				t.Fatalf("unknown length: %d %q", resp.StatusCode, got)
+			}
+			resp, got = do(t, c, mustReq(t, "GET", o.URL+"/big"))
+			if resp.StatusCode != 200 || got != big {
+				t.Fatalf("big answer: %d, %d bytes", resp.StatusCode, len(got))
+			}
+			if got := ie.accepted.Load(); got != 1 {
+				t.Fatalf("client connections = %d, want 1", got)
+			}
+		})
+	}
+}
+
+// The agent's own answers reach h2 clients as HTTP/2 responses: a request
+// for another host than the connection's is 421 with the JSON error, and
+// the connection goes on.
+func TestInterceptH2AgentAnswers(t *testing.T) {
+	o := newOrigin(t, true, nil)
+	ie := newInterceptEnv(t, envOptions{upstreams: 1, tls: caOf(o)}, true, nil)
+	c := ie.client(t, ie.roots, true)
+	req := mustReq(t, "GET", o.URL+"/x")
+	req.Host = "other.example"
+	resp, body := do(t, c, req)
+	if resp.StatusCode != http.StatusMisdirectedRequest || resp.ProtoMajor != 2 || !strings.Contains(body, "is for 127.0.0.1:") {
+		t.Fatalf("other host: %d %s %q", resp.StatusCode, resp.Proto, body)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	resp, body = do(t, c, mustReq(t, "GET", o.URL+"/y"))
+	if resp.StatusCode != 200 || body != "GET /y" {
+		t.Fatalf("next request: %d %q", resp.StatusCode, body)
+	}
+	if got := ie.accepted.Load(); got != 1 {
+		t.Fatalf("client connections = %d, want 1", got)
+	}
 }

@@ -116,7 +116,7 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 	if kind == "tls" && s.intercepting(t, host, "transparent") {
 		// Its requests take the request path one by one (intercept.go).
 		ic := &interception{authority: key, host: strings.ToLower(host), port: n, mode: "transparent", target: t.Name}
-		s.intercept(cc, ic, func() { rec.finish(OutcomeSuccess, 0) })
+		s.intercept(cc, ic, func(outcome string) { rec.finish(outcome, 0) })
 		return
 	}
 	tun, err := s.openTunnel(cc, t, key, t.NumRetries, &rec.ev)

@@ -59,7 +59,7 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 			return
 		}
 		ic := &interception{authority: hostport, host: strings.ToLower(host), port: n, mode: "connect", principal: a.principal, target: t.Name}
-		s.intercept(cc, ic, func() { rec.finish(OutcomeSuccess, 200) })
+		s.intercept(cc, ic, func(outcome string) { rec.finish(outcome, 200) })
 		return
 	}
 
