@@ -382,6 +382,38 @@ targets:
 	metricIs(t, text, "proxy_hopper_identity_rotations_total", map[string]string{"target": "shop", "reason": "429"}, 2)
 	noKeyIn(t, caKey, "metrics", text)
 	noKeyIn(t, caKey, "agent log", ra.logs.String())
+
+	// tlsIntercept reloads with its target: off, the same host tunnels
+	// (the client sees the origin's certificate); on again, intercepted.
+	t.Run("ReloadTogglesInterception", func(t *testing.T) {
+		reload := func(cfg string) {
+			t.Helper()
+			if err := os.WriteFile(ra.path, []byte(cfg), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ra.a.ReloadFile(context.Background()); err != nil {
+				t.Fatalf("reload: %v", err)
+			}
+		}
+		reload(strings.Replace(cfg, "tlsIntercept: true", "tlsIntercept: false", 1))
+		if out, err := run("--cacert", originCAFile, origin+"/after-off"); err != nil {
+			t.Fatalf("tlsIntercept off: curl trusting the origin's CA: %v\n%s", err, out)
+		}
+		if out, err := run("--cacert", caCert, origin+"/after-off-agent-ca"); curlExit(t, err) != 60 {
+			t.Fatalf("tlsIntercept off: the agent's leaf was shown (%v)\n%s", err, out)
+		}
+		reload(cfg)
+		if out, err := run("--cacert", caCert, origin+"/after-on"); err != nil {
+			t.Fatalf("tlsIntercept on again: %v\n%s", err, out)
+		}
+		text := ra.scrape()
+		conns := func(handling string, want float64) {
+			t.Helper()
+			metricIs(t, text, "proxy_hopper_tls_connections_total", map[string]string{"target": "shop", "mode": "connect", "handling": handling}, want)
+		}
+		conns("tunnelled", 2)
+		conns("intercepted", 3)
+	})
 }
 
 const (
