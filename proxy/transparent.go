@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -101,7 +102,9 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 	if rf != nil {
 		switch {
 		case rf.outcome == OutcomeNoMatch:
-			s.unmatched(cc, orig)
+			if reason := s.unmatched(cc, orig); reason != "" {
+				rf.outcome, rf.destination = OutcomeForbidden, reason
+			}
 		case rf.destination != "":
 			s.log.Info("transparent connection refused", "reason", rf.destination, "client", cc.c.RemoteAddr().String(), "target", rf.target)
 			resetClose(cc.c)
@@ -140,11 +143,20 @@ func (s *Server) transparentTunnel(cc *clientConn, key string, orig netip.AddrPo
 	})
 }
 
-// unmatched applies the policy for connections no target wants.
-func (s *Server) unmatched(cc *clientConn, orig netip.AddrPort) {
+// unmatched applies the policy for connections no target wants. A direct
+// connection is made by the agent, from where it stands, so the
+// destination policy applies to it as to every other: a refused one is
+// reset, and unmatched returns why.
+func (s *Server) unmatched(cc *clientConn, orig netip.AddrPort) (refused string) {
 	if s.opts.Transparent.Unmatched != UnmatchedDirect {
 		resetClose(cc.c)
-		return
+		return ""
+	}
+	if reason := s.opts.Destinations.refuse(orig.Addr().Unmap().String(), int(orig.Port())); reason != "" {
+		s.reqLog.Log(context.Background(), slog.LevelInfo, "unmatched_direct_refused", "transparent connection refused",
+			"reason", reason, "client", cc.c.RemoteAddr().String(), "orig", orig.String(), "unmatched", UnmatchedDirect)
+		resetClose(cc.c)
+		return reason
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Upstream.Connect)
 	defer cancel()
@@ -153,9 +165,10 @@ func (s *Server) unmatched(cc *clientConn, orig netip.AddrPort) {
 	if err != nil {
 		s.log.Debug("direct connection failed", "orig", orig.String(), "err", err)
 		resetClose(cc.c)
-		return
+		return ""
 	}
 	relay(cc.c, cc.detach(), oc, nil, s.opts.TunnelIdleTimeout, &s.bufs)
+	return ""
 }
 
 // resetClose makes the coming Close send a TCP reset.
@@ -174,9 +187,12 @@ func (s *Server) transparentHTTP(cc *clientConn, orig netip.AddrPort) {
 	if head := peekHead(cc.br, s.opts.MaxHeaderBytes); head != nil {
 		if u, err := transparentURL(head, orig); err == nil && s.match(u.String()) == nil {
 			_ = cc.c.SetReadDeadline(time.Time{})
-			s.unmatched(cc, orig)
+			outcome := OutcomeNoMatch
+			if s.unmatched(cc, orig) != "" {
+				outcome = OutcomeForbidden
+			}
 			// Counted, not logged: the connection was never ours.
-			s.record("transparent", "", "", nil).finish(OutcomeNoMatch, 0)
+			s.record("transparent", "", "", nil).finish(outcome, 0)
 			return
 		}
 	}

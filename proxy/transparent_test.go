@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -207,4 +208,48 @@ func TestTransparentSourceAllowList(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The unmatched policy direct never takes a client where the destination
+// policy refuses: the agent would make that connection from where it
+// stands (a gateway's metadata service, its loopback). Plain HTTP and an
+// opaque or TLS stream are both reset, and counted as forbidden.
+func TestTransparentUnmatchedDirectDestinationPolicy(t *testing.T) {
+	o := newOrigin(t, false, nil)
+	orig := strings.TrimPrefix(o.URL, "http://")
+	var mu sync.Mutex
+	var outcomes []string
+	e := newEnv(t, envOptions{upstreams: 1, regex: `never-matches`, opts: Options{
+		Transparent:  TransparentOptions{Unmatched: UnmatchedDirect, SniffTimeout: 100 * time.Millisecond},
+		Destinations: &DestinationPolicy{Deny: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
+		Hooks: Hooks{Request: func(ev RequestEvent) {
+			mu.Lock()
+			outcomes = append(outcomes, ev.Outcome)
+			mu.Unlock()
+		}},
+	}})
+	ln := transparentListener(t, e, orig)
+	for _, first := range []string{"GET /direct HTTP/1.1\r\nHost: " + orig + "\r\n\r\n", ""} {
+		c, err := net.Dial("tcp", ln)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first != "" {
+			io.WriteString(c, first)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		b, err := io.ReadAll(c)
+		c.Close()
+		if err == nil || !strings.Contains(err.Error(), "reset") || len(b) != 0 {
+			t.Errorf("first bytes %q: got %q, %v; want a reset", first, b, err)
+		}
+	}
+	if n := len(o.requests()); n != 0 {
+		t.Errorf("a refused destination was reached directly (%d requests)", n)
+	}
+	testenvEventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(outcomes) == 2 && outcomes[0] == OutcomeForbidden && outcomes[1] == OutcomeForbidden
+	}, func() string { mu.Lock(); defer mu.Unlock(); return toJSON(outcomes) })
 }
