@@ -347,5 +347,5 @@ func interceptOptions(m *mitm.Minter, res *config.Resolved) proxy.InterceptOptio
 	if m == nil {
 		return proxy.InterceptOptions{}
 	}
-	return proxy.InterceptOptions{Minter: m, Bypass: res.Interception.Bypassed, HTTP2: true}
+	return proxy.InterceptOptions{Minter: m, Bypass: res.Interception.Bypass.Has, HTTP2: true}
 }

@@ -251,6 +251,37 @@ func metricIs(t *testing.T, text, name string, labels map[string]string, want fl
 // icptTarget is the intercepting target of both tests: identity cookies
 // per IP (no warm-up, so the origin sees exactly the client's requests),
 // two retries.
+// icptCounts are the interception series a test expects of target shop
+// after its run (one failed handshake, a client rejecting the leaf; every
+// 429 retried once and rotating the IP's identity).
+type icptCounts struct {
+	intercepted, failed, bypassed float64 // connections by handling (none tunnelled)
+	h1, h2                        float64 // intercepted connections by protocol
+	misses, hits, minted          float64 // the leaf cache
+	limited                       float64 // 429 attempts
+}
+
+func checkIcptMetrics(t *testing.T, text, mode string, c icptCounts) {
+	t.Helper()
+	conns := func(handling string, want float64) {
+		t.Helper()
+		metricIs(t, text, "proxy_hopper_tls_connections_total", map[string]string{"target": "shop", "mode": mode, "handling": handling}, want)
+	}
+	conns("intercepted", c.intercepted)
+	conns("failed", c.failed)
+	conns("bypassed", c.bypassed)
+	conns("tunnelled", 0)
+	metricIs(t, text, "proxy_hopper_tls_handshake_failures_total", map[string]string{"reason": "client_rejected_certificate"}, c.failed)
+	metricIs(t, text, "proxy_hopper_tls_intercepted_protocol_total", map[string]string{"proto": "http/1.1"}, c.h1)
+	metricIs(t, text, "proxy_hopper_tls_intercepted_protocol_total", map[string]string{"proto": "h2"}, c.h2)
+	metricIs(t, text, "proxy_hopper_intercept_certificate_lookups_total", map[string]string{"result": "miss"}, c.misses)
+	metricIs(t, text, "proxy_hopper_intercept_certificate_lookups_total", map[string]string{"result": "hit"}, c.hits)
+	metricIs(t, text, "proxy_hopper_intercept_certificates_minted_total", nil, c.minted)
+	metricIs(t, text, "proxy_hopper_requests_total", map[string]string{"target": "shop", "outcome": "rate_limited"}, c.limited)
+	metricIs(t, text, "proxy_hopper_retries_total", map[string]string{"target": "shop"}, c.limited)
+	metricIs(t, text, "proxy_hopper_identity_rotations_total", map[string]string{"target": "shop", "reason": "429"}, c.limited)
+}
+
 func icptTarget(regex, caFile string, ups []string) string {
 	return fmt.Sprintf(`  - name: shop
     regex: '%s'
@@ -362,24 +393,8 @@ targets:
 	})
 
 	text := ra.scrape()
-	conns := func(handling string, want float64) {
-		t.Helper()
-		metricIs(t, text, "proxy_hopper_tls_connections_total", map[string]string{"target": "shop", "mode": "connect", "handling": handling}, want)
-	}
-	conns("intercepted", 2)
-	conns("failed", 1)
-	conns("bypassed", 2)
-	conns("tunnelled", 0)
-	metricIs(t, text, "proxy_hopper_tls_handshake_failures_total", map[string]string{"reason": "client_rejected_certificate"}, 1)
-	metricIs(t, text, "proxy_hopper_tls_intercepted_protocol_total", map[string]string{"proto": "http/1.1"}, 1)
-	metricIs(t, text, "proxy_hopper_tls_intercepted_protocol_total", map[string]string{"proto": "h2"}, 1)
 	// One leaf for 127.0.0.1, signed once and then found in the cache.
-	metricIs(t, text, "proxy_hopper_intercept_certificate_lookups_total", map[string]string{"result": "miss"}, 1)
-	metricIs(t, text, "proxy_hopper_intercept_certificate_lookups_total", map[string]string{"result": "hit"}, 2)
-	metricIs(t, text, "proxy_hopper_intercept_certificates_minted_total", nil, 1)
-	metricIs(t, text, "proxy_hopper_requests_total", map[string]string{"target": "shop", "outcome": "rate_limited"}, 2)
-	metricIs(t, text, "proxy_hopper_retries_total", map[string]string{"target": "shop"}, 2)
-	metricIs(t, text, "proxy_hopper_identity_rotations_total", map[string]string{"target": "shop", "reason": "429"}, 2)
+	checkIcptMetrics(t, text, "connect", icptCounts{intercepted: 2, failed: 1, bypassed: 2, h1: 1, h2: 1, misses: 1, hits: 2, minted: 1, limited: 2})
 	noKeyIn(t, caKey, "metrics", text)
 	noKeyIn(t, caKey, "agent log", ra.logs.String())
 
@@ -521,24 +536,8 @@ targets:
 	})
 
 	text := e.run(t, false, nil, "curl", "-sS", "--max-time", "5", "--noproxy", "", fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
-	conns := func(handling string, want float64) {
-		t.Helper()
-		metricIs(t, text, "proxy_hopper_tls_connections_total", map[string]string{"target": "shop", "mode": "transparent", "handling": handling}, want)
-	}
-	conns("intercepted", 4)
-	conns("failed", 1)
-	conns("bypassed", 2)
-	conns("tunnelled", 0)
-	metricIs(t, text, "proxy_hopper_tls_handshake_failures_total", map[string]string{"reason": "client_rejected_certificate"}, 1)
-	metricIs(t, text, "proxy_hopper_tls_intercepted_protocol_total", map[string]string{"proto": "http/1.1"}, 2)
-	metricIs(t, text, "proxy_hopper_tls_intercepted_protocol_total", map[string]string{"proto": "h2"}, 2)
 	// Two leaves (the IP's and origin.test's), each signed once.
-	metricIs(t, text, "proxy_hopper_intercept_certificate_lookups_total", map[string]string{"result": "miss"}, 2)
-	metricIs(t, text, "proxy_hopper_intercept_certificate_lookups_total", map[string]string{"result": "hit"}, 3)
-	metricIs(t, text, "proxy_hopper_intercept_certificates_minted_total", nil, 2)
-	metricIs(t, text, "proxy_hopper_requests_total", map[string]string{"target": "shop", "outcome": "rate_limited"}, 4)
-	metricIs(t, text, "proxy_hopper_retries_total", map[string]string{"target": "shop"}, 4)
-	metricIs(t, text, "proxy_hopper_identity_rotations_total", map[string]string{"target": "shop", "reason": "429"}, 4)
+	checkIcptMetrics(t, text, "transparent", icptCounts{intercepted: 4, failed: 1, bypassed: 2, h1: 2, h2: 2, misses: 2, hits: 3, minted: 2, limited: 4})
 	noKeyIn(t, caKey, "metrics", text)
 	if b, err := os.ReadFile(a.log); err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/proxy-hopper/proxy-hopper/mitm"
+	"github.com/proxy-hopper/proxy-hopper/proxy"
 )
 
 // InterceptionConfig is the `interception:` block: the CA that signs the
@@ -26,39 +27,12 @@ type InterceptionConfig struct {
 
 // InterceptionOptions are the interception: block resolved.
 type InterceptionOptions struct {
-	CA      *mitm.CA // nil: interception is off
-	domains []string
-	ips     []netip.Addr
-	regex   []*regexp.Regexp
+	CA     *mitm.CA       // nil: interception is off
+	Bypass proxy.HostList // bypassDomains and bypassRegex
 }
 
 // MaxBypassEntries bounds bypassDomains and bypassRegex (each).
 const MaxBypassEntries = 10000
-
-// Bypassed reports whether host (a name or IP literal, no port, brackets
-// or trailing dot allowed) is on the bypass list.
-func (o *InterceptionOptions) Bypassed(host string) bool {
-	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
-	if ip, err := netip.ParseAddr(host); err == nil {
-		for _, b := range o.ips {
-			if b == ip.Unmap() {
-				return true
-			}
-		}
-	} else {
-		for _, d := range o.domains {
-			if host == d || (strings.HasSuffix(host, d) && host[len(host)-len(d)-1] == '.') {
-				return true
-			}
-		}
-	}
-	for _, re := range o.regex {
-		if re.MatchString(host) {
-			return true
-		}
-	}
-	return false
-}
 
 // checkInterception validates the interception: block and loads the CA
 // (every check the agent makes at start-up: key mode 0600, a CA able to
@@ -73,7 +47,7 @@ func (c *Config) checkInterception(p *problems) InterceptionOptions {
 	for i, d := range ic.BypassDomains {
 		d = strings.TrimSuffix(strings.ToLower(strings.TrimPrefix(strings.TrimPrefix(d, "*"), ".")), ".")
 		if ip, err := netip.ParseAddr(strings.Trim(d, "[]")); err == nil {
-			o.ips = append(o.ips, ip.Unmap())
+			o.Bypass.Addrs = append(o.Bypass.Addrs, ip.WithZone("").Unmap())
 			continue
 		}
 		name, _, err := mitm.ValidName(d)
@@ -81,7 +55,7 @@ func (c *Config) checkInterception(p *problems) InterceptionOptions {
 			p.add("%s: bypassDomains[%d]: %q is not a domain name or IP address", label, i, ic.BypassDomains[i])
 			continue
 		}
-		o.domains = append(o.domains, name)
+		o.Bypass.Names = append(o.Bypass.Names, name)
 	}
 	for i, r := range ic.BypassRegex {
 		re, err := regexp.Compile(`^(?:` + r + `)$`)
@@ -89,7 +63,7 @@ func (c *Config) checkInterception(p *problems) InterceptionOptions {
 			p.add("%s: bypassRegex[%d]: %q is not valid RE2 syntax: %v", label, i, r, reErr(err))
 			continue
 		}
-		o.regex = append(o.regex, re)
+		o.Bypass.Regex = append(o.Bypass.Regex, re)
 	}
 	switch {
 	case ic.CACert == "" && ic.CAKey == "":

@@ -78,8 +78,8 @@ interception:
 		"[2001:db8::1]": true, "2001:db8::1": true, "api7.example.org": true, "xapi7.example.org": false,
 		"api7.example.org.evil": false, "shop.example.com": false,
 	} {
-		if got := r.Interception.Bypassed(host); got != want {
-			t.Errorf("Bypassed(%q) = %v, want %v", host, got, want)
+		if got := r.Interception.Bypass.Has(host); got != want {
+			t.Errorf("Bypass.Has(%q) = %v, want %v", host, got, want)
 		}
 	}
 	if w := strings.Join(r.Warnings(), "\n"); strings.Contains(w, "interception") {

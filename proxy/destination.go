@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"net/netip"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -96,6 +98,34 @@ func containsAddr(ps []netip.Prefix, a netip.Addr) bool {
 func nameIn(names []string, h string) bool {
 	for _, n := range names {
 		if h == n || (strings.HasSuffix(h, n) && h[len(h)-len(n)-1] == '.') {
+			return true
+		}
+	}
+	return false
+}
+
+// HostList matches hosts as the destination policy does: names with
+// their subdomains, IP addresses in every spelling ParseHostIP reads, and
+// regexes (anchored by whoever compiled them) against the whole host.
+type HostList struct {
+	Names []string // lower case, no trailing dot
+	Addrs []netip.Addr
+	Regex []*regexp.Regexp
+}
+
+// Has reports whether host (a name or IP literal; brackets, case and a
+// trailing dot do not matter) is on the list.
+func (l *HostList) Has(host string) bool {
+	h := strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
+	if a, ok := ParseHostIP(h); ok {
+		if slices.Contains(l.Addrs, a) {
+			return true
+		}
+	} else if nameIn(l.Names, h) {
+		return true
+	}
+	for _, re := range l.Regex {
+		if re.MatchString(h) {
 			return true
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -266,13 +265,15 @@ func handshakeReason(err error) string {
 		return he.reason
 	case errors.As(err, &oe) && oe.Op == "remote error":
 		return HandshakeClientRejected
-	case isTimeout(err), errors.Is(err, context.DeadlineExceeded):
-		return HandshakeTimeout
 	case errors.As(err, &rh):
 		return HandshakeNotTLS
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+	case errors.Is(err, net.ErrClosed):
 		return HandshakeClientClosed
-	case strings.Contains(err.Error(), "connection reset"):
+	}
+	switch reasonOf("client", err) { // the network error classes of upstream attempts
+	case "client_timeout":
+		return HandshakeTimeout
+	case "client_reset", "client_closed":
 		return HandshakeClientClosed
 	}
 	return HandshakeError
@@ -441,11 +442,8 @@ func (s *Server) serveUpgrade(cc *clientConn, req *request) bool {
 		return []any{"mode", req.mode, "url", redactURL(req.url), "target", ev.Target, "status", ev.Status,
 			"outcome", ev.Outcome, "retries", ev.Retries, "duration", ev.Duration, "client", cc.c.RemoteAddr().String()}
 	})
-	e := &entry{kind: entryIntercepted, cc: cc, req: req, matchKey: req.url.String(), host: req.url.Hostname(),
-		port: urlPort(req.url, "https"), shown: redactURL(req.url)}
-	if cc.icpt.mode != "connect" {
-		e.kind = entryInterceptedTransparent
-	}
+	req.matchKey = req.url.String()
+	e := requestEntry(cc, req)
 	a, rf := s.admit(e)
 	if rf != nil {
 		s.answer(e, rf, false)
@@ -456,36 +454,18 @@ func (s *Server) serveUpgrade(cc *clientConn, req *request) bool {
 	t := a.target
 	retries := t.retriesFor(req.retries)
 	hostport := net.JoinHostPort(req.url.Hostname(), strconv.Itoa(e.port))
-	tun, err := s.openTunnel(cc, t, hostport, retries, &rec.ev)
-	if errors.Is(err, errClientGone) {
-		rec.finish(OutcomeClientClosed, 0)
-		return false
-	}
-	if err != nil {
-		if tun.poolErr != nil {
-			_, outcome, status := s.poolError(cc, req, t, tun.poolErr, false, &requestBody{}, len(tun.attempts), tun.attempts)
-			rec.finish(outcome, status)
-			return false
-		}
-		status, code, detail := failedAnswer(tun.stop, "Every attempt to reach the origin failed")
-		_ = writeJSON(cc.bw, status, head.Minor, false, errorBody(code, detail, req, t, len(tun.attempts)-1, retries, tun.attempts))
-		rec.finish(OutcomeConnectionError, status)
+	tun, ok := s.tunnelOrAnswer(cc, req, t, hostport, retries, rec, "Every attempt to reach the origin failed")
+	if !ok {
 		return false
 	}
 	s.holdTunnel(rec, t, &tun)
-	conf := tlsOrDefault(t.TLS).Clone()
-	conf.ServerName = req.url.Hostname()
-	conf.NextProtos = []string{"http/1.1"}
-	oc := tls.Client(&interceptConn{Conn: tun.raw, pre: tun.pre}, conf)
-	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Upstream.Connect)
-	err = oc.HandshakeContext(ctx)
-	cancel()
+	oc, err := t.tr.originTLS(s.ctx, &interceptConn{Conn: tun.raw, pre: tun.pre}, hostport, req.url.Hostname())
 	if err != nil {
 		// The origin's certificate failed verification (or its TLS did):
 		// the client gets an answer, never an unverified connection.
 		code := "origin_tls"
-		var cve *tls.CertificateVerificationError
-		if errors.As(err, &cve) {
+		var ae *attemptError
+		if errors.As(err, &ae) && ae.Reason == ReasonOriginCertificate {
 			code = ReasonOriginCertificate
 		}
 		_ = writeJSON(cc.bw, http.StatusBadGateway, head.Minor, false, map[string]any{"error": code,

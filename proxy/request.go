@@ -203,16 +203,7 @@ func (s *Server) serveRequest(cc *clientConn, req *request, keep bool) bool {
 		return false
 	}
 
-	e := &entry{kind: entryHTTP, cc: cc, req: req, matchKey: req.matchKey, host: req.url.Hostname(),
-		port: urlPort(req.url, req.url.Scheme), proxyForm: req.mode == "proxy", shown: redactURL(req.url)}
-	switch {
-	case req.mode == "transparent":
-		e.kind = entryTransparentHTTP
-	case cc.icpt != nil && cc.icpt.mode == "connect":
-		e.kind, e.proxyForm = entryIntercepted, false
-	case cc.icpt != nil:
-		e.kind = entryInterceptedTransparent
-	}
+	e := requestEntry(cc, req)
 	a, rf := s.admit(e)
 	if rf != nil {
 		keep = s.answer(e, rf, keep && framing == NoBody)
@@ -270,4 +261,20 @@ func (s *Server) readBody(cc *clientConn, head *RequestHead, framing Framing, si
 	src = &eofReader{r: &deadlineReader{r: r, c: cc.c, d: s.opts.BodyReadTimeout}}
 	body, err = prepareBody(src, size, s.opts.RetryBufferBytes)
 	return body, src, err
+}
+
+// requestEntry describes req (its URL and matchKey set) to admission:
+// its kind follows how it reached the agent.
+func requestEntry(cc *clientConn, req *request) *entry {
+	e := &entry{kind: entryHTTP, cc: cc, req: req, matchKey: req.matchKey, host: req.url.Hostname(),
+		port: urlPort(req.url, req.url.Scheme), proxyForm: req.mode == "proxy", shown: redactURL(req.url)}
+	switch {
+	case req.mode == "transparent":
+		e.kind = entryTransparentHTTP
+	case cc.icpt != nil && cc.icpt.mode == "connect":
+		e.kind, e.proxyForm = entryIntercepted, false
+	case cc.icpt != nil:
+		e.kind = entryInterceptedTransparent
+	}
+	return e
 }

@@ -64,20 +64,8 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	}
 
 	retries := t.retriesFor(retriesOf(head))
-	tun, err := s.openTunnel(cc, t, hostport, retries, &rec.ev)
-	if errors.Is(err, errClientGone) {
-		rec.finish(OutcomeClientClosed, 0)
-		return
-	}
-	if err != nil {
-		if tun.poolErr != nil {
-			_, outcome, status := s.poolError(cc, &request{head: head, retries: retries}, t, tun.poolErr, false, &requestBody{}, len(tun.attempts), tun.attempts)
-			rec.finish(outcome, status)
-			return
-		}
-		status, code, detail := failedAnswer(tun.stop, "Every attempt to open the tunnel failed")
-		_ = writeJSON(cc.bw, status, head.Minor, false, errorBody(code, detail, &request{head: head}, t, len(tun.attempts)-1, retries, tun.attempts))
-		rec.finish(OutcomeConnectionError, status)
+	tun, ok := s.tunnelOrAnswer(cc, &request{head: head, retries: retries}, t, hostport, retries, rec, "Every attempt to open the tunnel failed")
+	if !ok {
 		return
 	}
 	cc.bw.WriteString("HTTP/1." + strconv.Itoa(head.Minor) + " 200 Connection established\r\n\r\n")
@@ -92,6 +80,28 @@ func (s *Server) serveConnect(cc *clientConn, head *RequestHead) {
 	}
 	_ = cc.c.SetDeadline(time.Time{})
 	s.relayDetached(cc, tun.raw, tun.pre, end)
+}
+
+// tunnelOrAnswer opens a tunnel to hostport for the HTTP client of req
+// (a CONNECT, an upgrade) through t's IPs (openTunnel). When none opens it
+// answers the client (no IP, or every attempt failed: failDetail) and ends
+// rec, and ok is false.
+func (s *Server) tunnelOrAnswer(cc *clientConn, req *request, t *Target, hostport string, retries int, rec *recorder, failDetail string) (tun tunnelResult, ok bool) {
+	tun, err := s.openTunnel(cc, t, hostport, retries, &rec.ev)
+	switch {
+	case errors.Is(err, errClientGone):
+		rec.finish(OutcomeClientClosed, 0)
+	case err != nil && tun.poolErr != nil:
+		_, outcome, status := s.poolError(cc, req, t, tun.poolErr, false, &requestBody{}, len(tun.attempts), tun.attempts)
+		rec.finish(outcome, status)
+	case err != nil:
+		status, code, detail := failedAnswer(tun.stop, failDetail)
+		_ = writeJSON(cc.bw, status, req.head.Minor, false, errorBody(code, detail, req, t, len(tun.attempts)-1, retries, tun.attempts))
+		rec.finish(OutcomeConnectionError, status)
+	default:
+		return tun, true
+	}
+	return tun, false
 }
 
 // relayDetached relays between cc and b on two goroutines of their own

@@ -337,6 +337,18 @@ func (t *transport) dial(ctx context.Context, up Upstream, key connKey, scheme, 
 		raw.Close()
 		return nil, failed("connect_error", errors.New("upstream proxy sent data before the TLS handshake"))
 	}
+	tc, err := t.originTLS(ctx, raw, hostport, serverName)
+	if err != nil {
+		return nil, err
+	}
+	return t.wrap(tc, key), nil
+}
+
+// originTLS runs TLS with an https origin over raw (a tunnel to it),
+// verified with the target's config and offering http/1.1 only; raw is
+// closed when it fails. A certificate that fails verification is reason
+// ReasonOriginCertificate, any other failure tls_error.
+func (t *transport) originTLS(ctx context.Context, raw net.Conn, hostport, serverName string) (*tls.Conn, error) {
 	conf := t.tls.Clone()
 	conf.ServerName = serverName
 	conf.NextProtos = []string{"http/1.1"}
@@ -351,7 +363,7 @@ func (t *transport) dial(ctx context.Context, up Upstream, key connKey, scheme, 
 		}
 		return nil, failed("tls_error", fmt.Errorf("tls handshake with %s: %w", hostport, err))
 	}
-	return t.wrap(tc, key), nil
+	return tc, nil
 }
 
 func (t *transport) wrap(c net.Conn, key connKey) *upConn {
