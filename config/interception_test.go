@@ -110,6 +110,8 @@ func TestInterceptionProblems(t *testing.T) {
 			[]string{"interception: open CA key: open "}},
 		{"key readable by others", loose, "interception: {caCert: ca.crt, caKey: ca.key}\n" + interceptTargets,
 			[]string{"interception: load CA key ", "mode 0644", "chmod 600"}},
+		{"bypass list too long", t.TempDir(), "interception: {bypassDomains: [" + strings.Repeat("a.example, ", MaxBypassEntries) + "b.example]}\n" + minimal,
+			[]string{"interception: bypassDomains and bypassRegex take at most 10000 entries each"}},
 		{"bad bypass", t.TempDir(), "interception: {bypassDomains: ['bad domain', 'a..b'], bypassRegex: ['(']}\n" + minimal,
 			[]string{`bypassDomains[0]: "bad domain" is not a domain name`, `bypassDomains[1]: "a..b"`, `bypassRegex[0]: "(" is not valid RE2`}},
 	}

@@ -474,3 +474,27 @@ func TestInterceptH2AgentAnswers(t *testing.T) {
 		t.Fatalf("client connections = %d, want 1", got)
 	}
 }
+
+// A client that opens an intercepted CONNECT and never sends its
+// ClientHello is closed at headerTimeout, counted as a timeout; nothing
+// is minted for it.
+func TestInterceptSilentClientTimesOut(t *testing.T) {
+	o := newOrigin(t, true, nil)
+	ie := newInterceptEnv(t, envOptions{upstreams: 1, tls: caOf(o), opts: Options{HeaderTimeout: 300 * time.Millisecond}}, false, nil)
+	c, _ := ie.dialConnect(t, strings.TrimPrefix(o.URL, "https://"))
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("read %d bytes from a silent intercepted connection", n)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("closed after %s, want about headerTimeout (300ms)", d)
+	}
+	testenvEventually(t, func() bool {
+		ev := ie.tlsEvents()
+		return len(ev) == 1 && ev[0].Handling == TLSFailed && ev[0].Reason == HandshakeTimeout
+	}, func() string { return "TLS events: " + toJSON(ie.tlsEvents()) })
+	if st := ie.opts().Intercept.Minter.Stats(); st.Mints != 0 {
+		t.Fatalf("minted %d leaves for a silent client", st.Mints)
+	}
+}
